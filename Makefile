@@ -1,0 +1,31 @@
+# Two commands do all the set-up: `make demo` runs the main job, `make test` the test suite.
+# Each creates .venv (plain pip: torch comes from the machine's local wheels) if it is missing.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# One thread per process: two busy threads on two cores stall each other (environment notes).
+export OMP_NUM_THREADS ?= 1
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: demo test bench install
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) jobs/demo.py $(ARGS)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest $(ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) benchmarks/sae_step.py $(ARGS)

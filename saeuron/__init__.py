@@ -1,0 +1,1 @@
+"""saeuron: concept unlearning in diffusion models with sparse autoencoders."""

@@ -1,0 +1,148 @@
+"""One SAE training step and its bookkeeping, in plain torch.
+
+This is the single implementation of the training step; the Ray Train job wraps it and the
+benchmarks time it. Follows the reference loop: geometric-median ``b_dec`` on the first batch,
+unit-norm decoder rows with the parallel gradient removed, AuxK over latents that have not
+fired for ``dead_feature_threshold`` vectors, gradient clipping at 1.0, Adam with linear decay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from .geometric_median import geometric_median
+from .model import Sae
+
+
+@dataclass
+class SaeTrainConfig:
+    lr: float = 4e-4
+    """Adam learning rate (the paper's value)."""
+    lr_schedule: str = "linear"
+    """"linear" (decay to 0 over the run, as in the paper) or "constant"."""
+    lr_warmup_steps: int = 0
+    auxk_alpha: float = 1 / 32
+    """Weight of the AuxK loss; 0 disables it."""
+    dead_feature_threshold: int = 10_000_000
+    """A latent is dead once it has not fired for this many vectors."""
+    grad_clip: float = 1.0
+    adam_eps: float = 6.25e-10
+    auxk_reference: bool = False
+    """Reproduce the reference's AuxK (residual not detached, wrong sign, includes b_dec)."""
+    learn_threshold: bool = True
+    """For BatchTopK: learn the inference threshold (EMA of the smallest kept activation)."""
+    threshold_beta: float = 0.99
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("linear", "constant"):
+            raise ValueError(f"lr_schedule must be 'linear' or 'constant', got {self.lr_schedule!r}")
+
+
+class StepMetrics(NamedTuple):
+    loss: float
+    fvu: float
+    explained_variance: float
+    auxk_loss: float
+    multi_topk_fvu: float
+    l0: float
+    dead_fraction: float
+    lr: float
+
+
+def _lr_factor(cfg: SaeTrainConfig, total_steps: int):
+    def factor(step: int) -> float:
+        if step < cfg.lr_warmup_steps:
+            return (step + 1) / cfg.lr_warmup_steps
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        decay_steps = max(total_steps - cfg.lr_warmup_steps, 1)
+        return max(0.0, 1.0 - (step - cfg.lr_warmup_steps) / decay_steps)
+
+    return factor
+
+
+class SaeTrainer:
+    def __init__(self, sae: Sae, cfg: SaeTrainConfig, total_steps: int):
+        self.sae = sae
+        self.cfg = cfg
+        self.total_steps = total_steps
+        params = list(sae.parameters())
+        try:
+            self.optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, fused=True)
+        except (RuntimeError, TypeError):  # fused Adam is not available for every device/dtype
+            self.optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(cfg, total_steps))
+        self.step_count = 0
+        self.vectors_since_fired = torch.zeros(sae.num_latents, dtype=torch.long, device=sae.device)
+
+    @property
+    def dead_mask(self) -> Tensor:
+        return self.vectors_since_fired > self.cfg.dead_feature_threshold
+
+    def step(self, x: Tensor) -> StepMetrics:
+        sae, cfg = self.sae, self.cfg
+        x = x.reshape(-1, sae.d_in).to(device=sae.device, dtype=sae.dtype)
+        if self.step_count == 0:
+            sae.b_dec.data = geometric_median(x).to(sae.dtype)
+            if sae.cfg.normalize_decoder:
+                sae.set_decoder_norm_to_unit_norm()
+        dead = self.dead_mask
+        out = sae(x, dead_mask=dead if cfg.auxk_alpha > 0 else None, auxk_reference=cfg.auxk_reference)
+        loss = out.fvu + cfg.auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8
+        loss.backward()
+
+        fired = torch.zeros_like(self.vectors_since_fired, dtype=torch.bool)
+        fired[out.code.latents[out.code.values > 0]] = True
+        self.vectors_since_fired += x.shape[0]
+        self.vectors_since_fired[fired] = 0
+
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+        if sae.cfg.normalize_decoder:
+            sae.remove_gradient_parallel_to_decoder_directions()
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if sae.cfg.normalize_decoder:
+            # Adam's update is not orthogonal to the rows even after the projection.
+            sae.set_decoder_norm_to_unit_norm()
+
+        if sae.cfg.batch_topk and cfg.learn_threshold:
+            self._update_threshold(out.code.values.detach())
+        self.step_count += 1
+        fvu = out.fvu.item()
+        return StepMetrics(
+            loss=loss.item(), fvu=fvu, explained_variance=1.0 - fvu, auxk_loss=out.auxk_loss.item(),
+            multi_topk_fvu=out.multi_topk_fvu.item(), l0=out.code.l0(),
+            dead_fraction=float(dead.float().mean()), lr=lr,
+        )
+
+    def _update_threshold(self, kept: Tensor) -> None:
+        positive = kept[kept > 0]
+        if positive.numel() == 0:
+            return
+        smallest = float(positive.min())
+        current = self.sae.cfg.threshold
+        beta = self.cfg.threshold_beta
+        self.sae.cfg.threshold = smallest if current is None else beta * current + (1 - beta) * smallest
+
+    # ------------------------------------------------------------------ resumable state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step_count": self.step_count,
+            "vectors_since_fired": self.vectors_since_fired.clone(),
+            "threshold": self.sae.cfg.threshold,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step_count = int(state["step_count"])
+        self.vectors_since_fired = state["vectors_since_fired"].to(self.vectors_since_fired.device)
+        self.sae.cfg.threshold = state["threshold"]

@@ -1,0 +1,13 @@
+from saeuron.config import config_to_yaml, parse_config
+from saeuron.demo import DemoConfig
+
+
+def test_yaml_then_command_line_overrides(tmp_path):
+    path = tmp_path / "demo.yaml"
+    path.write_text("k: 4\ntrain_steps: 7\nhookpoint: unet.up_blocks.1.attentions.2\n")
+    cfg = parse_config(DemoConfig, ["--config", str(path), "--train_steps", "9"])
+    assert (cfg.k, cfg.train_steps, cfg.hookpoint) == (4, 9, "unet.up_blocks.1.attentions.2")
+    assert cfg.lr == DemoConfig().lr
+    again = tmp_path / "again.yaml"
+    again.write_text(config_to_yaml(cfg))
+    assert parse_config(DemoConfig, ["--config", str(again)]) == cfg
