@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass
 
 import torch
 
 from .hooks import HookedPipeline
-from .minicanvas.architecture import Architecture, build_pipeline
-from .minicanvas.tokenizer import write_clip_tokenizer
+from .minicanvas import load_minicanvas
+from .templates import eval_prompt
 from .sae import Sae, SaeConfig
 from .sae.trainer import SaeTrainConfig, SaeTrainer
 
-DEMO_PROMPTS = [f"An image of {obj} in {style} style." for obj in ("circle", "square", "star", "ring") for style in ("Dots", "Stripes", "Glow")]
+DEMO_PROMPTS = [eval_prompt(obj, style) for obj in ("Circles", "Stars", "Rings", "Hearts") for style in ("Polka_Dots", "Neon_Glow", "Mosaic_Tiles", None)]
 
 
 @dataclass
@@ -34,9 +33,7 @@ class DemoConfig:
 def run_demo(cfg: DemoConfig) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tokenizer_dir:
-        pipe = build_pipeline(Architecture(), write_clip_tokenizer(tokenizer_dir), seed=cfg.seed)
-    hooked = HookedPipeline(pipe)
+    hooked = HookedPipeline(load_minicanvas().load_pipeline())
     prompts = [p for p in DEMO_PROMPTS for _ in range(cfg.seeds_per_prompt)]
     seeds = [cfg.seed + i for i in range(len(prompts))]
     captured = hooked.generate(

@@ -27,3 +27,44 @@ def tiny_pipeline(tmp_path_factory):
 
     tokenizer_dir = write_clip_tokenizer(tmp_path_factory.mktemp("tokenizer"))
     return build_pipeline(Architecture(), tokenizer_dir, seed=0)
+
+
+@pytest.fixture(scope="session")
+def minicanvas():
+    from saeuron.minicanvas import load_minicanvas
+
+    return load_minicanvas()
+
+
+@pytest.fixture(scope="session")
+def minicanvas_pipeline(minicanvas):
+    return minicanvas.load_pipeline()
+
+
+@pytest.fixture(scope="session")
+def minicanvas_classifier(minicanvas):
+    return minicanvas.load_classifier()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole session; yields its address for subprocess drivers."""
+    import logging
+
+    import ray
+
+    context = ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+                       _temp_dir=f"/tmp/ray_saeuron_{os.getpid()}")
+    yield context.address_info["address"]
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def minicanvas_activations(tmp_path_factory, ray_cluster):
+    """A small real MiniCanvas collection (both paper hookpoints), shared by the later stages."""
+    from saeuron.collect import CollectConfig, collect
+
+    cfg = CollectConfig(study_dir=str(tmp_path_factory.mktemp("study")), num_inference_steps=10, guidance_scale=7.5,
+                        max_prompts=64, batch_size=16)
+    collect(cfg)
+    return cfg

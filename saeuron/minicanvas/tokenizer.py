@@ -54,3 +54,28 @@ def write_clip_tokenizer(folder: str | Path, merges: list[tuple[str, str]] = (),
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     return folder
+
+
+def learn_merges(corpus: list[str]) -> list[tuple[str, str]]:
+    """BPE merges learned from ``corpus`` until every word in it is one token.
+
+    Uses the ``tokenizers`` trainer: merges are global and ranked, so hand-written merge
+    chains for single words interfere with each other (the "r i" of "ring" pre-empts the
+    "st r" of "stripes").
+    """
+    import tempfile
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=100_000, min_frequency=1, initial_alphabet=list(bytes_to_unicode().values()),
+        end_of_word_suffix="</w>", show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer)
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer.model.save(folder)
+        lines = (Path(folder) / "merges.txt").read_text(encoding="utf-8").splitlines()
+    return [tuple(line.split()) for line in lines if line and not line.startswith("#")]

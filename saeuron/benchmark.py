@@ -1,0 +1,77 @@
+"""Benchmarks by name: MiniCanvas (embedded) and UnlearnCanvas (from paths the user gives).
+
+A study config says ``benchmark: minicanvas`` or ``benchmark: unlearncanvas`` plus paths; this
+module turns that into the concept lists, the base model folder and the prompt rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from . import prompts
+from .minicanvas import concepts as mc
+
+BENCHMARKS = ("minicanvas", "unlearncanvas")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    styles: tuple[str, ...]
+    objects: tuple[str, ...]
+    themes: tuple[str, ...]
+    """Styles used in the SAE-training prompts (UnlearnCanvas adds Seed_Images)."""
+    eval_seeds: tuple[int, ...]
+
+
+MINICANVAS = Benchmark("minicanvas", mc.STYLES, mc.OBJECTS, mc.STYLES, (188, 288, 588, 688, 888))
+UNLEARNCANVAS = Benchmark(
+    "unlearncanvas", prompts.UNLEARNCANVAS_STYLES, prompts.UNLEARNCANVAS_OBJECTS, prompts.UNLEARNCANVAS_THEMES,
+    prompts.UNLEARNCANVAS_EVAL_SEEDS,
+)
+
+
+def get_benchmark(name: str) -> Benchmark:
+    if name == "minicanvas":
+        return MINICANVAS
+    if name == "unlearncanvas":
+        return UNLEARNCANVAS
+    raise ValueError(f"unknown benchmark {name!r}; known: {list(BENCHMARKS)}")
+
+
+def resolve_model_path(benchmark: str, model_path: str | None) -> Path:
+    """The base model folder: the given one, or MiniCanvas's shipped pipeline."""
+    if model_path:
+        return Path(model_path).expanduser().resolve()
+    if benchmark == "minicanvas":
+        from .minicanvas import load_minicanvas
+
+        return load_minicanvas().pipeline_path
+    raise ValueError(
+        f"benchmark {benchmark!r} needs model_path: a local diffusers folder of the UnlearnCanvas SD v1.5 "
+        f"model (nothing is downloaded)"
+    )
+
+
+def training_captions(benchmark: str, anchor_prompts_dir: str | None) -> dict[str, list[str]]:
+    if benchmark == "minicanvas":
+        return prompts.minicanvas_captions()
+    get_benchmark(benchmark)
+    if not anchor_prompts_dir:
+        raise ValueError("benchmark 'unlearncanvas' needs anchor_prompts_dir (UnlearnCanvas_resources/anchor_prompts/finetune_prompts)")
+    return prompts.read_anchor_captions(anchor_prompts_dir)
+
+
+def training_prompt_rows(
+    benchmark: str, anchor_prompts_dir: str | None = None, seed: int = 42, seeds_per_prompt: int = 1,
+    max_prompts: int | None = None,
+) -> list[prompts.PromptRow]:
+    spec = get_benchmark(benchmark)
+    return prompts.training_rows(training_captions(benchmark, anchor_prompts_dir), spec.themes, seed, seeds_per_prompt, max_prompts)
+
+
+def evaluation_prompt_rows(benchmark: str, seeds: Sequence[int] | None = None) -> list[prompts.PromptRow]:
+    spec = get_benchmark(benchmark)
+    return prompts.evaluation_rows(spec.objects, spec.styles, seeds or spec.eval_seeds)

@@ -1,0 +1,89 @@
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from transformers import CLIPTokenizer
+
+from saeuron.hooks import HookedPipeline
+from saeuron.minicanvas import OBJECTS, STYLE_LABELS, STYLES, WEIGHTS
+from saeuron.minicanvas.classifier import classify
+from saeuron.minicanvas.concepts import vocabulary_corpus
+from saeuron.minicanvas.data import render_dataset
+from saeuron.minicanvas.quality import measure_generation_quality
+from saeuron.minicanvas.render import render
+
+
+def test_render_is_deterministic_in_the_seed_and_covers_every_pair():
+    for style in STYLE_LABELS:
+        for obj in OBJECTS:
+            image = render(style, obj, seed=3)
+            assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+    assert np.array_equal(render("Neon_Glow", "Stars", 5), render("Neon_Glow", "Stars", 5))
+    assert not np.array_equal(render("Neon_Glow", "Stars", 5), render("Neon_Glow", "Stars", 6))
+
+
+def test_unknown_concepts_fail_listing_the_known_ones():
+    with pytest.raises(ValueError, match="Neon_Glow"):
+        render("Van_Gogh", "Stars", 0)
+    with pytest.raises(ValueError, match="Hearts"):
+        render("Neon_Glow", "Cats", 0)
+
+
+def test_shipped_tokenizer_makes_every_prompt_word_one_token_and_reads_any_text(minicanvas):
+    tokenizer = CLIPTokenizer.from_pretrained(str(minicanvas.pipeline_path / "tokenizer"))
+    words = {w for prompt in vocabulary_corpus() for w in re.findall(r"[a-z]+|[^\sa-z]", prompt.lower())}
+    assert [w for w in words if len(tokenizer.tokenize(w)) != 1] == []
+    ids = tokenizer("Ein Bild von Zebras, 42 × ☃").input_ids
+    assert len(ids) > 3 and max(ids) < len(tokenizer)
+
+
+def test_shipped_pipeline_loads_offline_with_both_paper_hookpoints(minicanvas):
+    pipe = StableDiffusionPipeline.from_pretrained(str(minicanvas.pipeline_path), local_files_only=True, safety_checker=None, requires_safety_checker=False)
+    blocks = HookedPipeline(pipe).cross_attention_blocks()
+    assert {"unet.up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"} <= set(blocks)
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert pipe.scheduler.config.beta_schedule == "scaled_linear" and pipe.scheduler.config.steps_offset == 1
+
+
+def test_shipped_weights_stay_small():
+    total = sum(p.stat().st_size for p in Path(WEIGHTS).rglob("*") if p.is_file())
+    assert total < 20 * 2**20, total
+
+
+def test_classifier_recognises_held_out_procedural_images(minicanvas_classifier):
+    images, styles, objects = render_dataset(2, seed=12345).tensors()
+    logits = classify(minicanvas_classifier, images)
+    assert (logits.style_logits.argmax(1) == styles).float().mean() >= 0.98
+    assert (logits.object_logits.argmax(1) == objects).float().mean() >= 0.98
+
+
+@pytest.mark.slow
+def test_generated_images_meet_the_quality_bar(minicanvas_pipeline, minicanvas_classifier):
+    # Two fresh seeds per prompt (176 images, DDIM 20, CFG 7.5), judged by the shipped classifier.
+    quality = measure_generation_quality(minicanvas_pipeline, minicanvas_classifier, seeds=[188, 288])
+    assert quality.mean_style_accuracy >= 0.95, quality.table()
+    assert min(quality.style_accuracy.values()) >= 0.85, quality.table()
+    assert quality.mean_object_accuracy >= 0.95, quality.table()
+    assert min(quality.object_accuracy.values()) >= 0.85, quality.table()
+    assert quality.unstyled_none_rate >= 0.90, quality.table()
+
+
+@pytest.mark.slow
+def test_training_scripts_run_end_to_end(tmp_path):
+    out = tmp_path / "weights"
+    cmd = [sys.executable, "-m", "saeuron.minicanvas.train", "--out", str(out), "--images_per_pair", "1",
+           "--vae_steps", "3", "--unet_steps", "3", "--classifier_steps", "3", "--unet_batch", "4", "--log_every", "1"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[unet] step 2/3" in result.stdout
+    from saeuron.minicanvas import load_minicanvas
+
+    smoke = load_minicanvas(out)
+    image = HookedPipeline(smoke.load_pipeline()).generate(["An image of Stars."], [0], num_inference_steps=2, output_type="pt").images
+    assert image.shape == (1, 3, 32, 32) and torch.isfinite(image).all()
+    assert smoke.load_classifier()(image).style_logits.shape == (1, len(STYLES) + 1)
