@@ -11,3 +11,15 @@ def test_yaml_then_command_line_overrides(tmp_path):
     again = tmp_path / "again.yaml"
     again.write_text(config_to_yaml(cfg))
     assert parse_config(DemoConfig, ["--config", str(again)]) == cfg
+
+
+def test_shipped_example_configs_parse():
+    from pathlib import Path
+
+    from saeuron.collect import CollectConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    minicanvas = parse_config(CollectConfig, ["--config", str(root / "minicanvas" / "collect.yaml")])
+    assert minicanvas.num_inference_steps == 20 and len(minicanvas.hookpoints) == 2
+    unlearncanvas = parse_config(CollectConfig, ["--config", str(root / "unlearncanvas" / "collect.yaml")])
+    assert unlearncanvas.benchmark == "unlearncanvas" and unlearncanvas.max_prompts == 1000

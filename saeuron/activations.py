@@ -1,0 +1,172 @@
+"""The activation dataset: one Parquet dataset folder per hookpoint, one row per feature map.
+
+A row is one (prompt, denoising step) feature map of a block: its ids and labels, the real
+scheduler timestep, the step index, the indices of the stored patches and the activations as the
+raw fp16 bits of a ``[patches, d_in]`` matrix in a fixed-size binary column (2 bytes a value;
+Arrow's own fp16 columns read slower than fp32, apache/arrow #43891). Rows are feature maps, not
+patches, because the labels are then stored once per map instead of once per vector, and a batch
+of rows decodes to ``[n, d_in]`` vectors with one zero-copy buffer view.
+
+Layout::
+
+    <root>/manifest.json                          config, counts, d_in, schema version
+    <root>/hookpoint=<hookpoint>/*.parquet        the rows of that hookpoint
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+PARTITION = "hookpoint"
+
+
+def hookpoint_dir(root: str | Path, hookpoint: str) -> Path:
+    return Path(root) / f"{PARTITION}={hookpoint}"
+
+
+def maps_to_binary(maps: np.ndarray) -> pa.FixedSizeBinaryArray:
+    """[n, patches, d] → n fixed-size binary values holding the fp16 bits."""
+    maps = np.ascontiguousarray(maps, dtype=np.float16)
+    width = maps.shape[1] * maps.shape[2] * 2
+    return pa.Array.from_buffers(pa.binary(width), len(maps), [None, pa.py_buffer(maps.tobytes())])
+
+
+def binary_to_vectors(column: pa.Array | pa.ChunkedArray, d_in: int) -> np.ndarray:
+    """Fixed-size binary activations → [n_maps · patches, d_in] float16, without copying per row."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    parts = []
+    for chunk in chunks:
+        if len(chunk) == 0:
+            continue
+        width = chunk.type.byte_width
+        data = chunk.buffers()[1]
+        raw = np.frombuffer(data, dtype=np.uint8, count=len(chunk) * width, offset=chunk.offset * width)
+        parts.append(raw.view(np.float16).reshape(-1, d_in))
+    if not parts:
+        return np.zeros((0, d_in), dtype=np.float16)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def activation_table(
+    hookpoint: str,
+    prompt_rows: Sequence[dict[str, Any]],
+    maps: torch.Tensor,
+    timesteps: Sequence[int],
+    step_indices: Sequence[int],
+    patches_per_map: int = 0,
+) -> pa.Table:
+    """Rows for one hookpoint from a captured ``[B, T, P, C]`` tensor of ``prompt_rows``.
+
+    ``patches_per_map`` > 0 keeps that many patches of each map, chosen at random but
+    deterministically from (prompt seed, prompt id, step index).
+    """
+    batch, steps, patches, channels = maps.shape
+    kept = np.arange(patches)
+    values = maps.to(torch.float16).cpu().numpy()
+    index_lists, selected = [], []
+    for b, row in enumerate(prompt_rows):
+        for s in range(steps):
+            if 0 < patches_per_map < patches:
+                rng = np.random.default_rng([int(row["seed"]), int(row["prompt_id"]), int(step_indices[s])])
+                kept = np.sort(rng.choice(patches, size=patches_per_map, replace=False))
+            index_lists.append(kept.astype(np.int32))
+            selected.append(values[b, s, kept])
+    repeat = lambda key: [row[key] for row in prompt_rows for _ in range(steps)]  # noqa: E731
+    return pa.table({
+        "prompt_id": pa.array(repeat("prompt_id"), pa.int64()),
+        "object": pa.array(repeat("object"), pa.string()),
+        "style": pa.array(repeat("style"), pa.string()),
+        "seed": pa.array(repeat("seed"), pa.int64()),
+        "timestep": pa.array(list(timesteps) * batch, pa.int32()),
+        "step_index": pa.array(list(step_indices) * batch, pa.int32()),
+        "patch_index": pa.array(index_lists, pa.list_(pa.int32())),
+        "activations": maps_to_binary(np.stack(selected)),
+        PARTITION: pa.array([hookpoint] * (batch * steps), pa.string()),
+    })
+
+
+# ------------------------------------------------------------------------------ manifest
+def read_manifest(root: str | Path) -> dict[str, Any] | None:
+    path = Path(root) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_manifest(root: str | Path, manifest: dict[str, Any]) -> None:
+    path = Path(root) / MANIFEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------ resume
+@dataclass
+class ExistingRows:
+    done: set[int]
+    """Prompt ids whose rows are complete, exactly once, in every hookpoint."""
+    removed_files: list[str]
+    rewritten_files: list[str]
+
+
+def reconcile(root: str | Path, hookpoints: Sequence[str], rows_per_prompt: int) -> ExistingRows:
+    """Make the folder hold only complete prompts, each exactly once, and say which those are.
+
+    A file that cannot be opened (a write that was killed) is removed. A prompt counts as done
+    only when every hookpoint has exactly ``rows_per_prompt`` rows of it; rows of any other
+    prompt (half-written, or duplicated) are taken out by rewriting their files atomically, so
+    that the prompt is generated again and nothing is ever counted twice.
+    """
+    removed, rewritten = [], []
+    counts: dict[str, dict[int, int]] = {}
+    files: dict[str, dict[Path, np.ndarray]] = {}
+    for hookpoint in hookpoints:
+        folder = hookpoint_dir(root, hookpoint)
+        counts[hookpoint], files[hookpoint] = {}, {}
+        for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+            try:
+                ids = pq.read_table(path, columns=["prompt_id"]).column("prompt_id").to_numpy()
+            except (pa.ArrowInvalid, OSError):
+                path.unlink()
+                removed.append(str(path))
+                continue
+            files[hookpoint][path] = ids
+            for prompt_id, n in zip(*np.unique(ids, return_counts=True)):
+                counts[hookpoint][int(prompt_id)] = counts[hookpoint].get(int(prompt_id), 0) + int(n)
+    candidates = set.union(*(set(c) for c in counts.values())) if counts else set()
+    done = {p for p in candidates if all(counts[h].get(p, 0) == rows_per_prompt for h in hookpoints)}
+    done_ids = np.fromiter(done, dtype=np.int64, count=len(done))
+    for hookpoint in hookpoints:
+        for path, ids in files[hookpoint].items():
+            keep = np.isin(ids, done_ids)
+            if keep.all():
+                continue
+            if not keep.any():
+                path.unlink()
+                removed.append(str(path))
+                continue
+            tmp = path.with_name(f".{path.name}.tmp")
+            pq.write_table(pq.read_table(path).filter(pa.array(keep)), tmp)
+            os.replace(tmp, path)
+            rewritten.append(str(path))
+    return ExistingRows(done, removed, rewritten)
+
+
+def count_rows(root: str | Path, hookpoint: str) -> int:
+    folder = hookpoint_dir(root, hookpoint)
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in folder.glob("*.parquet")) if folder.is_dir() else 0
+
+
+def iter_vector_batches(tables: Iterable[pa.Table], d_in: int) -> Iterable[np.ndarray]:
+    for table in tables:
+        yield binary_to_vectors(table.column("activations"), d_in)

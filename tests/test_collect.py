@@ -1,0 +1,228 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from saeuron import activations
+from saeuron.activation_dataset import activation_dataset, count_vectors, in_validation
+from saeuron.benchmark import training_prompt_rows
+from saeuron.collect import CollectConfig, collect, collect_tracked
+from saeuron.hooks import HookedPipeline
+
+HOOKS = ["unet.up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_config(tmp_path, **overrides):
+    base = dict(benchmark="minicanvas", hookpoints=list(HOOKS), study_dir=str(tmp_path / "study"), num_inference_steps=4,
+                guidance_scale=7.5, max_prompts=6, batch_size=3, num_actors=1)
+    base.update(overrides)
+    return CollectConfig(**base)
+
+
+def read_hookpoint(cfg, hookpoint):
+    return pads.dataset(str(activations.hookpoint_dir(cfg.dataset_dir, hookpoint)), format="parquet").to_table()
+
+
+def assert_exactly_once(cfg):
+    expected = {row.prompt_id for row in training_prompt_rows("minicanvas", seed=cfg.seed, max_prompts=cfg.max_prompts or None)}
+    for hookpoint in cfg.hookpoints:
+        table = read_hookpoint(cfg, hookpoint)
+        keys = list(zip(table.column("prompt_id").to_pylist(), table.column("step_index").to_pylist()))
+        assert len(keys) == len(set(keys)), f"duplicate rows in {hookpoint}"
+        assert {p for p, _ in keys} == expected
+        assert len(keys) == len(expected) * cfg.kept_steps()
+
+
+# ------------------------------------------------------------------------------------ storage
+def test_fp16_bits_round_trip_through_binary_column():
+    maps = np.random.default_rng(0).normal(size=(5, 7, 3)).astype(np.float16)
+    column = activations.maps_to_binary(maps)
+    assert column.type.byte_width == 7 * 3 * 2
+    back = activations.binary_to_vectors(pa.chunked_array([column[:2], column[2:]]), 3)
+    assert np.array_equal(back, maps.reshape(-1, 3))
+
+
+def test_patch_subsets_are_deterministic_per_prompt_and_step():
+    maps = torch.randn(2, 3, 10, 4)
+    rows = [dict(prompt_id=7, object="Stars", style=None, seed=11), dict(prompt_id=8, object="Rings", style="Neon_Glow", seed=12)]
+    a = activation_table("h", rows, maps)
+    b = activation_table("h", rows, maps)
+    assert a.equals(b)
+    patches = a.column("patch_index").to_pylist()
+    assert all(len(p) == 4 for p in patches) and len({tuple(p) for p in patches}) > 1
+    vectors = activations.binary_to_vectors(a.column("activations"), 4)
+    np.testing.assert_array_equal(vectors[:4], maps[0, 0, patches[0]].half().numpy())
+
+
+def activation_table(hookpoint, rows, maps):
+    return activations.activation_table(hookpoint, rows, maps, [901, 501, 1], [0, 1, 2], patches_per_map=4)
+
+
+def write_rows(folder: Path, name: str, prompt_ids: list[int], steps: int = 2):
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [dict(prompt_id=p, object="Stars", style=None, seed=p) for p in prompt_ids]
+    table = activations.activation_table("h", rows, torch.zeros(len(rows), steps, 3, 2), list(range(steps)), list(range(steps)))
+    pq.write_table(table.drop_columns(["hookpoint"]), folder / name)
+
+
+def test_reconcile_keeps_only_complete_prompts_exactly_once(tmp_path):
+    a, b = (activations.hookpoint_dir(tmp_path, h) for h in ("a", "b"))
+    write_rows(a, "1.parquet", [0, 1, 2])
+    write_rows(b, "1.parquet", [0, 1])           # prompt 2 missing in b: redo it
+    write_rows(a, "2.parquet", [3])
+    write_rows(b, "2.parquet", [3, 3])          # prompt 3 twice in b: redo it
+    write_rows(b, "3.parquet", [4])
+    (a / "partial.parquet").write_bytes((a / "2.parquet").read_bytes()[:100])  # a killed write
+    result = activations.reconcile(tmp_path, ["a", "b"], rows_per_prompt=2)
+    assert result.done == {0, 1}
+    assert not (a / "partial.parquet").exists() and not (b / "3.parquet").exists()
+    for folder in (a, b):
+        ids = pads.dataset(str(folder), format="parquet").to_table().column("prompt_id").to_pylist()
+        assert sorted(ids) == [0, 0, 1, 1]
+    assert activations.reconcile(tmp_path, ["a", "b"], rows_per_prompt=2).done == {0, 1}
+
+
+def test_validation_split_is_by_prompt_id_and_stable():
+    ids = np.arange(10_000)
+    mask = in_validation(ids, 0.1, seed=3)
+    assert 0.08 < mask.mean() < 0.12
+    assert np.array_equal(mask, in_validation(ids, 0.1, seed=3))
+    assert not np.array_equal(mask, in_validation(ids, 0.1, seed=4))
+
+
+# ------------------------------------------------------------------------------------ bad input
+def test_bad_input_fails_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="unet.up_blocks.1.attentions.2"):
+        collect(small_config(tmp_path, hookpoints=["unet.up_blocks.9.attentions.0"]))
+    (tmp_path / "not_a_model").mkdir()
+    with pytest.raises(ValueError, match="not a diffusers pipeline"):
+        collect(small_config(tmp_path, model_path=str(tmp_path / "not_a_model")))
+    anchors = tmp_path / "anchors"
+    anchors.mkdir()
+    from saeuron.prompts import UNLEARNCANVAS_OBJECTS
+
+    for obj in UNLEARNCANVAS_OBJECTS:
+        (anchors / f"sd_prompt_{obj}.txt").write_text("\n")
+    from saeuron.minicanvas import load_minicanvas
+
+    with pytest.raises(ValueError, match="empty"):
+        collect(small_config(tmp_path, benchmark="unlearncanvas", anchor_prompts_dir=str(anchors),
+                             model_path=str(load_minicanvas().pipeline_path)))
+    assert not (tmp_path / "study").exists() or not list((tmp_path / "study").rglob("*.parquet"))
+
+
+# ------------------------------------------------------------------------------------ the job
+@pytest.mark.slow
+def test_collect_writes_readable_parquet_equal_to_a_direct_capture(tmp_path, ray_cluster, minicanvas_pipeline):
+    cfg = small_config(tmp_path)
+    manifest = collect_tracked(cfg)
+    assert manifest["complete"] and manifest["d_in"] == {h: 64 for h in HOOKS}
+    assert manifest["rows"] == {h: 6 * 4 for h in HOOKS}
+    assert_exactly_once(cfg)
+
+    rows = training_prompt_rows("minicanvas", seed=cfg.seed, max_prompts=6)
+    direct = HookedPipeline(minicanvas_pipeline).generate(
+        [rows[0].prompt], [rows[0].seed], num_inference_steps=4, guidance_scale=7.5, capture=HOOKS, output_type="latent")
+    for hookpoint in HOOKS:
+        table = read_hookpoint(cfg, hookpoint).sort_by([("prompt_id", "ascending"), ("step_index", "ascending")])
+        first = table.filter(pa.compute.equal(table.column("prompt_id"), rows[0].prompt_id))
+        assert first.column("timestep").to_pylist() == [751, 501, 251, 1]
+        assert first.column("object")[0].as_py() == rows[0].object and first.column("style")[0].as_py() == rows[0].style
+        stored = activations.binary_to_vectors(first.column("activations"), 64)
+        expected = direct.captures[hookpoint].stacked()[0].reshape(-1, 64).half().numpy()
+        np.testing.assert_allclose(stored.astype(np.float32), expected.astype(np.float32), atol=2e-3, rtol=1e-3)
+
+    # A second run with the same config is a no-op; a different config is refused.
+    assert collect(cfg)["rows"] == manifest["rows"]
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        collect(small_config(tmp_path, num_inference_steps=5))
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'study' / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["saeuron"], output_format="list")[0]
+    assert run.data.metrics["prompts_collected"] == 6
+    assert run.data.params["num_inference_steps"] == "4"
+
+    # The training reader: vectors as float32, validation split by prompt.
+    train = activation_dataset(cfg.dataset_dir, HOOKS[0], split="train", validation_fraction=0.34, seed=1)
+    validation = activation_dataset(cfg.dataset_dir, HOOKS[0], split="validation", validation_fraction=0.34, seed=1)
+    n_train = sum(len(b["x"]) for b in train.iter_batches(batch_size=100, batch_format="numpy"))
+    n_val = sum(len(b["x"]) for b in validation.iter_batches(batch_size=100, batch_format="numpy"))
+    assert n_train + n_val == 6 * 4 * 64 and n_val > 0 and n_train > 0
+    assert n_val == count_vectors(cfg.dataset_dir, HOOKS[0], "validation", 0.34, 1)
+    batch = next(iter(train.iter_torch_batches(batch_size=64)))["x"]
+    assert batch.dtype == torch.float32 and batch.shape == (64, 64)
+
+
+def _collector_pids():
+    """Ray titles an actor's worker process after its class (ray::MapWorker(MapBatches(ActivationCollector)))."""
+    import psutil
+
+    pids = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        if "ActivationCollector" in " ".join(process.info["cmdline"] or []):
+            pids.append(process.info["pid"])
+    return pids
+
+
+@pytest.mark.slow
+def test_killed_actor_is_replaced_and_every_row_is_written_exactly_once(tmp_path, ray_cluster):
+    cfg = small_config(tmp_path, max_prompts=16, batch_size=2, num_inference_steps=12)
+    killed = []
+
+    def kill_when_busy():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            files = list(cfg.dataset_dir.rglob("*.parquet")) if cfg.dataset_dir.exists() else []
+            pids = _collector_pids()
+            if files and pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_when_busy)
+    killer.start()
+    manifest = collect(cfg)
+    killer.join()
+    assert killed, "the actor was never seen alive mid-run"
+    assert manifest["complete"]
+    assert_exactly_once(cfg)
+
+
+@pytest.mark.slow
+def test_stopped_driver_resumes_to_exactly_once(tmp_path, ray_cluster):
+    cfg = small_config(tmp_path, max_prompts=20, batch_size=2, num_inference_steps=12)
+    config_file = tmp_path / "collect.yaml"
+    from saeuron.config import config_to_yaml
+
+    config_file.write_text(config_to_yaml(cfg))
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, str(REPO / "jobs" / "collect.py"), "--config", str(config_file)]
+    driver = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 180
+    while time.time() < deadline and not list(cfg.dataset_dir.rglob("*.parquet")):
+        assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
+        time.sleep(0.1)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    partial = json.loads((cfg.dataset_dir / "manifest.json").read_text())
+    assert not partial["complete"]
+
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    assert "already collected" in finished.stdout
+    assert json.loads((cfg.dataset_dir / "manifest.json").read_text())["complete"]
+    assert_exactly_once(cfg)
