@@ -279,3 +279,25 @@ def test_trainer_state_resumes_to_identical_parameters():
     for name, tensor in straight.sae.state_dict().items():
         torch.testing.assert_close(resumed.sae.state_dict()[name], tensor, rtol=0, atol=0)
     assert resumed.sae.cfg.threshold == straight.sae.cfg.threshold
+
+
+def test_checkpoint_on_disk_resumes_to_identical_parameters(tmp_path):
+    from saeuron.sae.checkpoint import load_checkpoint, save_checkpoint
+
+    data = [torch.randn(32, 16, generator=torch.Generator().manual_seed(i)) for i in range(6)]
+    straight = SaeTrainer(make_sae(batch_topk=True), SaeTrainConfig(), total_steps=6)
+    for x in data:
+        straight.step(x)
+    first = SaeTrainer(make_sae(batch_topk=True), SaeTrainConfig(), total_steps=6)
+    for x in data[:3]:
+        first.step(x)
+    save_checkpoint(tmp_path, "unet.up_blocks.1.attentions.1", first, extra={"epoch": 0, "batches_done": 3})
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.pkl"))
+    torch.manual_seed(99)
+    resumed = SaeTrainer(make_sae(batch_topk=True), SaeTrainConfig(), total_steps=6)
+    assert load_checkpoint(tmp_path, resumed) == {"epoch": 0, "batches_done": 3}
+    for x in data[3:]:
+        resumed.step(x)
+    for name, tensor in straight.sae.state_dict().items():
+        torch.testing.assert_close(resumed.sae.state_dict()[name], tensor, rtol=0, atol=0)
+    assert resumed.step_count == 6 and resumed.scheduler.get_last_lr() == straight.scheduler.get_last_lr()

@@ -65,9 +65,19 @@ def _lr_factor(cfg: SaeTrainConfig, total_steps: int):
     return factor
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 class SaeTrainer:
-    def __init__(self, sae: Sae, cfg: SaeTrainConfig, total_steps: int):
+    """Trains ``sae``; with ``forward_module`` (a DDP wrapper of ``sae``) the forward pass goes
+    through it so gradients are averaged across workers, and the few pieces of state that each
+    worker computes from its own batch (initial ``b_dec``, fired latents, threshold) are
+    reduced so that every worker holds the same SAE."""
+
+    def __init__(self, sae: Sae, cfg: SaeTrainConfig, total_steps: int, forward_module: torch.nn.Module | None = None):
         self.sae = sae
+        self.forward_module = forward_module or sae
         self.cfg = cfg
         self.total_steps = total_steps
         params = list(sae.parameters())
@@ -88,16 +98,24 @@ class SaeTrainer:
         x = x.reshape(-1, sae.d_in).to(device=sae.device, dtype=sae.dtype)
         if self.step_count == 0:
             sae.b_dec.data = geometric_median(x).to(sae.dtype)
+            if _distributed():
+                torch.distributed.broadcast(sae.b_dec.data, src=0)
             if sae.cfg.normalize_decoder:
                 sae.set_decoder_norm_to_unit_norm()
         dead = self.dead_mask
-        out = sae(x, dead_mask=dead if cfg.auxk_alpha > 0 else None, auxk_reference=cfg.auxk_reference)
+        out = self.forward_module(x, dead_mask=dead if cfg.auxk_alpha > 0 else None, auxk_reference=cfg.auxk_reference)
         loss = out.fvu + cfg.auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8
         loss.backward()
 
         fired = torch.zeros_like(self.vectors_since_fired, dtype=torch.bool)
         fired[out.code.latents[out.code.values > 0]] = True
-        self.vectors_since_fired += x.shape[0]
+        seen = x.shape[0]
+        if _distributed():
+            fired_any = fired.to(torch.int32)
+            torch.distributed.all_reduce(fired_any, op=torch.distributed.ReduceOp.MAX)
+            fired = fired_any.bool()
+            seen *= torch.distributed.get_world_size()
+        self.vectors_since_fired += seen
         self.vectors_since_fired[fired] = 0
 
         torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
@@ -123,9 +141,13 @@ class SaeTrainer:
 
     def _update_threshold(self, kept: Tensor) -> None:
         positive = kept[kept > 0]
-        if positive.numel() == 0:
+        smallest = positive.min() if positive.numel() else kept.new_tensor(float("inf"))
+        if _distributed():
+            smallest = smallest.clone()
+            torch.distributed.all_reduce(smallest, op=torch.distributed.ReduceOp.MIN)
+        if not torch.isfinite(smallest):
             return
-        smallest = float(positive.min())
+        smallest = float(smallest)
         current = self.sae.cfg.threshold
         beta = self.cfg.threshold_beta
         self.sae.cfg.threshold = smallest if current is None else beta * current + (1 - beta) * smallest
