@@ -12,38 +12,17 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from pathlib import Path
 
-import pyarrow.dataset as pads
 import torch
 
-from saeuron import activations
 from saeuron.activation_dataset import count_vectors
 from saeuron.collect import CollectConfig, collect
-from saeuron.sae import Sae, SaeConfig
-from saeuron.sae.trainer import SaeTrainConfig, SaeTrainer
+from saeuron.local_train import train_locally
+from saeuron.sae import SaeConfig
+from saeuron.sae.trainer import SaeTrainConfig
 from saeuron.train import TrainConfig, train_hookpoint
 
 HOOK = "unet.up_blocks.1.attentions.2"
-
-
-def bare_loop(root: Path, sae_cfg: SaeConfig, batch_size: int, steps: int) -> float:
-    d_in = activations.read_manifest(root)["d_in"][HOOK]
-    sae = Sae(d_in, sae_cfg)
-    trainer = SaeTrainer(sae, SaeTrainConfig(), steps)
-    dataset = pads.dataset(str(activations.hookpoint_dir(root, HOOK)), format="parquet")
-    buffer, done, flowing = [], 0, None
-    for record_batch in dataset.to_batches(columns=["activations"]):
-        buffer.append(torch.from_numpy(activations.binary_to_vectors(record_batch.column("activations"), d_in).astype("float32")))
-        pending = torch.cat(buffer)
-        while len(pending) >= batch_size and done < steps:
-            trainer.step(pending[:batch_size])
-            pending = pending[batch_size:]
-            done += 1
-            if done == 1:
-                flowing = time.perf_counter()
-        buffer = [pending]
-    return (done - 1) * batch_size / (time.perf_counter() - flowing)
 
 
 def main() -> None:
@@ -73,7 +52,7 @@ def main() -> None:
         result = train_hookpoint(cfg, HOOK, None, None)
         job_wall = time.perf_counter() - started
         ray_speed = result.metrics["train_vectors_per_second"]
-        bare_speed = bare_loop(collected.dataset_dir, sae_cfg, args.batch_size, steps)
+        _, bare_speed = train_locally(collected.dataset_dir, HOOK, sae_cfg, SaeTrainConfig(), args.batch_size, steps)
     print(f"{vectors:,} vectors, {steps} steps of {args.batch_size}; job wall time {job_wall:.1f}s including start-up")
     print(f"bare loop: {bare_speed:,.0f} vectors/s   ray train (1 worker): {ray_speed:,.0f} vectors/s   "
           f"ratio ray/bare: {ray_speed / bare_speed:.2f}")

@@ -55,6 +55,37 @@ def resolve_model_path(benchmark: str, model_path: str | None) -> Path:
     )
 
 
+def model_identity(benchmark: str, model_path: str | None) -> str:
+    """How a base model is named in manifests and recipes: the embedded model by name (its folder
+    moves with the package and with every `ray job submit --working-dir` copy), others by path."""
+    return str(Path(model_path).expanduser().resolve()) if model_path else f"embedded:{benchmark}"
+
+
+def statistics_prompt_rows(benchmark: str, kind: str, anchor_prompts_dir: str | None = None, seed: int = 188,
+                           styled_objects: bool = False) -> list[prompts.PromptRow]:
+    """Prompts whose SAE activations define each concept, as in the reference: for a style, the
+    first caption of every object in that style; for an object, all its captions unstyled (with
+    ``styled_objects``, also each caption in one style, rotating through the styles, so that the
+    object's latents are found across renderings). Every prompt uses ``seed``."""
+    spec = get_benchmark(benchmark)
+    captions = training_captions(benchmark, anchor_prompts_dir)
+    rows: list[prompts.PromptRow] = []
+    if kind == "style":
+        for style in spec.styles:
+            for obj in spec.objects:
+                rows.append(prompts.PromptRow(len(rows), prompts.train_prompt(captions[obj][0], style), obj, style, seed))
+    elif kind == "object":
+        for obj in spec.objects:
+            for i, caption in enumerate(captions[obj]):
+                rows.append(prompts.PromptRow(len(rows), prompts.train_prompt(caption, None), obj, None, seed))
+                if styled_objects:
+                    style = spec.styles[i % len(spec.styles)]
+                    rows.append(prompts.PromptRow(len(rows), prompts.train_prompt(caption, style), obj, style, seed))
+    else:
+        raise ValueError(f"kind must be 'style' or 'object', got {kind!r}")
+    return rows
+
+
 def training_captions(benchmark: str, anchor_prompts_dir: str | None) -> dict[str, list[str]]:
     if benchmark == "minicanvas":
         return prompts.minicanvas_captions()

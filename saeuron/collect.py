@@ -24,7 +24,8 @@ import pyarrow as pa
 import torch
 
 from . import activations
-from .benchmark import resolve_model_path, training_prompt_rows
+from .benchmark import model_identity, resolve_model_path, training_prompt_rows
+from .prompts import rows_from_batch
 from .hooks import CAPTURE_HALVES, HookedPipeline
 from .pipeline_folder import block_channels
 
@@ -80,9 +81,7 @@ class CollectConfig:
         keys = ("benchmark", "anchor_prompts_dir", "hookpoints", "num_inference_steps", "guidance_scale", "capture_half",
                 "every_k_steps", "patches_per_map", "seeds_per_prompt", "seed", "dtype")
         identity = {key: getattr(self, key) for key in keys}
-        # The embedded model is named, not located: its folder moves with the package (and with
-        # every `ray job submit --working-dir` copy).
-        identity["model_path"] = str(Path(self.model_path).expanduser().resolve()) if self.model_path else f"embedded:{self.benchmark}"
+        identity["model_path"] = model_identity(self.benchmark, self.model_path)
         return identity
 
     def kept_steps(self) -> int:
@@ -147,7 +146,7 @@ class ActivationCollector:
         self.patches_per_map = patches_per_map
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        rows = rows_from_batch(batch)
         out = self.hooked.generate(
             [row["prompt"] for row in rows], [int(row["seed"]) for row in rows], capture=self.hookpoints,
             capture_filter=lambda call: call.step_index % self.every_k_steps == 0, output_type="latent", **self.settings,

@@ -11,8 +11,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from .minicanvas import concepts as minicanvas_concepts
-from .templates import eval_prompt, train_prompt
+from .templates import eval_prompt, train_prompt  # noqa: F401 (re-exported)
 
 # ---------------------------------------------------------------------------------- UnlearnCanvas
 UNLEARNCANVAS_STYLES = (
@@ -101,3 +103,14 @@ def evaluation_rows(objects: Sequence[str], styles: Sequence[str], seeds: Sequen
 
 def minicanvas_captions() -> dict[str, list[str]]:
     return {obj: minicanvas_concepts.captions(obj) for obj in minicanvas_concepts.OBJECTS}
+
+
+def rows_from_batch(batch: dict) -> list[dict]:
+    """Prompt rows back from a Ray Data numpy batch, where a batch of only unstyled prompts has
+    its style column as float NaN."""
+    rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+    for row in rows:
+        style = row.get("style")
+        if style is None or (isinstance(style, (float, np.floating)) and np.isnan(style)) or style == "":
+            row["style"] = None
+    return rows

@@ -58,7 +58,9 @@ def measure_generation_quality(
     num_inference_steps: int = DEFAULT_STEPS,
     guidance_scale: float = DEFAULT_GUIDANCE,
     batch_size: int = 88,
+    edits: dict | None = None,
 ) -> GenerationQuality:
+    """``edits`` ({hookpoint: edit function}) are applied while sampling, e.g. an unlearning edit."""
     hooked = HookedPipeline(pipe)
     jobs = [(style, obj, seed) for style in (*STYLES, NO_STYLE) for obj in OBJECTS for seed in seeds]
     images = []
@@ -66,7 +68,7 @@ def measure_generation_quality(
         chunk = jobs[start:start + batch_size]
         out = hooked.generate(
             [eval_prompt(obj, style) for style, obj, _ in chunk], [seed for *_, seed in chunk],
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type="pt",
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type="pt", edits=edits,
         )
         images.append(out.images.float().cpu())
     images = torch.cat(images)

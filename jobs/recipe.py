@@ -1,0 +1,11 @@
+"""Step 4 of the study: select the latents of the concepts to forget and write the recipe.
+
+    python jobs/recipe.py --statistics runs/minicanvas/statistics/style-unet.up_blocks.1.attentions.2 \
+        --concepts Neon_Glow --percentile 99 --multiplier -5
+"""
+
+from saeuron.config import parse_config
+from saeuron.make_recipe import RecipeConfig, make_recipe
+
+if __name__ == "__main__":
+    make_recipe(parse_config(RecipeConfig, description=__doc__))

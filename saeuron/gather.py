@@ -1,0 +1,161 @@
+"""Concept statistics as a Ray Data job: prompts → actors (pipeline + SAE) → per-concept sums.
+
+Each actor runs its prompts through the pipeline, encodes the hooked block's output (conditional
+CFG half, as the reference) with the SAE in inference mode, averages over patches and returns
+per-(concept, timestep) sums and counts; the driver adds them up into
+:class:`saeuron.statistics.ConceptStatistics`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from .benchmark import resolve_model_path, statistics_prompt_rows
+from .collect import resolve_dtype
+from .prompts import rows_from_batch
+from .hooks import HookedPipeline
+from .pipeline_folder import block_channels
+from .registry import load_sae
+from .statistics import ConceptStatistics, patch_mean_latents, sae_fingerprint
+
+
+@dataclass
+class GatherConfig:
+    sae: str = ""
+    """SAE of the hookpoint: a folder (or a folder of <hookpoint>/ folders) or models:/NAME@alias."""
+    hookpoint: str = "unet.up_blocks.1.attentions.2"
+    kind: str = "style"
+    """"style" (the reference gathers styles on up.1.2) or "object" (on up.1.1)."""
+    benchmark: str = "minicanvas"
+    model_path: str = ""
+    anchor_prompts_dir: str = ""
+    study_dir: str = "runs/minicanvas"
+    output_dir: str = ""
+    """Where the statistics go; empty means <study_dir>/statistics/<kind>-<hookpoint>."""
+    styled_objects: bool = False
+    """For objects: also gather each caption in a (rotating) style, not only unstyled as the reference."""
+    num_inference_steps: int = 100
+    """The reference gathers with DDIM 100; sample with the same number of steps."""
+    guidance_scale: float = 9.0
+    seed: int = 188
+    sae_inference: str = ""
+    """"topk" or "threshold"; empty: the SAE's learned threshold when it has one."""
+    dtype: str = "auto"
+    num_actors: int = 1
+    batch_size: int = 8
+    cpu_threads_per_actor: int = 1
+    tracking_uri: str = ""
+    experiment: str = "saeuron"
+
+    @property
+    def statistics_dir(self) -> Path:
+        return Path(self.output_dir or Path(self.study_dir) / "statistics" / f"{self.kind}-{self.hookpoint}").expanduser().resolve()
+
+
+class StatisticsActor:
+    def __init__(self, model_path: str, sae_ref: str, hookpoint: str, kind: str, num_inference_steps: int,
+                 guidance_scale: float, dtype: str, sae_inference: str, tracking_uri: str, cpu_threads: int):
+        import ray
+        from diffusers import StableDiffusionPipeline
+
+        device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
+        if device == "cpu":
+            torch.set_num_threads(cpu_threads)
+        torch_dtype = resolve_dtype(dtype, device)
+        pipe = StableDiffusionPipeline.from_pretrained(model_path, dtype=torch_dtype, safety_checker=None, feature_extractor=None,
+                                                       requires_safety_checker=False, local_files_only=True).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        self.hooked = HookedPipeline(pipe)
+        self.sae = load_sae(sae_ref, hookpoint, device=device, dtype=torch_dtype, inference=sae_inference or None,
+                            tracking_uri=tracking_uri or None)
+        self.hookpoint, self.kind = hookpoint, kind
+        self.settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        from ray.data.extensions import ArrowTensorArray
+
+        rows = rows_from_batch(batch)
+        capture = self.hooked.generate([r["prompt"] for r in rows], [int(r["seed"]) for r in rows], capture=[self.hookpoint],
+                                       output_type="latent", capture_device=self.hooked.device, **self.settings).captures[self.hookpoint]
+        maps = capture.stacked()  # [B, T, P, C]
+        latents = torch.stack([patch_mean_latents(self.sae, maps[:, t]) for t in range(maps.shape[1])], dim=1)  # [B, T, F]
+        concepts = [r[self.kind] for r in rows]
+        out: dict[str, list] = {"concept": [], "timestep": [], "count": []}
+        sums = []
+        for concept in sorted(set(concepts)):
+            members = torch.tensor([c == concept for c in concepts], device=latents.device)
+            for t, timestep in enumerate(capture.timesteps):
+                out["concept"].append(concept)
+                out["timestep"].append(int(timestep))
+                out["count"].append(int(members.sum()))
+                sums.append(latents[members, t].double().sum(0).cpu().numpy())
+        return pa.table({**out, "sum": ArrowTensorArray.from_numpy(np.stack(sums))})
+
+
+def _check(cfg: GatherConfig):
+    if not cfg.sae:
+        raise ValueError("no SAE given: pass --sae <folder> or --sae models:/NAME@alias")
+    if cfg.kind not in ("style", "object"):
+        raise ValueError(f"kind must be 'style' or 'object', got {cfg.kind!r}")
+    model_path = resolve_model_path(cfg.benchmark, cfg.model_path)
+    d_in = block_channels(model_path, [cfg.hookpoint])[cfg.hookpoint]
+    sae = load_sae(cfg.sae, cfg.hookpoint, inference=cfg.sae_inference or None, tracking_uri=cfg.tracking_uri or None)
+    if sae.d_in != d_in:
+        raise ValueError(f"the SAE reads {sae.d_in}-dim vectors but {cfg.hookpoint} outputs {d_in}: wrong SAE for this hookpoint")
+    rows = statistics_prompt_rows(cfg.benchmark, cfg.kind, cfg.anchor_prompts_dir, cfg.seed, cfg.styled_objects)
+    if not rows:
+        raise ValueError(f"no statistics prompts for {cfg.benchmark!r}")
+    return model_path, sae, rows
+
+
+def gather(cfg: GatherConfig) -> ConceptStatistics:
+    import ray
+
+    model_path, sae, rows = _check(cfg)
+    if not ray.is_initialized():
+        ray.init()
+    started = time.perf_counter()
+    num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    batches = ray.data.from_items([r.as_dict() for r in rows]).map_batches(
+        StatisticsActor,
+        fn_constructor_kwargs=dict(model_path=str(model_path), sae_ref=str(cfg.sae), hookpoint=cfg.hookpoint, kind=cfg.kind,
+                                   num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
+                                   dtype=cfg.dtype, sae_inference=cfg.sae_inference, tracking_uri=cfg.tracking_uri,
+                                   cpu_threads=cfg.cpu_threads_per_actor),
+        batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), num_gpus=num_gpus,
+        num_cpus=0 if num_gpus else cfg.cpu_threads_per_actor,
+    )
+    concepts = sorted({getattr(r, cfg.kind) for r in rows}, key=[getattr(r, cfg.kind) for r in rows].index)
+    stats: ConceptStatistics | None = None
+    for part in batches.iter_batches(batch_format="pyarrow", batch_size=None):
+        if stats is None:
+            timesteps = sorted(set(part.column("timestep").to_pylist()), reverse=True)
+            stats = ConceptStatistics.empty(cfg.hookpoint, concepts, timesteps, sae.num_latents, str(cfg.sae), sae_fingerprint(sae), cfg.kind)
+        sums = part.column("sum").to_numpy(zero_copy_only=False)
+        for concept, timestep, count, latent_sum in zip(part.column("concept").to_pylist(), part.column("timestep").to_pylist(),
+                                                        part.column("count").to_pylist(), sums):
+            stats.add(concept, timestep, torch.from_numpy(np.asarray(latent_sum)), count)
+    stats.save(cfg.statistics_dir)
+    print(f"gather: {len(rows)} prompts, {len(concepts)} {cfg.kind} concepts × {len(stats.timesteps)} timesteps × "
+          f"{stats.num_latents} latents in {time.perf_counter() - started:.1f}s -> {cfg.statistics_dir}", flush=True)
+    return stats
+
+
+def gather_tracked(cfg: GatherConfig) -> ConceptStatistics:
+    import mlflow
+
+    from .tracking import tracked_run
+
+    with tracked_run(cfg, study_dir=cfg.study_dir, tracking_uri=cfg.tracking_uri, experiment=cfg.experiment,
+                     run_name=f"gather {cfg.kind} {cfg.hookpoint}", tags={"saeuron.stage": "gather"}):
+        stats = gather(cfg)
+        mlflow.log_artifacts(str(cfg.statistics_dir), "statistics")
+        mlflow.log_metrics({"concepts": len(stats.concepts), "timesteps": len(stats.timesteps), "prompts": float(stats.counts[:, 0].sum())})
+    return stats
+
