@@ -11,7 +11,6 @@ prompt is either present once with all its rows or generated again.
 
 from __future__ import annotations
 
-import logging
 import math
 import shutil
 import time
@@ -21,18 +20,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from . import activations
+from .actor_pool import load_pipeline_in_actor, map_with_actor_pool, resolve_dtype
 from .benchmark import model_identity, resolve_model_path, training_prompt_rows
 from .prompts import rows_from_batch
 from .hooks import CAPTURE_HALVES, HookedPipeline
 from .pipeline_folder import block_channels
 
-logger = logging.getLogger(__name__)
-
 PAPER_HOOKPOINTS = ["unet.up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"]
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 @dataclass
@@ -88,14 +84,6 @@ class CollectConfig:
         return math.ceil(self.num_inference_steps / self.every_k_steps)
 
 
-def resolve_dtype(name: str, device: str) -> torch.dtype:
-    if name == "auto":
-        return torch.float16 if device == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be 'auto' or one of {list(DTYPES)}, got {name!r}")
-    return DTYPES[name]
-
-
 def _check(cfg: CollectConfig) -> tuple[Path, dict[str, int], list]:
     """Every check that can fail, before Ray or a model is touched."""
     if cfg.capture_half not in CAPTURE_HALVES:
@@ -128,17 +116,7 @@ class ActivationCollector:
 
     def __init__(self, model_path: str, hookpoints: list[str], num_inference_steps: int, guidance_scale: float,
                  capture_half: str, every_k_steps: int, patches_per_map: int, dtype: str, cpu_threads: int):
-        import ray
-        from diffusers import StableDiffusionPipeline
-
-        device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
-        if device == "cpu":
-            torch.set_num_threads(cpu_threads)
-        pipe = StableDiffusionPipeline.from_pretrained(
-            model_path, dtype=resolve_dtype(dtype, device), safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False, local_files_only=True,
-        ).to(device)
-        pipe.set_progress_bar_config(disable=True)
+        pipe, _, _ = load_pipeline_in_actor(model_path, dtype, cpu_threads)
         self.hooked = HookedPipeline(pipe)
         self.hookpoints = hookpoints
         self.settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, capture_half=capture_half)
@@ -155,13 +133,6 @@ class ActivationCollector:
             activations.activation_table(hp, rows, cap.stacked(), cap.timesteps, cap.step_indices, self.patches_per_map)
             for hp, cap in out.captures.items()
         ])
-
-
-def _init_ray() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(logging_level=logging.WARNING)
 
 
 def collect(cfg: CollectConfig) -> dict[str, Any]:
@@ -188,21 +159,12 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
 
     started = time.perf_counter()
     if pending:
-        import ray
-
-        _init_ray()
-        num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        dataset = ray.data.from_items(pending).map_batches(
-            ActivationCollector,
-            fn_constructor_kwargs=dict(
-                model_path=str(model_path), hookpoints=cfg.hookpoints, num_inference_steps=cfg.num_inference_steps,
-                guidance_scale=cfg.guidance_scale, capture_half=cfg.capture_half, every_k_steps=cfg.every_k_steps,
-                patches_per_map=cfg.patches_per_map, dtype=cfg.dtype, cpu_threads=cfg.cpu_threads_per_actor,
-            ),
-            batch_size=cfg.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
-            num_gpus=num_gpus,
-            num_cpus=0 if num_gpus else cfg.cpu_threads_per_actor,
+        dataset = map_with_actor_pool(
+            pending, ActivationCollector,
+            dict(model_path=str(model_path), hookpoints=cfg.hookpoints, num_inference_steps=cfg.num_inference_steps,
+                 guidance_scale=cfg.guidance_scale, capture_half=cfg.capture_half, every_k_steps=cfg.every_k_steps,
+                 patches_per_map=cfg.patches_per_map, dtype=cfg.dtype, cpu_threads=cfg.cpu_threads_per_actor),
+            cfg.batch_size, cfg.num_actors, cfg.cpu_threads_per_actor,
         )
         dataset.write_parquet(str(root), partition_cols=[activations.PARTITION])
     seconds = time.perf_counter() - started

@@ -17,7 +17,7 @@ import pyarrow as pa
 import torch
 
 from .benchmark import resolve_model_path, statistics_prompt_rows
-from .collect import resolve_dtype
+from .actor_pool import load_pipeline_in_actor, map_with_actor_pool
 from .prompts import rows_from_batch
 from .hooks import HookedPipeline
 from .pipeline_folder import block_channels
@@ -61,16 +61,7 @@ class GatherConfig:
 class StatisticsActor:
     def __init__(self, model_path: str, sae_ref: str, hookpoint: str, kind: str, num_inference_steps: int,
                  guidance_scale: float, dtype: str, sae_inference: str, tracking_uri: str, cpu_threads: int):
-        import ray
-        from diffusers import StableDiffusionPipeline
-
-        device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
-        if device == "cpu":
-            torch.set_num_threads(cpu_threads)
-        torch_dtype = resolve_dtype(dtype, device)
-        pipe = StableDiffusionPipeline.from_pretrained(model_path, dtype=torch_dtype, safety_checker=None, feature_extractor=None,
-                                                       requires_safety_checker=False, local_files_only=True).to(device)
-        pipe.set_progress_bar_config(disable=True)
+        pipe, device, torch_dtype = load_pipeline_in_actor(model_path, dtype, cpu_threads)
         self.hooked = HookedPipeline(pipe)
         self.sae = load_sae(sae_ref, hookpoint, device=device, dtype=torch_dtype, inference=sae_inference or None,
                             tracking_uri=tracking_uri or None)
@@ -115,21 +106,14 @@ def _check(cfg: GatherConfig):
 
 
 def gather(cfg: GatherConfig) -> ConceptStatistics:
-    import ray
-
     model_path, sae, rows = _check(cfg)
-    if not ray.is_initialized():
-        ray.init()
     started = time.perf_counter()
-    num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    batches = ray.data.from_items([r.as_dict() for r in rows]).map_batches(
-        StatisticsActor,
-        fn_constructor_kwargs=dict(model_path=str(model_path), sae_ref=str(cfg.sae), hookpoint=cfg.hookpoint, kind=cfg.kind,
-                                   num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
-                                   dtype=cfg.dtype, sae_inference=cfg.sae_inference, tracking_uri=cfg.tracking_uri,
-                                   cpu_threads=cfg.cpu_threads_per_actor),
-        batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), num_gpus=num_gpus,
-        num_cpus=0 if num_gpus else cfg.cpu_threads_per_actor,
+    batches = map_with_actor_pool(
+        [r.as_dict() for r in rows], StatisticsActor,
+        dict(model_path=str(model_path), sae_ref=str(cfg.sae), hookpoint=cfg.hookpoint, kind=cfg.kind,
+             num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, dtype=cfg.dtype,
+             sae_inference=cfg.sae_inference, tracking_uri=cfg.tracking_uri, cpu_threads=cfg.cpu_threads_per_actor),
+        cfg.batch_size, cfg.num_actors, cfg.cpu_threads_per_actor,
     )
     concepts = sorted({getattr(r, cfg.kind) for r in rows}, key=[getattr(r, cfg.kind) for r in rows].index)
     stats: ConceptStatistics | None = None

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from .benchmark import evaluation_prompt_rows, get_benchmark, model_identity, resolve_model_path
-from .collect import resolve_dtype
+from .actor_pool import load_pipeline_in_actor, map_with_actor_pool
 from .prompts import PromptRow, rows_from_batch
 from .recipe import Recipe
 
@@ -65,20 +64,11 @@ class UnlearnConfig:
 class UnlearningSampler:
     def __init__(self, model_path: str, recipe: str, sae: str, base_model: str, error_mode: str, num_inference_steps: int,
                  guidance_scale: float, dtype: str, image_format: str, out_dir: str, tracking_uri: str, cpu_threads: int):
-        import ray
-        from diffusers import StableDiffusionPipeline
-
         from .hooks import HookedPipeline
         from .registry import load_sae
         from .unlearned_pipeline import UnlearnedPipeline
 
-        device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
-        if device == "cpu":
-            torch.set_num_threads(cpu_threads)
-        torch_dtype = resolve_dtype(dtype, device)
-        pipe = StableDiffusionPipeline.from_pretrained(model_path, dtype=torch_dtype, safety_checker=None, feature_extractor=None,
-                                                       requires_safety_checker=False, local_files_only=True).to(device)
-        pipe.set_progress_bar_config(disable=True)
+        pipe, device, torch_dtype = load_pipeline_in_actor(model_path, dtype, cpu_threads)
         if recipe:
             loaded = Recipe.load(recipe)
             sae_model = load_sae(sae or loaded.sae_ref, loaded.hookpoint, device=device, dtype=torch_dtype, tracking_uri=tracking_uri or None)
@@ -130,8 +120,6 @@ def check_recipe(cfg: UnlearnConfig) -> Recipe | None:
 
 def unlearn(cfg: UnlearnConfig) -> pa.Table:
     """Generate the benchmark's evaluation prompts with the recipe; returns the image index."""
-    import ray
-
     if cfg.error_mode not in ("correct", "reference"):
         raise ValueError(f"error_mode must be 'correct' or 'reference', got {cfg.error_mode!r}")
     if cfg.image_format not in IMAGE_FORMATS:
@@ -150,18 +138,13 @@ def unlearn(cfg: UnlearnConfig) -> pa.Table:
     print(f"unlearn: {len(rows)} images, {len(rows) - len(pending)} already there -> {out}", flush=True)
     started = time.perf_counter()
     if pending:
-        if not ray.is_initialized():
-            ray.init()
-        num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        ray.data.from_items(pending).map_batches(
-            UnlearningSampler,
-            fn_constructor_kwargs=dict(model_path=str(model_path), recipe=str(Path(cfg.recipe).resolve()) if cfg.recipe else "",
-                                       sae=cfg.sae, base_model=model_identity(cfg.benchmark, cfg.model_path), error_mode=cfg.error_mode,
-                                       num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, dtype=cfg.dtype,
-                                       image_format=cfg.image_format, out_dir=str(out), tracking_uri=cfg.tracking_uri,
-                                       cpu_threads=cfg.cpu_threads_per_actor),
-            batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), num_gpus=num_gpus,
-            num_cpus=0 if num_gpus else cfg.cpu_threads_per_actor,
+        map_with_actor_pool(
+            pending, UnlearningSampler,
+            dict(model_path=str(model_path), recipe=str(Path(cfg.recipe).resolve()) if cfg.recipe else "", sae=cfg.sae,
+                 base_model=model_identity(cfg.benchmark, cfg.model_path), error_mode=cfg.error_mode,
+                 num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, dtype=cfg.dtype,
+                 image_format=cfg.image_format, out_dir=str(out), tracking_uri=cfg.tracking_uri, cpu_threads=cfg.cpu_threads_per_actor),
+            cfg.batch_size, cfg.num_actors, cfg.cpu_threads_per_actor,
         ).materialize()
     index = pa.Table.from_pylist([{**r, "file": image_name(r, cfg.image_format), "recipe": cfg.recipe, "error_mode": cfg.error_mode}
                                   for r in rows])

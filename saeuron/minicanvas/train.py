@@ -14,7 +14,6 @@ the wrong colours. Sampling is unchanged: the pipeline keeps SD v1's scheduler a
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -22,9 +21,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
 from diffusers.training_utils import EMAModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTokenizer
 
 from ..config import parse_config
 from .architecture import SD_V1_SCHEDULER, Architecture, build_text_encoder, build_unet, build_vae

@@ -1,0 +1,49 @@
+"""What every Ray Data stage of the study shares: a pool of actors that each hold one pipeline.
+
+One GPU per actor when the cluster has GPUs, else CPU actors with a fixed number of threads; the
+same code either way.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be 'auto' or one of {list(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def load_pipeline_in_actor(model_path: str, dtype: str, cpu_threads: int):
+    """Inside an actor: (pipeline, device, torch dtype), on the GPU Ray gave this actor if any."""
+    import ray
+    from diffusers import StableDiffusionPipeline
+
+    device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(cpu_threads)
+    torch_dtype = resolve_dtype(dtype, device)
+    pipe = StableDiffusionPipeline.from_pretrained(model_path, dtype=torch_dtype, safety_checker=None, feature_extractor=None,
+                                                   requires_safety_checker=False, local_files_only=True).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, device, torch_dtype
+
+
+def map_with_actor_pool(rows: list[dict], actor_class, actor_kwargs: dict, batch_size: int, num_actors: int, cpu_threads: int):
+    """``ray.data.from_items(rows).map_batches(actor_class)`` on a fixed pool of ``num_actors``."""
+    import logging
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(logging_level=logging.WARNING)
+    num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    return ray.data.from_items(rows).map_batches(
+        actor_class, fn_constructor_kwargs=actor_kwargs, batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=num_actors), num_gpus=num_gpus, num_cpus=0 if num_gpus else cpu_threads,
+    )
