@@ -92,3 +92,40 @@ def test_killed_worker_resumes_from_checkpoint_and_ends_with_the_same_steps(mini
     expected = count_vectors(minicanvas_activations.dataset_dir, HOOKS[1], "train", 0.15, 0) // 512
     assert result.steps == expected
     assert result.metrics["resumed_from_step"] > 0, result.metrics
+
+
+@pytest.mark.slow
+def test_a_fresh_submission_of_the_same_config_resumes_the_run(minicanvas_activations, tmp_path, ray_cluster):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from saeuron.config import config_to_yaml
+
+    cfg = small_train_config(minicanvas_activations, tmp_path, batch_size=512, checkpoint_every=4, log_every=4,
+                             hookpoints=[HOOKS[0]], register=False)
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text(config_to_yaml(cfg))
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster, "PYTHONPATH": str(repo)}
+    command = [sys.executable, str(repo / "jobs" / "train.py"), "--config", str(config_file)]
+    storage = tmp_path / "study" / "ray_train"
+    driver = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    registered = False
+    while time.time() < deadline and not registered and driver.poll() is None:
+        for snapshot in storage.rglob("checkpoint_manager_snapshot.json"):
+            try:
+                registered = bool(json.loads(snapshot.read_text()).get("latest_checkpoint_result"))
+            except ValueError:
+                pass
+        time.sleep(0.2)
+    assert registered and driver.poll() is None, "the first submission ended before a checkpoint was registered"
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    # The same config again: same run name and storage, so Ray Train resumes from the checkpoint.
+    result = train_hookpoint(cfg, HOOKS[0], None, None)
+    from saeuron.activation_dataset import count_vectors
+
+    assert result.steps == count_vectors(minicanvas_activations.dataset_dir, HOOKS[0], "train", 0.15, 0) // 512
+    assert result.metrics["resumed_from_step"] > 0, result.metrics
