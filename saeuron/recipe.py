@@ -7,13 +7,13 @@ Saved as ``recipe.json`` (SAE reference and fingerprint, hookpoint, base model, 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from .atomic_files import save_tensors_and_json
 from .selection import Rules, build_rules
 from .statistics import ConceptStatistics
 
@@ -49,17 +49,12 @@ class Recipe:
         return self.rules.latent[mask], self.rules.scale[mask], self.rules.threshold[mask]
 
     def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         r = self.rules
-        save_file({"timestep_index": r.timestep_index, "latent": r.latent, "scale": r.scale, "threshold": r.threshold,
-                   "concept_index": r.concept_index}, str(folder / f".{TENSORS}.tmp"))
+        tensors = {"timestep_index": r.timestep_index, "latent": r.latent, "scale": r.scale, "threshold": r.threshold,
+                   "concept_index": r.concept_index}
         meta = {"hookpoint": self.hookpoint, "sae_ref": self.sae_ref, "sae_fingerprint": self.sae_fingerprint,
                 "base_model": self.base_model, "concepts": self.concepts, "timesteps": self.timesteps, "num_rules": len(r)}
-        (folder / f".{JSON}.tmp").write_text(json.dumps(meta, indent=2))
-        os.replace(folder / f".{TENSORS}.tmp", folder / TENSORS)
-        os.replace(folder / f".{JSON}.tmp", folder / JSON)
-        return folder
+        return save_tensors_and_json(folder, TENSORS, tensors, JSON, meta)
 
     @classmethod
     def load(cls, folder: str | Path) -> "Recipe":

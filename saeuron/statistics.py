@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from .atomic_files import save_tensors_and_json
 from .sae import Sae
 
 TENSORS = "statistics.safetensors"
@@ -86,16 +86,10 @@ class ConceptStatistics:
         self.counts += other.counts
 
     def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file({"sums": self.sums.contiguous(), "counts": self.counts.contiguous(),
-                   "timesteps": torch.tensor(self.timesteps, dtype=torch.long)}, str(folder / f".{TENSORS}.tmp"))
+        tensors = {"sums": self.sums, "counts": self.counts, "timesteps": torch.tensor(self.timesteps, dtype=torch.long)}
         index = {"hookpoint": self.hookpoint, "concepts": self.concepts, "kind": self.kind, "timesteps": self.timesteps,
                  "num_latents": self.num_latents, "sae_ref": self.sae_ref, "sae_fingerprint": self.sae_fingerprint}
-        (folder / f".{INDEX}.tmp").write_text(json.dumps(index, indent=2))
-        os.replace(folder / f".{TENSORS}.tmp", folder / TENSORS)
-        os.replace(folder / f".{INDEX}.tmp", folder / INDEX)
-        return folder
+        return save_tensors_and_json(folder, TENSORS, tensors, INDEX, index)
 
     @classmethod
     def load(cls, folder: str | Path) -> "ConceptStatistics":

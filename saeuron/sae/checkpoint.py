@@ -9,13 +9,13 @@ trainer's state as ``trainer_state.safetensors`` (tensors) and ``trainer_state.j
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from ..atomic_files import save_tensors_and_json
 from .model import Sae
 from .trainer import SaeTrainer
 
@@ -45,11 +45,7 @@ def save_checkpoint(folder: str | Path, hookpoint: str, trainer: SaeTrainer, ext
         "scheduler": state["scheduler"],
         "extra": extra or {},
     }
-    save_file(tensors, str(folder / f".{TENSORS}.tmp"))
-    (folder / f".{META}.tmp").write_text(json.dumps(meta, indent=2))
-    os.replace(folder / f".{TENSORS}.tmp", folder / TENSORS)
-    os.replace(folder / f".{META}.tmp", folder / META)
-    return folder
+    return save_tensors_and_json(folder, TENSORS, tensors, META, meta)
 
 
 def load_checkpoint(folder: str | Path, trainer: SaeTrainer) -> dict[str, Any]:
