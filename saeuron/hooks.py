@@ -72,14 +72,18 @@ class _CallState:
     num_uncond: int = 0
 
 
-def cross_attention_blocks(pipe: StableDiffusionPipeline) -> list[str]:
-    """Dotted paths of the UNet's transformer blocks that contain cross-attention."""
-    return [
-        f"unet.{name}"
-        for name, module in pipe.unet.named_modules()
+def unet_cross_attention_blocks(unet: nn.Module) -> dict[str, Transformer2DModel]:
+    """The UNet's transformer blocks that contain cross-attention, by dotted path from the pipeline."""
+    return {
+        f"unet.{name}": module
+        for name, module in unet.named_modules()
         if isinstance(module, Transformer2DModel)
         and any(getattr(block.attn2, "is_cross_attention", False) for block in module.transformer_blocks if getattr(block, "attn2", None) is not None)
-    ]
+    }
+
+
+def cross_attention_blocks(pipe: StableDiffusionPipeline) -> list[str]:
+    return list(unet_cross_attention_blocks(pipe.unet))
 
 
 def resolve_module(pipe: StableDiffusionPipeline, path: str) -> nn.Module:

@@ -8,7 +8,8 @@ from typing import Sequence
 
 import torch
 from diffusers import UNet2DConditionModel
-from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+from .hooks import unet_cross_attention_blocks
 
 
 def check_pipeline_folder(path: str | Path) -> dict:
@@ -34,7 +35,7 @@ def block_channels(path: str | Path, hookpoints: Sequence[str]) -> dict[str, int
     config = UNet2DConditionModel.load_config(Path(path) / "unet")
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(config)
-    blocks = {f"unet.{name}": m for name, m in unet.named_modules() if isinstance(m, Transformer2DModel)}
+    blocks = unet_cross_attention_blocks(unet)
     channels = {}
     for hookpoint in hookpoints:
         if hookpoint not in blocks:

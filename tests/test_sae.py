@@ -261,7 +261,8 @@ def test_training_learns_a_sparse_dictionary():
     assert last.fvu < 0.2, last
 
 
-def test_trainer_state_resumes_to_identical_parameters():
+def straight_and_half_way():
+    """A trainer run for 6 steps, one run for the first 3 of the same steps, and the data."""
     data = [torch.randn(32, 16, generator=torch.Generator().manual_seed(i)) for i in range(6)]
     straight = SaeTrainer(make_sae(batch_topk=True), SaeTrainConfig(), total_steps=6)
     for x in data:
@@ -269,6 +270,11 @@ def test_trainer_state_resumes_to_identical_parameters():
     first = SaeTrainer(make_sae(batch_topk=True), SaeTrainConfig(), total_steps=6)
     for x in data[:3]:
         first.step(x)
+    return straight, first, data
+
+
+def test_trainer_state_resumes_to_identical_parameters():
+    straight, first, data = straight_and_half_way()
     resumed_sae = make_sae(batch_topk=True)
     resumed_sae.load_state_dict(first.sae.state_dict())
     resumed = SaeTrainer(resumed_sae, SaeTrainConfig(), total_steps=6)
@@ -283,13 +289,7 @@ def test_trainer_state_resumes_to_identical_parameters():
 def test_checkpoint_on_disk_resumes_to_identical_parameters(tmp_path):
     from saeuron.sae.checkpoint import load_checkpoint, save_checkpoint
 
-    data = [torch.randn(32, 16, generator=torch.Generator().manual_seed(i)) for i in range(6)]
-    straight = SaeTrainer(make_sae(batch_topk=True), SaeTrainConfig(), total_steps=6)
-    for x in data:
-        straight.step(x)
-    first = SaeTrainer(make_sae(batch_topk=True), SaeTrainConfig(), total_steps=6)
-    for x in data[:3]:
-        first.step(x)
+    straight, first, data = straight_and_half_way()
     save_checkpoint(tmp_path, "unet.up_blocks.1.attentions.1", first, extra={"epoch": 0, "batches_done": 3})
     assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.pkl"))
     torch.manual_seed(99)
