@@ -18,6 +18,7 @@ import torch
 
 from .benchmark import resolve_model_path, statistics_prompt_rows
 from .actor_pool import load_pipeline_in_actor, map_with_actor_pool
+from .tracking import resolve_tracking_uri
 from .prompts import rows_from_batch
 from .hooks import HookedPipeline
 from .pipeline_folder import block_channels
@@ -96,7 +97,8 @@ def _check(cfg: GatherConfig):
         raise ValueError(f"kind must be 'style' or 'object', got {cfg.kind!r}")
     model_path = resolve_model_path(cfg.benchmark, cfg.model_path)
     d_in = block_channels(model_path, [cfg.hookpoint])[cfg.hookpoint]
-    sae = load_sae(cfg.sae, cfg.hookpoint, inference=cfg.sae_inference or None, tracking_uri=cfg.tracking_uri or None)
+    registry_uri = resolve_tracking_uri(cfg.tracking_uri, cfg.study_dir)  # where models:/ SAE references resolve
+    sae = load_sae(cfg.sae, cfg.hookpoint, inference=cfg.sae_inference or None, tracking_uri=registry_uri)
     if sae.d_in != d_in:
         raise ValueError(f"the SAE reads {sae.d_in}-dim vectors but {cfg.hookpoint} outputs {d_in}: wrong SAE for this hookpoint")
     rows = statistics_prompt_rows(cfg.benchmark, cfg.kind, cfg.anchor_prompts_dir, cfg.seed, cfg.styled_objects)
@@ -112,7 +114,8 @@ def gather(cfg: GatherConfig) -> ConceptStatistics:
         [r.as_dict() for r in rows], StatisticsActor,
         dict(model_path=str(model_path), sae_ref=str(cfg.sae), hookpoint=cfg.hookpoint, kind=cfg.kind,
              num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, dtype=cfg.dtype,
-             sae_inference=cfg.sae_inference, tracking_uri=cfg.tracking_uri, cpu_threads=cfg.cpu_threads_per_actor),
+             sae_inference=cfg.sae_inference, tracking_uri=resolve_tracking_uri(cfg.tracking_uri, cfg.study_dir),
+             cpu_threads=cfg.cpu_threads_per_actor),
         cfg.batch_size, cfg.num_actors, cfg.cpu_threads_per_actor,
     )
     concepts = sorted({getattr(r, cfg.kind) for r in rows}, key=[getattr(r, cfg.kind) for r in rows].index)

@@ -8,6 +8,8 @@ the recipe. Images already in the output folder are not generated again.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ import pyarrow.parquet as pq
 
 from .benchmark import evaluation_prompt_rows, get_benchmark, model_identity, resolve_model_path
 from .actor_pool import load_pipeline_in_actor, map_with_actor_pool
+from .tracking import resolve_tracking_uri
 from .prompts import PromptRow, rows_from_batch
 from .recipe import Recipe
 
@@ -57,8 +60,19 @@ class UnlearnConfig:
 
     @property
     def images_dir(self) -> Path:
+        """Default: <study_dir>/images/<recipe name>-<key>, the key fingerprinting everything an image
+        depends on besides its prompt and seed, so that resuming reuses only images of the same settings."""
+        if self.output_dir:
+            return Path(self.output_dir).expanduser().resolve()
         name = Path(self.recipe).name if self.recipe else "original"
-        return Path(self.output_dir or Path(self.study_dir) / "images" / name).expanduser().resolve()
+        return (Path(self.study_dir) / "images" / f"{name}-{self.generation_key()}").expanduser().resolve()
+
+    def generation_key(self) -> str:
+        recipe = (Path(self.recipe) / "recipe.json").read_text() if self.recipe else ""
+        rules = (Path(self.recipe) / "recipe.safetensors").read_bytes() if self.recipe else b""
+        settings = json.dumps([model_identity(self.benchmark, self.model_path), recipe, self.sae, self.num_inference_steps,
+                               self.guidance_scale, self.error_mode, self.image_format])
+        return hashlib.sha256(settings.encode() + rules).hexdigest()[:10]
 
 
 class UnlearningSampler:
@@ -125,11 +139,12 @@ def unlearn(cfg: UnlearnConfig) -> pa.Table:
     if cfg.image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format must be one of {IMAGE_FORMATS}")
     recipe = check_recipe(cfg)
+    registry_uri = resolve_tracking_uri(cfg.tracking_uri, cfg.study_dir)  # where models:/ SAE references resolve
     if recipe is not None:
         from .registry import load_sae
         from .unlearning import UnlearningEdit
 
-        UnlearningEdit(load_sae(cfg.sae or recipe.sae_ref, recipe.hookpoint, tracking_uri=cfg.tracking_uri or None), recipe)
+        UnlearningEdit(load_sae(cfg.sae or recipe.sae_ref, recipe.hookpoint, tracking_uri=registry_uri), recipe)
     model_path = resolve_model_path(cfg.benchmark, cfg.model_path)
     rows = [r.as_dict() for r in prompt_rows(cfg)]
     out = cfg.images_dir
@@ -143,7 +158,7 @@ def unlearn(cfg: UnlearnConfig) -> pa.Table:
             dict(model_path=str(model_path), recipe=str(Path(cfg.recipe).resolve()) if cfg.recipe else "", sae=cfg.sae,
                  base_model=model_identity(cfg.benchmark, cfg.model_path), error_mode=cfg.error_mode,
                  num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, dtype=cfg.dtype,
-                 image_format=cfg.image_format, out_dir=str(out), tracking_uri=cfg.tracking_uri, cpu_threads=cfg.cpu_threads_per_actor),
+                 image_format=cfg.image_format, out_dir=str(out), tracking_uri=registry_uri, cpu_threads=cfg.cpu_threads_per_actor),
             cfg.batch_size, cfg.num_actors, cfg.cpu_threads_per_actor,
         ).materialize()
     index = pa.Table.from_pylist([{**r, "file": image_name(r, cfg.image_format), "recipe": cfg.recipe, "error_mode": cfg.error_mode}

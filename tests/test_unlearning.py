@@ -6,37 +6,15 @@ import pytest
 import torch
 
 from saeuron.baseline import ChannelZeroEdit, concept_channels
-from saeuron.gather import GatherConfig, gather
 from saeuron.hooks import HookedPipeline
-from saeuron.local_train import train_locally
 from saeuron.make_recipe import RecipeConfig, make_recipe
 from saeuron.minicanvas.quality import measure_generation_quality
 from saeuron.recipe import Recipe
-from saeuron.sae import SaeConfig
-from saeuron.sae.trainer import SaeTrainConfig
 from saeuron.unlearn import UnlearnConfig, unlearn
 from saeuron.unlearned_pipeline import UnlearnedPipeline
 from saeuron.unlearning import UnlearningEdit
 
-STYLE_HOOK = "unet.up_blocks.1.attentions.2"
-STEPS = 10  # sampling steps everywhere in these tests (statistics are gathered at the same)
-
-
-@pytest.fixture(scope="session")
-def style_sae(minicanvas_activations, tmp_path_factory):
-    sae, _ = train_locally(minicanvas_activations.dataset_dir, STYLE_HOOK, SaeConfig(expansion_factor=16, k=8, batch_topk=True),
-                           SaeTrainConfig(lr=2e-3, dead_feature_threshold=1_000_000), batch_size=2048, steps=300)
-    folder = tmp_path_factory.mktemp("sae") / STYLE_HOOK
-    sae.save_to_disk(folder)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def style_statistics(style_sae, minicanvas_activations, tmp_path_factory):
-    cfg = GatherConfig(sae=str(style_sae), hookpoint=STYLE_HOOK, kind="style", study_dir=str(tmp_path_factory.mktemp("stats")),
-                       num_inference_steps=STEPS, guidance_scale=7.5, batch_size=20)
-    gather(cfg)
-    return cfg.statistics_dir
+from conftest import STEPS, STYLE_HOOK
 
 
 def style_scores(quality, concept):

@@ -1,0 +1,82 @@
+"""FID with the field's tools and no downloads, each number labelled with its feature extractor.
+
+- ``inception_fid``: pytorch-fid's FID Inception (the standard 2048-d pool features, or its smaller
+  blocks) over image files. Its weights come from a file the user places; nothing is fetched.
+- ``domain_fid``: torchmetrics' ``FrechetInceptionDistance`` over another network's features — on
+  MiniCanvas the shipped classifier's penultimate layer, since Inception features of 32×32
+  procedural images say little. Such a number is only comparable with numbers of the same extractor.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_DIMS = (64, 192, 768, 2048)
+
+
+def inception_weights_path(weights: str = "") -> Path:
+    """The FID Inception weights: the given file, or pytorch-fid's place in the torch hub cache."""
+    path = Path(weights).expanduser() if weights else Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"FID Inception weights not found at {path}. Nothing is downloaded: place pytorch-fid's {INCEPTION_FILE} "
+            f"there (or pass inception_weights=<file>); it is the file pytorch-fid fetches from "
+            f"github.com/mseitzer/pytorch-fid/releases")
+    return path
+
+
+def load_fid_inception(weights: str = "", dims: int = 2048, device: str | torch.device = "cpu") -> nn.Module:
+    from pytorch_fid.inception import InceptionV3
+
+    if dims not in INCEPTION_DIMS:
+        raise ValueError(f"inception dims must be one of {INCEPTION_DIMS}, got {dims}")
+    path = inception_weights_path(weights)
+    # pytorch-fid reads its weights from the torch hub cache only; show it the user's file there.
+    with tempfile.TemporaryDirectory() as hub:
+        (Path(hub) / "checkpoints").mkdir()
+        try:
+            (Path(hub) / "checkpoints" / INCEPTION_FILE).symlink_to(path.resolve())
+        except OSError:
+            shutil.copyfile(path, Path(hub) / "checkpoints" / INCEPTION_FILE)
+        previous = torch.hub.get_dir()
+        torch.hub.set_dir(hub)
+        try:
+            model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[dims]], use_fid_inception=True)
+        finally:
+            torch.hub.set_dir(previous)
+    return model.to(device).eval()
+
+
+def inception_fid(real_files: Sequence[str | Path], fake_files: Sequence[str | Path], weights: str = "", dims: int = 2048,
+                  device: str | torch.device = "cpu", batch_size: int = 50) -> float:
+    from pytorch_fid.fid_score import calculate_activation_statistics, calculate_frechet_distance
+
+    for name, files in (("real", real_files), ("generated", fake_files)):
+        if len(files) < 2:
+            raise ValueError(f"FID needs at least 2 {name} images, got {len(files)}")
+    model = load_fid_inception(weights, dims, device)
+    stats = [calculate_activation_statistics([str(f) for f in files], model, min(batch_size, len(files)), dims, device, num_workers=0)
+             for files in (real_files, fake_files)]
+    return float(calculate_frechet_distance(*stats[0], *stats[1]))
+
+
+def domain_fid(features: nn.Module, real: Tensor, fake: Tensor, batch_size: int = 256) -> float:
+    """FID in ``features``' space; images are float [N, 3, H, W] in [0, 1]."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    for name, images in (("real", real), ("generated", fake)):
+        if len(images) < 2:
+            raise ValueError(f"FID needs at least 2 {name} images, got {len(images)}")
+    metric = FrechetInceptionDistance(feature=features, normalize=True)
+    with torch.no_grad():
+        for images, is_real in ((real, True), (fake, False)):
+            for start in range(0, len(images), batch_size):
+                metric.update(images[start:start + batch_size].float(), real=is_real)
+        return float(metric.compute())

@@ -1,0 +1,178 @@
+"""Evaluation: the judges, FID, the evaluate job on MiniCanvas, its report in a real browser."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import mlflow
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from PIL import Image
+
+from conftest import STEPS
+from saeuron.classifiers import MiniCanvasJudge, UnlearnCanvasJudge, load_unlearncanvas_vit
+from saeuron.evaluate import EvaluateConfig, check_judge, evaluate
+from saeuron.fid import inception_fid
+from saeuron.judge_images import judge_images
+from saeuron.make_recipe import RecipeConfig, make_recipe
+from saeuron.minicanvas.classifier import ClassifierConfig, MiniCanvasClassifier
+from saeuron.prompts import UNLEARNCANVAS_OBJECTS, UNLEARNCANVAS_THEMES
+
+
+def write_unlearncanvas_checkpoint(path, num_classes, arch="vit_large_patch16_224", seed=0):
+    import timm
+
+    torch.manual_seed(seed)
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes).eval()
+    torch.save({"model_state_dict": model.state_dict(), "epoch": 10}, path)
+    return model
+
+
+def test_unlearncanvas_classifier_loads_the_benchmarks_checkpoint_layout(tmp_path):
+    # The real architecture and layout: ViT-L/16, 51-way style head, state dict under model_state_dict.
+    written = write_unlearncanvas_checkpoint(tmp_path / "style50.pth", len(UNLEARNCANVAS_THEMES))
+    loaded = load_unlearncanvas_vit(tmp_path / "style50.pth", UNLEARNCANVAS_THEMES, "style")
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(written(x), loaded(x))
+    del written, loaded
+
+    # The judge around two checkpoints (a small ViT keeps it quick): names, preprocessing, argmax.
+    style = write_unlearncanvas_checkpoint(tmp_path / "s.pth", len(UNLEARNCANVAS_THEMES), "vit_tiny_patch16_224", seed=1)
+    obj = write_unlearncanvas_checkpoint(tmp_path / "o.pth", len(UNLEARNCANVAS_OBJECTS), "vit_tiny_patch16_224", seed=2)
+    judge = UnlearnCanvasJudge.from_checkpoints(str(tmp_path / "s.pth"), str(tmp_path / "o.pth"), arch="vit_tiny_patch16_224")
+    assert judge.styles[38] == "Seed_Images" and len(judge.styles) == 51 and len(judge.objects) == 20
+    images = torch.rand(2, 3, 64, 64)
+    out = judge.predict(images)
+    from torchvision.transforms.v2.functional import normalize, resize
+
+    expected = normalize(resize(images, [224, 224], antialias=True), [0.5] * 3, [0.5] * 3)
+    with torch.no_grad():
+        assert torch.allclose(out.style_logits, style(expected), atol=1e-5)
+        assert torch.allclose(out.object_logits, obj(expected), atol=1e-5)
+
+    with pytest.raises(ValueError, match="20-way head, but the style classifier must be 51-way"):
+        UnlearnCanvasJudge.from_checkpoints(str(tmp_path / "o.pth"), str(tmp_path / "s.pth"), arch="vit_tiny_patch16_224")
+    with pytest.raises(FileNotFoundError, match="style50_cls.pth"):
+        UnlearnCanvasJudge.from_checkpoints(str(tmp_path / "s.pth"), str(tmp_path / "nothing.pth"), arch="vit_tiny_patch16_224")
+
+
+def test_inception_fid_runs_pytorch_fid_on_a_weights_file_and_names_the_missing_one(tmp_path, monkeypatch):
+    from pytorch_fid import inception as pi
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05-6726825d.pth"):
+        inception_fid(["a.png", "b.png"], ["c.png", "d.png"])
+    # No real Inception weights exist offline: random weights of pytorch-fid's FID Inception layout
+    # check the plumbing (files → activations → Fréchet distance).
+    torch.manual_seed(0)
+    net = pi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+    for name, block in [("Mixed_5b", pi.FIDInceptionA(192, pool_features=32)), ("Mixed_5c", pi.FIDInceptionA(256, pool_features=64)),
+                        ("Mixed_5d", pi.FIDInceptionA(288, pool_features=64)), ("Mixed_6b", pi.FIDInceptionC(768, channels_7x7=128)),
+                        ("Mixed_6c", pi.FIDInceptionC(768, channels_7x7=160)), ("Mixed_6d", pi.FIDInceptionC(768, channels_7x7=160)),
+                        ("Mixed_6e", pi.FIDInceptionC(768, channels_7x7=192)), ("Mixed_7b", pi.FIDInceptionE_1(1280)),
+                        ("Mixed_7c", pi.FIDInceptionE_2(2048))]:
+        setattr(net, name, block)
+    torch.save(net.state_dict(), tmp_path / "inception.pth")
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(8):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(files[-1])
+    same = inception_fid(files[:4], files[:4], str(tmp_path / "inception.pth"), dims=64)
+    other = inception_fid(files[:4], files[4:], str(tmp_path / "inception.pth"), dims=64)
+    assert abs(same) < 1e-3 and other > same
+
+
+def browser_check(report):
+    """Open the report in headless Chromium; returns (images loaded, images on the page)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("chromium is not installed (.ci/run installs Debian's chromium package)")
+    page = report.parent / "browser-check.html"
+    script = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
+              "document.title='loaded '+i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>")
+    page.write_text(report.read_text().replace("</body>", script + "</body>"))
+    out = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+                          "--virtual-time-budget=5000", "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    page.unlink()
+    found = re.search(r"<title>loaded (\d+)/(\d+)</title>", out.stdout)
+    assert found, f"chromium did not render the page: {out.stderr[-2000:]}"
+    return int(found.group(1)), int(found.group(2))
+
+
+@pytest.mark.slow
+def test_evaluate_scores_a_sequence_logs_it_and_writes_a_report_a_browser_shows(style_sae, style_statistics, tmp_path):
+    recipes = []
+    for concepts in (["Neon_Glow"], ["Neon_Glow", "Polka_Dots"]):
+        recipes.append(str(tmp_path / "recipes" / "+".join(concepts)))
+        make_recipe(RecipeConfig(statistics=str(style_statistics), concepts=concepts, percentile=99, multiplier=-1, output_dir=recipes[-1]))
+    study = tmp_path / "study"
+    # The recipes name the SAE by the fixture's folder, so no registry is needed.
+    cfg = EvaluateConfig(recipes=recipes, sequential=True, seeds=[188], num_inference_steps=STEPS, guidance_scale=7.5,
+                         study_dir=str(study), batch_size=22, real_images_per_cell=2)
+    result = evaluate(cfg)
+
+    first, second = (s for _, s in result.scores)
+    # Measured on this fixture (seed 188, 10 steps): Neon_Glow forgotten on 7 of 8 images (UA 0.875) with
+    # the other styles at 1.00 (test_unlearning measures the same recipe); adding Polka_Dots forgets it too.
+    assert first.ua >= 0.75 and first.ira >= 0.9
+    assert second.forgotten == ("Neon_Glow", "Polka_Dots") and second.ua >= 0.6
+    assert [s.step for s in result.sequential] == [1, 2]
+    assert result.sequential[1].ua_per_concept.keys() == {"Neon_Glow", "Polka_Dots"}
+    assert result.averages["style"]["UA"] == pytest.approx((first.ua + second.ua) / 2)
+    # Domain FID, measured here: original 4.1, Neon_Glow's retained styles 7.0 (intact), the two-style
+    # model's 56.8 (its IRA drops to 0.67 and CRA to 0.13: FID sees the damage too).
+    assert 0 <= result.fid["original"] < 10 and result.fid["Neon_Glow"] < 15
+    assert result.fid["Neon_Glow+Polka_Dots"] > 2 * result.fid["Neon_Glow"]
+    assert "MiniCanvas classifier" in result.fid_extractor
+
+    mlflow.set_tracking_uri(f"sqlite:///{study / 'mlflow.db'}")
+    run = mlflow.get_run(result.run_id)
+    assert run.data.metrics["Neon_Glow.UA"] == pytest.approx(first.ua)
+    assert run.data.metrics["style.IRA"] == pytest.approx(result.averages["style"]["IRA"])
+    assert "Neon_Glow.FID" in run.data.metrics and run.data.tags["saeuron.fid_extractor"] == result.fid_extractor
+    history = mlflow.MlflowClient().get_metric_history(result.run_id, "sequential.UA")
+    assert [m.step for m in history] == [1, 2]
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id, "report")}
+    assert {"report/index.html", "report/scores.png", "report/scores.json", "report/samples_00.png"} <= artifacts
+    assert json.loads((result.report.parent / "scores.json").read_text())["scores"]["Neon_Glow"]["ua"] == first.ua
+
+    loaded, total = browser_check(result.report)
+    assert total == 3 and loaded == total  # bar chart + one sample grid per model
+
+    # Resumed: every image is there and judged, so nothing is generated or classified again.
+    images = sorted((study / "images").glob("*/*.png"))
+    assert len(images) == 3 * 88  # original + 2 models, each (10 styles + unstyled) × 8 objects, generated once
+    before = {p: p.stat().st_mtime_ns for p in [*images, *(study / "images").glob("*/predictions.parquet")]}
+    evaluate(cfg)
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_bad_evaluation_input_fails_before_anything_is_logged(tmp_path, minicanvas):
+    study = tmp_path / "study"
+    with pytest.raises(ValueError, match="no recipes"):
+        evaluate(EvaluateConfig(study_dir=str(study)))
+    with pytest.raises(FileNotFoundError, match="not an unlearning recipe"):
+        evaluate(EvaluateConfig(recipes=[str(tmp_path / "nowhere")], study_dir=str(study)))
+    with pytest.raises(ValueError, match="unstyled_weighting"):
+        evaluate(EvaluateConfig(recipes=[str(tmp_path / "nowhere")], unstyled_weighting="double", study_dir=str(study)))
+    assert not (study / "mlflow.db").exists() and not (study / "images").exists()
+
+    # A judge whose object list lacks some of the benchmark's objects.
+    small = MiniCanvasJudge(MiniCanvasClassifier(ClassifierConfig(objects=("Circles", "Squares"))))
+    with pytest.raises(ValueError, match="object classifier does not know .*Triangles"):
+        check_judge("minicanvas", small)
+
+    # An images folder with missing files.
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (32, 32)).save(folder / "Stars_seed188.png")
+    index = pa.Table.from_pylist([dict(prompt_id=i, prompt="p", object=o, style=None, seed=188, file=f"{o}_seed188.png")
+                                  for i, o in enumerate(["Stars", "Rings"])])
+    with pytest.raises(FileNotFoundError, match="1 of 2 images are missing .*Rings_seed188.png"):
+        judge_images(folder, index, "minicanvas-classifier", dict(benchmark="minicanvas", style_classifier="", object_classifier="",
+                                                                  arch=""))
