@@ -32,7 +32,8 @@ REAL_IMAGE_SEED = 20_251_129
 @dataclass
 class EvaluateConfig:
     recipes: list[str] = field(default_factory=list)
-    """Recipe folders, one unlearned model each."""
+    """Recipes, one unlearned model each: folders, a folder of recipe folders, runs:/<search run id>/recipes or
+    models:/NAME@alias of registered recipes."""
     sequential: bool = False
     """The recipes are the steps of one sequential unlearning run, each forgetting more concepts."""
     benchmark: str = "minicanvas"
@@ -104,10 +105,13 @@ def concept_kind(benchmark: str, concept: str) -> str:
 
 
 def models_to_score(cfg: EvaluateConfig) -> list[ModelToScore]:
+    from .registry import resolve_recipe_folders
+    from .tracking import resolve_tracking_uri
+
     if not cfg.recipes:
         raise ValueError("no recipes to evaluate: pass --recipes FOLDER [FOLDER ...]")
     models = []
-    for folder in cfg.recipes:
+    for folder in resolve_recipe_folders(cfg.recipes, resolve_tracking_uri(cfg.tracking_uri, cfg.study_dir)):
         recipe = check_recipe(replace(generation_config(cfg), recipe=folder))
         kinds = {concept_kind(cfg.benchmark, c) for c in recipe.concepts}
         if len(kinds) != 1:

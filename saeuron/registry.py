@@ -25,17 +25,19 @@ def registered_name(benchmark: str, hookpoint: str, prefix: str = "saeuron") -> 
     return f"{prefix}-{benchmark}-{hookpoint}"
 
 
-def register_sae(
+def register_folder(
     folder: str | Path, *, name: str, run_id: str, artifact_path: str, alias: str | None, tags: dict[str, Any],
+    description: str = "SAeUron sparse autoencoder (cfg.json + sae.safetensors)",
 ) -> str:
-    """Log ``folder`` as artifacts of ``run_id`` and register it as a new version of ``name``."""
+    """Log ``folder`` as artifacts of ``run_id`` and register it as a new version of ``name`` (an SAE;
+    a search registers its recipes the same way)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
     client.log_artifacts(run_id, str(folder), artifact_path)
     try:
-        client.create_registered_model(name, description="SAeUron sparse autoencoder (cfg.json + sae.safetensors)")
+        client.create_registered_model(name, description=description)
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
@@ -71,3 +73,29 @@ def resolve_sae_folder(ref: str | Path, hookpoint: str | None = None, tracking_u
 def load_sae(ref: str | Path, hookpoint: str | None = None, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
              inference: str | None = None, tracking_uri: str | None = None) -> Sae:
     return Sae.load_from_disk(resolve_sae_folder(ref, hookpoint, tracking_uri), device=device, dtype=dtype, inference=inference)
+
+
+def resolve_recipe_folders(refs: list[str], tracking_uri: str | None = None) -> list[str]:
+    """Recipe folders from references: a recipe folder, a folder of recipe folders (a search's
+    ``recipes/``), ``runs:/<run id>/recipes`` or ``models:/NAME@alias`` (recipes a search registered)."""
+    from .recipe import JSON
+
+    folders: list[str] = []
+    for ref in refs:
+        text = str(ref)
+        if text.startswith((MODELS_SCHEME, "runs:/")):
+            import mlflow
+
+            if tracking_uri:
+                mlflow.set_tracking_uri(tracking_uri)
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=tempfile.mkdtemp(prefix="saeuron-recipes-")))
+        else:
+            local = Path(text).expanduser()
+        if (local / JSON).is_file():
+            folders.append(str(local))
+            continue
+        inner = sorted(p.parent for p in local.glob(f"*/{JSON}"))
+        if not inner:
+            raise FileNotFoundError(f"{ref} holds no recipe ({JSON}) and no folders of recipes: not an unlearning recipe")
+        folders.extend(str(p) for p in inner)
+    return folders

@@ -113,3 +113,39 @@ def write_report(folder: str | Path, title: str, scores: Sequence[tuple[str, For
         "sequential": [s._asdict() for s in sequential]}, indent=2))
     (folder / "index.html").write_text(page)
     return folder / "index.html"
+
+
+def objective_heatmap(result, percentiles: Sequence[float], multipliers: Sequence[float], path: Path) -> None:
+    """The search's objective over the (percentile × multiplier) grid; each cell notes how many tuning
+    prompts the trial scored before it ended (fewer than the budget: stopped early), the choice boxed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    values = np.full((len(percentiles), len(multipliers)), np.nan)
+    prompts = np.zeros_like(values)
+    for t in result.trials:
+        i, j = list(percentiles).index(t["percentile"]), list(multipliers).index(t["multiplier"])
+        values[i, j], prompts[i, j] = t["objective"], t["prompts"]
+    fig, ax = plt.subplots(figsize=(1.1 * len(multipliers) + 2.2, 0.75 * len(percentiles) + 1.6), dpi=110)
+    image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis")
+    budget = prompts.max()
+    for i in range(len(percentiles)):
+        for j in range(len(multipliers)):
+            if not np.isnan(values[i, j]):
+                note = "" if prompts[i, j] >= budget else f"\n({int(prompts[i, j])} pr.)"
+                ax.text(j, i, f"{values[i, j]:.2f}{note}", ha="center", va="center", fontsize=7,
+                        color="white" if values[i, j] < 0.6 else "black")
+    i, j = list(percentiles).index(result.percentile), list(multipliers).index(result.multiplier)
+    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    ax.set_xticks(range(len(multipliers)), [f"{g:g}" for g in multipliers])
+    ax.set_yticks(range(len(percentiles)), [f"{p:g}" for p in percentiles])
+    ax.set_xlabel("multiplier γ")
+    ax.set_ylabel("percentile p")
+    ax.set_title(f"{result.concept}: (UA + IRA) / 2", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

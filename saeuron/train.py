@@ -252,7 +252,7 @@ def train(cfg: TrainConfig) -> list[TrainedSae]:
     import mlflow
     import ray
 
-    from .registry import register_sae, registered_name
+    from .registry import register_folder, registered_name
     from .tracking import resolve_tracking_uri, tracked_run
 
     hookpoints = cfg.hookpoints or _manifest_hookpoints(cfg)
@@ -269,7 +269,7 @@ def train(cfg: TrainConfig) -> list[TrainedSae]:
             trained = train_hookpoint(cfg, hookpoint, run.info.run_id, tracking_uri)
             mlflow.log_metrics({f"{hookpoint}/final_{k}": v for k, v in trained.metrics.items()})
             if cfg.register:
-                trained.model_version = register_sae(
+                trained.model_version = register_folder(
                     trained.folder, name=registered_name(benchmark, hookpoint), run_id=run.info.run_id,
                     artifact_path=f"sae/{hookpoint}", alias=cfg.alias,
                     tags={"hookpoint": hookpoint, "activations_manifest": json.dumps(manifest)[:5000], **{f"metric.{k}": f"{v:.6g}" for k, v in trained.metrics.items()}},

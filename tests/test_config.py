@@ -23,3 +23,13 @@ def test_shipped_example_configs_parse():
     assert minicanvas.num_inference_steps == 20 and len(minicanvas.hookpoints) == 2
     unlearncanvas = parse_config(CollectConfig, ["--config", str(root / "unlearncanvas" / "collect.yaml")])
     assert unlearncanvas.benchmark == "unlearncanvas" and unlearncanvas.max_prompts == 1000
+    from saeuron.evaluate import EvaluateConfig
+    from saeuron.search import SearchConfig, grid_of
+
+    for benchmark in ("minicanvas", "unlearncanvas"):
+        search = parse_config(SearchConfig, ["--config", str(root / benchmark / "search.yaml")])
+        assert search.benchmark == benchmark and len(search.concepts) >= 2
+        grid_of(search)
+        evaluate = parse_config(EvaluateConfig, ["--config", str(root / benchmark / "evaluate.yaml")])
+        assert evaluate.recipes[0].startswith("models:/")
+    assert grid_of(parse_config(SearchConfig, ["--config", str(root / "unlearncanvas" / "search.yaml")]))[0] == [99.99, 99.995, 99.999]

@@ -1,0 +1,161 @@
+"""The (p, γ) search: tuning prompts, the choice rule, Ray Tune end to end with MLflow, retry and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from conftest import STEPS
+from saeuron.benchmark import evaluation_prompt_rows, get_benchmark
+from saeuron.config import config_to_yaml
+from saeuron.evaluate import EvaluateConfig, evaluate
+from saeuron.search import SearchConfig, choose, search
+from saeuron.tuning_prompts import proportional_merge, tuning_prompt_rows
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_tuning_prompts_never_touch_the_evaluation_prompts_or_seeds():
+    evaluation = evaluation_prompt_rows("minicanvas")
+    for concept, kind in (("Neon_Glow", "style"), ("Stars", "object")):
+        rows = tuning_prompt_rows("minicanvas", concept, kind)
+        assert rows == tuning_prompt_rows("minicanvas", concept, kind)  # deterministic
+        assert not {r.prompt for r in rows} & {r.prompt for r in evaluation}
+        assert not {r.seed for r in rows} & {r.seed for r in evaluation} and 42 not in {r.seed for r in rows}
+        assert len(rows) == 88 and len({(r.style, r.object) for r in rows}) == 88
+        # Every prefix of a chunk's length already holds the forgotten concept and others.
+        key = "style" if kind == "style" else "object"
+        first = rows[:11]
+        assert any(r.__getattribute__(key) == concept for r in first) and any(r.__getattribute__(key) != concept for r in first)
+        if kind == "style":
+            assert any(r.style is None for r in first)  # the unstyled images of its CRA
+    with pytest.raises(ValueError, match="unknown style 'Van_Gogh'"):
+        tuning_prompt_rows("minicanvas", "Van_Gogh", "style")
+    assert get_benchmark("minicanvas").eval_seeds == (188, 288, 588, 688, 888)
+
+
+def test_proportional_merge_keeps_every_prefix_balanced():
+    merged = proportional_merge([["a"] * 2, ["b"] * 8, ["c"] * 2])
+    assert len(merged) == 12
+    for n in range(1, 13):
+        assert abs(merged[:n].count("b") - 8 * n / 12) <= 1
+
+
+def test_choice_needs_the_full_budget_and_prefers_the_smaller_edit():
+    trials = [dict(percentile=99.0, multiplier=-1.0, objective=0.90, prompts=88),
+              dict(percentile=98.0, multiplier=-5.0, objective=0.95, prompts=22),  # stopped early: not eligible
+              dict(percentile=98.0, multiplier=-1.0, objective=0.90, prompts=88),
+              dict(percentile=99.0, multiplier=-5.0, objective=0.90, prompts=88)]
+    assert choose(trials, 88) == trials[0]
+    with pytest.raises(RuntimeError, match="no trial scored every tuning prompt"):
+        choose(trials[1:2], 88)
+
+
+def small_search(style_statistics, study, **overrides):
+    cfg = SearchConfig(concepts=["Neon_Glow"], style_statistics=str(style_statistics), percentiles=[98.0, 99.0],
+                       multipliers=[-1.0, -5.0], num_inference_steps=STEPS, guidance_scale=7.5, max_prompts=22, chunk=11,
+                       grace_prompts=11, reduction_factor=2, study_dir=str(study))
+    return replace(cfg, **overrides)
+
+
+@pytest.mark.slow
+def test_search_picks_a_recipe_logs_trials_in_mlflow_and_evaluate_takes_it_by_run_id(style_statistics, ray_cluster, tmp_path):
+    study = tmp_path / "study"
+    cfg = small_search(style_statistics, study, scheduler="asha", register_as="test-recipes")
+    result = search(cfg)
+    (neon,) = result.concepts
+    # Measured here: p 99 / γ −1 forgets Neon_Glow on every tuning image and keeps the rest (objective 1.0 at
+    # 22 prompts); γ −5 damages other styles.
+    assert (neon.percentile, neon.multiplier) == (99.0, -1.0) and neon.objective >= 0.9
+    assert len(neon.trials) == 4 and neon.generations < 4 * 22  # ASHA stopped at least one trial early
+    assert (result.recipes_dir / "Neon_Glow" / "recipe.json").is_file()
+
+    mlflow.set_tracking_uri(f"sqlite:///{study / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    parent = client.get_run(result.run_id)
+    assert parent.data.params["Neon_Glow.percentile"] == "99.0" and parent.data.tags["saeuron.recipes"].startswith("runs:/")
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
+    assert len(children) == 4 and all("objective" in c.data.metrics for c in children)
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "heatmaps")}
+    assert artifacts == {"heatmaps/heatmap_Neon_Glow.png"}
+    assert client.get_model_version_by_alias("test-recipes", "current").run_id == result.run_id
+
+    evaluation = evaluate(EvaluateConfig(recipes=[f"runs:/{result.run_id}/recipes"], seeds=[188], num_inference_steps=STEPS,
+                                         guidance_scale=7.5, study_dir=str(study), batch_size=22, fid="none"))
+    assert [name for name, _ in evaluation.scores] == ["Neon_Glow"] and evaluation.scores[0][1].ua >= 0.75
+    again = evaluate(EvaluateConfig(recipes=["models:/test-recipes@current"], seeds=[188], num_inference_steps=STEPS,
+                                    guidance_scale=7.5, study_dir=str(study), batch_size=22, fid="none"))
+    assert again.scores[0][1] == evaluation.scores[0][1]
+
+
+def _trial_pids():
+    """Tune runs a function trainable in an actor titled ray::ImplicitFunc.train."""
+    import psutil
+
+    return [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"]) if "ImplicitFunc" in " ".join(p.info["cmdline"] or [])]
+
+
+def _result_lines(experiment: Path) -> dict[str, int]:
+    return {p.parent.name: len(p.read_text().splitlines()) for p in experiment.glob("*/result.json")}
+
+
+def _finished(experiment: Path, budget: int) -> list[str]:
+    done = []
+    for p in experiment.glob("*/result.json"):
+        lines = p.read_text().splitlines()
+        if lines and json.loads(lines[-1])["prompts"] >= budget:
+            done.append(p.parent.name)
+    return done
+
+
+@pytest.mark.slow
+def test_a_stopped_search_resumes_and_a_killed_trial_is_retried(style_statistics, ray_cluster, tmp_path):
+    study = tmp_path / "study"
+    cfg = small_search(style_statistics, study, scheduler="grid", max_concurrent_trials=1, max_failures=2)
+    experiment = cfg.search_dir / "tune" / "Neon_Glow"
+    config_file = tmp_path / "search.yaml"
+    config_file.write_text(config_to_yaml(cfg))
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster, "PYTHONPATH": str(REPO)}
+    driver = subprocess.Popen([sys.executable, str(REPO / "tune" / "search.py"), "--config", str(config_file)], env=env,
+                              start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while time.time() < deadline and not _finished(experiment, 22):
+        assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)  # the search is stopped hard after its first finished trial
+    driver.wait()
+    finished_before = _finished(experiment, 22)
+    assert 1 <= len(finished_before) < 4
+    lines_before = _result_lines(experiment)
+
+    killed = []
+
+    def kill_a_trial_mid_run():
+        # Once a trial that was not finished before has checkpointed at least once, kill its worker.
+        end = time.time() + 300
+        while time.time() < end and not killed:
+            started = [name for name, n in _result_lines(experiment).items() if name not in finished_before and n >= 1]
+            pids = _trial_pids()
+            if started and pids and set(_finished(experiment, 22)) == set(finished_before):
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_a_trial_mid_run)
+    killer.start()
+    result = search(cfg)  # restores the experiment: Tuner.restore
+    killer.join()
+    assert killed, "no trial worker was seen mid-run"
+    (neon,) = result.concepts
+    assert len(neon.trials) == 4 and all(t["prompts"] == 22 for t in neon.trials)
+    # Trials finished before the stop were not run again.
+    after = _result_lines(experiment)
+    assert all(after[name] == lines_before[name] for name in finished_before)

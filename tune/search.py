@@ -1,0 +1,15 @@
+"""Step 5 of the study: choose (percentile, multiplier) per concept with Ray Tune, judged by the
+benchmark's classifiers on tuning prompts that never overlap the evaluation prompts.
+
+    python tune/search.py --config configs/minicanvas/search.yaml
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python tune/search.py --config ...
+
+Watch the trials in the Ray dashboard (Jobs / Tune); the chosen recipes land in MLflow (run tag
+saeuron.recipes) for jobs/evaluate.py --recipes runs:/<run id>/recipes.
+"""
+
+from saeuron.config import parse_config
+from saeuron.search import SearchConfig, search
+
+if __name__ == "__main__":
+    search(parse_config(SearchConfig, description=__doc__))
