@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) jobs/demo.py $(ARGS)
+	$(PY) jobs/pipeline.py $(ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(ARGS)

@@ -28,13 +28,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--tolerance", type=float, default=0.02, help="allowed objective gap of ASHA's choice")
+    parser.add_argument("--chunk", type=int, default=8, help="ASHA: prompts between reports (its rung unit)")
+    parser.add_argument("--reduction_factor", type=float, default=4)
     args = parser.parse_args()
     base = SearchConfig(concepts=args.concepts, style_statistics=args.style_statistics, object_statistics=args.object_statistics,
                         num_inference_steps=args.steps, guidance_scale=args.guidance, study_dir=args.study_dir)
     rows = {}
-    for scheduler in ("grid", "asha"):
+    # The grid reports every 11 prompts (its chunk does not change what it generates); ASHA decides at rungs
+    # of --chunk prompts × reduction_factor^k.
+    runs = {"grid": replace(base, scheduler="grid", name="tune-cost-grid"),
+            "asha": replace(base, scheduler="asha", chunk=args.chunk, grace_prompts=args.chunk, reduction_factor=args.reduction_factor,
+                            name=f"tune-cost-asha-c{args.chunk}-rf{args.reduction_factor:g}")}
+    for scheduler, cfg in runs.items():
         started = time.perf_counter()
-        result = search(replace(base, scheduler=scheduler, name=f"tune-cost-{scheduler}"))
+        result = search(cfg)
         rows[scheduler] = ({r.concept: r for r in result.concepts}, time.perf_counter() - started)
     grid, grid_time = rows["grid"]
     asha, asha_time = rows["asha"]

@@ -67,6 +67,8 @@ class CollectConfig:
     """Replace an existing dataset collected with a different config."""
     tracking_uri: str = ""
     experiment: str = "saeuron"
+    parent_run_id: str = ""
+    """Log as a child of this MLflow run (a study's)."""
 
     @property
     def dataset_dir(self) -> Path:

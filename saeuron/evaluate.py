@@ -272,11 +272,8 @@ def log_evaluation(cfg: EvaluateConfig, scores, averages, fid, extractor, sample
 
     from .tracking import tracked_run
 
-    tags = {"saeuron.stage": "evaluate"}
-    if cfg.parent_run_id:
-        tags["mlflow.parentRunId"] = cfg.parent_run_id
     with tracked_run(cfg, study_dir=cfg.study_dir, tracking_uri=cfg.tracking_uri, experiment=cfg.experiment,
-                     run_name=cfg.run_name, tags=tags) as run:
+                     run_name=cfg.run_name, tags={"saeuron.stage": "evaluate"}) as run:
         report_dir = Path(cfg.report_dir or Path(cfg.study_dir) / "reports" / f"{cfg.run_name}-{run.info.run_id[:8]}").expanduser().resolve()
         notes = [f"Benchmark {cfg.benchmark}; seeds {cfg.seeds or list(get_benchmark(cfg.benchmark).eval_seeds)}; "
                  f"DDIM {cfg.num_inference_steps} steps, guidance {cfg.guidance_scale}; error mode {cfg.error_mode}.",

@@ -53,6 +53,8 @@ class GatherConfig:
     cpu_threads_per_actor: int = 1
     tracking_uri: str = ""
     experiment: str = "saeuron"
+    parent_run_id: str = ""
+    """Log as a child of this MLflow run (a study's)."""
 
     @property
     def statistics_dir(self) -> Path:

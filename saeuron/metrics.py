@@ -11,6 +11,10 @@ Input rows are judged images: ``style`` (None for an unstyled prompt), ``object`
   UA = mean over o in O* of 1 − acc(o); IRA = mean over the other objects; CRA = mean over styles of
   the style accuracy on styled images.
 
+``soft=True`` replaces each hit (0 or 1) by the judge's probability of the true class
+(``style_prob`` / ``object_prob``): the same criterion, graded, which a search uses to rank
+candidates that tie on a few images.
+
 Weighting of the unstyled images in an object's accuracy: ``"per_image"`` (default) counts each
 image once (UnlearnCanvas after its PR #6: 250 styled + 5 unstyled per object); ``"paper"`` counts
 each unstyled image once per style, giving them half the weight as in the paper-era numbers.
@@ -45,16 +49,21 @@ def _mean(values: Iterable[float]) -> float:
     return float(np.mean(values))
 
 
-def style_accuracy(rows: Sequence[Mapping]) -> dict[str, float]:
+def _hit(row: Mapping, axis: str, soft: bool) -> float:
+    return float(row[f"{axis}_prob"]) if soft else float(row[f"{axis}_pred"] == row[axis])
+
+
+def style_accuracy(rows: Sequence[Mapping], soft: bool = False) -> dict[str, float]:
     """Per style, the style accuracy on its styled images."""
-    hits: dict[str, list[bool]] = defaultdict(list)
+    hits: dict[str, list[float]] = defaultdict(list)
     for r in rows:
         if r["style"] is not None:
-            hits[r["style"]].append(r["style_pred"] == r["style"])
+            hits[r["style"]].append(_hit(r, "style", soft))
     return {s: float(np.mean(h)) for s, h in hits.items()}
 
 
-def object_accuracy(rows: Sequence[Mapping], images: str = "all", unstyled_weighting: str = "per_image") -> dict[str, float]:
+def object_accuracy(rows: Sequence[Mapping], images: str = "all", unstyled_weighting: str = "per_image",
+                    soft: bool = False) -> dict[str, float]:
     """Per object, the object accuracy on its ``images``: "all", "styled" or "unstyled"."""
     if unstyled_weighting not in UNSTYLED_WEIGHTINGS:
         raise ValueError(f"unstyled_weighting must be one of {UNSTYLED_WEIGHTINGS}, got {unstyled_weighting!r}")
@@ -69,7 +78,7 @@ def object_accuracy(rows: Sequence[Mapping], images: str = "all", unstyled_weigh
         if (images == "styled" and not styled) or (images == "unstyled" and styled):
             continue
         weight = 1 if styled else unstyled_weight
-        hit[r["object"]] += weight * (r["object_pred"] == r["object"])
+        hit[r["object"]] += weight * _hit(r, "object", soft)
         total[r["object"]] += weight
     return {o: hit[o] / total[o] for o in total}
 
@@ -83,21 +92,21 @@ def _split(accuracy: dict[str, float], forgotten: Sequence[str], kind: str) -> t
 
 
 def forgetting_scores(rows: Sequence[Mapping], kind: str, forgotten: Sequence[str],
-                      unstyled_weighting: str = "per_image") -> ForgettingScores:
+                      unstyled_weighting: str = "per_image", soft: bool = False) -> ForgettingScores:
     """UA / IRA / CRA of the images of one model that forgot the ``kind`` concepts ``forgotten``."""
     if kind == "style":
-        accuracy = style_accuracy(rows)
+        accuracy = style_accuracy(rows, soft)
         ua, ira = _split(accuracy, forgotten, kind)
-        unstyled = object_accuracy(rows, "unstyled")
+        unstyled = object_accuracy(rows, "unstyled", soft=soft)
         if not unstyled:
             raise ValueError("style forgetting's CRA needs the unstyled images ('An image of {object}.')")
         cra = _mean(unstyled.values())
-        cra_styled = _mean(object_accuracy(rows, "styled").values())
+        cra_styled = _mean(object_accuracy(rows, "styled", soft=soft).values())
         return ForgettingScores(kind, tuple(forgotten), ua, ira, cra, cra_styled, accuracy)
     if kind == "object":
-        accuracy = object_accuracy(rows, "all", unstyled_weighting)
+        accuracy = object_accuracy(rows, "all", unstyled_weighting, soft)
         ua, ira = _split(accuracy, forgotten, kind)
-        cra = _mean(style_accuracy(rows).values())
+        cra = _mean(style_accuracy(rows, soft).values())
         return ForgettingScores(kind, tuple(forgotten), ua, ira, cra, None, accuracy)
     raise ValueError(f"kind must be 'style' or 'object', got {kind!r}")
 

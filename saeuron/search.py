@@ -7,8 +7,11 @@ with the images judged so far as its checkpoint. ``scheduler="asha"`` stops poor
 resource is the number of tuning prompts scored. Trials take one GPU each when the cluster has GPUs
 and reuse their worker process, whose pipeline, SAE and judge are loaded once.
 
-The chosen (p, γ) of a concept is the best objective among the trials that scored every tuning
-prompt; ties go to the higher percentile, then the multiplier closer to zero (the smaller edit).
+ASHA ranks trials at its rungs by the graded objective (the judge's probabilities of the true
+classes instead of 0/1 hits): after a few images many (p, γ) tie on accuracy, and tied trials all
+survive a rung. The chosen (p, γ) of a concept is the best (hard) objective among the trials that
+scored every tuning prompt; ties go to the graded objective, then the higher percentile, then the
+multiplier closer to zero (the smaller edit).
 """
 
 from __future__ import annotations
@@ -179,11 +182,17 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         images = generator.generate([r["prompt"] for r in chunk], [r["seed"] for r in chunk], output_type="pt",
                                     num_inference_steps=setup["num_inference_steps"], guidance_scale=setup["guidance_scale"]).images
         out = judge.predict(images.float())
-        for row, s, o in zip(chunk, out.style_logits.argmax(1).tolist(), out.object_logits.argmax(1).tolist()):
-            judged.append({**row, "style_pred": judge.styles[s], "object_pred": judge.objects[o]})
+        style_probs, object_probs = out.style_logits.softmax(1), out.object_logits.softmax(1)
+        for i, row in enumerate(chunk):
+            style_true = judge.styles.index(row["style"]) if row["style"] in judge.styles else None
+            judged.append({**row, "style_pred": judge.styles[int(style_probs[i].argmax())],
+                           "object_pred": judge.objects[int(object_probs[i].argmax())],
+                           "style_prob": float(style_probs[i, style_true]) if style_true is not None else 0.0,
+                           "object_prob": float(object_probs[i, judge.objects.index(row["object"])])})
         scores = forgetting_scores(judged, kind, [concept])
-        metrics = {"objective": (scores.ua + scores.ira) / 2, "ua": scores.ua, "ira": scores.ira, "cra": scores.cra,
-                   "prompts": len(judged), "rules": len(recipe.rules)}
+        graded = forgetting_scores(judged, kind, [concept], soft=True)
+        metrics = {"objective": (scores.ua + scores.ira) / 2, "objective_soft": (graded.ua + graded.ira) / 2, "ua": scores.ua,
+                   "ira": scores.ira, "cra": scores.cra, "prompts": len(judged), "rules": len(recipe.rules)}
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "judged.json").write_text(json.dumps(judged))
             ray.tune.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
@@ -193,7 +202,7 @@ def choose(trials: list[dict[str, Any]], budget: int) -> dict[str, Any]:
     full = [t for t in trials if t["prompts"] >= budget]
     if not full:
         raise RuntimeError("no trial scored every tuning prompt; see the Tune experiment's errors")
-    return min(full, key=lambda t: (-t["objective"], -t["percentile"], -t["multiplier"]))
+    return min(full, key=lambda t: (-t["objective"], -t.get("objective_soft", 0.0), -t["percentile"], -t["multiplier"]))
 
 
 def run_concept_search(cfg: SearchConfig, concept: str, kind: str, statistics: str, setup: dict[str, Any],
@@ -210,19 +219,30 @@ def run_concept_search(cfg: SearchConfig, concept: str, kind: str, statistics: s
                                     {"cpu": 0 if gpus else cfg.cpu_threads_per_trial, "gpu": gpus})
     scheduler = None
     if cfg.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="prompts", max_t=budget, grace_period=min(cfg.grace_prompts, budget),
-                                  reduction_factor=cfg.reduction_factor)
+        # Ranked on the graded objective: on a few images many (p, γ) tie on accuracy, and ties all survive a rung.
+        scheduler = ASHAScheduler(time_attr="prompts", metric="objective_soft", mode="max", max_t=budget,
+                                  grace_period=min(cfg.grace_prompts, budget), reduction_factor=cfg.reduction_factor)
     space = {"concept": concept, "kind": kind, "statistics": statistics,
              "percentile": tune.grid_search(percentiles), "multiplier": tune.grid_search(multipliers)}
     storage = cfg.search_dir / "tune"
     path = storage / concept
+    signature = json.dumps({"space": {k: v for k, v in space.items()}, "scheduler": cfg.scheduler, "prompts": setup["prompts"][concept],
+                            "chunk": cfg.chunk, "grace": cfg.grace_prompts, "reduction_factor": cfg.reduction_factor,
+                            "sampling": [cfg.num_inference_steps, cfg.guidance_scale, cfg.error_mode]}, sort_keys=True, default=str)
+    marker = storage / f"{concept}.search.json"
+    if marker.is_file() and marker.read_text() != signature:
+        raise ValueError(f"{path} holds a search of {concept} with other settings; resume it with the same config, "
+                         f"or pick another --name (or delete that folder) to start a new one")
+    storage.mkdir(parents=True, exist_ok=True)
+    marker.write_text(signature)
     if tune.Tuner.can_restore(str(path)):
         print(f"search: resuming {concept} from {path}", flush=True)
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable, param_space=space,
-            tune_config=tune.TuneConfig(metric="objective", mode="max", scheduler=scheduler, reuse_actors=True,
+            tune_config=tune.TuneConfig(metric=None if scheduler else "objective", mode=None if scheduler else "max",
+                                        scheduler=scheduler, reuse_actors=True,
                                         max_concurrent_trials=cfg.max_concurrent_trials or None),
             run_config=tune.RunConfig(
                 name=concept, storage_path=str(storage), failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
@@ -239,7 +259,7 @@ def run_concept_search(cfg: SearchConfig, concept: str, kind: str, statistics: s
             continue
         m = result.metrics
         trials.append({"percentile": result.config["percentile"], "multiplier": result.config["multiplier"],
-                       **{k: float(m[k]) for k in ("objective", "ua", "ira", "cra")}, "prompts": int(m["prompts"])})
+                       **{k: float(m[k]) for k in ("objective", "objective_soft", "ua", "ira", "cra")}, "prompts": int(m["prompts"])})
     errors = [str(e) for e in grid.errors]
     if len(trials) < len(percentiles) * len(multipliers):
         raise RuntimeError(f"{len(percentiles) * len(multipliers) - len(trials)} trials of {concept} reported nothing; "
@@ -276,12 +296,9 @@ def search(cfg: SearchConfig) -> SearchResult:
                  num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, tracking_uri=tracking_uri,
                  prompts=prompts)
     _init_ray()
-    tags = {"saeuron.stage": "search"}
-    if cfg.parent_run_id:
-        tags["mlflow.parentRunId"] = cfg.parent_run_id
     out = cfg.search_dir
     with tracked_run(cfg, study_dir=cfg.study_dir, tracking_uri=cfg.tracking_uri, experiment=cfg.experiment,
-                     run_name=cfg.name, tags=tags) as run:
+                     run_name=cfg.name, tags={"saeuron.stage": "search"}) as run:
         results = []
         for concept, (kind, folder) in kinds.items():
             result = run_concept_search(cfg, concept, kind, folder, setup, run.info.run_id, tracking_uri)

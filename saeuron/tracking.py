@@ -54,8 +54,12 @@ def tracked_run(
     config: Any, *, study_dir: str | Path, tracking_uri: str | None, experiment: str, run_name: str,
     tags: dict[str, str] | None = None, nested: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run holding the job's config as params and as ``config.yaml``."""
+    """An MLflow run holding the job's config as params and as ``config.yaml``; a child of the
+    config's ``parent_run_id`` when it has one (a study's or a search's run)."""
     uri = resolve_tracking_uri(tracking_uri, study_dir)
+    parent = getattr(config, "parent_run_id", "")
+    if parent:
+        tags = {**(tags or {}), "mlflow.parentRunId": parent}
     experiment_id = ensure_experiment(uri, experiment, study_dir)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested) as run:
         params: dict[str, Any] = {}
@@ -66,3 +70,24 @@ def tracked_run(
             path.write_text(config_to_yaml(config))
             mlflow.log_artifact(str(path))
         yield run
+
+
+def parent_run(config: Any, *, study_dir: str | Path, tracking_uri: str | None, experiment: str, run_name: str,
+               run_id: str = "", tags: dict[str, str] | None = None) -> str:
+    """Create (or, given ``run_id``, reopen) a run that stages log under as children, without
+    making it the active run: each stage opens its own run, tagged with this one as parent."""
+    uri = resolve_tracking_uri(tracking_uri, study_dir)
+    experiment_id = ensure_experiment(uri, experiment, study_dir)
+    client = mlflow.MlflowClient(uri)
+    if run_id:
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    params: dict[str, Any] = {}
+    _flatten("", config_to_dict(config), params)
+    client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(config_to_yaml(config))
+        client.log_artifact(run.info.run_id, str(path))
+    return run.info.run_id

@@ -63,6 +63,8 @@ class TrainConfig:
     alias: str = "current"
     tracking_uri: str = ""
     experiment: str = "saeuron"
+    parent_run_id: str = ""
+    """Log as a child of this MLflow run (a study's)."""
 
     @property
     def dataset_dir(self) -> Path:
@@ -72,7 +74,8 @@ class TrainConfig:
         if self.run_name:
             return self.run_name
         identity = {k: v for k, v in asdict(self).items() if k not in ("num_workers", "cpus_per_worker", "log_every", "max_failures",
-                                                                      "register", "alias", "tracking_uri", "experiment", "run_name")}
+                                                                      "register", "alias", "tracking_uri", "experiment", "run_name",
+                                                                      "parent_run_id")}
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
         kind = "batch_topk" if self.sae.batch_topk else "topk"
         return f"{kind}_x{self.sae.expansion_factor}_k{self.sae.k}_{digest}"

@@ -7,8 +7,8 @@ with seeds from their own range, and the search refuses any overlap.
 
 For a concept it holds three groups — images of the concept (for UA), of the other concepts of its
 kind (for IRA) and of the other kind's axis (unstyled images for a style's CRA) — merged so that
-every prefix holds the groups in proportion: a multi-fidelity search can stop a trial after any
-number of prompts and still score all three numbers.
+every prefix holds all three: a multi-fidelity search can stop a trial after any number of prompts
+and still score UA, IRA and CRA.
 """
 
 from __future__ import annotations
@@ -24,15 +24,22 @@ TUNING_SEED_BASE = 10_000
 """Tuning seeds are TUNING_SEED_BASE + i; evaluation uses 188…888 and SAE training 42."""
 
 
-def proportional_merge(groups: Sequence[Sequence], ) -> list:
-    """Interleave groups so that any prefix holds each group in proportion to its size."""
+def proportional_merge(groups: Sequence[Sequence], shares: Sequence[float] | None = None) -> list:
+    """Interleave groups so that any prefix holds them in the proportions ``shares`` (default: their
+    sizes), until a group runs out."""
+    shares = shares or [len(g) for g in groups]
     taken = [0] * len(groups)
     out = []
     for _ in range(sum(len(g) for g in groups)):
-        i = min((k for k in range(len(groups)) if taken[k] < len(groups[k])), key=lambda k: ((taken[k] + 0.5) / len(groups[k]), k))
+        i = min((k for k in range(len(groups)) if taken[k] < len(groups[k])), key=lambda k: ((taken[k] + 0.5) / shares[k], k))
         out.append(groups[i][taken[i]])
         taken[i] += 1
     return out
+
+
+FORGET_SHARE, RETAIN_SHARE, OTHER_AXIS_SHARE = 0.4, 0.5, 0.1
+"""Order of the tuning prompts: the concept's own images come early (40 % of each prefix until they
+run out) so that UA, half of the objective, is measured on several images at the first rungs."""
 
 
 def tuning_prompt_rows(benchmark: str, concept: str, kind: str, per_cell: int = 1, anchor_prompts_dir: str | None = None,
@@ -66,11 +73,14 @@ def tuning_prompt_rows(benchmark: str, concept: str, kind: str, per_cell: int = 
             target = style if kind == "style" else obj
             (forget if target == concept else retain).extend(cell(style, obj))
         (forget if kind == "object" and obj == concept else other_axis if kind == "style" else retain).extend(cell(None, obj))
-    groups = [g for g in (forget, retain, other_axis) if g]
-    for g in groups:
-        rng.shuffle(g)
+    groups, shares = [], []
+    for group, share in ((forget, FORGET_SHARE), (retain, RETAIN_SHARE), (other_axis, OTHER_AXIS_SHARE)):
+        if group:
+            rng.shuffle(group)
+            groups.append(group)
+            shares.append(share)
     rows = []
-    for style, obj, caption in proportional_merge(groups):
+    for style, obj, caption in proportional_merge(groups, shares):
         i = next(counter)
         rows.append(PromptRow(i, train_prompt(caption, style), obj, style, TUNING_SEED_BASE + seed * 100_000 + i))
     overlap = {r.prompt for r in rows} & evaluation

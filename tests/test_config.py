@@ -1,16 +1,16 @@
 from saeuron.config import config_to_yaml, parse_config
-from saeuron.demo import DemoConfig
+from saeuron.study import StudyConfig
 
 
 def test_yaml_then_command_line_overrides(tmp_path):
-    path = tmp_path / "demo.yaml"
-    path.write_text("k: 4\ntrain_steps: 7\nhookpoint: unet.up_blocks.1.attentions.2\n")
-    cfg = parse_config(DemoConfig, ["--config", str(path), "--train_steps", "9"])
-    assert (cfg.k, cfg.train_steps, cfg.hookpoint) == (4, 9, "unet.up_blocks.1.attentions.2")
-    assert cfg.lr == DemoConfig().lr
+    path = tmp_path / "study.yaml"
+    path.write_text("name: mine\ncollect:\n  max_prompts: 7\nsearch:\n  concepts: [Stars]\n")
+    cfg = parse_config(StudyConfig, ["--config", str(path), "--collect.max_prompts", "9", "--epochs", "3"])
+    assert (cfg.name, cfg.collect.max_prompts, cfg.train.epochs, cfg.search.concepts) == ("mine", 9, 3, ["Stars"])
+    assert cfg.train.sae.k == StudyConfig().train.sae.k  # nested defaults survive a partial YAML
     again = tmp_path / "again.yaml"
     again.write_text(config_to_yaml(cfg))
-    assert parse_config(DemoConfig, ["--config", str(again)]) == cfg
+    assert parse_config(StudyConfig, ["--config", str(again)]) == cfg
 
 
 def test_shipped_example_configs_parse():
@@ -33,3 +33,10 @@ def test_shipped_example_configs_parse():
         evaluate = parse_config(EvaluateConfig, ["--config", str(root / benchmark / "evaluate.yaml")])
         assert evaluate.recipes[0].startswith("models:/")
     assert grid_of(parse_config(SearchConfig, ["--config", str(root / "unlearncanvas" / "search.yaml")]))[0] == [99.99, 99.995, 99.999]
+    from saeuron.study import StudyConfig, stage_configs
+
+    study = parse_config(StudyConfig, ["--config", str(root / "unlearncanvas" / "study.yaml")])
+    stages = stage_configs(study)
+    assert stages["collect"].benchmark == stages["evaluate"].benchmark == "unlearncanvas"
+    assert stages["search"].num_inference_steps == stages["evaluate"].num_inference_steps == 100
+    assert study.train.sae.k == 32 and stages["train"].hookpoints == ["unet.up_blocks.1.attentions.2", "unet.up_blocks.1.attentions.1"]

@@ -77,3 +77,15 @@ def test_average_and_bad_input():
         forgetting_scores([r for r in grid() if r["style"] is not None], "style", ["A"])
     with pytest.raises(ValueError, match="unstyled_weighting"):
         forgetting_scores(grid(), "object", ["cat"], unstyled_weighting="double")
+
+
+def test_soft_scores_grade_hits_by_the_judges_probability():
+    rows = [dict(style="A", object="cat", style_pred="A", object_pred="cat", style_prob=0.9, object_prob=0.6),
+            dict(style="A", object="dog", style_pred="B", object_pred="dog", style_prob=0.3, object_prob=0.8),
+            dict(style="B", object="cat", style_pred="B", object_pred="cat", style_prob=0.7, object_prob=1.0),
+            dict(style=None, object="cat", style_pred="none", object_pred="cat", style_prob=0.0, object_prob=0.5),
+            dict(style=None, object="dog", style_pred="none", object_pred="cat", style_prob=0.0, object_prob=0.2)]
+    hard = forgetting_scores(rows, "style", ["A"])
+    soft = forgetting_scores(rows, "style", ["A"], soft=True)
+    assert (hard.ua, hard.ira, hard.cra) == (0.5, 1.0, 0.5)
+    assert soft.ua == pytest.approx(1 - 0.6) and soft.ira == pytest.approx(0.7) and soft.cra == pytest.approx((0.5 + 0.2) / 2)
