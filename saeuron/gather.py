@@ -129,7 +129,7 @@ def gather(cfg: GatherConfig) -> ConceptStatistics:
         sums = part.column("sum").to_numpy(zero_copy_only=False)
         for concept, timestep, count, latent_sum in zip(part.column("concept").to_pylist(), part.column("timestep").to_pylist(),
                                                         part.column("count").to_pylist(), sums):
-            stats.add(concept, timestep, torch.from_numpy(np.asarray(latent_sum)), count)
+            stats.add(concept, timestep, torch.from_numpy(np.array(latent_sum)), count)  # a writable copy
     stats.save(cfg.statistics_dir)
     print(f"gather: {len(rows)} prompts, {len(concepts)} {cfg.kind} concepts × {len(stats.timesteps)} timesteps × "
           f"{stats.num_latents} latents in {time.perf_counter() - started:.1f}s -> {cfg.statistics_dir}", flush=True)

@@ -58,10 +58,10 @@ class SearchConfig:
     """Tuning prompts per (style, object) cell; MiniCanvas: 88 per concept at 1."""
     max_prompts: int = 0
     """Cap on tuning prompts per concept (every prefix is balanced); 0: all of them."""
-    chunk: int = 11
+    chunk: int = 8
     """Prompts generated between two reports (ASHA's unit of resource)."""
-    grace_prompts: int = 11
-    """ASHA: prompts every trial scores before it can be stopped."""
+    grace_prompts: int = 8
+    """ASHA: prompts every trial scores before it can be stopped (then rungs at grace × reduction_factor^k)."""
     reduction_factor: float = 4
     tuning_seed: int = 0
     num_inference_steps: int = 100

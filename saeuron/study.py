@@ -9,6 +9,7 @@ stage config reruns that stage and everything after it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -67,7 +68,8 @@ class StudyConfig:
     object_hookpoint: str = OBJECT_HOOKPOINT
     full: bool = False
     """The full MiniCanvas study: every training prompt at 20 steps, two styles and two objects searched
-    over MiniCanvas's default grid, five evaluation seeds (about an hour on 2 CPU cores)."""
+    over MiniCanvas's default grid, five evaluation seeds (about half an hour on 2 CPU cores, estimated from
+    its stages' measured times; not timed end to end)."""
     collect: CollectConfig = field(default_factory=_quick_collect)
     train: TrainConfig = field(default_factory=_quick_train)
     gather: GatherSettings = field(default_factory=GatherSettings)
@@ -86,7 +88,7 @@ def full_study(cfg: StudyConfig) -> StudyConfig:
         train=replace(cfg.train, epochs=2, batch_size=4096),
         gather=replace(cfg.gather, num_inference_steps=20),
         search=replace(cfg.search, concepts=["Neon_Glow", "Polka_Dots", "Stars", "Hearts"], percentiles=[], multipliers=[],
-                       max_prompts=0, grace_prompts=11, reduction_factor=4),
+                       max_prompts=0, chunk=8, grace_prompts=8, reduction_factor=4),
         evaluate=replace(cfg.evaluate, seeds=[], real_images_per_cell=5),
     )
 
@@ -199,6 +201,9 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
 
     search_cfg = replace(stages["search"], style_statistics=statistics["style"], object_statistics=statistics["object"],
                          parent_run_id=parent)
+    # A search resumes its Tune experiments by name: another search config gets another name.
+    digest = hashlib.sha1(json.dumps(_comparable(search_cfg), sort_keys=True).encode()).hexdigest()[:8]
+    search_cfg = replace(search_cfg, name=f"{cfg.search.name}-{digest}")
 
     def run_search() -> dict:
         result = search(search_cfg)
@@ -207,7 +212,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
 
     searched = records.run("search", search_cfg, run_search)
 
-    evaluate_cfg = replace(stages["evaluate"], recipes=[searched["recipes"]], parent_run_id=parent, run_name=f"evaluate {cfg.name}")
+    evaluate_cfg = replace(stages["evaluate"], recipes=[searched["recipes"]], parent_run_id=parent, run_name=f"evaluate-{cfg.name}")
 
     def run_evaluation() -> dict:
         result = evaluate(evaluate_cfg)
@@ -221,6 +226,10 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     client.log_batch(parent, metrics=[mlflow.entities.Metric(f"{name.replace('+', '-')}.{k}", v, 0, 0)
                                       for name, s in evaluated["scores"].items() for k, v in s.items()])
     client.set_terminated(parent)
+    import ray
+
+    if ray.is_initialized():  # workers' progress bars would redraw over the summary
+        ray.shutdown()
     print_summary(cfg, evaluated, searched, uri)
     return {"run_id": parent, "search": searched, "evaluate": evaluated, "saes": saes, "statistics": statistics}
 

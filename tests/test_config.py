@@ -1,3 +1,5 @@
+import pytest
+
 from saeuron.config import config_to_yaml, parse_config
 from saeuron.study import StudyConfig
 
@@ -40,3 +42,12 @@ def test_shipped_example_configs_parse():
     assert stages["collect"].benchmark == stages["evaluate"].benchmark == "unlearncanvas"
     assert stages["search"].num_inference_steps == stages["evaluate"].num_inference_steps == 100
     assert study.train.sae.k == 32 and stages["train"].hookpoints == ["unet.up_blocks.1.attentions.2", "unet.up_blocks.1.attentions.1"]
+
+
+def test_a_submitted_job_refuses_a_relative_study_folder(monkeypatch):
+    from saeuron.evaluate import EvaluateConfig
+
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what Ray's job supervisor sets for the entrypoint
+    with pytest.raises(SystemExit, match="study_dir 'runs/minicanvas' is relative"):
+        parse_config(EvaluateConfig, ["--recipes", "r"])
+    assert parse_config(EvaluateConfig, ["--study_dir", "/tmp/s"]).study_dir == "/tmp/s"

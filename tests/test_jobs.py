@@ -8,7 +8,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -31,6 +33,8 @@ def wait_for(url: str, seconds: float) -> None:
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
+        except urllib.error.HTTPError:  # it answers (e.g. 401 without the cluster's token): it is up
+            return
         except OSError:
             time.sleep(0.5)
     raise TimeoutError(f"{url} did not answer in {seconds} s")
@@ -39,13 +43,14 @@ def wait_for(url: str, seconds: float) -> None:
 @pytest.fixture
 def local_services(tmp_path):
     """A Ray head and an MLflow server bound to 127.0.0.1, each in its own process group."""
+    ray_temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
     ray_port, dashboard, mlflow_port = free_port(), free_port(), free_port()
     groups = []
     try:
         head = subprocess.Popen(
             [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={ray_port}", "--dashboard-host=127.0.0.1",
-             f"--dashboard-port={dashboard}", "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={tmp_path / 'ray'}",
+             f"--dashboard-port={dashboard}", "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={ray_temp}",
              "--disable-usage-stats"], env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         groups.append(head.pid)
         out, _ = head.communicate(timeout=120)
@@ -70,6 +75,7 @@ def local_services(tmp_path):
                 os.killpg(group, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        shutil.rmtree(ray_temp, ignore_errors=True)
 
 
 def submit(env, address, *command, timeout=600):
@@ -86,11 +92,12 @@ def test_the_study_runs_as_submitted_ray_jobs_against_an_mlflow_server(local_ser
     env, address, tracking = local_services
     study = str(tmp_path / "study")
     common = ["--study_dir", study, "--tracking_uri", tracking]
-    steps = ["--num_inference_steps", "6", "--guidance_scale", "7.5"]
+    steps = ["--num_inference_steps", "10", "--guidance_scale", "7.5"]
     submit(env, address, "jobs/collect.py", "--config", "configs/minicanvas/collect.yaml", *common, "--max_prompts", "48",
-           "--num_inference_steps", "6", "--batch_size", "16")
+           "--num_inference_steps", "10", "--batch_size", "16")
+    # About 300 steps: fewer leave an SAE whose selected latents never fire (measured: UA 0.0 after 64 steps).
     submit(env, address, "jobs/train.py", "--config", "configs/minicanvas/train.yaml", *common, "--hookpoints",
-           "unet.up_blocks.1.attentions.2", "--epochs", "4", "--batch_size", "1024", "--validation_fraction", "0.1")
+           "unet.up_blocks.1.attentions.2", "--epochs", "12", "--batch_size", "1024", "--validation_fraction", "0.1")
     sae = "models:/saeuron-minicanvas-unet.up_blocks.1.attentions.2@current"
     submit(env, address, "jobs/gather.py", *common, *steps, "--sae", sae, "--hookpoint", "unet.up_blocks.1.attentions.2",
            "--kind", "style")
@@ -107,6 +114,6 @@ def test_the_study_runs_as_submitted_ray_jobs_against_an_mlflow_server(local_ser
     assert json.loads(version.tags["activations_manifest"])["complete"]
     (evaluation,) = client.search_runs([client.get_experiment_by_name("saeuron").experiment_id], "attributes.run_name = 'evaluate-jobs'")
     metrics = evaluation.data.metrics
-    # A 48-prompt, 6-step study still forgets the style (measured: UA 0.88–1.00, IRA ≥ 0.9).
+    # A 48-prompt, 10-step study still forgets the style, as the 64-prompt test fixture does (UA 0.875, IRA 1.0).
     assert metrics["Neon_Glow.UA"] >= 0.6 and metrics["Neon_Glow.IRA"] >= 0.8
     assert {"report/index.html", "report/scores.png"} <= {a.path for a in client.list_artifacts(evaluation.info.run_id, "report")}

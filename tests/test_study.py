@@ -14,8 +14,8 @@ def tiny_study(study_dir, concepts=("Neon_Glow", "Stars"), multipliers=("-1", "-
         "--study_dir", str(study_dir), "--name", "tiny",
         "--collect.max_prompts", "40", "--collect.num_inference_steps", "6", "--gather.num_inference_steps", "6",
         "--epochs", "4", "--train.batch_size", "1024",
-        "--search.concepts", *concepts, "--search.percentiles", "99", "--search.multipliers", *multipliers,
-        "--search.max_prompts", "11", "--search.scheduler", "grid",
+        "--concepts", *concepts, "--percentiles", "99", "--multipliers", *multipliers,
+        "--search.max_prompts", "11", "--scheduler", "grid",
     ])
 
 
