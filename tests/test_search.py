@@ -72,9 +72,14 @@ def test_search_picks_a_recipe_logs_trials_in_mlflow_and_evaluate_takes_it_by_ru
     cfg = small_search(style_statistics, study, scheduler="asha", register_as="test-recipes")
     result = search(cfg)
     (neon,) = result.concepts
-    # Measured here: p 99 / γ −1 forgets Neon_Glow on every tuning image and keeps the rest (objective 1.0 at
-    # 22 prompts); γ −5 damages other styles.
-    assert (neon.percentile, neon.multiplier) == (99.0, -1.0) and neon.objective >= 0.9
+    # Measured here: γ −1 forgets Neon_Glow on 7 of its 8 tuning images and keeps the rest (objective 0.94 at
+    # p 98 and 99 alike; the graded objective breaks the tie); γ −5 damages other styles and is stopped early.
+    assert neon.multiplier == -1.0 and neon.objective >= 0.9
+    complete = [t for t in neon.trials if t["prompts"] == 22]
+    best = max(t["objective"] for t in complete)
+    chosen = next(t for t in complete if (t["percentile"], t["multiplier"]) == (neon.percentile, neon.multiplier))
+    assert chosen["objective"] == best
+    assert chosen["objective_soft"] == max(t["objective_soft"] for t in complete if t["objective"] == best)
     assert len(neon.trials) == 4 and neon.generations < 4 * 22  # ASHA stopped at least one trial early
     assert (result.recipes_dir / "Neon_Glow" / "recipe.json").is_file()
 

@@ -110,7 +110,8 @@ def test_a_fresh_submission_of_the_same_config_resumes_the_run(minicanvas_activa
     env = {**os.environ, "RAY_ADDRESS": ray_cluster, "PYTHONPATH": str(repo)}
     command = [sys.executable, str(repo / "jobs" / "train.py"), "--config", str(config_file)]
     storage = tmp_path / "study" / "ray_train"
-    driver = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen(command, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 240
     registered = False
     while time.time() < deadline and not registered and driver.poll() is None:
@@ -120,7 +121,8 @@ def test_a_fresh_submission_of_the_same_config_resumes_the_run(minicanvas_activa
             except ValueError:
                 pass
         time.sleep(0.2)
-    assert registered and driver.poll() is None, "the first submission ended before a checkpoint was registered"
+    assert registered and driver.poll() is None, \
+        f"the first submission ended before a checkpoint was registered: {(tmp_path / 'driver.log').read_text()[-3000:]}"
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     # The same config again: same run name and storage, so Ray Train resumes from the checkpoint.
