@@ -19,12 +19,6 @@ import torch
 torch.set_num_threads(1)
 
 
-def pytest_collection_modifyitems(items):
-    """Tests that start their own Ray head run first: once this process has started the shared
-    in-process cluster, a second head's job agent never registers (measured: "No available agent
-    to submit job" for minutes), while the other order works."""
-    items.sort(key=lambda item: 0 if item.get_closest_marker("own_ray_head") else 1)
-
 
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory):

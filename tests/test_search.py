@@ -86,7 +86,7 @@ def test_search_picks_a_recipe_logs_trials_in_mlflow_and_evaluate_takes_it_by_ru
     mlflow.set_tracking_uri(f"sqlite:///{study / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     parent = client.get_run(result.run_id)
-    assert parent.data.params["Neon_Glow.percentile"] == "99.0" and parent.data.tags["saeuron.recipes"].startswith("runs:/")
+    assert parent.data.params["Neon_Glow.percentile"] == str(neon.percentile) and parent.data.tags["saeuron.recipes"].startswith("runs:/")
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
     assert len(children) == 4 and all("objective" in c.data.metrics for c in children)
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "heatmaps")}
