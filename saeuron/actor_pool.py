@@ -34,14 +34,21 @@ def load_pipeline_in_actor(model_path: str, dtype: str, cpu_threads: int):
     return pipe, device, torch_dtype
 
 
-def map_with_actor_pool(rows: list[dict], actor_class, actor_kwargs: dict, batch_size: int, num_actors: int, cpu_threads: int):
-    """``ray.data.from_items(rows).map_batches(actor_class)`` on a fixed pool of ``num_actors``."""
+def ensure_ray() -> None:
+    """Join the cluster RAY_ADDRESS names (a submitted job), or start a local one."""
     import logging
 
     import ray
 
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
+
+
+def map_with_actor_pool(rows: list[dict], actor_class, actor_kwargs: dict, batch_size: int, num_actors: int, cpu_threads: int):
+    """``ray.data.from_items(rows).map_batches(actor_class)`` on a fixed pool of ``num_actors``."""
+    import ray
+
+    ensure_ray()
     num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     return ray.data.from_items(rows).map_batches(
         actor_class, fn_constructor_kwargs=actor_kwargs, batch_size=batch_size,

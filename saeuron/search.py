@@ -272,6 +272,7 @@ def run_concept_search(cfg: SearchConfig, concept: str, kind: str, statistics: s
 def search(cfg: SearchConfig) -> SearchResult:
     import mlflow
 
+    from .actor_pool import ensure_ray
     from .classifiers import load_judge
     from .evaluate import check_judge
     from .recipe import Recipe
@@ -295,7 +296,7 @@ def search(cfg: SearchConfig) -> SearchResult:
                  base_model=model_identity(cfg.benchmark, cfg.model_path), error_mode=cfg.error_mode, chunk=cfg.chunk,
                  num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, tracking_uri=tracking_uri,
                  prompts=prompts)
-    _init_ray()
+    ensure_ray()
     out = cfg.search_dir
     with tracked_run(cfg, study_dir=cfg.study_dir, tracking_uri=cfg.tracking_uri, experiment=cfg.experiment,
                      run_name=cfg.name, tags={"saeuron.stage": "search"}) as run:
@@ -329,13 +330,4 @@ def search(cfg: SearchConfig) -> SearchResult:
             print(f"search: recipes registered as models:/{cfg.register_as}@current (version {version})", flush=True)
         print(f"search: recipes in {out / 'recipes'}; MLflow run {run.info.run_id}", flush=True)
         return SearchResult(results, out / "recipes", run.info.run_id)
-
-
-def _init_ray() -> None:
-    import logging
-
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(logging_level=logging.WARNING)
 

@@ -253,15 +253,14 @@ def train_hookpoint(cfg: TrainConfig, hookpoint: str, mlflow_run_id: str | None,
 def train(cfg: TrainConfig) -> list[TrainedSae]:
     """Train (or resume) one SAE per hookpoint inside one MLflow run; register each."""
     import mlflow
-    import ray
 
+    from .actor_pool import ensure_ray
     from .registry import register_folder, registered_name
     from .tracking import resolve_tracking_uri, tracked_run
 
     hookpoints = cfg.hookpoints or _manifest_hookpoints(cfg)
     manifest = [dataset_info(cfg.dataset_dir, hookpoint) for hookpoint in hookpoints][0]
-    if not ray.is_initialized():
-        ray.init()
+    ensure_ray()
     tracking_uri = resolve_tracking_uri(cfg.tracking_uri, cfg.study_dir)
     benchmark = manifest["identity"]["benchmark"]
     results = []
