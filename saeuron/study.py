@@ -151,6 +151,7 @@ def _comparable(config: Any) -> Any:
 
 def run_study(cfg: StudyConfig) -> dict[str, Any]:
     import mlflow
+    import ray
 
     from .collect import collect_tracked
     from .evaluate import evaluate
@@ -163,6 +164,8 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         cfg = full_study(cfg)
     stages = stage_configs(cfg)
     records = StageRecords(cfg)
+    # A cluster the caller joined or started is theirs to keep; only one the stages started here is stopped.
+    ray_started_here = not ray.is_initialized()
     previous = records.done("study", {"name": cfg.name})
     parent = parent_run(cfg, study_dir=cfg.study_dir, tracking_uri=cfg.tracking_uri, experiment=cfg.experiment,
                         run_name=f"study {cfg.name}", run_id=(previous or {}).get("run_id", ""), tags={"saeuron.stage": "study"})
@@ -226,9 +229,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     client.log_batch(parent, metrics=[mlflow.entities.Metric(f"{name.replace('+', '-')}.{k}", v, 0, 0)
                                       for name, s in evaluated["scores"].items() for k, v in s.items()])
     client.set_terminated(parent)
-    import ray
-
-    if ray.is_initialized():  # workers' progress bars would redraw over the summary
+    if ray_started_here and ray.is_initialized():  # workers' progress bars would redraw over the summary
         ray.shutdown()
     print_summary(cfg, evaluated, searched, uri)
     return {"run_id": parent, "search": searched, "evaluate": evaluated, "saes": saes, "statistics": statistics}

@@ -52,3 +52,7 @@ def test_the_study_runs_every_stage_once_and_resumes_by_skipping_them(tmp_path, 
     assert printed.count("already done with this config, skipped") == 4
     assert set(third["evaluate"]["scores"]) == {"Neon_Glow"}
     assert json.loads((records / "search.json").read_text())["outputs"]["chosen"].keys() == {"Neon_Glow"}
+    # The study joined the caller's cluster and must leave it running for them.
+    import ray
+
+    assert ray.is_initialized() and ray.get_runtime_context().gcs_address == ray_cluster
