@@ -1,7 +1,7 @@
 """What early stopping saves: the full (p, γ) grid vs ASHA, side by side, on MiniCanvas.
 
     python benchmarks/tune_cost.py --style_statistics runs/minicanvas/statistics/style-unet.up_blocks.1.attentions.2 \
-        --object_statistics runs/minicanvas/statistics/object-unet.up_blocks.1.attentions.1 \
+        --object_statistics runs/minicanvas/statistics/object-unet.mid_block.attentions.0 \
         --concepts Neon_Glow Stars --study_dir runs/minicanvas
 
 Both searches score the same tuning prompts with the same grid; printed per concept: images generated,

@@ -2,8 +2,11 @@
 
 A row is one (prompt, denoising step) feature map of a block: its ids and labels, the real
 scheduler timestep, the step index, the indices of the stored patches and the activations as the
-raw fp16 bits of a ``[patches, d_in]`` matrix in a fixed-size binary column (2 bytes a value;
-Arrow's own fp16 columns read slower than fp32, apache/arrow #43891). Rows are feature maps, not
+raw fp16 bits of a ``[patches, d_in]`` matrix in a binary column (2 bytes a value; Arrow's own
+fp16 columns read slower than fp32, apache/arrow #43891). The column is variable-length binary
+(schema 2) because one collection batch holds every hookpoint, and blocks of different resolutions
+(``mid_block`` 4×4 beside ``up_blocks.1`` 8×8) give maps of different sizes; datasets written as
+fixed-size binary (schema 1) still read. Rows are feature maps, not
 patches, because the labels are then stored once per map instead of once per vector, and a batch
 of rows decodes to ``[n, d_in]`` vectors with one zero-copy buffer view.
 
@@ -26,7 +29,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+PARQUET_OPTIONS = {"use_dictionary": ["object", "style"], "write_statistics": ["prompt_id", "seed", "timestep", "step_index"]}
+"""``pq.write_table`` options: dictionary-encoding or min/max statistics on the 8 KB+ activation values
+only cost time (Parquet tries a dictionary, gives up, and reading back runs 2.5× slower)."""
 MANIFEST = "manifest.json"
 PARTITION = "hookpoint"
 
@@ -35,23 +41,37 @@ def hookpoint_dir(root: str | Path, hookpoint: str) -> Path:
     return Path(root) / f"{PARTITION}={hookpoint}"
 
 
-def maps_to_binary(maps: np.ndarray) -> pa.FixedSizeBinaryArray:
-    """[n, patches, d] → n fixed-size binary values holding the fp16 bits."""
+def maps_to_binary(maps: np.ndarray) -> pa.LargeBinaryArray:
+    """[n, patches, d] → n binary values holding the fp16 bits (64-bit offsets: SD-sized batches pass 2 GB)."""
     maps = np.ascontiguousarray(maps, dtype=np.float16)
     width = maps.shape[1] * maps.shape[2] * 2
-    return pa.Array.from_buffers(pa.binary(width), len(maps), [None, pa.py_buffer(maps.tobytes())])
+    offsets = np.arange(len(maps) + 1, dtype=np.int64) * width
+    return pa.Array.from_buffers(pa.large_binary(), len(maps), [None, pa.py_buffer(offsets), pa.py_buffer(maps.tobytes())])
+
+
+def _chunk_bytes(chunk: pa.Array) -> np.ndarray:
+    """The value bytes of a binary chunk as one uint8 view (values are stored back to back)."""
+    if pa.types.is_fixed_size_binary(chunk.type):
+        width = chunk.type.byte_width
+        return np.frombuffer(chunk.buffers()[1], dtype=np.uint8, count=len(chunk) * width, offset=chunk.offset * width)
+    if not (pa.types.is_binary(chunk.type) or pa.types.is_large_binary(chunk.type)):
+        raise TypeError(f"activations must be a binary column, got {chunk.type}")
+    offset_type = np.int64 if pa.types.is_large_binary(chunk.type) else np.int32
+    offsets = np.frombuffer(chunk.buffers()[1], dtype=offset_type, count=len(chunk) + 1, offset=chunk.offset * np.dtype(offset_type).itemsize)
+    return np.frombuffer(chunk.buffers()[2], dtype=np.uint8, count=int(offsets[-1] - offsets[0]), offset=int(offsets[0]))
 
 
 def binary_to_vectors(column: pa.Array | pa.ChunkedArray, d_in: int) -> np.ndarray:
-    """Fixed-size binary activations → [n_maps · patches, d_in] float16, without copying per row."""
+    """Binary activations → [n_maps · patches, d_in] float16, without copying per row."""
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     parts = []
     for chunk in chunks:
         if len(chunk) == 0:
             continue
-        width = chunk.type.byte_width
-        data = chunk.buffers()[1]
-        raw = np.frombuffer(data, dtype=np.uint8, count=len(chunk) * width, offset=chunk.offset * width)
+        raw = _chunk_bytes(chunk)
+        if raw.size % (2 * d_in):
+            raise ValueError(f"activations hold {raw.size} bytes, not a whole number of {d_in}-dim fp16 vectors; "
+                             f"is d_in right for this hookpoint?")
         parts.append(raw.view(np.float16).reshape(-1, d_in))
     if not parts:
         return np.zeros((0, d_in), dtype=np.float16)
@@ -156,7 +176,7 @@ def reconcile(root: str | Path, hookpoints: Sequence[str], rows_per_prompt: int)
                 removed.append(str(path))
                 continue
             tmp = path.with_name(f".{path.name}.tmp")
-            pq.write_table(pq.read_table(path).filter(pa.array(keep)), tmp)
+            pq.write_table(pq.read_table(path).filter(pa.array(keep)), tmp, **PARQUET_OPTIONS)
             os.replace(tmp, path)
             rewritten.append(str(path))
     return ExistingRows(done, removed, rewritten)

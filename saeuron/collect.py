@@ -23,13 +23,10 @@ import pyarrow as pa
 
 from . import activations
 from .actor_pool import load_pipeline_in_actor, map_with_actor_pool, resolve_dtype
-from .benchmark import model_identity, resolve_model_path, training_prompt_rows
+from .benchmark import BENCHMARKS, get_benchmark, model_identity, resolve_model_path, training_prompt_rows
 from .prompts import rows_from_batch
 from .hooks import CAPTURE_HALVES, HookedPipeline
 from .pipeline_folder import block_channels
-
-PAPER_HOOKPOINTS = ["unet.up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"]
-
 
 @dataclass
 class CollectConfig:
@@ -39,7 +36,9 @@ class CollectConfig:
     """Local diffusers pipeline folder; empty means the benchmark's own (MiniCanvas)."""
     anchor_prompts_dir: str = ""
     """UnlearnCanvas's anchor_prompts/finetune_prompts folder (sd_prompt_<Object>.txt)."""
-    hookpoints: list[str] = field(default_factory=lambda: list(PAPER_HOOKPOINTS))
+    hookpoints: list[str] = field(default_factory=list)
+    """Blocks to record; empty means the benchmark's object and style hookpoints (UnlearnCanvas: the
+    paper's up_blocks.1.attentions.1 and .2; MiniCanvas: mid_block.attentions.0 and up_blocks.1.attentions.2)."""
     study_dir: str = "runs/minicanvas"
     """Study folder: activations go to <study_dir>/activations, MLflow to <study_dir>/mlflow.db."""
     output_dir: str = ""
@@ -69,6 +68,10 @@ class CollectConfig:
     experiment: str = "saeuron"
     parent_run_id: str = ""
     """Log as a child of this MLflow run (a study's)."""
+
+    def __post_init__(self):
+        if not self.hookpoints and self.benchmark in BENCHMARKS:
+            self.hookpoints = get_benchmark(self.benchmark).hookpoints
 
     @property
     def dataset_dir(self) -> Path:
@@ -168,7 +171,7 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
                  patches_per_map=cfg.patches_per_map, dtype=cfg.dtype, cpu_threads=cfg.cpu_threads_per_actor),
             cfg.batch_size, cfg.num_actors, cfg.cpu_threads_per_actor,
         )
-        dataset.write_parquet(str(root), partition_cols=[activations.PARTITION])
+        dataset.write_parquet(str(root), partition_cols=[activations.PARTITION], **activations.PARQUET_OPTIONS)
     seconds = time.perf_counter() - started
 
     final = activations.reconcile(root, cfg.hookpoints, cfg.kept_steps())

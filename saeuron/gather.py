@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .benchmark import resolve_model_path, statistics_prompt_rows
+from .benchmark import BENCHMARKS, get_benchmark, resolve_model_path, statistics_prompt_rows
 from .actor_pool import load_pipeline_in_actor, map_with_actor_pool
 from .tracking import resolve_tracking_uri
 from .prompts import rows_from_batch
@@ -30,9 +30,11 @@ from .statistics import ConceptStatistics, patch_mean_latents, sae_fingerprint
 class GatherConfig:
     sae: str = ""
     """SAE of the hookpoint: a folder (or a folder of <hookpoint>/ folders) or models:/NAME@alias."""
-    hookpoint: str = "unet.up_blocks.1.attentions.2"
+    hookpoint: str = ""
+    """Empty: the benchmark's hookpoint for ``kind`` (styles: up_blocks.1.attentions.2; objects: the paper's
+    up_blocks.1.attentions.1 on UnlearnCanvas, mid_block.attentions.0 on MiniCanvas)."""
     kind: str = "style"
-    """"style" (the reference gathers styles on up.1.2) or "object" (on up.1.1)."""
+    """"style" or "object"."""
     benchmark: str = "minicanvas"
     model_path: str = ""
     anchor_prompts_dir: str = ""
@@ -55,6 +57,10 @@ class GatherConfig:
     experiment: str = "saeuron"
     parent_run_id: str = ""
     """Log as a child of this MLflow run (a study's)."""
+
+    def __post_init__(self):
+        if not self.hookpoint and self.benchmark in BENCHMARKS and self.kind in ("style", "object"):
+            self.hookpoint = get_benchmark(self.benchmark).hookpoint(self.kind)
 
     @property
     def statistics_dir(self) -> Path:

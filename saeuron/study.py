@@ -24,10 +24,6 @@ from .sae.trainer import SaeTrainConfig
 from .search import SearchConfig
 from .train import TrainConfig
 
-STYLE_HOOKPOINT = "unet.up_blocks.1.attentions.2"
-OBJECT_HOOKPOINT = "unet.up_blocks.1.attentions.1"
-
-
 def _quick_collect() -> CollectConfig:
     return CollectConfig(max_prompts=160, num_inference_steps=10, guidance_scale=7.5, batch_size=16)
 
@@ -64,8 +60,9 @@ class StudyConfig:
     benchmark: str = "minicanvas"
     model_path: str = ""
     anchor_prompts_dir: str = ""
-    style_hookpoint: str = STYLE_HOOKPOINT
-    object_hookpoint: str = OBJECT_HOOKPOINT
+    style_hookpoint: str = ""
+    object_hookpoint: str = ""
+    """Empty: the benchmark's (MiniCanvas's objects: mid_block.attentions.0; otherwise the paper's)."""
     full: bool = False
     """The full MiniCanvas study: every training prompt at 20 steps, two styles and two objects searched
     over MiniCanvas's default grid, five evaluation seeds (about half an hour on 2 CPU cores, estimated from
@@ -78,6 +75,14 @@ class StudyConfig:
     tracking_uri: str = ""
     """Empty: SQLite in study_dir; on a cluster, the MLflow server (http://...)."""
     experiment: str = "saeuron"
+
+    def __post_init__(self):
+        from .benchmark import BENCHMARKS, get_benchmark
+
+        if self.benchmark in BENCHMARKS:
+            known = get_benchmark(self.benchmark)
+            self.style_hookpoint = self.style_hookpoint or known.style_hookpoint
+            self.object_hookpoint = self.object_hookpoint or known.object_hookpoint
 
 
 def full_study(cfg: StudyConfig) -> StudyConfig:

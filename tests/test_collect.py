@@ -46,12 +46,21 @@ def assert_exactly_once(cfg):
 
 
 # ------------------------------------------------------------------------------------ storage
-def test_fp16_bits_round_trip_through_binary_column():
+def test_fp16_bits_round_trip_through_binary_column(tmp_path):
     maps = np.random.default_rng(0).normal(size=(5, 7, 3)).astype(np.float16)
     column = activations.maps_to_binary(maps)
-    assert column.type.byte_width == 7 * 3 * 2
+    assert column.type == pa.large_binary() and len(column[0].as_py()) == 7 * 3 * 2
     back = activations.binary_to_vectors(pa.chunked_array([column[:2], column[2:]]), 3)
     assert np.array_equal(back, maps.reshape(-1, 3))
+    # Through Parquet, as 32-bit-offset binary and as schema 1's fixed-size binary.
+    pq.write_table(pa.table({"a": column}), tmp_path / "a.parquet")
+    assert np.array_equal(activations.binary_to_vectors(pq.read_table(tmp_path / "a.parquet").column("a").slice(1), 3),
+                          maps[1:].reshape(-1, 3))
+    assert np.array_equal(activations.binary_to_vectors(column.cast(pa.binary()).slice(2), 3), maps[2:].reshape(-1, 3))
+    fixed = pa.Array.from_buffers(pa.binary(7 * 3 * 2), 5, [None, pa.py_buffer(maps.tobytes())])
+    assert np.array_equal(activations.binary_to_vectors(fixed.slice(3), 3), maps[3:].reshape(-1, 3))
+    with pytest.raises(ValueError, match="d_in"):
+        activations.binary_to_vectors(column, 4)
 
 
 def test_patch_subsets_are_deterministic_per_prompt_and_step():
@@ -126,28 +135,31 @@ def test_bad_input_fails_before_any_work(tmp_path):
 # ------------------------------------------------------------------------------------ the job
 @pytest.mark.slow
 def test_collect_writes_readable_parquet_equal_to_a_direct_capture(tmp_path, ray_cluster, minicanvas_pipeline):
-    cfg = small_config(tmp_path)
+    # The mid block's 4×4 maps are collected in the same batches as up_blocks.1's 8×8 ones.
+    hooks = [*HOOKS, "unet.mid_block.attentions.0"]
+    cfg = small_config(tmp_path, hookpoints=hooks)
     manifest = collect_tracked(cfg)
-    assert manifest["complete"] and manifest["d_in"] == {h: 64 for h in HOOKS}
-    assert manifest["rows"] == {h: 6 * 4 for h in HOOKS}
+    assert manifest["complete"] and manifest["d_in"] == {h: 64 for h in hooks}
+    assert manifest["rows"] == {h: 6 * 4 for h in hooks}
     assert_exactly_once(cfg)
 
     rows = training_prompt_rows("minicanvas", seed=cfg.seed, max_prompts=6)
     direct = HookedPipeline(minicanvas_pipeline).generate(
-        [rows[0].prompt], [rows[0].seed], num_inference_steps=4, guidance_scale=7.5, capture=HOOKS, output_type="latent")
-    for hookpoint in HOOKS:
+        [rows[0].prompt], [rows[0].seed], num_inference_steps=4, guidance_scale=7.5, capture=hooks, output_type="latent")
+    for hookpoint in hooks:
         table = read_hookpoint(cfg, hookpoint).sort_by([("prompt_id", "ascending"), ("step_index", "ascending")])
         first = table.filter(pa.compute.equal(table.column("prompt_id"), rows[0].prompt_id))
         assert first.column("timestep").to_pylist() == [751, 501, 251, 1]
         assert first.column("object")[0].as_py() == rows[0].object and first.column("style")[0].as_py() == rows[0].style
         stored = activations.binary_to_vectors(first.column("activations"), 64)
         expected = direct.captures[hookpoint].stacked()[0].reshape(-1, 64).half().numpy()
+        assert len(stored) == 4 * (16 if "mid_block" in hookpoint else 64)
         np.testing.assert_allclose(stored.astype(np.float32), expected.astype(np.float32), atol=2e-3, rtol=1e-3)
 
     # A second run with the same config is a no-op; a different config is refused.
     assert collect(cfg)["rows"] == manifest["rows"]
     with pytest.raises(ValueError, match="num_inference_steps"):
-        collect(small_config(tmp_path, num_inference_steps=5))
+        collect(small_config(tmp_path, hookpoints=hooks, num_inference_steps=5))
 
     import mlflow
 

@@ -13,7 +13,7 @@ from saeuron.sae import SaeConfig
 from saeuron.sae.trainer import SaeTrainConfig
 from saeuron.train import TrainConfig, train, train_hookpoint
 
-HOOKS = ["unet.up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"]
+HOOKS = ["unet.mid_block.attentions.0", "unet.up_blocks.1.attentions.2"]  # the fixture collection: MiniCanvas's object, style hookpoints
 
 
 def small_train_config(activations, tmp_path, **overrides):
@@ -27,7 +27,8 @@ def small_train_config(activations, tmp_path, **overrides):
 
 @pytest.mark.slow
 def test_train_registers_saes_that_load_by_alias_and_folder_bit_identical(minicanvas_activations, tmp_path):
-    cfg = small_train_config(minicanvas_activations, tmp_path)
+    # 4 epochs: the mid block's 4×4 maps give a quarter of up_blocks.1's vectors (8 steps an epoch).
+    cfg = small_train_config(minicanvas_activations, tmp_path, epochs=4)
     results = train(cfg)
     assert [r.hookpoint for r in results] == HOOKS
     tracking = f"sqlite:///{(tmp_path / 'study' / 'mlflow.db')}"
@@ -39,7 +40,8 @@ def test_train_registers_saes_that_load_by_alias_and_folder_bit_identical(minica
         for name_, tensor in by_folder.state_dict().items():
             assert torch.equal(tensor, by_alias.state_dict()[name_]) and torch.equal(tensor, by_version.state_dict()[name_])
         assert by_alias.cfg == by_folder.cfg and by_folder.cfg.threshold is not None
-        # Bound from measured runs: held-out FVU ~0.2-0.3 for this tiny SAE on 64 prompts.
+        # Bound from measured runs on 64 prompts, 4 epochs: held-out FVU 0.38 (mid block, 32 steps) and
+        # 0.20 (up_blocks.1.attentions.2, 136 steps); after 1 epoch the mid block's was 0.58.
         assert trained.metrics["val_fvu"] < 0.5, trained.metrics
         assert trained.metrics["val_dead_fraction"] < 0.2
     mlflow.set_tracking_uri(tracking)
