@@ -2,7 +2,9 @@
 
 The UNet's first cross-attention up block holds three transformer blocks, so the paper's
 hookpoints ``unet.up_blocks.1.attentions.1`` (objects) and ``.2`` (styles) exist here as in
-SD v1.5, and one study config runs on both with only the model path and concepts changed.
+SD v1.5, and one study config runs on both with only the model path and concepts changed. With
+three levels instead of SD's four, the shape is already drawn by up_blocks.1, so MiniCanvas
+unlearns objects at ``unet.mid_block.attentions.0`` (see ``saeuron.benchmark``).
 """
 
 from __future__ import annotations
