@@ -28,6 +28,7 @@ from .prompts import rows_from_batch
 from .hooks import CAPTURE_HALVES, HookedPipeline
 from .pipeline_folder import block_channels
 
+
 @dataclass
 class CollectConfig:
     benchmark: str = "minicanvas"

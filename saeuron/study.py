@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from .benchmark import BENCHMARKS, get_benchmark
 from .collect import CollectConfig
 from .config import config_to_dict
 from .evaluate import EvaluateConfig
@@ -23,6 +24,7 @@ from .sae import SaeConfig
 from .sae.trainer import SaeTrainConfig
 from .search import SearchConfig
 from .train import TrainConfig
+
 
 def _quick_collect() -> CollectConfig:
     return CollectConfig(max_prompts=160, num_inference_steps=10, guidance_scale=7.5, batch_size=16)
@@ -77,8 +79,6 @@ class StudyConfig:
     experiment: str = "saeuron"
 
     def __post_init__(self):
-        from .benchmark import BENCHMARKS, get_benchmark
-
         if self.benchmark in BENCHMARKS:
             known = get_benchmark(self.benchmark)
             self.style_hookpoint = self.style_hookpoint or known.style_hookpoint

@@ -51,3 +51,20 @@ def test_a_submitted_job_refuses_a_relative_study_folder(monkeypatch):
     with pytest.raises(SystemExit, match="study_dir 'runs/minicanvas' is relative"):
         parse_config(EvaluateConfig, ["--recipes", "r"])
     assert parse_config(EvaluateConfig, ["--study_dir", "/tmp/s"]).study_dir == "/tmp/s"
+
+
+def test_hookpoints_default_to_the_benchmarks_own():
+    from saeuron.collect import CollectConfig
+    from saeuron.gather import GatherConfig
+    from saeuron.study import stage_configs
+
+    paper = ["unet.up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"]
+    assert CollectConfig(benchmark="unlearncanvas").hookpoints == paper
+    assert CollectConfig().hookpoints == ["unet.mid_block.attentions.0", "unet.up_blocks.1.attentions.2"]
+    assert GatherConfig(kind="object", benchmark="unlearncanvas").hookpoint == paper[0]
+    assert GatherConfig(kind="object").hookpoint == "unet.mid_block.attentions.0"
+    assert GatherConfig(kind="style").hookpoint == paper[1]
+    # Given ones are kept; the study pushes its own into collection and training.
+    assert GatherConfig(kind="object", hookpoint=paper[0]).hookpoint == paper[0]
+    study = parse_config(StudyConfig, ["--object_hookpoint", "unet.up_blocks.1.attentions.0"])
+    assert stage_configs(study)["collect"].hookpoints == [paper[1], "unet.up_blocks.1.attentions.0"]
