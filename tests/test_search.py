@@ -128,7 +128,10 @@ def test_a_stopped_search_resumes_and_a_killed_trial_is_retried(style_statistics
     experiment = cfg.search_dir / "tune" / "Neon_Glow"
     config_file = tmp_path / "search.yaml"
     config_file.write_text(config_to_yaml(cfg))
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster, "PYTHONPATH": str(REPO)}
+    # The driver copies Tune's experiment state and result.json to storage every 10 s or more by default; four
+    # short trials can all finish inside one such period (seen in CI). Every second, the storage shows what
+    # the driver knew a second before it was killed.
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster, "PYTHONPATH": str(REPO), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     driver = subprocess.Popen([sys.executable, str(REPO / "tune" / "search.py"), "--config", str(config_file)], env=env,
                               start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
