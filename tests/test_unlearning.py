@@ -29,24 +29,37 @@ def object_scores(quality, concept):
     return ua, ira, float(np.mean(list(quality.style_accuracy.values())))
 
 
-@pytest.mark.slow
-def test_forgetting_a_style_beats_zeroing_its_channels(style_sae, style_statistics, minicanvas_pipeline, minicanvas_classifier,
-                                                       minicanvas_activations, tmp_path):
-    recipe = make_recipe(RecipeConfig(statistics=str(style_statistics), concepts=["Neon_Glow"], percentile=99, multiplier=-1,
-                                      output_dir=str(tmp_path / "recipe")))
+@pytest.fixture(scope="module")
+def quality_before(minicanvas_pipeline, minicanvas_classifier):
+    """The unedited model's grid, generated once for both forgetting tests."""
+    return measure_generation_quality(minicanvas_pipeline, minicanvas_classifier, [188], STEPS)
+
+
+def sae_versus_channel_zeroing(kind, concept, hookpoint, sae_folder, statistics, quality_before, pipeline, classifier,
+                               activations, recipe_dir):
+    """(UA, IRA, CRA) before, with the SAE recipe (p 99, γ −1), and with the 8 most concept-tied channels zeroed."""
     from saeuron.sae import Sae
 
-    edit = UnlearningEdit(Sae.load_from_disk(style_sae), recipe)
-    before = measure_generation_quality(minicanvas_pipeline, minicanvas_classifier, [188], STEPS)
-    after = measure_generation_quality(minicanvas_pipeline, minicanvas_classifier, [188], STEPS, edits={STYLE_HOOK: edit})
-    channels = concept_channels(minicanvas_activations.dataset_dir, STYLE_HOOK, "Neon_Glow", "style", count=8)
-    baseline = measure_generation_quality(minicanvas_pipeline, minicanvas_classifier, [188], STEPS,
-                                          edits={STYLE_HOOK: ChannelZeroEdit(channels)})
-    ua0, ira0, cra0 = style_scores(before, "Neon_Glow")
-    ua, ira, cra = style_scores(after, "Neon_Glow")
-    ua_b, ira_b, cra_b = style_scores(baseline, "Neon_Glow")
-    print(f"before UA {ua0:.2f} IRA {ira0:.2f} CRA {cra0:.2f} | SAE UA {ua:.2f} IRA {ira:.2f} CRA {cra:.2f} | "
-          f"channels UA {ua_b:.2f} IRA {ira_b:.2f} CRA {cra_b:.2f}")
+    recipe = make_recipe(RecipeConfig(statistics=str(statistics), concepts=[concept], percentile=99, multiplier=-1,
+                                      output_dir=str(recipe_dir)))
+    edit = UnlearningEdit(Sae.load_from_disk(sae_folder), recipe)
+    channels = concept_channels(activations.dataset_dir, hookpoint, concept, kind, count=8)
+    scores = style_scores if kind == "style" else object_scores
+    results = [scores(quality, concept) for quality in (
+        quality_before,
+        measure_generation_quality(pipeline, classifier, [188], STEPS, edits={hookpoint: edit}),
+        measure_generation_quality(pipeline, classifier, [188], STEPS, edits={hookpoint: ChannelZeroEdit(channels)}),
+    )]
+    print(" | ".join(f"{name} UA {ua:.2f} IRA {ira:.2f} CRA {cra:.2f}" for name, (ua, ira, cra) in zip(("before", "SAE", "channels"), results)))
+    return results
+
+
+@pytest.mark.slow
+def test_forgetting_a_style_beats_zeroing_its_channels(style_sae, style_statistics, quality_before, minicanvas_pipeline,
+                                                       minicanvas_classifier, minicanvas_activations, tmp_path):
+    (ua0, _, _), (ua, ira, cra), (ua_b, _, _) = sae_versus_channel_zeroing(
+        "style", "Neon_Glow", STYLE_HOOK, style_sae, style_statistics, quality_before, minicanvas_pipeline, minicanvas_classifier,
+        minicanvas_activations, tmp_path / "recipe")
     assert ua0 == 0.0
     # Measured with this fixture (64 prompts, 10 steps, SAE trained 300 steps): UA 0.875 (7 of 8
     # images), IRA 1.00, CRA 0.85; zeroing the 8 most Neon_Glow-tied channels instead: UA 0.00.
@@ -56,23 +69,11 @@ def test_forgetting_a_style_beats_zeroing_its_channels(style_sae, style_statisti
 
 
 @pytest.mark.slow
-def test_forgetting_an_object_beats_zeroing_its_channels(object_sae, object_statistics, minicanvas_pipeline, minicanvas_classifier,
-                                                         minicanvas_activations, tmp_path):
-    recipe = make_recipe(RecipeConfig(statistics=str(object_statistics), concepts=["Stars"], percentile=99, multiplier=-1,
-                                      output_dir=str(tmp_path / "recipe")))
-    from saeuron.sae import Sae
-
-    edit = UnlearningEdit(Sae.load_from_disk(object_sae), recipe)
-    before = measure_generation_quality(minicanvas_pipeline, minicanvas_classifier, [188], STEPS)
-    after = measure_generation_quality(minicanvas_pipeline, minicanvas_classifier, [188], STEPS, edits={OBJECT_HOOK: edit})
-    channels = concept_channels(minicanvas_activations.dataset_dir, OBJECT_HOOK, "Stars", "object", count=8)
-    baseline = measure_generation_quality(minicanvas_pipeline, minicanvas_classifier, [188], STEPS,
-                                          edits={OBJECT_HOOK: ChannelZeroEdit(channels)})
-    ua0, ira0, cra0 = object_scores(before, "Stars")
-    ua, ira, cra = object_scores(after, "Stars")
-    ua_b, ira_b, cra_b = object_scores(baseline, "Stars")
-    print(f"before UA {ua0:.2f} IRA {ira0:.2f} CRA {cra0:.2f} | SAE UA {ua:.2f} IRA {ira:.2f} CRA {cra:.2f} | "
-          f"channels UA {ua_b:.2f} IRA {ira_b:.2f} CRA {cra_b:.2f}")
+def test_forgetting_an_object_beats_zeroing_its_channels(object_sae, object_statistics, quality_before, minicanvas_pipeline,
+                                                         minicanvas_classifier, minicanvas_activations, tmp_path):
+    (ua0, _, _), (ua, ira, cra), (ua_b, _, _) = sae_versus_channel_zeroing(
+        "object", "Stars", OBJECT_HOOK, object_sae, object_statistics, quality_before, minicanvas_pipeline, minicanvas_classifier,
+        minicanvas_activations, tmp_path / "recipe")
     assert ua0 == 0.0
     # Measured with this fixture (SAE of the mid block, 300 steps on 64 prompts): UA 1.00 (11 of 11
     # images), IRA 1.00, CRA (style accuracy) 1.00; zeroing the 8 most Stars-tied channels: UA 0.00.
