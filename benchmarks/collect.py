@@ -22,11 +22,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from saeuron import activations
-from saeuron.benchmark import training_prompt_rows
-from saeuron.collect import CollectConfig, collect
-from saeuron.hooks import HookedPipeline
-from saeuron.minicanvas import load_minicanvas
+from saeuron.collection import activations
+from saeuron.benchmarks.base import training_prompt_rows
+from saeuron.collection.collect import CollectConfig, collect
+from saeuron.diffusion.hooks import HookedPipeline
+from saeuron.benchmarks.minicanvas import load_minicanvas
 
 HOOKS = ["unet.up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"]
 

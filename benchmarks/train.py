@@ -15,12 +15,12 @@ import time
 
 import torch
 
-from saeuron.activation_dataset import count_vectors
-from saeuron.collect import CollectConfig, collect
-from saeuron.local_train import train_locally
+from saeuron.collection.dataset import count_vectors
+from saeuron.collection.collect import CollectConfig, collect
+from saeuron.training.local import train_locally
 from saeuron.sae import SaeConfig
 from saeuron.sae.trainer import SaeTrainConfig
-from saeuron.train import TrainConfig, train_hookpoint
+from saeuron.training.ray_train import TrainConfig, train_hookpoint
 
 HOOK = "unet.up_blocks.1.attentions.2"
 

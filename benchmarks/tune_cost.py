@@ -16,7 +16,7 @@ import json
 import time
 from dataclasses import replace
 
-from saeuron.search import SearchConfig, search
+from saeuron.tuning.search import SearchConfig, search
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ hooked blocks at every denoising step as Parquet activations.
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/collect.py --config ...
 """
 
-from saeuron.collect import CollectConfig, collect_tracked
+from saeuron.collection.collect import CollectConfig, collect_tracked
 from saeuron.config import parse_config
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ write a report (sample grids, bar chart, table; PNG + HTML).
 """
 
 from saeuron.config import parse_config
-from saeuron.evaluate import EvaluateConfig, evaluate
+from saeuron.evaluation.evaluate import EvaluateConfig, evaluate
 
 if __name__ == "__main__":
     evaluate(parse_config(EvaluateConfig, description=__doc__))

@@ -6,7 +6,7 @@ and store the per-concept, per-timestep mean latent activations (safetensors + J
 """
 
 from saeuron.config import parse_config
-from saeuron.gather import GatherConfig, gather_tracked
+from saeuron.method.gather import GatherConfig, gather_tracked
 
 if __name__ == "__main__":
     gather_tracked(parse_config(GatherConfig, description=__doc__))

@@ -5,7 +5,7 @@
 """
 
 from saeuron.config import parse_config
-from saeuron.make_recipe import RecipeConfig, make_recipe
+from saeuron.method.make_recipe import RecipeConfig, make_recipe
 
 if __name__ == "__main__":
     make_recipe(parse_config(RecipeConfig, description=__doc__))

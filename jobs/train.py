@@ -6,7 +6,7 @@ with Ray Train, and register each in the MLflow model registry.
 """
 
 from saeuron.config import parse_config
-from saeuron.train import TrainConfig, train
+from saeuron.training.ray_train import TrainConfig, train
 
 if __name__ == "__main__":
     train(parse_config(TrainConfig, description=__doc__))

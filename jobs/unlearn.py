@@ -4,7 +4,7 @@
 """
 
 from saeuron.config import parse_config
-from saeuron.unlearn import UnlearnConfig, unlearn
+from saeuron.method.sampling import UnlearnConfig, unlearn
 
 if __name__ == "__main__":
     unlearn(parse_config(UnlearnConfig, description=__doc__))

@@ -15,15 +15,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .benchmark import BENCHMARKS, get_benchmark
-from .collect import CollectConfig
-from .config import config_to_dict
-from .evaluate import EvaluateConfig
-from .gather import GatherConfig
-from .sae import SaeConfig
-from .sae.trainer import SaeTrainConfig
-from .search import SearchConfig
-from .train import TrainConfig
+from saeuron.benchmarks.base import BENCHMARKS, get_benchmark
+from saeuron.collection.collect import CollectConfig
+from saeuron.config import config_to_dict
+from saeuron.evaluation.evaluate import EvaluateConfig
+from saeuron.method.gather import GatherConfig
+from saeuron.sae import SaeConfig
+from saeuron.sae.trainer import SaeTrainConfig
+from saeuron.tuning.search import SearchConfig
+from saeuron.training.ray_train import TrainConfig
 
 
 def _quick_collect() -> CollectConfig:
@@ -157,12 +157,12 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     import mlflow
     import ray
 
-    from .collect import collect_tracked
-    from .evaluate import evaluate
-    from .gather import gather_tracked
-    from .search import search
-    from .tracking import parent_run, resolve_tracking_uri
-    from .train import train
+    from saeuron.collection.collect import collect_tracked
+    from saeuron.evaluation.evaluate import evaluate
+    from saeuron.method.gather import gather_tracked
+    from saeuron.tuning.search import search
+    from saeuron.cluster.tracking import parent_run, resolve_tracking_uri
+    from saeuron.training.ray_train import train
 
     if cfg.full:
         cfg = full_study(cfg)
@@ -240,7 +240,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
 
 
 def _registered(cfg: StudyConfig, hookpoint: str) -> str:
-    from .registry import registered_name
+    from saeuron.cluster.registry import registered_name
 
     return registered_name(cfg.benchmark, hookpoint)
 

@@ -23,8 +23,8 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory):
     """A randomly initialised pipeline with MiniCanvas's SD-v1 layout, built from configs."""
-    from saeuron.minicanvas.architecture import Architecture, build_pipeline
-    from saeuron.minicanvas.tokenizer import write_clip_tokenizer
+    from saeuron.benchmarks.minicanvas.architecture import Architecture, build_pipeline
+    from saeuron.benchmarks.minicanvas.tokenizer import write_clip_tokenizer
 
     tokenizer_dir = write_clip_tokenizer(tmp_path_factory.mktemp("tokenizer"))
     return build_pipeline(Architecture(), tokenizer_dir, seed=0)
@@ -32,7 +32,7 @@ def tiny_pipeline(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def minicanvas():
-    from saeuron.minicanvas import load_minicanvas
+    from saeuron.benchmarks.minicanvas import load_minicanvas
 
     return load_minicanvas()
 
@@ -63,7 +63,7 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def minicanvas_activations(tmp_path_factory, ray_cluster):
     """A small real MiniCanvas collection (both paper hookpoints), shared by the later stages."""
-    from saeuron.collect import CollectConfig, collect
+    from saeuron.collection.collect import CollectConfig, collect
 
     cfg = CollectConfig(study_dir=str(tmp_path_factory.mktemp("study")), num_inference_steps=10, guidance_scale=7.5,
                         max_prompts=64, batch_size=16)
@@ -73,14 +73,14 @@ def minicanvas_activations(tmp_path_factory, ray_cluster):
 
 STYLE_HOOK = "unet.up_blocks.1.attentions.2"
 OBJECT_HOOK = "unet.mid_block.attentions.0"
-"""MiniCanvas's object hookpoint (saeuron.benchmark explains why it is not the paper's up.1.1)."""
+"""MiniCanvas's object hookpoint (saeuron.benchmarks.base explains why it is not the paper's up.1.1)."""
 STEPS = 10
 """Sampling steps of the method's end-to-end tests (statistics are gathered at the same)."""
 
 
 def _fixture_sae(activations, hookpoint, folder):
     """An SAE trained 300 steps on the fixture collection (a folder in the published layout)."""
-    from saeuron.local_train import train_locally
+    from saeuron.training.local import train_locally
     from saeuron.sae import SaeConfig
     from saeuron.sae.trainer import SaeTrainConfig
 
@@ -91,7 +91,7 @@ def _fixture_sae(activations, hookpoint, folder):
 
 
 def _fixture_statistics(sae, hookpoint, kind, folder):
-    from saeuron.gather import GatherConfig, gather
+    from saeuron.method.gather import GatherConfig, gather
 
     cfg = GatherConfig(sae=str(sae), hookpoint=hookpoint, kind=kind, study_dir=str(folder), num_inference_steps=STEPS,
                        guidance_scale=7.5, batch_size=20)

@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from saeuron import activations
-from saeuron.activation_dataset import activation_dataset, count_vectors, in_validation
-from saeuron.benchmark import training_prompt_rows
-from saeuron.collect import CollectConfig, collect, collect_tracked
-from saeuron.hooks import HookedPipeline
+from saeuron.collection import activations
+from saeuron.collection.dataset import activation_dataset, count_vectors, in_validation
+from saeuron.benchmarks.base import training_prompt_rows
+from saeuron.collection.collect import CollectConfig, collect, collect_tracked
+from saeuron.diffusion.hooks import HookedPipeline
 
 HOOKS = ["unet.up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"]
 REPO = Path(__file__).resolve().parents[1]
@@ -120,11 +120,11 @@ def test_bad_input_fails_before_any_work(tmp_path):
         collect(small_config(tmp_path, model_path=str(tmp_path / "not_a_model")))
     anchors = tmp_path / "anchors"
     anchors.mkdir()
-    from saeuron.prompts import UNLEARNCANVAS_OBJECTS
+    from saeuron.benchmarks.prompts import UNLEARNCANVAS_OBJECTS
 
     for obj in UNLEARNCANVAS_OBJECTS:
         (anchors / f"sd_prompt_{obj}.txt").write_text("\n")
-    from saeuron.minicanvas import load_minicanvas
+    from saeuron.benchmarks.minicanvas import load_minicanvas
 
     with pytest.raises(ValueError, match="empty"):
         collect(small_config(tmp_path, benchmark="unlearncanvas", anchor_prompts_dir=str(anchors),

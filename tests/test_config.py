@@ -18,15 +18,15 @@ def test_yaml_then_command_line_overrides(tmp_path):
 def test_shipped_example_configs_parse():
     from pathlib import Path
 
-    from saeuron.collect import CollectConfig
+    from saeuron.collection.collect import CollectConfig
 
     root = Path(__file__).resolve().parents[1] / "configs"
     minicanvas = parse_config(CollectConfig, ["--config", str(root / "minicanvas" / "collect.yaml")])
     assert minicanvas.num_inference_steps == 20 and len(minicanvas.hookpoints) == 2
     unlearncanvas = parse_config(CollectConfig, ["--config", str(root / "unlearncanvas" / "collect.yaml")])
     assert unlearncanvas.benchmark == "unlearncanvas" and unlearncanvas.max_prompts == 1000
-    from saeuron.evaluate import EvaluateConfig
-    from saeuron.search import SearchConfig, grid_of
+    from saeuron.evaluation.evaluate import EvaluateConfig
+    from saeuron.tuning.search import SearchConfig, grid_of
 
     for benchmark in ("minicanvas", "unlearncanvas"):
         search = parse_config(SearchConfig, ["--config", str(root / benchmark / "search.yaml")])
@@ -45,7 +45,7 @@ def test_shipped_example_configs_parse():
 
 
 def test_a_submitted_job_refuses_a_relative_study_folder(monkeypatch):
-    from saeuron.evaluate import EvaluateConfig
+    from saeuron.evaluation.evaluate import EvaluateConfig
 
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what Ray's job supervisor sets for the entrypoint
     with pytest.raises(SystemExit, match="study_dir 'runs/minicanvas' is relative"):
@@ -54,8 +54,8 @@ def test_a_submitted_job_refuses_a_relative_study_folder(monkeypatch):
 
 
 def test_hookpoints_default_to_the_benchmarks_own():
-    from saeuron.collect import CollectConfig
-    from saeuron.gather import GatherConfig
+    from saeuron.collection.collect import CollectConfig
+    from saeuron.method.gather import GatherConfig
     from saeuron.study import stage_configs
 
     paper = ["unet.up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from saeuron.hooks import HookedPipeline, initial_noise
+from saeuron.diffusion.hooks import HookedPipeline, initial_noise
 
 PROMPTS = ["An image of circle in Dots style.", "An image of star.", "An image of ring in Glow style.", "An image of heart."]
 HOOK = "unet.up_blocks.1.attentions.1"

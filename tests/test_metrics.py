@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from saeuron.metrics import average_scores, forgetting_scores, object_accuracy, sequential_scores
+from saeuron.evaluation.metrics import average_scores, forgetting_scores, object_accuracy, sequential_scores
 
 STYLES = ["A", "B", "C"]
 OBJECTS = ["cat", "dog"]

@@ -9,13 +9,13 @@ import torch
 from diffusers import StableDiffusionPipeline
 from transformers import CLIPTokenizer
 
-from saeuron.hooks import HookedPipeline
-from saeuron.minicanvas import OBJECTS, STYLE_LABELS, STYLES, WEIGHTS
-from saeuron.minicanvas.classifier import classify
-from saeuron.minicanvas.concepts import vocabulary_corpus
-from saeuron.minicanvas.data import render_dataset
-from saeuron.minicanvas.quality import measure_generation_quality
-from saeuron.minicanvas.render import render
+from saeuron.diffusion.hooks import HookedPipeline
+from saeuron.benchmarks.minicanvas import OBJECTS, STYLE_LABELS, STYLES, WEIGHTS
+from saeuron.benchmarks.minicanvas.classifier import classify
+from saeuron.benchmarks.minicanvas.concepts import vocabulary_corpus
+from saeuron.benchmarks.minicanvas.data import render_dataset
+from saeuron.benchmarks.minicanvas.quality import measure_generation_quality
+from saeuron.benchmarks.minicanvas.render import render
 
 
 def test_render_is_deterministic_in_the_seed_and_covers_every_pair():
@@ -76,12 +76,12 @@ def test_generated_images_meet_the_quality_bar(minicanvas_pipeline, minicanvas_c
 @pytest.mark.slow
 def test_training_scripts_run_end_to_end(tmp_path):
     out = tmp_path / "weights"
-    cmd = [sys.executable, "-m", "saeuron.minicanvas.train", "--out", str(out), "--images_per_pair", "1",
+    cmd = [sys.executable, "-m", "saeuron.benchmarks.minicanvas.train", "--out", str(out), "--images_per_pair", "1",
            "--vae_steps", "3", "--unet_steps", "3", "--classifier_steps", "3", "--unet_batch", "4", "--log_every", "1"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[unet] step 2/3" in result.stdout
-    from saeuron.minicanvas import load_minicanvas
+    from saeuron.benchmarks.minicanvas import load_minicanvas
 
     smoke = load_minicanvas(out)
     image = HookedPipeline(smoke.load_pipeline()).generate(["An image of Stars."], [0], num_inference_steps=2, output_type="pt").images

@@ -1,8 +1,7 @@
 import pytest
 
-from saeuron.benchmark import evaluation_prompt_rows, get_benchmark, training_prompt_rows
-from saeuron.prompts import (SEED_IMAGES, UNLEARNCANVAS_OBJECTS, UNLEARNCANVAS_STYLES, UNLEARNCANVAS_THEMES,
-                             read_anchor_captions, training_rows)
+from saeuron.benchmarks.base import evaluation_prompt_rows, get_benchmark, training_prompt_rows
+from saeuron.benchmarks.prompts import SEED_IMAGES, UNLEARNCANVAS_OBJECTS, UNLEARNCANVAS_STYLES, UNLEARNCANVAS_THEMES, read_anchor_captions, training_rows
 
 
 def test_unlearncanvas_concept_lists():

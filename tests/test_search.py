@@ -14,11 +14,11 @@ import mlflow
 import pytest
 
 from conftest import STEPS
-from saeuron.benchmark import evaluation_prompt_rows, get_benchmark
+from saeuron.benchmarks.base import evaluation_prompt_rows, get_benchmark
 from saeuron.config import config_to_yaml
-from saeuron.evaluate import EvaluateConfig, evaluate
-from saeuron.search import SearchConfig, choose, search
-from saeuron.tuning_prompts import proportional_merge, tuning_prompt_rows
+from saeuron.evaluation.evaluate import EvaluateConfig, evaluate
+from saeuron.tuning.search import SearchConfig, choose, search
+from saeuron.benchmarks.tuning_prompts import proportional_merge, tuning_prompt_rows
 
 REPO = Path(__file__).resolve().parents[1]
 

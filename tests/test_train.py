@@ -8,10 +8,10 @@ import mlflow
 import pytest
 import torch
 
-from saeuron.registry import load_sae, registered_name
+from saeuron.cluster.registry import load_sae, registered_name
 from saeuron.sae import SaeConfig
 from saeuron.sae.trainer import SaeTrainConfig
-from saeuron.train import TrainConfig, train, train_hookpoint
+from saeuron.training.ray_train import TrainConfig, train, train_hookpoint
 
 HOOKS = ["unet.mid_block.attentions.0", "unet.up_blocks.1.attentions.2"]  # the fixture collection: MiniCanvas's object, style hookpoints
 
@@ -89,7 +89,7 @@ def test_killed_worker_resumes_from_checkpoint_and_ends_with_the_same_steps(mini
     result = train_hookpoint(cfg, HOOKS[1], None, None)
     killer.join()
     assert killed, "no checkpoint was written before training ended"
-    from saeuron.activation_dataset import count_vectors
+    from saeuron.collection.dataset import count_vectors
 
     expected = count_vectors(minicanvas_activations.dataset_dir, HOOKS[1], "train", 0.15, 0) // 512
     assert result.steps == expected
@@ -129,7 +129,7 @@ def test_a_fresh_submission_of_the_same_config_resumes_the_run(minicanvas_activa
     driver.wait()
     # The same config again: same run name and storage, so Ray Train resumes from the checkpoint.
     result = train_hookpoint(cfg, HOOKS[0], None, None)
-    from saeuron.activation_dataset import count_vectors
+    from saeuron.collection.dataset import count_vectors
 
     assert result.steps == count_vectors(minicanvas_activations.dataset_dir, HOOKS[0], "train", 0.15, 0) // 512
     assert result.metrics["resumed_from_step"] > 0, result.metrics

@@ -5,14 +5,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from saeuron.baseline import ChannelZeroEdit, concept_channels
-from saeuron.hooks import HookedPipeline
-from saeuron.make_recipe import RecipeConfig, make_recipe
-from saeuron.minicanvas.quality import measure_generation_quality
-from saeuron.recipe import Recipe
-from saeuron.unlearn import UnlearnConfig, unlearn
-from saeuron.unlearned_pipeline import UnlearnedPipeline
-from saeuron.unlearning import UnlearningEdit
+from saeuron.method.baseline import ChannelZeroEdit, concept_channels
+from saeuron.diffusion.hooks import HookedPipeline
+from saeuron.method.make_recipe import RecipeConfig, make_recipe
+from saeuron.benchmarks.minicanvas.quality import measure_generation_quality
+from saeuron.method.recipe import Recipe
+from saeuron.method.sampling import UnlearnConfig, unlearn
+from saeuron.method.unlearned_pipeline import UnlearnedPipeline
+from saeuron.method.edit import UnlearningEdit
 
 from conftest import OBJECT_HOOK, STEPS, STYLE_HOOK
 
@@ -120,7 +120,7 @@ def test_unlearn_job_and_unlearned_pipeline_round_trip(style_sae, style_statisti
 @pytest.mark.slow
 def test_a_recipe_without_rules_leaves_images_bit_identical(style_sae, style_statistics, minicanvas_pipeline):
     from saeuron.sae import Sae
-    from saeuron.statistics import ConceptStatistics
+    from saeuron.method.statistics import ConceptStatistics
 
     recipe = Recipe.from_statistics(ConceptStatistics.load(style_statistics), {"Neon_Glow": (99, -1)}, "embedded:minicanvas")
     recipe.rules = type(recipe.rules)(*(t[:0] for t in (recipe.rules.timestep_index, recipe.rules.latent, recipe.rules.scale,
@@ -135,8 +135,8 @@ def test_a_recipe_without_rules_leaves_images_bit_identical(style_sae, style_sta
 
 
 def test_bad_recipe_input_fails_before_sampling(tmp_path):
-    from saeuron.selection import Rules
-    from saeuron.statistics import ConceptStatistics
+    from saeuron.method.selection import Rules
+    from saeuron.method.statistics import ConceptStatistics
 
     stats = ConceptStatistics.empty(STYLE_HOOK, ["Neon_Glow", "Polka_Dots"], [1], 8, "sae", "fp", "style")
     stats.save(tmp_path / "stats")

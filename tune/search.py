@@ -9,7 +9,7 @@ saeuron.recipes) for jobs/evaluate.py --recipes runs:/<run id>/recipes.
 """
 
 from saeuron.config import parse_config
-from saeuron.search import SearchConfig, search
+from saeuron.tuning.search import SearchConfig, search
 
 if __name__ == "__main__":
     search(parse_config(SearchConfig, description=__doc__))

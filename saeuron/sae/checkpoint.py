@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from ..atomic_files import save_tensors_and_json
-from .model import Sae
-from .trainer import SaeTrainer
+from saeuron.atomic_files import save_tensors_and_json
+from saeuron.sae.model import Sae
+from saeuron.sae.trainer import SaeTrainer
 
 TENSORS = "trainer_state.safetensors"
 META = "trainer_state.json"

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .config import SaeConfig
-from .sparse import SparseCode, _code, batch_topk_indices, decode, decode_fixed_width
+from saeuron.sae.config import SaeConfig
+from saeuron.sae.sparse import SparseCode, _code, batch_topk_indices, decode, decode_fixed_width
 
 CONFIG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"

@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .geometric_median import geometric_median
-from .model import Sae
+from saeuron.sae.geometric_median import geometric_median
+from saeuron.sae.model import Sae
 
 
 @dataclass

@@ -1,0 +1,70 @@
+"""MiniCanvas: the embedded benchmark — a tiny SD-architecture pipeline and classifiers trained
+on a procedural style × object image set, shipped with the package (see weights/README.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from saeuron.benchmarks.minicanvas.concepts import NO_STYLE, OBJECTS, STYLE_LABELS, STYLES
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+TRAIN_COMMAND = "python -m saeuron.benchmarks.minicanvas.train --stage all"
+
+
+@dataclass(frozen=True)
+class MiniCanvas:
+    root: Path
+
+    styles = STYLES
+    objects = OBJECTS
+    style_labels = STYLE_LABELS
+    """The style classifier's classes: the styles then "none"."""
+
+    @property
+    def pipeline_path(self) -> Path:
+        return self.root / "pipeline"
+
+    @property
+    def classifier_path(self) -> Path:
+        return self.root / "classifier"
+
+    def load_pipeline(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(self.pipeline_path), dtype=dtype, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False, local_files_only=True,
+        ).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def load_classifier(self, device: str | torch.device = "cpu"):
+        from saeuron.benchmarks.minicanvas.classifier import MiniCanvasClassifier
+
+        return MiniCanvasClassifier.from_pretrained(self.classifier_path, device)
+
+    def training_prompt_rows(self, seed: int = 42, seeds_per_prompt: int = 1):
+        """Labelled SAE-training prompts: every caption in every style, and unstyled."""
+        from saeuron.benchmarks.base import training_prompt_rows
+
+        return training_prompt_rows("minicanvas", seed=seed, seeds_per_prompt=seeds_per_prompt)
+
+    def evaluation_prompt_rows(self, seeds=None):
+        """Labelled "An image of {Object} in {Style} style." / "An image of {Object}." prompts."""
+        from saeuron.benchmarks.base import evaluation_prompt_rows
+
+        return evaluation_prompt_rows("minicanvas", seeds)
+
+
+def load_minicanvas(root: str | Path = WEIGHTS) -> MiniCanvas:
+    root = Path(root)
+    for part in ("pipeline/model_index.json", "classifier/model.safetensors"):
+        if not (root / part).is_file():
+            raise FileNotFoundError(f"MiniCanvas weights missing: {root / part}; rebuild them with `{TRAIN_COMMAND}`")
+    return MiniCanvas(root)
+
+
+__all__ = ["MiniCanvas", "load_minicanvas", "STYLES", "OBJECTS", "STYLE_LABELS", "NO_STYLE"]

@@ -1,0 +1,89 @@
+"""The prompts a search scores (p, γ) on: disjoint from the evaluation prompts and seeds.
+
+The reference tunes on its SAE-training prompts with seed 42, so the tuned parameters have seen the
+very images they are later scored on. Here the tuning set uses the benchmark's free-form captions
+(never the evaluation template — a caption that would reproduce an evaluation prompt is skipped)
+with seeds from their own range, and the search refuses any overlap.
+
+For a concept it holds three groups — images of the concept (for UA), of the other concepts of its
+kind (for IRA) and of the other kind's axis (unstyled images for a style's CRA) — merged so that
+every prefix holds all three: a multi-fidelity search can stop a trial after any number of prompts
+and still score UA, IRA and CRA.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+from saeuron.benchmarks.base import evaluation_prompt_rows, get_benchmark, training_captions
+from saeuron.benchmarks.prompts import PromptRow
+from saeuron.benchmarks.templates import train_prompt
+
+TUNING_SEED_BASE = 10_000
+"""Tuning seeds are TUNING_SEED_BASE + i; evaluation uses 188…888 and SAE training 42."""
+
+
+def proportional_merge(groups: Sequence[Sequence], shares: Sequence[float] | None = None) -> list:
+    """Interleave groups so that any prefix holds them in the proportions ``shares`` (default: their
+    sizes), until a group runs out."""
+    shares = shares or [len(g) for g in groups]
+    taken = [0] * len(groups)
+    out = []
+    for _ in range(sum(len(g) for g in groups)):
+        i = min((k for k in range(len(groups)) if taken[k] < len(groups[k])), key=lambda k: ((taken[k] + 0.5) / shares[k], k))
+        out.append(groups[i][taken[i]])
+        taken[i] += 1
+    return out
+
+
+FORGET_SHARE, RETAIN_SHARE, OTHER_AXIS_SHARE = 0.4, 0.5, 0.1
+"""Order of the tuning prompts: the concept's own images come early (40 % of each prefix until they
+run out) so that UA, half of the objective, is measured on several images at the first rungs."""
+
+
+def tuning_prompt_rows(benchmark: str, concept: str, kind: str, per_cell: int = 1, anchor_prompts_dir: str | None = None,
+                       seed: int = 0) -> list[PromptRow]:
+    """For a style: every object in the concept's style and in every other style, plus every object
+    unstyled; for an object: the concept and every other object, each in every style and unstyled.
+    ``per_cell`` prompts per (style, object) cell, each with its own caption and seed."""
+    spec = get_benchmark(benchmark)
+    if kind not in ("style", "object"):
+        raise ValueError(f"kind must be 'style' or 'object', got {kind!r}")
+    names = spec.styles if kind == "style" else spec.objects
+    if concept not in names:
+        raise ValueError(f"unknown {kind} {concept!r}; {benchmark} has {list(names)}")
+    evaluation = {r.prompt for r in evaluation_prompt_rows(benchmark)}
+    captions = {o: [c for c in cs if train_prompt(c, None) not in evaluation and all(
+        train_prompt(c, s) not in evaluation for s in spec.styles)] for o, cs in training_captions(benchmark, anchor_prompts_dir).items()}
+    empty = [o for o, cs in captions.items() if not cs]
+    if empty:
+        raise ValueError(f"no tuning captions for {empty} that differ from the evaluation prompts")
+    rng = random.Random(f"{benchmark}/{concept}/{seed}")
+    counter = iter(range(10**9))
+
+    def cell(style: str | None, obj: str) -> list[tuple[str | None, str, str]]:
+        picks = rng.sample(captions[obj], min(per_cell, len(captions[obj])))
+        picks += [rng.choice(captions[obj]) for _ in range(per_cell - len(picks))]
+        return [(style, obj, c) for c in picks]
+
+    forget, retain, other_axis = [], [], []
+    for obj in spec.objects:
+        for style in spec.styles:
+            target = style if kind == "style" else obj
+            (forget if target == concept else retain).extend(cell(style, obj))
+        (forget if kind == "object" and obj == concept else other_axis if kind == "style" else retain).extend(cell(None, obj))
+    groups, shares = [], []
+    for group, share in ((forget, FORGET_SHARE), (retain, RETAIN_SHARE), (other_axis, OTHER_AXIS_SHARE)):
+        if group:
+            rng.shuffle(group)
+            groups.append(group)
+            shares.append(share)
+    rows = []
+    for style, obj, caption in proportional_merge(groups, shares):
+        i = next(counter)
+        rows.append(PromptRow(i, train_prompt(caption, style), obj, style, TUNING_SEED_BASE + seed * 100_000 + i))
+    overlap = {r.prompt for r in rows} & evaluation
+    if overlap:  # the caption filter above should make this impossible
+        raise AssertionError(f"tuning prompts overlap the evaluation prompts: {sorted(overlap)[:3]}")
+    return rows

@@ -1,0 +1,101 @@
+"""SAEs in the MLflow model registry, and loading an SAE from a folder or a ``models:/`` URI.
+
+Naming: ``saeuron-<benchmark>-<hookpoint>`` (e.g. ``saeuron-minicanvas-unet.up_blocks.1.attentions.2``),
+one registered model per base model and hookpoint; each training run adds a version whose files
+are the published SAE layout (``cfg.json`` + ``sae.safetensors``) and moves the alias (default
+``current``; MLflow reserves ``latest``, which ``models:/NAME/latest`` already means).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saeuron.sae import Sae
+from saeuron.sae.model import CONFIG_FILE
+
+MODELS_SCHEME = "models:/"
+
+
+def registered_name(benchmark: str, hookpoint: str, prefix: str = "saeuron") -> str:
+    return f"{prefix}-{benchmark}-{hookpoint}"
+
+
+def register_folder(
+    folder: str | Path, *, name: str, run_id: str, artifact_path: str, alias: str | None, tags: dict[str, Any],
+    description: str = "SAeUron sparse autoencoder (cfg.json + sae.safetensors)",
+) -> str:
+    """Log ``folder`` as artifacts of ``run_id`` and register it as a new version of ``name`` (an SAE;
+    a search registers its recipes the same way)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    client.log_artifacts(run_id, str(folder), artifact_path)
+    try:
+        client.create_registered_model(name, description=description)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+    version = client.create_model_version(
+        name, source=source, run_id=run_id,
+        tags={key: value if isinstance(value, str) else json.dumps(value) for key, value in tags.items()},
+    )
+    if alias:
+        client.set_registered_model_alias(name, alias, version.version)
+    return version.version
+
+
+def resolve_sae_folder(ref: str | Path, hookpoint: str | None = None, tracking_uri: str | None = None, cache_dir: str | Path | None = None) -> Path:
+    """A local SAE folder for ``ref``: a folder (or a folder with a ``<hookpoint>/`` sub-folder),
+    or ``models:/NAME@alias`` / ``models:/NAME/VERSION`` downloaded from the registry."""
+    text = str(ref)
+    if text.startswith(MODELS_SCHEME):
+        import mlflow
+
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        target = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="saeuron-sae-"))
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=str(target)))
+    folder = Path(text).expanduser()
+    if hookpoint and (folder / hookpoint / CONFIG_FILE).is_file():
+        return folder / hookpoint
+    if not (folder / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{folder} is not an SAE folder (no {CONFIG_FILE}) and not a models:/ URI")
+    return folder
+
+
+def load_sae(ref: str | Path, hookpoint: str | None = None, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+             inference: str | None = None, tracking_uri: str | None = None) -> Sae:
+    return Sae.load_from_disk(resolve_sae_folder(ref, hookpoint, tracking_uri), device=device, dtype=dtype, inference=inference)
+
+
+def resolve_recipe_folders(refs: list[str], tracking_uri: str | None = None) -> list[str]:
+    """Recipe folders from references: a recipe folder, a folder of recipe folders (a search's
+    ``recipes/``), ``runs:/<run id>/recipes`` or ``models:/NAME@alias`` (recipes a search registered)."""
+    from saeuron.method.recipe import JSON
+
+    folders: list[str] = []
+    for ref in refs:
+        text = str(ref)
+        if text.startswith((MODELS_SCHEME, "runs:/")):
+            import mlflow
+
+            if tracking_uri:
+                mlflow.set_tracking_uri(tracking_uri)
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=tempfile.mkdtemp(prefix="saeuron-recipes-")))
+        else:
+            local = Path(text).expanduser()
+        if (local / JSON).is_file():
+            folders.append(str(local))
+            continue
+        inner = sorted(p.parent for p in local.glob(f"*/{JSON}"))
+        if not inner:
+            raise FileNotFoundError(f"{ref} holds no recipe ({JSON}) and no folders of recipes: not an unlearning recipe")
+        folders.extend(str(p) for p in inner)
+    return folders

@@ -1,0 +1,93 @@
+"""MLflow, thinly: where runs go, and logging a job's config so the run can be repeated.
+
+Default tracking is a SQLite store in the study folder (``<study_dir>/mlflow.db``, artifacts in
+``<study_dir>/mlartifacts``); give ``tracking_uri`` (e.g. ``http://127.0.0.1:5000``) for a tracking
+server, which a cluster needs because workers cannot see a file on the head.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow
+
+from saeuron.config import config_to_dict, config_to_yaml
+
+
+def resolve_tracking_uri(tracking_uri: str | None, study_dir: str | Path) -> str:
+    if tracking_uri:
+        return tracking_uri
+    study = Path(study_dir).expanduser().resolve()
+    study.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{study / 'mlflow.db'}"
+
+
+def ensure_experiment(tracking_uri: str, name: str, study_dir: str | Path) -> str:
+    """Create the experiment once (in the driver: concurrent creation races on a fresh SQLite
+    store) with artifacts beside the database for a local store."""
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if tracking_uri.startswith("sqlite:"):
+        location = (Path(study_dir).expanduser().resolve() / "mlartifacts").as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), item, out)
+    else:
+        out[prefix] = value
+
+
+@contextmanager
+def tracked_run(
+    config: Any, *, study_dir: str | Path, tracking_uri: str | None, experiment: str, run_name: str,
+    tags: dict[str, str] | None = None, nested: bool = False,
+) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run holding the job's config as params and as ``config.yaml``; a child of the
+    config's ``parent_run_id`` when it has one (a study's or a search's run)."""
+    uri = resolve_tracking_uri(tracking_uri, study_dir)
+    parent = getattr(config, "parent_run_id", "")
+    if parent:
+        tags = {**(tags or {}), "mlflow.parentRunId": parent}
+    experiment_id = ensure_experiment(uri, experiment, study_dir)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested) as run:
+        params: dict[str, Any] = {}
+        _flatten("", config_to_dict(config), params)
+        mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "config.yaml"
+            path.write_text(config_to_yaml(config))
+            mlflow.log_artifact(str(path))
+        yield run
+
+
+def parent_run(config: Any, *, study_dir: str | Path, tracking_uri: str | None, experiment: str, run_name: str,
+               run_id: str = "", tags: dict[str, str] | None = None) -> str:
+    """Create (or, given ``run_id``, reopen) a run that stages log under as children, without
+    making it the active run: each stage opens its own run, tagged with this one as parent."""
+    uri = resolve_tracking_uri(tracking_uri, study_dir)
+    experiment_id = ensure_experiment(uri, experiment, study_dir)
+    client = mlflow.MlflowClient(uri)
+    if run_id:
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    params: dict[str, Any] = {}
+    _flatten("", config_to_dict(config), params)
+    client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(config_to_yaml(config))
+        client.log_artifact(run.info.run_id, str(path))
+    return run.info.run_id

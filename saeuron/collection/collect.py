@@ -1,0 +1,204 @@
+"""Collection of block activations as a Ray Data stream: prompt rows → GPU actors → Parquet.
+
+Ray Data reads the pending prompt rows, ``map_batches`` sends batches to a pool of actors that
+each hold one pipeline (one GPU per actor when the cluster has GPUs, CPU otherwise) and sample
+with the capture hook, and the stream is written with ``write_parquet`` partitioned by hookpoint.
+
+Resume is exactly-once: before writing, :func:`saeuron.collection.activations.reconcile` drops files that a
+killed write left unreadable and rows of prompts that are not complete in every hookpoint, so a
+prompt is either present once with all its rows or generated again.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from saeuron.collection import activations
+from saeuron.cluster.actor_pool import load_pipeline_in_actor, map_with_actor_pool, resolve_dtype
+from saeuron.benchmarks.base import BENCHMARKS, get_benchmark, model_identity, resolve_model_path, training_prompt_rows
+from saeuron.benchmarks.prompts import rows_from_batch
+from saeuron.diffusion.hooks import CAPTURE_HALVES, HookedPipeline
+from saeuron.diffusion.pipeline import block_channels
+
+
+@dataclass
+class CollectConfig:
+    benchmark: str = "minicanvas"
+    """"minicanvas" (embedded) or "unlearncanvas" (needs model_path and anchor_prompts_dir)."""
+    model_path: str = ""
+    """Local diffusers pipeline folder; empty means the benchmark's own (MiniCanvas)."""
+    anchor_prompts_dir: str = ""
+    """UnlearnCanvas's anchor_prompts/finetune_prompts folder (sd_prompt_<Object>.txt)."""
+    hookpoints: list[str] = field(default_factory=list)
+    """Blocks to record; empty means the benchmark's object and style hookpoints (UnlearnCanvas: the
+    paper's up_blocks.1.attentions.1 and .2; MiniCanvas: mid_block.attentions.0 and up_blocks.1.attentions.2)."""
+    study_dir: str = "runs/minicanvas"
+    """Study folder: activations go to <study_dir>/activations, MLflow to <study_dir>/mlflow.db."""
+    output_dir: str = ""
+    """Activation dataset folder; empty means <study_dir>/activations."""
+    num_inference_steps: int = 50
+    guidance_scale: float = 9.0
+    capture_half: str = "cond"
+    """"cond": the conditional CFG half only (the reference), or "both"."""
+    every_k_steps: int = 1
+    """Keep the block output of every k-th denoising step (step indices 0, k, 2k, ...)."""
+    patches_per_map: int = 0
+    """Keep a random subset of this many patches of each feature map (0 = all)."""
+    max_prompts: int = 0
+    """Collect at most this many prompts (a seeded subset; 0 = all). Raising it later extends
+    the same collection."""
+    seeds_per_prompt: int = 1
+    seed: int = 42
+    dtype: str = "auto"
+    """"auto" (float16 on GPU, float32 on CPU), "float16", "bfloat16" or "float32"."""
+    num_actors: int = 1
+    batch_size: int = 8
+    """Prompts per actor call."""
+    cpu_threads_per_actor: int = 1
+    overwrite: bool = False
+    """Replace an existing dataset collected with a different config."""
+    tracking_uri: str = ""
+    experiment: str = "saeuron"
+    parent_run_id: str = ""
+    """Log as a child of this MLflow run (a study's)."""
+
+    def __post_init__(self):
+        if not self.hookpoints and self.benchmark in BENCHMARKS:
+            self.hookpoints = get_benchmark(self.benchmark).hookpoints
+
+    @property
+    def dataset_dir(self) -> Path:
+        return Path(self.output_dir or Path(self.study_dir) / "activations").expanduser().resolve()
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide what the data is; a dataset is resumed only under the same."""
+        keys = ("benchmark", "anchor_prompts_dir", "hookpoints", "num_inference_steps", "guidance_scale", "capture_half",
+                "every_k_steps", "patches_per_map", "seeds_per_prompt", "seed", "dtype")
+        identity = {key: getattr(self, key) for key in keys}
+        identity["model_path"] = model_identity(self.benchmark, self.model_path)
+        return identity
+
+    def kept_steps(self) -> int:
+        return math.ceil(self.num_inference_steps / self.every_k_steps)
+
+
+def _check(cfg: CollectConfig) -> tuple[Path, dict[str, int], list]:
+    """Every check that can fail, before Ray or a model is touched."""
+    if cfg.capture_half not in CAPTURE_HALVES:
+        raise ValueError(f"capture_half must be one of {CAPTURE_HALVES}, got {cfg.capture_half!r}")
+    for name in ("num_inference_steps", "every_k_steps", "num_actors", "batch_size", "seeds_per_prompt"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.patches_per_map < 0 or cfg.max_prompts < 0:
+        raise ValueError("patches_per_map and max_prompts must be >= 0 (0 means all)")
+    resolve_dtype(cfg.dtype, "cpu")
+    if not cfg.hookpoints:
+        raise ValueError("no hookpoints given; e.g. --hookpoints unet.up_blocks.1.attentions.1")
+    model_path = resolve_model_path(cfg.benchmark, cfg.model_path)
+    channels = block_channels(model_path, cfg.hookpoints)
+    rows = training_prompt_rows(cfg.benchmark, cfg.anchor_prompts_dir, cfg.seed, cfg.seeds_per_prompt, cfg.max_prompts or None)
+    if not rows:
+        raise ValueError(f"the prompt set of {cfg.benchmark!r} is empty; check anchor_prompts_dir and max_prompts")
+    manifest = activations.read_manifest(cfg.dataset_dir)
+    if manifest is not None and manifest.get("identity") != cfg.identity() and not cfg.overwrite:
+        differing = sorted(k for k in cfg.identity() if manifest.get("identity", {}).get(k) != cfg.identity()[k])
+        raise ValueError(
+            f"{cfg.dataset_dir} holds activations collected with a different config (differs in {differing}); "
+            f"choose another output_dir or pass --overwrite true to replace them"
+        )
+    return model_path, channels, rows
+
+
+class ActivationCollector:
+    """A Ray Data actor: one pipeline, loaded once; each call samples a batch of prompts."""
+
+    def __init__(self, model_path: str, hookpoints: list[str], num_inference_steps: int, guidance_scale: float,
+                 capture_half: str, every_k_steps: int, patches_per_map: int, dtype: str, cpu_threads: int):
+        pipe, _, _ = load_pipeline_in_actor(model_path, dtype, cpu_threads)
+        self.hooked = HookedPipeline(pipe)
+        self.hookpoints = hookpoints
+        self.settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, capture_half=capture_half)
+        self.every_k_steps = every_k_steps
+        self.patches_per_map = patches_per_map
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        rows = rows_from_batch(batch)
+        out = self.hooked.generate(
+            [row["prompt"] for row in rows], [int(row["seed"]) for row in rows], capture=self.hookpoints,
+            capture_filter=lambda call: call.step_index % self.every_k_steps == 0, output_type="latent", **self.settings,
+        )
+        return pa.concat_tables([
+            activations.activation_table(hp, rows, cap.stacked(), cap.timesteps, cap.step_indices, self.patches_per_map)
+            for hp, cap in out.captures.items()
+        ])
+
+
+def collect(cfg: CollectConfig) -> dict[str, Any]:
+    """Run (or resume) a collection; returns the final manifest."""
+    model_path, channels, rows = _check(cfg)
+    root = cfg.dataset_dir
+    previous = activations.read_manifest(root)
+    if cfg.overwrite and previous is not None and previous.get("identity") != cfg.identity():
+        for hookpoint_folder in root.glob(f"{activations.PARTITION}=*"):
+            shutil.rmtree(hookpoint_folder)
+    existing = activations.reconcile(root, cfg.hookpoints, cfg.kept_steps())
+    pending = [row.as_dict() for row in rows if row.prompt_id not in existing.done]
+    print(f"collect: {len(rows)} prompts, {len(rows) - len(pending)} already collected, {len(pending)} to go "
+          f"({len(existing.removed_files)} partial files removed, {len(existing.rewritten_files)} rewritten)", flush=True)
+    manifest = {
+        "schema_version": activations.SCHEMA_VERSION,
+        "identity": cfg.identity(),
+        "d_in": channels,
+        "rows_per_prompt": cfg.kept_steps(),
+        "prompts_requested": len(rows),
+        "complete": False,
+    }
+    activations.write_manifest(root, manifest)
+
+    started = time.perf_counter()
+    if pending:
+        dataset = map_with_actor_pool(
+            pending, ActivationCollector,
+            dict(model_path=str(model_path), hookpoints=cfg.hookpoints, num_inference_steps=cfg.num_inference_steps,
+                 guidance_scale=cfg.guidance_scale, capture_half=cfg.capture_half, every_k_steps=cfg.every_k_steps,
+                 patches_per_map=cfg.patches_per_map, dtype=cfg.dtype, cpu_threads=cfg.cpu_threads_per_actor),
+            cfg.batch_size, cfg.num_actors, cfg.cpu_threads_per_actor,
+        )
+        dataset.write_parquet(str(root), partition_cols=[activations.PARTITION], **activations.PARQUET_OPTIONS)
+    seconds = time.perf_counter() - started
+
+    final = activations.reconcile(root, cfg.hookpoints, cfg.kept_steps())
+    manifest.update(
+        prompts_collected=len(final.done),
+        rows={hp: activations.count_rows(root, hp) for hp in cfg.hookpoints},
+        complete={row.prompt_id for row in rows} <= final.done,
+        bytes_per_value=2,
+    )
+    activations.write_manifest(root, manifest)
+    print(f"collect: {manifest['prompts_collected']} prompts, rows per hookpoint {manifest['rows']}, "
+          f"{seconds:.1f}s this run -> {root}", flush=True)
+    return manifest
+
+
+def collect_tracked(cfg: CollectConfig) -> dict[str, Any]:
+    """:func:`collect` inside an MLflow run that records the config, the counts and the manifest."""
+    import mlflow
+
+    from saeuron.cluster.tracking import tracked_run
+
+    with tracked_run(cfg, study_dir=cfg.study_dir, tracking_uri=cfg.tracking_uri, experiment=cfg.experiment,
+                     run_name="collect", tags={"saeuron.stage": "collect"}):
+        manifest = collect(cfg)
+        metrics = {"prompts_collected": manifest["prompts_collected"], "prompts_requested": manifest["prompts_requested"]}
+        metrics.update({f"rows.{hp}": n for hp, n in manifest["rows"].items()})
+        mlflow.log_metrics(metrics)
+        mlflow.log_dict(manifest, "manifest.json")
+    return manifest

@@ -1,0 +1,78 @@
+"""Classifying a folder of generated images with the benchmark's judge, through Ray Data actors.
+
+The predictions are kept beside the images (``predictions.parquet``, with the judge's identity in
+the file's metadata), so scores can be recomputed — another weighting, another average — without
+classifying again; they are reused only for the same judge and the same files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from saeuron.benchmarks.prompts import rows_from_batch
+
+PREDICTIONS = "predictions.parquet"
+JUDGE_KEY = b"saeuron.judge"
+
+
+def load_images(paths: list[Path]) -> torch.Tensor:
+    """Image files → float [N, 3, H, W] in [0, 1]."""
+    from PIL import Image
+
+    arrays = [np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255 for p in paths]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def check_images(images_dir: Path, files: list[str]) -> None:
+    missing = [f for f in files if not (images_dir / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of {len(files)} images are missing from {images_dir} (e.g. {missing[:3]}); "
+                                f"generate them first (jobs/unlearn.py with the same settings) or fix the folder")
+
+
+class JudgeActor:
+    def __init__(self, benchmark: str, style_classifier: str, object_classifier: str, arch: str, images_dir: str, cpu_threads: int):
+        from saeuron.benchmarks.judges import load_judge
+
+        torch.set_num_threads(cpu_threads)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.judge = load_judge(benchmark, style_classifier, object_classifier, arch, device)
+        self.images_dir = Path(images_dir)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = rows_from_batch(batch)
+        out = self.judge.predict(load_images([self.images_dir / r["file"] for r in rows]))
+        return {**batch,
+                "style_pred": np.array([self.judge.styles[i] for i in out.style_logits.argmax(1).tolist()]),
+                "object_pred": np.array([self.judge.objects[i] for i in out.object_logits.argmax(1).tolist()])}
+
+
+def judge_images(images_dir: str | Path, index: pa.Table, judge_identity: str, judge_kwargs: dict, batch_size: int = 64,
+                 num_actors: int = 1, cpu_threads: int = 1) -> list[dict]:
+    """Rows of ``index`` (one per image file) with ``style_pred`` and ``object_pred`` added."""
+    from saeuron.cluster.actor_pool import map_with_actor_pool
+
+    images_dir = Path(images_dir)
+    rows = index.select(["prompt_id", "prompt", "object", "style", "seed", "file"]).to_pylist()
+    check_images(images_dir, [r["file"] for r in rows])
+    cached = images_dir / PREDICTIONS
+    if cached.is_file():
+        table = pq.read_table(cached)
+        if (table.schema.metadata or {}).get(JUDGE_KEY) == judge_identity.encode() and \
+                sorted(table.column("file").to_pylist()) == sorted(r["file"] for r in rows):
+            return table.to_pylist()
+    judged = map_with_actor_pool(rows, JudgeActor, dict(**judge_kwargs, images_dir=str(images_dir), cpu_threads=cpu_threads),
+                                 batch_size, num_actors, cpu_threads).take_all()
+    judged = [{k: (None if k == "style" and isinstance(v, float) else v) for k, v in r.items()} for r in judged]
+    judged.sort(key=lambda r: r["file"])
+    table = pa.Table.from_pylist(judged)
+    table = table.replace_schema_metadata({JUDGE_KEY: judge_identity.encode()})
+    tmp = images_dir / f".{PREDICTIONS}.tmp"
+    pq.write_table(table, tmp)
+    tmp.replace(cached)
+    return table.to_pylist()

@@ -1,0 +1,151 @@
+"""The evaluation report: what a person looks at — sample grids, a bar chart, the scores table —
+as PNG files and one self-contained folder with an ``index.html`` that links them."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+from PIL import Image, ImageDraw
+
+from saeuron.evaluation.metrics import ForgettingScores, SequentialStep
+
+
+class ConceptSamples(NamedTuple):
+    """Files to show for one forget model: rows of (label, [(original file, unlearned file)])."""
+
+    name: str
+    original_dir: Path
+    unlearned_dir: Path
+    rows: list[tuple[str, list[str]]]
+
+
+def sample_grid(samples: ConceptSamples, cell: int = 96, label_width: int = 190) -> Image.Image:
+    """For each row label: the original model's images above the unlearned model's."""
+    columns = max(len(files) for _, files in samples.rows)
+    pad = 4
+    grid = Image.new("RGB", (label_width + columns * (cell + pad) + pad, len(samples.rows) * 2 * (cell + pad) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    y = pad
+    for label, files in samples.rows:
+        for model, folder in (("original", samples.original_dir), ("unlearned", samples.unlearned_dir)):
+            draw.text((pad, y + cell // 2 - 12), f"{label}\n{model}", fill="black")
+            for i, name in enumerate(files):
+                image = Image.open(folder / name).convert("RGB").resize((cell, cell), Image.NEAREST if cell >= 64 else Image.BILINEAR)
+                grid.paste(image, (label_width + i * (cell + pad), y))
+            y += cell + pad
+    return grid
+
+
+def bar_chart(scores: Sequence[tuple[str, ForgettingScores]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [name for name, _ in scores]
+    metrics = {"UA": [s.ua for _, s in scores], "IRA": [s.ira for _, s in scores], "CRA": [s.cra for _, s in scores]}
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(names) + 1.5), 3.2), dpi=110)
+    width = 0.26
+    for i, (metric, values) in enumerate(metrics.items()):
+        ax.bar([x + (i - 1) * width for x in range(len(names))], values, width, label=metric)
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy-based score")
+    ax.legend(ncol=3, loc="lower right", fontsize=8)
+    ax.set_title("UA / IRA / CRA per forget model")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def write_report(folder: str | Path, title: str, scores: Sequence[tuple[str, ForgettingScores]], averages: dict[str, dict[str, float]],
+                 fid: dict[str, float], fid_extractor: str, samples: Sequence[ConceptSamples],
+                 sequential: Sequence[SequentialStep] = (), notes: Sequence[str] = ()) -> Path:
+    """Writes PNGs, ``scores.json`` and ``index.html`` into ``folder``; returns the HTML path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    bar_chart(scores, folder / "scores.png")
+    grids = []
+    for i, s in enumerate(samples):
+        name = f"samples_{i:02d}.png"
+        sample_grid(s).save(folder / name)
+        grids.append((s.name, name))
+    rows = [[name, s.kind, ", ".join(s.forgotten), _fmt(s.ua), _fmt(s.ira), _fmt(s.cra), _fmt(s.cra_styled), _fmt(fid.get(name))]
+            for name, s in scores]
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    parts += [f"<p>{html.escape(n)}</p>" for n in notes]
+    parts.append("<h2>Scores per forget model</h2>")
+    parts.append(_table(["model", "kind", "forgotten", "UA", "IRA", "CRA", "CRA (styled images)", f"FID ({fid_extractor})"], rows))
+    if "original" in fid:
+        parts.append(f"<p>FID of the original model over all its styled images: {fid['original']:.3f} ({html.escape(fid_extractor)}).</p>")
+    parts.append("<h2>Averages</h2>")
+    parts.append(_table(["kind", *sorted({k for a in averages.values() for k in a})],
+                        [[kind, *(_fmt(a.get(k)) for k in sorted({k for a in averages.values() for k in a}))] for kind, a in averages.items()]))
+    parts.append('<img src="scores.png" alt="UA, IRA and CRA per forget model">')
+    if sequential:
+        parts.append("<h2>Sequential unlearning (each step scored on its own model)</h2>")
+        parts.append(_table(["step", "forgotten so far", "UA per concept", "UA", "IRA", "CRA"],
+                            [[str(s.step), ", ".join(s.forgotten), ", ".join(f"{c} {v:.2f}" for c, v in s.ua_per_concept.items()),
+                              _fmt(s.ua), _fmt(s.ira), _fmt(s.cra)] for s in sequential]))
+    parts.append("<h2>Samples: original model (upper) vs unlearned (lower)</h2>")
+    for name, file in grids:
+        parts.append(f"<h3>{html.escape(name)}</h3><img src=\"{file}\" alt=\"samples of {html.escape(name)}\">")
+    style = ("body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #bbb;padding:.25em .6em;text-align:right}td:first-child,th:first-child{text-align:left}"
+             "img{max-width:100%;display:block;margin:.5em 0}")
+    page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title><style>{style}</style></head>"
+            f"<body>{''.join(parts)}</body></html>")
+    (folder / "scores.json").write_text(json.dumps({
+        "scores": {name: s._asdict() for name, s in scores}, "averages": averages, "fid": fid, "fid_extractor": fid_extractor,
+        "sequential": [s._asdict() for s in sequential]}, indent=2))
+    (folder / "index.html").write_text(page)
+    return folder / "index.html"
+
+
+def objective_heatmap(result, percentiles: Sequence[float], multipliers: Sequence[float], path: Path) -> None:
+    """The search's objective over the (percentile × multiplier) grid; each cell notes how many tuning
+    prompts the trial scored before it ended (fewer than the budget: stopped early), the choice boxed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    values = np.full((len(percentiles), len(multipliers)), np.nan)
+    prompts = np.zeros_like(values)
+    for t in result.trials:
+        i, j = list(percentiles).index(t["percentile"]), list(multipliers).index(t["multiplier"])
+        values[i, j], prompts[i, j] = t["objective"], t["prompts"]
+    fig, ax = plt.subplots(figsize=(1.1 * len(multipliers) + 2.2, 0.75 * len(percentiles) + 1.6), dpi=110)
+    image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis")
+    budget = prompts.max()
+    for i in range(len(percentiles)):
+        for j in range(len(multipliers)):
+            if not np.isnan(values[i, j]):
+                note = "" if prompts[i, j] >= budget else f"\n({int(prompts[i, j])} pr.)"
+                ax.text(j, i, f"{values[i, j]:.2f}{note}", ha="center", va="center", fontsize=7,
+                        color="white" if values[i, j] < 0.6 else "black")
+    i, j = list(percentiles).index(result.percentile), list(multipliers).index(result.multiplier)
+    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    ax.set_xticks(range(len(multipliers)), [f"{g:g}" for g in multipliers])
+    ax.set_yticks(range(len(percentiles)), [f"{p:g}" for p in percentiles])
+    ax.set_xlabel("multiplier γ")
+    ax.set_ylabel("percentile p")
+    ax.set_title(f"{result.concept}: (UA + IRA) / 2", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

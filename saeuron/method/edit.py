@@ -1,0 +1,77 @@
+"""The unlearning edit: scale the recipe's latents in the block output during sampling.
+
+On each patch where a selected latent is active above its mask threshold, its activation is
+multiplied by the rule's scale factor (γ·μ, negative for γ < 0). What the SAE does not explain is
+kept: output = x + (x̂' − x̂), which equals x wherever nothing was edited. ``error_mode="reference"``
+reproduces the reference code instead, x̂' + (x̂ − x), which moves every patch by 2(x̂ − x) even when
+no latent is edited — only to compare with the paper's numbers. Both CFG halves are edited.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from saeuron.diffusion.hooks import BlockCall
+from saeuron.method.recipe import Recipe
+from saeuron.sae import Sae
+from saeuron.sae.sparse import decode_fixed_width
+from saeuron.method.statistics import sae_fingerprint
+
+ERROR_MODES = ("correct", "reference")
+
+
+class UnlearningEdit:
+    def __init__(self, sae: Sae, recipe: Recipe, error_mode: str = "correct", check_fingerprint: bool = True):
+        if error_mode not in ERROR_MODES:
+            raise ValueError(f"error_mode must be one of {ERROR_MODES}, got {error_mode!r}")
+        if check_fingerprint and sae_fingerprint(sae) != recipe.sae_fingerprint:
+            raise ValueError(f"the recipe was built for another SAE ({recipe.sae_ref}, fingerprint {recipe.sae_fingerprint}); "
+                             f"load that SAE or rebuild the recipe from statistics of this one")
+        self.sae = sae
+        self.recipe = recipe
+        self.error_mode = error_mode
+        # Per recipe timestep: dense [F] scale (1 = untouched) and threshold (+inf = never) tables.
+        self._tables: dict[int, tuple[Tensor, Tensor] | None] = {}
+
+    def _table(self, timestep: int) -> tuple[Tensor, Tensor] | None:
+        index = self.recipe.timestep_index(timestep)
+        if index not in self._tables:
+            latents, scales, thresholds = self.recipe.rules_at(timestep)
+            if len(latents) == 0:
+                self._tables[index] = None
+            else:
+                scale = torch.ones(self.sae.num_latents, device=self.sae.device, dtype=self.sae.dtype)
+                threshold = torch.full((self.sae.num_latents,), float("inf"), device=self.sae.device, dtype=self.sae.dtype)
+                scale[latents] = scales.to(scale)
+                threshold[latents] = thresholds.to(threshold)
+                self._tables[index] = (scale, threshold)
+        return self._tables[index]
+
+    @torch.no_grad()
+    def __call__(self, tokens: Tensor, call: BlockCall) -> Tensor:
+        table = self._table(call.timestep)
+        if table is None and self.error_mode == "correct":
+            return tokens
+        sae = self.sae
+        flat = tokens.reshape(-1, tokens.shape[-1])
+        x = flat.to(sae.dtype)
+        acts, indices = sae.encode(x)
+        if table is None:
+            edited = acts
+        else:
+            scale, threshold = table
+            fire = acts > threshold[indices]
+            edited = torch.where(fire, acts * scale[indices], acts)
+        std = x.std(-1, keepdim=True) + 1e-5 if sae.cfg.input_unit_norm else None
+        if self.error_mode == "correct":
+            delta = decode_fixed_width(edited - acts, indices, sae.W_dec)  # x̂' − x̂ (biases cancel)
+            out = x + (delta if std is None else delta * std)
+        else:
+            x_hat = sae.decode(acts, indices)
+            x_hat_edited = sae.decode(edited, indices)
+            if std is not None:
+                mean = x.mean(-1, keepdim=True)
+                x_hat, x_hat_edited = x_hat * std + mean, x_hat_edited * std + mean
+            out = x_hat_edited + (x_hat.float() - x.float()).to(x_hat.dtype)
+        return out.to(tokens.dtype).reshape(tokens.shape)

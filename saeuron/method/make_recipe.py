@@ -1,0 +1,42 @@
+"""Building a recipe from gathered statistics and (percentile, multiplier) per concept."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from saeuron.benchmarks.base import model_identity
+from saeuron.method.recipe import Recipe
+from saeuron.method.statistics import ConceptStatistics
+
+
+@dataclass
+class RecipeConfig:
+    statistics: str = ""
+    """Folder written by jobs/gather.py."""
+    concepts: list[str] = field(default_factory=list)
+    """Concepts to forget, together (sequential / multi-concept unlearning = several)."""
+    percentile: float = 99.0
+    multiplier: float = -5.0
+    benchmark: str = "minicanvas"
+    model_path: str = ""
+    output_dir: str = ""
+    """Where the recipe goes; empty means <statistics>/../../recipes/<concepts>."""
+
+    def recipe_dir(self) -> Path:
+        if self.output_dir:
+            return Path(self.output_dir)
+        return Path(self.statistics).resolve().parent.parent / "recipes" / "+".join(self.concepts)
+
+
+def make_recipe(cfg: RecipeConfig) -> Recipe:
+    if not cfg.concepts:
+        raise ValueError("no concepts to forget: pass --concepts NAME [NAME ...]")
+    if not 0 < cfg.percentile < 100:
+        raise ValueError(f"percentile must be in (0, 100), got {cfg.percentile}")
+    stats = ConceptStatistics.load(cfg.statistics)
+    recipe = Recipe.from_statistics(stats, {c: (cfg.percentile, cfg.multiplier) for c in cfg.concepts},
+                                    model_identity(cfg.benchmark, cfg.model_path))
+    recipe.save(cfg.recipe_dir())
+    print(f"recipe: {len(recipe.rules)} rules for {cfg.concepts} over {len(recipe.timesteps)} timesteps -> {cfg.recipe_dir()}")
+    return recipe

@@ -1,0 +1,68 @@
+"""An unlearning recipe: which latents of which SAE to scale, by how much, at which timestep.
+
+Saved as ``recipe.json`` (SAE reference and fingerprint, hookpoint, base model, concepts with their
+(percentile, multiplier), timesteps) and ``recipe.safetensors`` (the rules as parallel tensors).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from saeuron.atomic_files import save_tensors_and_json
+from saeuron.method.selection import Rules, build_rules
+from saeuron.method.statistics import ConceptStatistics
+
+JSON = "recipe.json"
+TENSORS = "recipe.safetensors"
+
+
+@dataclass
+class Recipe:
+    hookpoint: str
+    sae_ref: str
+    sae_fingerprint: str
+    base_model: str
+    concepts: dict[str, dict[str, float]]
+    """{concept: {"percentile": p, "multiplier": γ}} in the order given."""
+    timesteps: list[int]
+    rules: Rules
+
+    @classmethod
+    def from_statistics(cls, stats: ConceptStatistics, params: dict[str, tuple[float, float]], base_model: str) -> "Recipe":
+        rules = build_rules(stats, params)
+        concepts = {c: {"percentile": float(p), "multiplier": float(g)} for c, (p, g) in params.items()}
+        return cls(stats.hookpoint, stats.sae_ref, stats.sae_fingerprint, base_model, concepts, list(stats.timesteps), rules)
+
+    def timestep_index(self, timestep: int) -> int:
+        """Rules are looked up by the actual scheduler timestep; a timestep the statistics do not
+        cover maps to the nearest one they do (so any number of sampling steps works)."""
+        distances = [abs(t - timestep) for t in self.timesteps]
+        return distances.index(min(distances))
+
+    def rules_at(self, timestep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mask = self.rules.timestep_index == self.timestep_index(timestep)
+        return self.rules.latent[mask], self.rules.scale[mask], self.rules.threshold[mask]
+
+    def save(self, folder: str | Path) -> Path:
+        r = self.rules
+        tensors = {"timestep_index": r.timestep_index, "latent": r.latent, "scale": r.scale, "threshold": r.threshold,
+                   "concept_index": r.concept_index}
+        meta = {"hookpoint": self.hookpoint, "sae_ref": self.sae_ref, "sae_fingerprint": self.sae_fingerprint,
+                "base_model": self.base_model, "concepts": self.concepts, "timesteps": self.timesteps, "num_rules": len(r)}
+        return save_tensors_and_json(folder, TENSORS, tensors, JSON, meta)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Recipe":
+        folder = Path(folder)
+        if not (folder / JSON).is_file():
+            raise FileNotFoundError(f"{folder} holds no {JSON}: not an unlearning recipe")
+        meta = json.loads((folder / JSON).read_text())
+        t = load_file(str(folder / TENSORS))
+        rules = Rules(t["timestep_index"], t["latent"], t["scale"], t["threshold"], t["concept_index"])
+        return cls(meta["hookpoint"], meta["sae_ref"], meta["sae_fingerprint"], meta["base_model"], meta["concepts"],
+                   meta["timesteps"], rules)

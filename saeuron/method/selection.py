@@ -1,0 +1,80 @@
+"""Feature selection: which SAE latents to scale down for a concept, at each timestep.
+
+Per timestep t, with μ_c [F] the mean patch-averaged activation of concept c:
+
+- importance: score_f = p_c,f − p_¬c,f, where p = μ / Σ_f μ is normalised to a distribution and
+  μ_¬c is the mean of the other concepts' means;
+- selection: latents with score above the p-th percentile of the scores (``torch.quantile``, linear
+  interpolation, strict ">", as the reference);
+- rule for a selected latent: scale factor s_f = γ·μ_c,f and mask threshold m_f = mean over all
+  concepts of μ_c',f (target included).
+
+Several concepts at once: m_f does not depend on the concept, so rules for one latent differ only
+in s_f. We keep **one rule per (timestep, latent)**, the strongest (the most negative s_f, i.e. the
+largest suppression); ties go to the concept listed first. The reference concatenates the rules and
+scatters with duplicate indices, which is nondeterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from saeuron.method.statistics import ConceptStatistics
+
+
+def importance_scores(means: torch.Tensor, target: int, eps: float = 1e-8) -> torch.Tensor:
+    """[C, F] means at one timestep → [F] scores of concept ``target``."""
+    if means.shape[0] == 1:
+        return means[0]
+    others = torch.cat([means[:target], means[target + 1:]]).mean(0)
+    mine = means[target]
+    return mine / (mine.sum() + eps) - others / (others.sum() + eps)
+
+
+def selected_latents(scores: torch.Tensor, percentile: float) -> torch.Tensor:
+    if not 0 < percentile < 100:
+        raise ValueError(f"percentile must be in (0, 100), got {percentile}")
+    threshold = torch.quantile(scores.double(), percentile / 100)
+    return torch.nonzero(scores.double() > threshold).flatten()
+
+
+@dataclass
+class Rules:
+    """Rules of one or more concepts: parallel [R] tensors, one entry per (timestep, latent)."""
+
+    timestep_index: torch.Tensor
+    latent: torch.Tensor
+    scale: torch.Tensor
+    threshold: torch.Tensor
+    concept_index: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.latent)
+
+
+def build_rules(stats: ConceptStatistics, params: dict[str, tuple[float, float]]) -> Rules:
+    """Rules for the concepts in ``params`` ({concept: (percentile, multiplier)}), deduplicated."""
+    unknown = [c for c in params if c not in stats.concepts]
+    if unknown:
+        raise ValueError(f"unknown concepts {unknown}; the statistics know {stats.concepts}")
+    means = stats.means()  # [C, T, F]
+    thresholds = means.mean(0)  # [T, F]: over all concepts, target included
+    best: dict[tuple[int, int], tuple[float, int]] = {}
+    for order, (concept, (percentile, multiplier)) in enumerate(params.items()):
+        c = stats.concepts.index(concept)
+        for t in range(len(stats.timesteps)):
+            for f in selected_latents(importance_scores(means[:, t], c), percentile).tolist():
+                scale = float(multiplier * means[c, t, f])
+                key = (t, f)
+                if key not in best or scale < best[key][0]:
+                    best[key] = (scale, order)
+    keys = sorted(best)
+    return Rules(
+        timestep_index=torch.tensor([t for t, _ in keys], dtype=torch.long),
+        latent=torch.tensor([f for _, f in keys], dtype=torch.long),
+        scale=torch.tensor([best[k][0] for k in keys], dtype=torch.float32),
+        threshold=torch.tensor([float(thresholds[t, f]) for t, f in keys], dtype=torch.float32),
+        concept_index=torch.tensor([best[k][1] for k in keys], dtype=torch.long),
+    )
