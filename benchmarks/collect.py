@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 import torch
 
 from saeuron.collection import activations
-from saeuron.benchmarks.base import training_prompt_rows
+from saeuron.config import build_config
+from saeuron.benchmarks import get_benchmark
 from saeuron.collection.collect import CollectConfig, collect
 from saeuron.diffusion.hooks import HookedPipeline
 from saeuron.benchmarks.minicanvas import load_minicanvas
@@ -88,7 +89,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = training_prompt_rows("minicanvas", max_prompts=args.prompts)
+    rows = get_benchmark("minicanvas").training_prompt_rows(max_prompts=args.prompts)
 
     import ray
 
@@ -97,7 +98,7 @@ def main() -> None:
     print(f"ray cluster start-up: {time.perf_counter() - started:.1f}s (not counted)")
     with tempfile.TemporaryDirectory() as tmp:
         bare = bare_loop(rows, Path(tmp) / "bare", args.steps, args.batch_size)
-        cfg = CollectConfig(study_dir=str(Path(tmp) / "study"), hookpoints=HOOKS, num_inference_steps=args.steps,
+        cfg = build_config(CollectConfig, study_dir=str(Path(tmp) / "study"), hookpoints=HOOKS, num_inference_steps=args.steps,
                             max_prompts=args.prompts, batch_size=args.batch_size, num_actors=1)
         started = time.perf_counter()
         manifest = collect(cfg)

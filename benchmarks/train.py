@@ -16,6 +16,7 @@ import time
 import torch
 
 from saeuron.collection.dataset import count_vectors
+from saeuron.config import build_config
 from saeuron.collection.collect import CollectConfig, collect
 from saeuron.training.local import train_locally
 from saeuron.sae import SaeConfig
@@ -40,12 +41,12 @@ def main() -> None:
     print(f"ray cluster start-up: {time.perf_counter() - started:.1f}s (not counted)")
     sae_cfg = SaeConfig(expansion_factor=args.expansion, k=args.k, batch_topk=True)
     with tempfile.TemporaryDirectory() as tmp:
-        collected = CollectConfig(study_dir=tmp, hookpoints=[HOOK], num_inference_steps=20, guidance_scale=7.5,
+        collected = build_config(CollectConfig, study_dir=tmp, hookpoints=[HOOK], num_inference_steps=20, guidance_scale=7.5,
                                   max_prompts=args.prompts, batch_size=16)
         collect(collected)
         vectors = count_vectors(collected.dataset_dir, HOOK)
         steps = vectors // args.batch_size
-        cfg = TrainConfig(study_dir=tmp, activations_dir=str(collected.dataset_dir), hookpoints=[HOOK], sae=sae_cfg,
+        cfg = build_config(TrainConfig, study_dir=tmp, activations_dir=str(collected.dataset_dir), hookpoints=[HOOK], sae=sae_cfg,
                           batch_size=args.batch_size, validation_fraction=0.0, shuffle=False, checkpoint_every=10**9,
                           log_every=10**9, register=False)
         started = time.perf_counter()

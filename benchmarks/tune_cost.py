@@ -17,6 +17,7 @@ import time
 from dataclasses import replace
 
 from saeuron.tuning.search import SearchConfig, search
+from saeuron.config import build_config
 
 
 def main() -> None:
@@ -31,7 +32,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=8, help="ASHA: prompts between reports (its rung unit)")
     parser.add_argument("--reduction_factor", type=float, default=4)
     args = parser.parse_args()
-    base = SearchConfig(concepts=args.concepts, style_statistics=args.style_statistics, object_statistics=args.object_statistics,
+    base = build_config(SearchConfig, concepts=args.concepts, style_statistics=args.style_statistics, object_statistics=args.object_statistics,
                         num_inference_steps=args.steps, guidance_scale=args.guidance, study_dir=args.study_dir)
     rows = {}
     # The grid reports every 11 prompts (its chunk does not change what it generates); ASHA decides at rungs

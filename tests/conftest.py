@@ -64,8 +64,9 @@ def ray_cluster():
 def minicanvas_activations(tmp_path_factory, ray_cluster):
     """A small real MiniCanvas collection (both paper hookpoints), shared by the later stages."""
     from saeuron.collection.collect import CollectConfig, collect
+    from saeuron.config import build_config
 
-    cfg = CollectConfig(study_dir=str(tmp_path_factory.mktemp("study")), num_inference_steps=10, guidance_scale=7.5,
+    cfg = build_config(CollectConfig, study_dir=str(tmp_path_factory.mktemp("study")), num_inference_steps=10, guidance_scale=7.5,
                         max_prompts=64, batch_size=16)
     collect(cfg)
     return cfg
@@ -91,9 +92,10 @@ def _fixture_sae(activations, hookpoint, folder):
 
 
 def _fixture_statistics(sae, hookpoint, kind, folder):
+    from saeuron.config import build_config
     from saeuron.method.gather import GatherConfig, gather
 
-    cfg = GatherConfig(sae=str(sae), hookpoint=hookpoint, kind=kind, study_dir=str(folder), num_inference_steps=STEPS,
+    cfg = build_config(GatherConfig, sae=str(sae), hookpoint=hookpoint, kind=kind, study_dir=str(folder), num_inference_steps=STEPS,
                        guidance_scale=7.5, batch_size=20)
     gather(cfg)
     return cfg.statistics_dir

@@ -16,8 +16,9 @@ import torch
 
 from saeuron.collection import activations
 from saeuron.collection.dataset import activation_dataset, count_vectors, in_validation
-from saeuron.benchmarks.base import training_prompt_rows
+from saeuron.benchmarks import get_benchmark
 from saeuron.collection.collect import CollectConfig, collect, collect_tracked
+from saeuron.config import build_config
 from saeuron.diffusion.hooks import HookedPipeline
 
 HOOKS = ["unet.up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"]
@@ -28,7 +29,7 @@ def small_config(tmp_path, **overrides):
     base = dict(benchmark="minicanvas", hookpoints=list(HOOKS), study_dir=str(tmp_path / "study"), num_inference_steps=4,
                 guidance_scale=7.5, max_prompts=6, batch_size=3, num_actors=1)
     base.update(overrides)
-    return CollectConfig(**base)
+    return build_config(CollectConfig, **base)
 
 
 def read_hookpoint(cfg, hookpoint):
@@ -36,7 +37,7 @@ def read_hookpoint(cfg, hookpoint):
 
 
 def assert_exactly_once(cfg):
-    expected = {row.prompt_id for row in training_prompt_rows("minicanvas", seed=cfg.seed, max_prompts=cfg.max_prompts or None)}
+    expected = {row.prompt_id for row in get_benchmark("minicanvas").training_prompt_rows(seed=cfg.seed, max_prompts=cfg.max_prompts or None)}
     for hookpoint in cfg.hookpoints:
         table = read_hookpoint(cfg, hookpoint)
         keys = list(zip(table.column("prompt_id").to_pylist(), table.column("step_index").to_pylist()))
@@ -143,7 +144,7 @@ def test_collect_writes_readable_parquet_equal_to_a_direct_capture(tmp_path, ray
     assert manifest["rows"] == {h: 6 * 4 for h in hooks}
     assert_exactly_once(cfg)
 
-    rows = training_prompt_rows("minicanvas", seed=cfg.seed, max_prompts=6)
+    rows = get_benchmark("minicanvas").training_prompt_rows(seed=cfg.seed, max_prompts=6)
     direct = HookedPipeline(minicanvas_pipeline).generate(
         [rows[0].prompt], [rows[0].seed], num_inference_steps=4, guidance_scale=7.5, capture=hooks, output_type="latent")
     for hookpoint in hooks:

@@ -1,7 +1,13 @@
-import pytest
+from pathlib import Path
 
-from saeuron.config import config_to_yaml, parse_config
-from saeuron.study import StudyConfig
+import pytest
+import yaml
+
+from saeuron.config import config_to_yaml, field_help, leaf_fields, parse_config
+from saeuron.study import StudyConfig, stage_configs
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
 
 
 def test_yaml_then_command_line_overrides(tmp_path):
@@ -9,38 +15,99 @@ def test_yaml_then_command_line_overrides(tmp_path):
     path.write_text("name: mine\ncollect:\n  max_prompts: 7\nsearch:\n  concepts: [Stars]\n")
     cfg = parse_config(StudyConfig, ["--config", str(path), "--collect.max_prompts", "9", "--epochs", "3"])
     assert (cfg.name, cfg.collect.max_prompts, cfg.train.epochs, cfg.search.concepts) == ("mine", 9, 3, ["Stars"])
-    assert cfg.train.sae.k == StudyConfig().train.sae.k  # nested defaults survive a partial YAML
+    assert cfg.train.sae.k == StudyConfig().train.sae.k == 8  # the study's nested defaults survive a partial YAML
+    assert cfg.collect.batch_size == 16
     again = tmp_path / "again.yaml"
     again.write_text(config_to_yaml(cfg))
     assert parse_config(StudyConfig, ["--config", str(again)]) == cfg
 
 
+def test_the_full_preset_composes_with_flags():
+    full = CONFIGS / "minicanvas" / "study-full.yaml"
+    cfg = parse_config(StudyConfig, ["--config", str(full), "--search.concepts", "Checkerboard", "--collect.max_prompts", "320"])
+    assert cfg.search.concepts == ["Checkerboard"] and cfg.collect.max_prompts == 320
+    assert cfg.name == "minicanvas-full" and cfg.evaluate.grid.seeds == [188, 288, 588, 688, 888]
+    assert cfg.sampling.num_inference_steps == cfg.collect.sampling.num_inference_steps == 20
+
+
+def test_the_quick_preset_is_the_default():
+    assert parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study.yaml")]) == StudyConfig()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--collect.study_dir", "x"], "unrecognized arguments: --collect.study_dir x"),
+    (["--evaluate.num_inference_steps", "5"], "unrecognized arguments: --evaluate.num_inference_steps 5"),
+    (["--full", "true"], "unrecognized arguments: --full true"),
+    (["--collect.max_prompts", "many"], "config.collect.max_prompts expects int, got 'many'"),
+    (["--tracking.verbose", "maybe"], "config.tracking.verbose expects bool, got 'maybe'"),
+])
+def test_a_flag_that_names_no_field_or_has_a_wrong_value_is_refused_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_config(StudyConfig, argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and err.count("\n") == 1
+
+
+def test_a_yaml_key_that_names_no_field_is_refused(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("tracking: {study_dir: x, bogus: 1}\n")
+    with pytest.raises(SystemExit):
+        parse_config(StudyConfig, ["--config", str(path)])
+    assert "'tracking.bogus' is not a config field; tracking has: study_dir, tracking_uri" in capsys.readouterr().err
+    path.write_text("collect: 3\n")
+    with pytest.raises(SystemExit):
+        parse_config(StudyConfig, ["--config", str(path)])
+    assert "'collect' is a section" in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_resolved_config(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_config(StudyConfig, ["--dry_run", "true", "--concepts", "Hearts"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert exit_.value.code == 0 and printed["search"]["concepts"] == ["Hearts"] and printed["tracking"]["study_dir"] == "runs/minicanvas"
+
+
+@pytest.mark.parametrize("job", ["jobs/collect.py", "jobs/train.py", "jobs/gather.py", "jobs/recipe.py", "jobs/unlearn.py",
+                                 "jobs/evaluate.py", "jobs/pipeline.py", "tune/search.py"])
+def test_every_field_of_every_job_has_a_help_line(job):
+    import runpy
+
+    config_class = next(v for k, v in runpy.run_path(str(REPO / job), run_name="inspect").items()
+                        if k.endswith("Config") and isinstance(v, type))
+    undocumented = [".".join(path) for path, _, owner in leaf_fields(config_class) if not field_help(owner, path[-1])]
+    assert undocumented == []
+
+
+def test_no_shared_section_is_repeated_in_the_study():
+    """Each leaf field of the study config is one flag: a stage section never repeats a shared one."""
+    paths = [".".join(p) for p, _, _ in leaf_fields(StudyConfig)]
+    shared = {"tracking", "model", "edit", "judge", "resources"}
+    stage_sections = {p.split(".")[1] for p in paths if p.split(".")[0] in ("collect", "train", "gather", "search", "evaluate")}
+    assert stage_sections.isdisjoint(shared)
+    assert len(paths) == len(set(paths))
+
+
 def test_shipped_example_configs_parse():
-    from pathlib import Path
-
     from saeuron.collection.collect import CollectConfig
-
-    root = Path(__file__).resolve().parents[1] / "configs"
-    minicanvas = parse_config(CollectConfig, ["--config", str(root / "minicanvas" / "collect.yaml")])
-    assert minicanvas.num_inference_steps == 20 and len(minicanvas.hookpoints) == 2
-    unlearncanvas = parse_config(CollectConfig, ["--config", str(root / "unlearncanvas" / "collect.yaml")])
-    assert unlearncanvas.benchmark == "unlearncanvas" and unlearncanvas.max_prompts == 1000
     from saeuron.evaluation.evaluate import EvaluateConfig
     from saeuron.tuning.search import SearchConfig, grid_of
 
+    minicanvas = parse_config(CollectConfig, ["--config", str(CONFIGS / "minicanvas" / "collect.yaml")])
+    assert minicanvas.sampling.num_inference_steps == 20 and len(minicanvas.hookpoints) == 2
+    unlearncanvas = parse_config(CollectConfig, ["--config", str(CONFIGS / "unlearncanvas" / "collect.yaml")])
+    assert unlearncanvas.model.benchmark == "unlearncanvas" and unlearncanvas.max_prompts == 1000
     for benchmark in ("minicanvas", "unlearncanvas"):
-        search = parse_config(SearchConfig, ["--config", str(root / benchmark / "search.yaml")])
-        assert search.benchmark == benchmark and len(search.concepts) >= 2
-        grid_of(search)
-        evaluate = parse_config(EvaluateConfig, ["--config", str(root / benchmark / "evaluate.yaml")])
+        search = parse_config(SearchConfig, ["--config", str(CONFIGS / benchmark / "search.yaml")])
+        assert search.model.benchmark == benchmark and len(search.concepts) >= 2
+        assert search.registered_name == f"saeuron-{benchmark}-recipes"
+        evaluate = parse_config(EvaluateConfig, ["--config", str(CONFIGS / benchmark / "evaluate.yaml")])
         assert evaluate.recipes[0].startswith("models:/")
-    assert grid_of(parse_config(SearchConfig, ["--config", str(root / "unlearncanvas" / "search.yaml")]))[0] == [99.99, 99.995, 99.999]
-    from saeuron.study import StudyConfig, stage_configs
-
-    study = parse_config(StudyConfig, ["--config", str(root / "unlearncanvas" / "study.yaml")])
-    stages = stage_configs(study)
-    assert stages["collect"].benchmark == stages["evaluate"].benchmark == "unlearncanvas"
-    assert stages["search"].num_inference_steps == stages["evaluate"].num_inference_steps == 100
+    assert grid_of(parse_config(SearchConfig, ["--config", str(CONFIGS / "unlearncanvas" / "search.yaml")]))[0] == [99.99, 99.995, 99.999]
+    study = parse_config(StudyConfig, ["--config", str(CONFIGS / "unlearncanvas" / "study.yaml")])
+    stages = stage_configs(study, "parent")
+    assert stages["collect"].model is stages["evaluate"].model is study.model
+    assert stages["search"].sampling.num_inference_steps == stages["evaluate"].sampling.num_inference_steps == 100
+    assert stages["collect"].sampling.num_inference_steps == 50 and stages["collect"].tracking.parent_run_id == "parent"
     assert study.train.sae.k == 32 and stages["train"].hookpoints == ["unet.up_blocks.1.attentions.2", "unet.up_blocks.1.attentions.1"]
 
 
@@ -50,21 +117,21 @@ def test_a_submitted_job_refuses_a_relative_study_folder(monkeypatch):
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what Ray's job supervisor sets for the entrypoint
     with pytest.raises(SystemExit, match="study_dir 'runs/minicanvas' is relative"):
         parse_config(EvaluateConfig, ["--recipes", "r"])
-    assert parse_config(EvaluateConfig, ["--study_dir", "/tmp/s"]).study_dir == "/tmp/s"
+    assert parse_config(EvaluateConfig, ["--study_dir", "/tmp/s"]).tracking.study_dir == "/tmp/s"
 
 
 def test_hookpoints_default_to_the_benchmarks_own():
     from saeuron.collection.collect import CollectConfig
     from saeuron.method.gather import GatherConfig
-    from saeuron.study import stage_configs
+    from saeuron.sections import ModelConfig
 
     paper = ["unet.up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"]
-    assert CollectConfig(benchmark="unlearncanvas").hookpoints == paper
-    assert CollectConfig().hookpoints == ["unet.mid_block.attentions.0", "unet.up_blocks.1.attentions.2"]
-    assert GatherConfig(kind="object", benchmark="unlearncanvas").hookpoint == paper[0]
-    assert GatherConfig(kind="object").hookpoint == "unet.mid_block.attentions.0"
-    assert GatherConfig(kind="style").hookpoint == paper[1]
-    # Given ones are kept; the study pushes its own into collection and training.
-    assert GatherConfig(kind="object", hookpoint=paper[0]).hookpoint == paper[0]
+    unlearncanvas = ModelConfig(benchmark="unlearncanvas")
+    assert CollectConfig(model=unlearncanvas).resolved_hookpoints == paper
+    assert CollectConfig().resolved_hookpoints == ["unet.mid_block.attentions.0", "unet.up_blocks.1.attentions.2"]
+    assert GatherConfig(kind="object", model=unlearncanvas).resolved_hookpoint == paper[0]
+    assert GatherConfig(kind="object").resolved_hookpoint == "unet.mid_block.attentions.0"
+    assert GatherConfig(kind="style").resolved_hookpoint == paper[1]
+    assert GatherConfig(kind="object", hookpoint=paper[0]).resolved_hookpoint == paper[0]
     study = parse_config(StudyConfig, ["--object_hookpoint", "unet.up_blocks.1.attentions.0"])
-    assert stage_configs(study)["collect"].hookpoints == [paper[1], "unet.up_blocks.1.attentions.0"]
+    assert stage_configs(study, "")["collect"].hookpoints == [paper[1], "unet.up_blocks.1.attentions.0"]

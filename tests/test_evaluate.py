@@ -14,6 +14,8 @@ from PIL import Image
 
 from conftest import STEPS
 from saeuron.benchmarks.judges import MiniCanvasJudge, UnlearnCanvasJudge, load_unlearncanvas_vit
+from saeuron.benchmarks import get_benchmark
+from saeuron.config import build_config
 from saeuron.evaluation.evaluate import EvaluateConfig, check_judge, evaluate
 from saeuron.evaluation.fid import inception_fid
 from saeuron.evaluation.judging import judge_images
@@ -109,10 +111,10 @@ def test_evaluate_scores_a_sequence_logs_it_and_writes_a_report_a_browser_shows(
     recipes = []
     for concepts in (["Neon_Glow"], ["Neon_Glow", "Polka_Dots"]):
         recipes.append(str(tmp_path / "recipes" / "+".join(concepts)))
-        make_recipe(RecipeConfig(statistics=str(style_statistics), concepts=concepts, percentile=99, multiplier=-1, output_dir=recipes[-1]))
+        make_recipe(build_config(RecipeConfig, statistics=str(style_statistics), concepts=concepts, percentile=99, multiplier=-1, output_dir=recipes[-1]))
     study = tmp_path / "study"
     # The recipes name the SAE by the fixture's folder, so no registry is needed.
-    cfg = EvaluateConfig(recipes=recipes, sequential=True, seeds=[188], num_inference_steps=STEPS, guidance_scale=7.5,
+    cfg = build_config(EvaluateConfig, recipes=recipes, sequential=True, seeds=[188], num_inference_steps=STEPS, guidance_scale=7.5,
                          study_dir=str(study), batch_size=22, real_images_per_cell=2)
     result = evaluate(cfg)
 
@@ -155,17 +157,17 @@ def test_evaluate_scores_a_sequence_logs_it_and_writes_a_report_a_browser_shows(
 def test_bad_evaluation_input_fails_before_anything_is_logged(tmp_path, minicanvas):
     study = tmp_path / "study"
     with pytest.raises(ValueError, match="no recipes"):
-        evaluate(EvaluateConfig(study_dir=str(study)))
+        evaluate(build_config(EvaluateConfig, study_dir=str(study)))
     with pytest.raises(FileNotFoundError, match="not an unlearning recipe"):
-        evaluate(EvaluateConfig(recipes=[str(tmp_path / "nowhere")], study_dir=str(study)))
+        evaluate(build_config(EvaluateConfig, recipes=[str(tmp_path / "nowhere")], study_dir=str(study)))
     with pytest.raises(ValueError, match="unstyled_weighting"):
-        evaluate(EvaluateConfig(recipes=[str(tmp_path / "nowhere")], unstyled_weighting="double", study_dir=str(study)))
+        evaluate(build_config(EvaluateConfig, recipes=[str(tmp_path / "nowhere")], unstyled_weighting="double", study_dir=str(study)))
     assert not (study / "mlflow.db").exists() and not (study / "images").exists()
 
     # A judge whose object list lacks some of the benchmark's objects.
     small = MiniCanvasJudge(MiniCanvasClassifier(ClassifierConfig(objects=("Circles", "Squares"))))
     with pytest.raises(ValueError, match="object classifier does not know .*Triangles"):
-        check_judge("minicanvas", small)
+        check_judge(get_benchmark("minicanvas"), small)
 
     # An images folder with missing files.
     folder = tmp_path / "images"
@@ -174,5 +176,4 @@ def test_bad_evaluation_input_fails_before_anything_is_logged(tmp_path, minicanv
     index = pa.Table.from_pylist([dict(prompt_id=i, prompt="p", object=o, style=None, seed=188, file=f"{o}_seed188.png")
                                   for i, o in enumerate(["Stars", "Rings"])])
     with pytest.raises(FileNotFoundError, match="1 of 2 images are missing .*Rings_seed188.png"):
-        judge_images(folder, index, "minicanvas-classifier", dict(benchmark="minicanvas", style_classifier="", object_classifier="",
-                                                                  arch=""))
+        judge_images(folder, index, "minicanvas-classifier", dict(benchmark="minicanvas", judge={}))

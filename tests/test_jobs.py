@@ -98,8 +98,8 @@ def test_the_study_runs_as_submitted_ray_jobs_against_an_mlflow_server(local_ser
     study = str(tmp_path / "study")
     common = ["--study_dir", study, "--tracking_uri", tracking]
     steps = ["--num_inference_steps", "10", "--guidance_scale", "7.5"]
-    submit(env, address, "jobs/collect.py", "--config", "configs/minicanvas/collect.yaml", *common, "--max_prompts", "48",
-           "--num_inference_steps", "10", "--batch_size", "16")
+    submit(env, address, "jobs/collect.py", "--config", "configs/minicanvas/collect.yaml", *common, *steps, "--max_prompts", "48",
+           "--batch_size", "16")
     # About 300 steps: fewer leave an SAE whose selected latents never fire (measured: UA 0.0 after 64 steps).
     submit(env, address, "jobs/train.py", "--config", "configs/minicanvas/train.yaml", *common, "--hookpoints",
            "unet.up_blocks.1.attentions.2", "--epochs", "12", "--batch_size", "1024", "--validation_fraction", "0.1")

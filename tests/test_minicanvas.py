@@ -62,6 +62,28 @@ def test_classifier_recognises_held_out_procedural_images(minicanvas_classifier)
     assert (logits.object_logits.argmax(1) == objects).float().mean() >= 0.98
 
 
+def test_judge_batch_adds_predictions_and_the_true_classes_probabilities(minicanvas_classifier):
+    from saeuron.benchmarks.judges import MiniCanvasJudge, judge_batch
+
+    judge = MiniCanvasJudge(minicanvas_classifier)
+    pictures = [render("Neon_Glow", "Stars", 0), render("none", "Hearts", 1), render("Polka_Dots", "Rings", 2)]
+    images = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float() / 255
+    rows = [{"style": "Neon_Glow", "object": "Stars"}, {"style": None, "object": "Hearts"}, {"style": "none", "object": "Rings"}]
+    judged = judge_batch(judge, images, rows)
+    with torch.no_grad():
+        out = minicanvas_classifier(images)
+    style_probs, object_probs = out.style_logits.softmax(1), out.object_logits.softmax(1)
+    assert [r["style_pred"] for r in judged] == [STYLE_LABELS[i] for i in out.style_logits.argmax(1).tolist()]
+    assert [r["object_pred"] for r in judged] == [OBJECTS[i] for i in out.object_logits.argmax(1).tolist()]
+    assert judged[0]["style_prob"] == float(style_probs[0, STYLE_LABELS.index("Neon_Glow")])
+    assert judged[1]["style_prob"] == 0.0  # an unstyled row's style is no class of the judge
+    assert judged[2]["style_prob"] == float(style_probs[2, STYLE_LABELS.index("none")])
+    assert judged[2]["object_prob"] == float(object_probs[2, OBJECTS.index("Rings")])
+    assert judged[0].items() >= rows[0].items()
+    with pytest.raises(ValueError, match="rows"):
+        judge_batch(judge, images, rows[:2])
+
+
 @pytest.mark.slow
 def test_generated_images_meet_the_quality_bar(minicanvas_pipeline, minicanvas_classifier):
     # Two fresh seeds per prompt (176 images, DDIM 20, CFG 7.5), judged by the shipped classifier.

@@ -1,6 +1,6 @@
 import pytest
 
-from saeuron.benchmarks.base import evaluation_prompt_rows, get_benchmark, training_prompt_rows
+from saeuron.benchmarks import get_benchmark
 from saeuron.benchmarks.prompts import SEED_IMAGES, UNLEARNCANVAS_OBJECTS, UNLEARNCANVAS_STYLES, UNLEARNCANVAS_THEMES, read_anchor_captions, training_rows
 
 
@@ -19,7 +19,7 @@ def write_anchor_files(folder, lines=3):
 
 def test_unlearncanvas_training_prompts_from_anchor_files(tmp_path):
     write_anchor_files(tmp_path / "anchors")
-    rows = training_prompt_rows("unlearncanvas", str(tmp_path / "anchors"))
+    rows = get_benchmark("unlearncanvas").training_prompt_rows(str(tmp_path / "anchors"))
     assert len(rows) == 20 * 3 * 52
     assert len({row.prompt_id for row in rows}) == len(rows)
     styled = next(r for r in rows if r.object == "Cats" and r.style == "Van_Gogh" and r.prompt.startswith("A cats scene number 1 "))
@@ -40,20 +40,20 @@ def test_max_prompts_is_a_seeded_subset_that_grows_consistently(tmp_path):
 
 def test_missing_anchor_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="finetune_prompts"):
-        training_prompt_rows("unlearncanvas", str(tmp_path))
+        get_benchmark("unlearncanvas").training_prompt_rows(str(tmp_path))
     with pytest.raises(ValueError, match="anchor_prompts_dir"):
-        training_prompt_rows("unlearncanvas", "")
+        get_benchmark("unlearncanvas").training_prompt_rows("")
     with pytest.raises(ValueError, match="minicanvas"):
         get_benchmark("imagenet")
 
 
 def test_minicanvas_prompt_sets_carry_labels():
-    rows = training_prompt_rows("minicanvas")
+    rows = get_benchmark("minicanvas").training_prompt_rows()
     spec = get_benchmark("minicanvas")
     assert len(rows) == len(spec.objects) * 8 * (len(spec.styles) + 1)
     assert all((r.style is None) == ("style." not in r.prompt) for r in rows)
     assert all(r.object in r.prompt for r in rows)
-    evaluation = evaluation_prompt_rows("minicanvas", seeds=[1, 2])
+    evaluation = get_benchmark("minicanvas").evaluation_prompt_rows(seeds=[1, 2])
     assert len(evaluation) == (len(spec.styles) + 1) * len(spec.objects) * 2
     assert evaluation[0].prompt == "An image of Circles in Diagonal Stripes style."
     assert evaluation[-1].prompt == "An image of Diamonds." and evaluation[-1].style is None

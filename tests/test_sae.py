@@ -172,6 +172,25 @@ def test_reference_checkpoint_loads_and_gives_reference_outputs(tmp_path):
     written = json.loads((tmp_path / "copy" / "cfg.json").read_text())
     reference_keys = json.loads((tmp_path / "unet.up_blocks.1.attentions.1" / "cfg.json").read_text()).keys()
     assert set(reference_keys) <= set(written)
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == ["cfg.json", "sae.safetensors"]
+
+
+def test_atomic_writes_land_whole_or_not_at_all(tmp_path):
+    from saeuron.atomic_files import atomic_path, atomic_paths, write_text_atomic
+
+    write_text_atomic(tmp_path / "a.json", "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "a.json") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert (tmp_path / "a.json").read_text() == "old"
+    with atomic_paths(tmp_path / "a.json", tmp_path / "b.png", suffix=".png") as (a, b):
+        assert a.name == ".a.json.tmp.png" and b.parent == tmp_path
+        a.write_text("new")
+        b.write_bytes(b"img")
+        assert not (tmp_path / "b.png").exists()
+    assert (tmp_path / "a.json").read_text() == "new" and (tmp_path / "b.png").read_bytes() == b"img"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.png"]
 
 
 def test_unknown_cfg_fields_warn_and_bad_shapes_fail(tmp_path):

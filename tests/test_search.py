@@ -14,8 +14,8 @@ import mlflow
 import pytest
 
 from conftest import STEPS
-from saeuron.benchmarks.base import evaluation_prompt_rows, get_benchmark
-from saeuron.config import config_to_yaml
+from saeuron.benchmarks import get_benchmark
+from saeuron.config import build_config, config_to_yaml
 from saeuron.evaluation.evaluate import EvaluateConfig, evaluate
 from saeuron.tuning.search import SearchConfig, choose, search
 from saeuron.benchmarks.tuning_prompts import proportional_merge, tuning_prompt_rows
@@ -24,10 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_tuning_prompts_never_touch_the_evaluation_prompts_or_seeds():
-    evaluation = evaluation_prompt_rows("minicanvas")
+    minicanvas = get_benchmark("minicanvas")
+    evaluation = minicanvas.evaluation_prompt_rows()
     for concept, kind in (("Neon_Glow", "style"), ("Stars", "object")):
-        rows = tuning_prompt_rows("minicanvas", concept, kind)
-        assert rows == tuning_prompt_rows("minicanvas", concept, kind)  # deterministic
+        rows = tuning_prompt_rows(minicanvas, concept, kind)
+        assert rows == tuning_prompt_rows(minicanvas, concept, kind)  # deterministic
         assert not {r.prompt for r in rows} & {r.prompt for r in evaluation}
         assert not {r.seed for r in rows} & {r.seed for r in evaluation} and 42 not in {r.seed for r in rows}
         assert len(rows) == 88 and len({(r.style, r.object) for r in rows}) == 88
@@ -38,8 +39,7 @@ def test_tuning_prompts_never_touch_the_evaluation_prompts_or_seeds():
         if kind == "style":
             assert any(r.style is None for r in first)  # the unstyled images of its CRA
     with pytest.raises(ValueError, match="unknown style 'Van_Gogh'"):
-        tuning_prompt_rows("minicanvas", "Van_Gogh", "style")
-    assert get_benchmark("minicanvas").eval_seeds == (188, 288, 588, 688, 888)
+        tuning_prompt_rows(minicanvas, "Van_Gogh", "style")
 
 
 def test_proportional_merge_keeps_every_prefix_balanced():
@@ -60,7 +60,7 @@ def test_choice_needs_the_full_budget_and_prefers_the_smaller_edit():
 
 
 def small_search(style_statistics, study, **overrides):
-    cfg = SearchConfig(concepts=["Neon_Glow"], style_statistics=str(style_statistics), percentiles=[98.0, 99.0],
+    cfg = build_config(SearchConfig, concepts=["Neon_Glow"], style_statistics=str(style_statistics), percentiles=[98.0, 99.0],
                        multipliers=[-1.0, -5.0], num_inference_steps=STEPS, guidance_scale=7.5, max_prompts=22, chunk=11,
                        grace_prompts=11, reduction_factor=2, study_dir=str(study))
     return replace(cfg, **overrides)
@@ -93,10 +93,10 @@ def test_search_picks_a_recipe_logs_trials_in_mlflow_and_evaluate_takes_it_by_ru
     assert artifacts == {"heatmaps/heatmap_Neon_Glow.png"}
     assert client.get_model_version_by_alias("test-recipes", "current").run_id == result.run_id
 
-    evaluation = evaluate(EvaluateConfig(recipes=[f"runs:/{result.run_id}/recipes"], seeds=[188], num_inference_steps=STEPS,
+    evaluation = evaluate(build_config(EvaluateConfig, recipes=[f"runs:/{result.run_id}/recipes"], seeds=[188], num_inference_steps=STEPS,
                                          guidance_scale=7.5, study_dir=str(study), batch_size=22, fid="none"))
     assert [name for name, _ in evaluation.scores] == ["Neon_Glow"] and evaluation.scores[0][1].ua >= 0.75
-    again = evaluate(EvaluateConfig(recipes=["models:/test-recipes@current"], seeds=[188], num_inference_steps=STEPS,
+    again = evaluate(build_config(EvaluateConfig, recipes=["models:/test-recipes@current"], seeds=[188], num_inference_steps=STEPS,
                                     guidance_scale=7.5, study_dir=str(study), batch_size=22, fid="none"))
     assert again.scores[0][1] == evaluation.scores[0][1]
 

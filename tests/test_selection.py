@@ -102,7 +102,7 @@ def test_hook_formula_correct_and_reference_error_modes():
 
 def test_without_rules_correct_mode_is_identity_and_reference_mode_is_not():
     sae = make_sae()
-    empty = Rules(*(torch.zeros(0, dtype=torch.long) for _ in range(2)), torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    empty = Rules.empty()
     x = torch.randn(2, 4, 16)
     assert UnlearningEdit(sae, recipe_for(sae, empty))(x, call()) is x
     reference = UnlearningEdit(sae, recipe_for(sae, empty), error_mode="reference")(x, call())
@@ -113,7 +113,7 @@ def test_without_rules_correct_mode_is_identity_and_reference_mode_is_not():
 def test_recipe_of_another_sae_is_refused():
     sae = make_sae()
     other = Sae(16, SaeConfig(num_latents=64, k=4))
-    empty = Rules(*(torch.zeros(0, dtype=torch.long) for _ in range(2)), torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    empty = Rules.empty()
     with pytest.raises(ValueError, match="another SAE"):
         UnlearningEdit(other, recipe_for(sae, empty))
     with pytest.raises(ValueError, match="error_mode"):

@@ -1,6 +1,7 @@
 """jobs/pipeline.py's study: every stage once under one MLflow run, then a rerun that skips them all."""
 
 import json
+import logging
 
 import mlflow
 import pytest
@@ -12,7 +13,7 @@ from saeuron.study import StudyConfig, run_study
 def tiny_study(study_dir, concepts=("Neon_Glow", "Stars"), multipliers=("-1", "-5")):
     return parse_config(StudyConfig, [
         "--study_dir", str(study_dir), "--name", "tiny",
-        "--collect.max_prompts", "40", "--collect.num_inference_steps", "6", "--gather.num_inference_steps", "6",
+        "--collect.max_prompts", "40", "--collect.sampling.num_inference_steps", "6", "--sampling.num_inference_steps", "6",
         "--epochs", "4", "--train.batch_size", "1024",
         "--concepts", *concepts, "--percentiles", "99", "--multipliers", *multipliers,
         "--search.max_prompts", "11", "--scheduler", "grid",
@@ -20,7 +21,8 @@ def tiny_study(study_dir, concepts=("Neon_Glow", "Stars"), multipliers=("-1", "-
 
 
 @pytest.mark.slow
-def test_the_study_runs_every_stage_once_and_resumes_by_skipping_them(tmp_path, ray_cluster, capsys):
+def test_the_study_runs_every_stage_once_and_resumes_by_skipping_them(tmp_path, ray_cluster, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="saeuron")
     cfg = tiny_study(tmp_path / "study")
     first = run_study(cfg)
     printed = capsys.readouterr().out
@@ -40,16 +42,16 @@ def test_the_study_runs_every_stage_once_and_resumes_by_skipping_them(tmp_path, 
 
     records = tmp_path / "study" / "stages" / "tiny"
     before = {p.name: p.read_text() for p in records.glob("*.json")}
+    caplog.clear()
     again = run_study(cfg)
-    printed = capsys.readouterr().out
-    assert printed.count("already done with this config, skipped") == 6  # collect, train, 2 × gather, search, evaluate
+    assert caplog.text.count("already done with this config, skipped") == 6  # collect, train, 2 × gather, search, evaluate
     assert again["evaluate"] == first["evaluate"] and again["run_id"] == first["run_id"]
     assert {p.name: p.read_text() for p in records.glob("*.json")} == before
 
     # A changed search reruns the search and the evaluation, nothing before them.
+    caplog.clear()
     third = run_study(tiny_study(tmp_path / "study", concepts=("Neon_Glow",), multipliers=("-1",)))
-    printed = capsys.readouterr().out
-    assert printed.count("already done with this config, skipped") == 4
+    assert caplog.text.count("already done with this config, skipped") == 4
     assert set(third["evaluate"]["scores"]) == {"Neon_Glow"}
     assert json.loads((records / "search.json").read_text())["outputs"]["chosen"].keys() == {"Neon_Glow"}
     # The study joined the caller's cluster and must leave it running for them.

@@ -12,6 +12,7 @@ from saeuron.cluster.registry import load_sae, registered_name
 from saeuron.sae import SaeConfig
 from saeuron.sae.trainer import SaeTrainConfig
 from saeuron.training.ray_train import TrainConfig, train, train_hookpoint
+from saeuron.config import build_config
 
 HOOKS = ["unet.mid_block.attentions.0", "unet.up_blocks.1.attentions.2"]  # the fixture collection: MiniCanvas's object, style hookpoints
 
@@ -22,7 +23,7 @@ def small_train_config(activations, tmp_path, **overrides):
                 optim=SaeTrainConfig(lr=2e-3, dead_feature_threshold=200_000), batch_size=1024, epochs=1,
                 validation_fraction=0.15, checkpoint_every=5, log_every=5)
     base.update(overrides)
-    return TrainConfig(**base)
+    return build_config(TrainConfig, **base)
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from saeuron.method.baseline import ChannelZeroEdit, concept_channels
+from saeuron.config import build_config
 from saeuron.diffusion.hooks import HookedPipeline
 from saeuron.method.make_recipe import RecipeConfig, make_recipe
 from saeuron.benchmarks.minicanvas.quality import measure_generation_quality
@@ -40,7 +41,7 @@ def sae_versus_channel_zeroing(kind, concept, hookpoint, sae_folder, statistics,
     """(UA, IRA, CRA) before, with the SAE recipe (p 99, γ −1), and with the 8 most concept-tied channels zeroed."""
     from saeuron.sae import Sae
 
-    recipe = make_recipe(RecipeConfig(statistics=str(statistics), concepts=[concept], percentile=99, multiplier=-1,
+    recipe = make_recipe(build_config(RecipeConfig, statistics=str(statistics), concepts=[concept], percentile=99, multiplier=-1,
                                       output_dir=str(recipe_dir)))
     edit = UnlearningEdit(Sae.load_from_disk(sae_folder), recipe)
     channels = concept_channels(activations.dataset_dir, hookpoint, concept, kind, count=8)
@@ -86,9 +87,9 @@ def test_forgetting_an_object_beats_zeroing_its_channels(object_sae, object_stat
 @pytest.mark.slow
 def test_unlearn_job_and_unlearned_pipeline_round_trip(style_sae, style_statistics, minicanvas_pipeline, tmp_path):
     recipe_dir = tmp_path / "recipe"
-    make_recipe(RecipeConfig(statistics=str(style_statistics), concepts=["Neon_Glow", "Polka_Dots"], percentile=99,
+    make_recipe(build_config(RecipeConfig, statistics=str(style_statistics), concepts=["Neon_Glow", "Polka_Dots"], percentile=99,
                              multiplier=-1, output_dir=str(recipe_dir)))
-    cfg = UnlearnConfig(recipe=str(recipe_dir), sae=str(style_sae), seeds=[188], styles=["Neon_Glow"], num_inference_steps=STEPS,
+    cfg = build_config(UnlearnConfig, recipe=str(recipe_dir), sae=str(style_sae), seeds=[188], styles=["Neon_Glow"], num_inference_steps=STEPS,
                         guidance_scale=7.5, study_dir=str(tmp_path / "study"), batch_size=8)
     index = unlearn(cfg)
     assert index.num_rows == 16 and set(index.column("style").to_pylist()) == {"Neon_Glow", None}
@@ -97,15 +98,36 @@ def test_unlearn_job_and_unlearned_pipeline_round_trip(style_sae, style_statisti
     assert pq.read_table(cfg.images_dir / "images.parquet").num_rows == 16
     assert unlearn(cfg).num_rows == 16  # resumed: nothing left to generate
 
+    import json
+
     from saeuron.sae import Sae
 
-    pipe = UnlearnedPipeline.from_recipe(minicanvas_pipeline, Sae.load_from_disk(style_sae), Recipe.load(recipe_dir))
+    recipe = Recipe.load(recipe_dir)
+    pipe = UnlearnedPipeline.from_recipe(minicanvas_pipeline, Sae.load_from_disk(style_sae), recipe)
+    assert pipe.unet is minicanvas_pipeline.unet and pipe.vae is minicanvas_pipeline.vae  # shared, not copied
     pipe.save_pretrained(tmp_path / "unlearned")
-    again = UnlearnedPipeline.from_pretrained(tmp_path / "unlearned")
+    index = json.loads((tmp_path / "unlearned" / "model_index.json").read_text())
+    assert index["_class_name"] == "UnlearnedPipeline"
+    assert index["sae"] == ["saeuron.method.components", "DiffusersSae"]
+    assert index["recipe"] == ["saeuron.method.components", "DiffusersRecipe"]
+    assert index["error_mode"] == "correct" and index["base_model"] == recipe.base_model
+    assert all((tmp_path / "unlearned" / name).is_dir() for name in ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "sae", "recipe"))
+    assert Recipe.load(tmp_path / "unlearned" / "recipe").sae_fingerprint == recipe.sae_fingerprint  # a plain recipe folder
+    again = UnlearnedPipeline.from_pretrained(tmp_path / "unlearned", dtype=torch.float32)
+    again.set_progress_bar_config(disable=True)
     prompt = ["An image of Stars in Neon Glow style."]
     a = pipe.generate(prompt, [188], num_inference_steps=STEPS, guidance_scale=7.5, output_type="np").images
     b = again.generate(prompt, [188], num_inference_steps=STEPS, guidance_scale=7.5, output_type="np").images
     assert np.array_equal(a, b)
+    # .to moves the SAE with the pipeline; the recipe's rules stay fp32, so casting back gives the same images.
+    again.to("cpu", torch.float64)
+    assert again.sae.sae.W_dec.dtype == torch.float64 and again.unet.dtype == torch.float64 and again.dtype == torch.float64
+    assert again.recipe.scale.dtype == torch.float32
+    c = again.generate(prompt, [188], num_inference_steps=STEPS, guidance_scale=7.5, output_type="np").images
+    assert 0 < np.abs(c - a).max() < 1e-3  # MEASURED
+    again.to(dtype=torch.float32)
+    assert again.sae.sae.W_dec.dtype == torch.float32
+    assert np.array_equal(again.generate(prompt, [188], num_inference_steps=STEPS, guidance_scale=7.5, output_type="np").images, a)
     from PIL import Image
 
     from_job = np.asarray(Image.open(cfg.images_dir / "Neon_Glow_Stars_seed188.png"), dtype=np.float32) / 255
@@ -141,10 +163,10 @@ def test_bad_recipe_input_fails_before_sampling(tmp_path):
     stats = ConceptStatistics.empty(STYLE_HOOK, ["Neon_Glow", "Polka_Dots"], [1], 8, "sae", "fp", "style")
     stats.save(tmp_path / "stats")
     with pytest.raises(ValueError, match="Polka_Dots"):
-        make_recipe(RecipeConfig(statistics=str(tmp_path / "stats"), concepts=["Van_Gogh"], output_dir=str(tmp_path / "r")))
+        make_recipe(build_config(RecipeConfig, statistics=str(tmp_path / "stats"), concepts=["Van_Gogh"], output_dir=str(tmp_path / "r")))
     with pytest.raises(ValueError, match=r"\(0, 100\)"):
-        make_recipe(RecipeConfig(statistics=str(tmp_path / "stats"), concepts=["Neon_Glow"], percentile=100.5, output_dir=str(tmp_path / "r")))
-    empty = Rules(*(torch.zeros(0, dtype=torch.long) for _ in range(2)), torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.long))
+        make_recipe(build_config(RecipeConfig, statistics=str(tmp_path / "stats"), concepts=["Neon_Glow"], percentile=100.5, output_dir=str(tmp_path / "r")))
+    empty = Rules.empty()
     Recipe(STYLE_HOOK, "sae", "fp", "/models/another-sd", {}, [1], empty).save(tmp_path / "foreign")
     with pytest.raises(ValueError, match="another-sd"):
-        unlearn(UnlearnConfig(recipe=str(tmp_path / "foreign"), study_dir=str(tmp_path / "study")))
+        unlearn(build_config(UnlearnConfig, recipe=str(tmp_path / "foreign"), study_dir=str(tmp_path / "study")))

@@ -14,7 +14,7 @@ Prediction is the argmax over every class, so an image judged ``Seed_Images`` (o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +33,29 @@ class Judge(Protocol):
     """Names the weights: predictions cached under another identity are not reused."""
 
     def predict(self, images: Tensor) -> ClassifierOutput: ...
+
+
+def judge_batch(judge: Judge, images: Tensor, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Judge one batch of images, ``rows[i]`` (with its true ``style`` and ``object``) describing ``images[i]``.
+
+    Returns each row plus ``style_pred`` and ``object_pred`` (the argmax over every class of the judge) and
+    ``style_prob`` and ``object_prob``: the probability the judge gives the row's true style / object, 0.0 when
+    that is not one of its classes (an unstyled row's style ``None``). The one way images are judged: evaluation,
+    the hyperparameter search and MiniCanvas's quality check all come through here.
+    """
+    if len(rows) != len(images):
+        raise ValueError(f"{len(images)} images but {len(rows)} rows")
+    out = judge.predict(images)
+    style_pred, object_pred = out.style_logits.argmax(1).tolist(), out.object_logits.argmax(1).tolist()
+    style_probs, object_probs = out.style_logits.softmax(1).cpu(), out.object_logits.softmax(1).cpu()
+
+    def probability(probs: Tensor, classes: tuple[str, ...], label: Any) -> float:
+        return float(probs[classes.index(label)]) if label in classes else 0.0
+
+    return [{**row, "style_pred": judge.styles[style_pred[i]], "object_pred": judge.objects[object_pred[i]],
+             "style_prob": probability(style_probs[i], judge.styles, row["style"]),
+             "object_prob": probability(object_probs[i], judge.objects, row["object"])}
+            for i, row in enumerate(rows)]
 
 
 class MiniCanvasJudge:
@@ -106,17 +129,3 @@ class UnlearnCanvasJudge:
         x = resize(images.float().to(device), [self.image_size, self.image_size], antialias=True)
         x = normalize(x, [0.5] * 3, [0.5] * 3)
         return ClassifierOutput(self.style_model(x), self.object_model(x))
-
-
-def load_judge(benchmark: str, style_checkpoint: str = "", object_checkpoint: str = "", arch: str = UNLEARNCANVAS_ARCH,
-               device: str | torch.device = "cpu") -> Judge:
-    if benchmark == "minicanvas":
-        from saeuron.benchmarks.minicanvas import load_minicanvas
-
-        return MiniCanvasJudge(load_minicanvas().load_classifier(device))
-    if benchmark == "unlearncanvas":
-        if not style_checkpoint or not object_checkpoint:
-            raise ValueError("benchmark 'unlearncanvas' needs style_classifier and object_classifier: the UnlearnCanvas "
-                             "checkpoints style50.pth and style50_cls.pth")
-        return UnlearnCanvasJudge.from_checkpoints(style_checkpoint, object_checkpoint, arch, device)
-    raise ValueError(f"unknown benchmark {benchmark!r}; known: minicanvas, unlearncanvas")

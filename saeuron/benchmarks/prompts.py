@@ -13,7 +13,6 @@ from typing import Sequence
 
 import numpy as np
 
-from saeuron.benchmarks.minicanvas import concepts as minicanvas_concepts
 from saeuron.benchmarks.templates import eval_prompt, train_prompt  # noqa: F401 (re-exported)
 
 # ---------------------------------------------------------------------------------- UnlearnCanvas
@@ -99,10 +98,6 @@ def evaluation_rows(objects: Sequence[str], styles: Sequence[str], seeds: Sequen
             for seed in seeds:
                 rows.append(PromptRow(len(rows), eval_prompt(obj, style), obj, style, int(seed)))
     return rows
-
-
-def minicanvas_captions() -> dict[str, list[str]]:
-    return {obj: minicanvas_concepts.captions(obj) for obj in minicanvas_concepts.OBJECTS}
 
 
 def rows_from_batch(batch: dict) -> list[dict]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from saeuron.benchmarks.base import evaluation_prompt_rows, get_benchmark, training_captions
+from saeuron.benchmarks.base import Benchmark, check_kind
 from saeuron.benchmarks.prompts import PromptRow
 from saeuron.benchmarks.templates import train_prompt
 
@@ -42,24 +42,22 @@ FORGET_SHARE, RETAIN_SHARE, OTHER_AXIS_SHARE = 0.4, 0.5, 0.1
 run out) so that UA, half of the objective, is measured on several images at the first rungs."""
 
 
-def tuning_prompt_rows(benchmark: str, concept: str, kind: str, per_cell: int = 1, anchor_prompts_dir: str | None = None,
+def tuning_prompt_rows(spec: Benchmark, concept: str, kind: str, per_cell: int = 1, anchor_prompts_dir: str | None = None,
                        seed: int = 0) -> list[PromptRow]:
     """For a style: every object in the concept's style and in every other style, plus every object
     unstyled; for an object: the concept and every other object, each in every style and unstyled.
     ``per_cell`` prompts per (style, object) cell, each with its own caption and seed."""
-    spec = get_benchmark(benchmark)
-    if kind not in ("style", "object"):
-        raise ValueError(f"kind must be 'style' or 'object', got {kind!r}")
+    check_kind(kind)
     names = spec.styles if kind == "style" else spec.objects
     if concept not in names:
-        raise ValueError(f"unknown {kind} {concept!r}; {benchmark} has {list(names)}")
-    evaluation = {r.prompt for r in evaluation_prompt_rows(benchmark)}
+        raise ValueError(f"unknown {kind} {concept!r}; {spec.name} has {list(names)}")
+    evaluation = {r.prompt for r in spec.evaluation_prompt_rows()}
     captions = {o: [c for c in cs if train_prompt(c, None) not in evaluation and all(
-        train_prompt(c, s) not in evaluation for s in spec.styles)] for o, cs in training_captions(benchmark, anchor_prompts_dir).items()}
+        train_prompt(c, s) not in evaluation for s in spec.styles)] for o, cs in spec.training_captions(anchor_prompts_dir).items()}
     empty = [o for o, cs in captions.items() if not cs]
     if empty:
         raise ValueError(f"no tuning captions for {empty} that differ from the evaluation prompts")
-    rng = random.Random(f"{benchmark}/{concept}/{seed}")
+    rng = random.Random(f"{spec.name}/{concept}/{seed}")
     counter = iter(range(10**9))
 
     def cell(style: str | None, obj: str) -> list[tuple[str | None, str, str]]:

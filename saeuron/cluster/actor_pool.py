@@ -35,13 +35,21 @@ def load_pipeline_in_actor(model_path: str, dtype: str, cpu_threads: int):
 
 
 def ensure_ray() -> None:
-    """Join the cluster RAY_ADDRESS names (a submitted job), or start a local one."""
-    import logging
-
+    """Join the cluster RAY_ADDRESS names (a submitted job), or start a local one; unless verbose,
+    its workers' output stays in the session's log files (see :mod:`saeuron.console`)."""
     import ray
 
+    from saeuron.console import is_verbose, logger, quiet_ray_data, ray_init_kwargs
+
     if not ray.is_initialized():
-        ray.init(logging_level=logging.WARNING)
+        ray.init(**ray_init_kwargs())
+        if not is_verbose():
+            try:
+                logs = ray._private.worker._global_node.get_logs_dir_path()
+            except AttributeError:  # a private API: the default place then
+                logs = "/tmp/ray/session_latest/logs"
+            logger.info(f"ray: workers' output and Ray's progress go to {logs} (--verbose true shows them here)")
+    quiet_ray_data()
 
 
 def map_with_actor_pool(rows: list[dict], actor_class, actor_kwargs: dict, batch_size: int, num_actors: int, cpu_threads: int):

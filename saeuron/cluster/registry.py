@@ -19,6 +19,7 @@ from saeuron.sae import Sae
 from saeuron.sae.model import CONFIG_FILE
 
 MODELS_SCHEME = "models:/"
+RUNS_SCHEME = "runs:/"
 
 
 def registered_name(benchmark: str, hookpoint: str, prefix: str = "saeuron") -> str:
@@ -51,17 +52,26 @@ def register_folder(
     return version.version
 
 
+def is_artifact_uri(ref: str | Path) -> bool:
+    return str(ref).startswith((MODELS_SCHEME, RUNS_SCHEME))
+
+
+def download_artifacts(uri: str, tracking_uri: str | None = None, cache_dir: str | Path | None = None, prefix: str = "saeuron-") -> Path:
+    """A local copy of ``models:/...`` or ``runs:/...`` artifacts."""
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    target = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix=prefix))
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
+
+
 def resolve_sae_folder(ref: str | Path, hookpoint: str | None = None, tracking_uri: str | None = None, cache_dir: str | Path | None = None) -> Path:
     """A local SAE folder for ``ref``: a folder (or a folder with a ``<hookpoint>/`` sub-folder),
     or ``models:/NAME@alias`` / ``models:/NAME/VERSION`` downloaded from the registry."""
     text = str(ref)
     if text.startswith(MODELS_SCHEME):
-        import mlflow
-
-        if tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)
-        target = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="saeuron-sae-"))
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=str(target)))
+        return download_artifacts(text, tracking_uri, cache_dir, prefix="saeuron-sae-")
     folder = Path(text).expanduser()
     if hookpoint and (folder / hookpoint / CONFIG_FILE).is_file():
         return folder / hookpoint
@@ -73,29 +83,3 @@ def resolve_sae_folder(ref: str | Path, hookpoint: str | None = None, tracking_u
 def load_sae(ref: str | Path, hookpoint: str | None = None, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
              inference: str | None = None, tracking_uri: str | None = None) -> Sae:
     return Sae.load_from_disk(resolve_sae_folder(ref, hookpoint, tracking_uri), device=device, dtype=dtype, inference=inference)
-
-
-def resolve_recipe_folders(refs: list[str], tracking_uri: str | None = None) -> list[str]:
-    """Recipe folders from references: a recipe folder, a folder of recipe folders (a search's
-    ``recipes/``), ``runs:/<run id>/recipes`` or ``models:/NAME@alias`` (recipes a search registered)."""
-    from saeuron.method.recipe import JSON
-
-    folders: list[str] = []
-    for ref in refs:
-        text = str(ref)
-        if text.startswith((MODELS_SCHEME, "runs:/")):
-            import mlflow
-
-            if tracking_uri:
-                mlflow.set_tracking_uri(tracking_uri)
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=tempfile.mkdtemp(prefix="saeuron-recipes-")))
-        else:
-            local = Path(text).expanduser()
-        if (local / JSON).is_file():
-            folders.append(str(local))
-            continue
-        inner = sorted(p.parent for p in local.glob(f"*/{JSON}"))
-        if not inner:
-            raise FileNotFoundError(f"{ref} holds no recipe ({JSON}) and no folders of recipes: not an unlearning recipe")
-        folders.extend(str(p) for p in inner)
-    return folders

@@ -18,6 +18,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import mlflow
 
 from saeuron.config import config_to_dict, config_to_yaml
+from saeuron.sections import TrackingConfig
 
 
 def resolve_tracking_uri(tracking_uri: str | None, study_dir: str | Path) -> str:
@@ -49,18 +50,19 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
+def tracking_uri_of(tracking: TrackingConfig) -> str:
+    return resolve_tracking_uri(tracking.tracking_uri, tracking.study_dir)
+
+
 @contextmanager
-def tracked_run(
-    config: Any, *, study_dir: str | Path, tracking_uri: str | None, experiment: str, run_name: str,
-    tags: dict[str, str] | None = None, nested: bool = False,
-) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run holding the job's config as params and as ``config.yaml``; a child of the
-    config's ``parent_run_id`` when it has one (a study's or a search's run)."""
-    uri = resolve_tracking_uri(tracking_uri, study_dir)
-    parent = getattr(config, "parent_run_id", "")
-    if parent:
-        tags = {**(tags or {}), "mlflow.parentRunId": parent}
-    experiment_id = ensure_experiment(uri, experiment, study_dir)
+def tracked_run(config: Any, tracking: TrackingConfig, *, run_name: str, tags: dict[str, str] | None = None,
+                nested: bool = False) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run holding the job's config as params and as ``config.yaml``; a child of
+    ``tracking.parent_run_id`` when it is set (a study's or a search's run)."""
+    uri = tracking_uri_of(tracking)
+    if tracking.parent_run_id:
+        tags = {**(tags or {}), "mlflow.parentRunId": tracking.parent_run_id}
+    experiment_id = ensure_experiment(uri, tracking.experiment, tracking.study_dir)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested) as run:
         params: dict[str, Any] = {}
         _flatten("", config_to_dict(config), params)
@@ -72,16 +74,18 @@ def tracked_run(
         yield run
 
 
-def parent_run(config: Any, *, study_dir: str | Path, tracking_uri: str | None, experiment: str, run_name: str,
-               run_id: str = "", tags: dict[str, str] | None = None) -> str:
+def parent_run(config: Any, tracking: TrackingConfig, *, run_name: str, run_id: str = "", tags: dict[str, str] | None = None) -> str:
     """Create (or, given ``run_id``, reopen) a run that stages log under as children, without
-    making it the active run: each stage opens its own run, tagged with this one as parent."""
-    uri = resolve_tracking_uri(tracking_uri, study_dir)
-    experiment_id = ensure_experiment(uri, experiment, study_dir)
+    making it the active run: each stage opens its own run, tagged with this one as parent. It is
+    itself a child of ``tracking.parent_run_id`` when that is set."""
+    uri = tracking_uri_of(tracking)
+    experiment_id = ensure_experiment(uri, tracking.experiment, tracking.study_dir)
     client = mlflow.MlflowClient(uri)
     if run_id:
         client.update_run(run_id, status="RUNNING")
         return run_id
+    if tracking.parent_run_id:
+        tags = {**(tags or {}), "mlflow.parentRunId": tracking.parent_run_id}
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     params: dict[str, Any] = {}
     _flatten("", config_to_dict(config), params)

@@ -19,15 +19,16 @@ Layout::
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+
+from saeuron.atomic_files import atomic_path, write_text_atomic
 
 SCHEMA_VERSION = 2
 PARQUET_OPTIONS = {"use_dictionary": ["object", "style"], "write_statistics": ["prompt_id", "seed", "timestep", "step_index"]}
@@ -125,9 +126,7 @@ def read_manifest(root: str | Path) -> dict[str, Any] | None:
 def write_manifest(root: str | Path, manifest: dict[str, Any]) -> None:
     path = Path(root) / MANIFEST
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 # ------------------------------------------------------------------------------ resume
@@ -175,9 +174,8 @@ def reconcile(root: str | Path, hookpoints: Sequence[str], rows_per_prompt: int)
                 path.unlink()
                 removed.append(str(path))
                 continue
-            tmp = path.with_name(f".{path.name}.tmp")
-            pq.write_table(pq.read_table(path).filter(pa.array(keep)), tmp, **PARQUET_OPTIONS)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                pq.write_table(pq.read_table(path).filter(pa.array(keep)), tmp, **PARQUET_OPTIONS)
             rewritten.append(str(path))
     return ExistingRows(done, removed, rewritten)
 
@@ -185,8 +183,3 @@ def reconcile(root: str | Path, hookpoints: Sequence[str], rows_per_prompt: int)
 def count_rows(root: str | Path, hookpoint: str) -> int:
     folder = hookpoint_dir(root, hookpoint)
     return sum(pq.ParquetFile(p).metadata.num_rows for p in folder.glob("*.parquet")) if folder.is_dir() else 0
-
-
-def iter_vector_batches(tables: Iterable[pa.Table], d_in: int) -> Iterable[np.ndarray]:
-    for table in tables:
-        yield binary_to_vectors(table.column("activations"), d_in)

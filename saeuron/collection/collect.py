@@ -23,29 +23,20 @@ import pyarrow as pa
 
 from saeuron.collection import activations
 from saeuron.cluster.actor_pool import load_pipeline_in_actor, map_with_actor_pool, resolve_dtype
-from saeuron.benchmarks.base import BENCHMARKS, get_benchmark, model_identity, resolve_model_path, training_prompt_rows
+from saeuron.console import logger
+from saeuron.benchmarks import Benchmark, get_benchmark
 from saeuron.benchmarks.prompts import rows_from_batch
 from saeuron.diffusion.hooks import CAPTURE_HALVES, HookedPipeline
 from saeuron.diffusion.pipeline import block_channels
+from saeuron.sections import ModelConfig, ResourcesConfig, SamplingConfig, TrackingConfig
 
 
 @dataclass
-class CollectConfig:
-    benchmark: str = "minicanvas"
-    """"minicanvas" (embedded) or "unlearncanvas" (needs model_path and anchor_prompts_dir)."""
-    model_path: str = ""
-    """Local diffusers pipeline folder; empty means the benchmark's own (MiniCanvas)."""
-    anchor_prompts_dir: str = ""
-    """UnlearnCanvas's anchor_prompts/finetune_prompts folder (sd_prompt_<Object>.txt)."""
-    hookpoints: list[str] = field(default_factory=list)
-    """Blocks to record; empty means the benchmark's object and style hookpoints (UnlearnCanvas: the
-    paper's up_blocks.1.attentions.1 and .2; MiniCanvas: mid_block.attentions.0 and up_blocks.1.attentions.2)."""
-    study_dir: str = "runs/minicanvas"
-    """Study folder: activations go to <study_dir>/activations, MLflow to <study_dir>/mlflow.db."""
-    output_dir: str = ""
-    """Activation dataset folder; empty means <study_dir>/activations."""
-    num_inference_steps: int = 50
-    guidance_scale: float = 9.0
+class CollectOptions:
+    """What a study's collect section holds: the collection's own settings."""
+
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(num_inference_steps=50))
+    """Sampling while collecting (the reference: 50 steps, guidance 9.0)."""
     capture_half: str = "cond"
     """"cond": the conditional CFG half only (the reference), or "both"."""
     every_k_steps: int = 1
@@ -56,57 +47,69 @@ class CollectConfig:
     """Collect at most this many prompts (a seeded subset; 0 = all). Raising it later extends
     the same collection."""
     seeds_per_prompt: int = 1
+    """Seeds per training prompt (each one more image of the prompt)."""
     seed: int = 42
-    dtype: str = "auto"
-    """"auto" (float16 on GPU, float32 on CPU), "float16", "bfloat16" or "float32"."""
-    num_actors: int = 1
+    """Base seed of the prompts' noise and of the max_prompts subset."""
     batch_size: int = 8
     """Prompts per actor call."""
-    cpu_threads_per_actor: int = 1
     overwrite: bool = False
     """Replace an existing dataset collected with a different config."""
-    tracking_uri: str = ""
-    experiment: str = "saeuron"
-    parent_run_id: str = ""
-    """Log as a child of this MLflow run (a study's)."""
 
-    def __post_init__(self):
-        if not self.hookpoints and self.benchmark in BENCHMARKS:
-            self.hookpoints = get_benchmark(self.benchmark).hookpoints
+
+@dataclass
+class CollectConfig(CollectOptions):
+    hookpoints: list[str] = field(default_factory=list)
+    """Blocks to record; empty means the benchmark's object and style hookpoints (UnlearnCanvas: the
+    paper's up_blocks.1.attentions.1 and .2; MiniCanvas: mid_block.attentions.0 and up_blocks.1.attentions.2)."""
+    output_dir: str = ""
+    """Activation dataset folder; empty means <study_dir>/activations."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+    @property
+    def benchmark(self) -> Benchmark:
+        return get_benchmark(self.model.benchmark)
+
+    @property
+    def resolved_hookpoints(self) -> list[str]:
+        return self.hookpoints or self.benchmark.hookpoints
 
     @property
     def dataset_dir(self) -> Path:
-        return Path(self.output_dir or Path(self.study_dir) / "activations").expanduser().resolve()
+        return Path(self.output_dir or Path(self.tracking.study_dir) / "activations").expanduser().resolve()
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide what the data is; a dataset is resumed only under the same."""
-        keys = ("benchmark", "anchor_prompts_dir", "hookpoints", "num_inference_steps", "guidance_scale", "capture_half",
-                "every_k_steps", "patches_per_map", "seeds_per_prompt", "seed", "dtype")
-        identity = {key: getattr(self, key) for key in keys}
-        identity["model_path"] = model_identity(self.benchmark, self.model_path)
+        identity = {"benchmark": self.model.benchmark, "anchor_prompts_dir": self.model.anchor_prompts_dir,
+                    "hookpoints": self.resolved_hookpoints, "num_inference_steps": self.sampling.num_inference_steps,
+                    "guidance_scale": self.sampling.guidance_scale}
+        identity.update({key: getattr(self, key) for key in ("capture_half", "every_k_steps", "patches_per_map", "seeds_per_prompt", "seed")})
+        identity["dtype"] = self.model.dtype
+        identity["model_path"] = self.benchmark.model_identity(self.model.model_path)
         return identity
 
     def kept_steps(self) -> int:
-        return math.ceil(self.num_inference_steps / self.every_k_steps)
+        return math.ceil(self.sampling.num_inference_steps / self.every_k_steps)
 
 
 def _check(cfg: CollectConfig) -> tuple[Path, dict[str, int], list]:
     """Every check that can fail, before Ray or a model is touched."""
     if cfg.capture_half not in CAPTURE_HALVES:
         raise ValueError(f"capture_half must be one of {CAPTURE_HALVES}, got {cfg.capture_half!r}")
-    for name in ("num_inference_steps", "every_k_steps", "num_actors", "batch_size", "seeds_per_prompt"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    for name, value in (("sampling.num_inference_steps", cfg.sampling.num_inference_steps), ("every_k_steps", cfg.every_k_steps),
+                        ("resources.num_actors", cfg.resources.num_actors), ("batch_size", cfg.batch_size),
+                        ("seeds_per_prompt", cfg.seeds_per_prompt)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
     if cfg.patches_per_map < 0 or cfg.max_prompts < 0:
         raise ValueError("patches_per_map and max_prompts must be >= 0 (0 means all)")
-    resolve_dtype(cfg.dtype, "cpu")
-    if not cfg.hookpoints:
-        raise ValueError("no hookpoints given; e.g. --hookpoints unet.up_blocks.1.attentions.1")
-    model_path = resolve_model_path(cfg.benchmark, cfg.model_path)
-    channels = block_channels(model_path, cfg.hookpoints)
-    rows = training_prompt_rows(cfg.benchmark, cfg.anchor_prompts_dir, cfg.seed, cfg.seeds_per_prompt, cfg.max_prompts or None)
+    resolve_dtype(cfg.model.dtype, "cpu")
+    model_path = cfg.benchmark.resolve_model_path(cfg.model.model_path)
+    channels = block_channels(model_path, cfg.resolved_hookpoints)
+    rows = cfg.benchmark.training_prompt_rows(cfg.model.anchor_prompts_dir, cfg.seed, cfg.seeds_per_prompt, cfg.max_prompts or None)
     if not rows:
-        raise ValueError(f"the prompt set of {cfg.benchmark!r} is empty; check anchor_prompts_dir and max_prompts")
+        raise ValueError(f"the prompt set of {cfg.model.benchmark!r} is empty; check anchor_prompts_dir and max_prompts")
     manifest = activations.read_manifest(cfg.dataset_dir)
     if manifest is not None and manifest.get("identity") != cfg.identity() and not cfg.overwrite:
         differing = sorted(k for k in cfg.identity() if manifest.get("identity", {}).get(k) != cfg.identity()[k])
@@ -149,10 +152,10 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
     if cfg.overwrite and previous is not None and previous.get("identity") != cfg.identity():
         for hookpoint_folder in root.glob(f"{activations.PARTITION}=*"):
             shutil.rmtree(hookpoint_folder)
-    existing = activations.reconcile(root, cfg.hookpoints, cfg.kept_steps())
+    existing = activations.reconcile(root, cfg.resolved_hookpoints, cfg.kept_steps())
     pending = [row.as_dict() for row in rows if row.prompt_id not in existing.done]
-    print(f"collect: {len(rows)} prompts, {len(rows) - len(pending)} already collected, {len(pending)} to go "
-          f"({len(existing.removed_files)} partial files removed, {len(existing.rewritten_files)} rewritten)", flush=True)
+    logger.info(f"collect: {len(rows)} prompts, {len(rows) - len(pending)} already collected, {len(pending)} to go "
+                f"({len(existing.removed_files)} partial files removed, {len(existing.rewritten_files)} rewritten)")
     manifest = {
         "schema_version": activations.SCHEMA_VERSION,
         "identity": cfg.identity(),
@@ -167,24 +170,24 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
     if pending:
         dataset = map_with_actor_pool(
             pending, ActivationCollector,
-            dict(model_path=str(model_path), hookpoints=cfg.hookpoints, num_inference_steps=cfg.num_inference_steps,
-                 guidance_scale=cfg.guidance_scale, capture_half=cfg.capture_half, every_k_steps=cfg.every_k_steps,
-                 patches_per_map=cfg.patches_per_map, dtype=cfg.dtype, cpu_threads=cfg.cpu_threads_per_actor),
-            cfg.batch_size, cfg.num_actors, cfg.cpu_threads_per_actor,
+            dict(model_path=str(model_path), hookpoints=cfg.resolved_hookpoints, num_inference_steps=cfg.sampling.num_inference_steps,
+                 guidance_scale=cfg.sampling.guidance_scale, capture_half=cfg.capture_half, every_k_steps=cfg.every_k_steps,
+                 patches_per_map=cfg.patches_per_map, dtype=cfg.model.dtype, cpu_threads=cfg.resources.cpu_threads_per_actor),
+            cfg.batch_size, cfg.resources.num_actors, cfg.resources.cpu_threads_per_actor,
         )
         dataset.write_parquet(str(root), partition_cols=[activations.PARTITION], **activations.PARQUET_OPTIONS)
     seconds = time.perf_counter() - started
 
-    final = activations.reconcile(root, cfg.hookpoints, cfg.kept_steps())
+    final = activations.reconcile(root, cfg.resolved_hookpoints, cfg.kept_steps())
     manifest.update(
         prompts_collected=len(final.done),
-        rows={hp: activations.count_rows(root, hp) for hp in cfg.hookpoints},
+        rows={hp: activations.count_rows(root, hp) for hp in cfg.resolved_hookpoints},
         complete={row.prompt_id for row in rows} <= final.done,
         bytes_per_value=2,
     )
     activations.write_manifest(root, manifest)
-    print(f"collect: {manifest['prompts_collected']} prompts, rows per hookpoint {manifest['rows']}, "
-          f"{seconds:.1f}s this run -> {root}", flush=True)
+    logger.info(f"collect: {manifest['prompts_collected']} prompts, rows per hookpoint {manifest['rows']}, "
+                f"{seconds:.1f}s this run -> {root}")
     return manifest
 
 
@@ -194,8 +197,7 @@ def collect_tracked(cfg: CollectConfig) -> dict[str, Any]:
 
     from saeuron.cluster.tracking import tracked_run
 
-    with tracked_run(cfg, study_dir=cfg.study_dir, tracking_uri=cfg.tracking_uri, experiment=cfg.experiment,
-                     run_name="collect", tags={"saeuron.stage": "collect"}):
+    with tracked_run(cfg, cfg.tracking, run_name="collect", tags={"saeuron.stage": "collect"}):
         manifest = collect(cfg)
         metrics = {"prompts_collected": manifest["prompts_collected"], "prompts_requested": manifest["prompts_requested"]}
         metrics.update({f"rows.{hp}": n for hp, n in manifest["rows"].items()})

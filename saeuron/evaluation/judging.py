@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from saeuron.atomic_files import atomic_path
 from saeuron.benchmarks.prompts import rows_from_batch
 
 PREDICTIONS = "predictions.parquet"
@@ -36,20 +37,21 @@ def check_images(images_dir: Path, files: list[str]) -> None:
 
 
 class JudgeActor:
-    def __init__(self, benchmark: str, style_classifier: str, object_classifier: str, arch: str, images_dir: str, cpu_threads: int):
-        from saeuron.benchmarks.judges import load_judge
+    def __init__(self, benchmark: str, judge: dict, images_dir: str, cpu_threads: int):
+        from saeuron.benchmarks import get_benchmark
+        from saeuron.sections import JudgeConfig
 
         torch.set_num_threads(cpu_threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.judge = load_judge(benchmark, style_classifier, object_classifier, arch, device)
+        self.judge = get_benchmark(benchmark).load_judge(JudgeConfig(**judge), device)
         self.images_dir = Path(images_dir)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from saeuron.benchmarks.judges import judge_batch
+
         rows = rows_from_batch(batch)
-        out = self.judge.predict(load_images([self.images_dir / r["file"] for r in rows]))
-        return {**batch,
-                "style_pred": np.array([self.judge.styles[i] for i in out.style_logits.argmax(1).tolist()]),
-                "object_pred": np.array([self.judge.objects[i] for i in out.object_logits.argmax(1).tolist()])}
+        judged = judge_batch(self.judge, load_images([self.images_dir / r["file"] for r in rows]), rows)
+        return {**batch, **{key: np.array([r[key] for r in judged]) for key in ("style_pred", "object_pred")}}
 
 
 def judge_images(images_dir: str | Path, index: pa.Table, judge_identity: str, judge_kwargs: dict, batch_size: int = 64,
@@ -72,7 +74,6 @@ def judge_images(images_dir: str | Path, index: pa.Table, judge_identity: str, j
     judged.sort(key=lambda r: r["file"])
     table = pa.Table.from_pylist(judged)
     table = table.replace_schema_metadata({JUDGE_KEY: judge_identity.encode()})
-    tmp = images_dir / f".{PREDICTIONS}.tmp"
-    pq.write_table(table, tmp)
-    tmp.replace(cached)
+    with atomic_path(cached) as tmp:
+        pq.write_table(table, tmp)
     return table.to_pylist()

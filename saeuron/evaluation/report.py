@@ -10,6 +10,7 @@ from typing import NamedTuple, Sequence
 
 from PIL import Image, ImageDraw
 
+from saeuron.atomic_files import write_text_atomic
 from saeuron.evaluation.metrics import ForgettingScores, SequentialStep
 
 
@@ -108,10 +109,10 @@ def write_report(folder: str | Path, title: str, scores: Sequence[tuple[str, For
              "img{max-width:100%;display:block;margin:.5em 0}")
     page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title><style>{style}</style></head>"
             f"<body>{''.join(parts)}</body></html>")
-    (folder / "scores.json").write_text(json.dumps({
+    write_text_atomic(folder / "scores.json", json.dumps({
         "scores": {name: s._asdict() for name, s in scores}, "averages": averages, "fid": fid, "fid_extractor": fid_extractor,
         "sequential": [s._asdict() for s in sequential]}, indent=2))
-    (folder / "index.html").write_text(page)
+    write_text_atomic(folder / "index.html", page)
     return folder / "index.html"
 
 

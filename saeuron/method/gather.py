@@ -9,62 +9,62 @@ per-(concept, timestep) sums and counts; the driver adds them up into
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from saeuron.benchmarks.base import BENCHMARKS, get_benchmark, resolve_model_path, statistics_prompt_rows
+from saeuron.benchmarks import get_benchmark
 from saeuron.cluster.actor_pool import load_pipeline_in_actor, map_with_actor_pool
-from saeuron.cluster.tracking import resolve_tracking_uri
+from saeuron.cluster.tracking import tracking_uri_of
+from saeuron.console import logger
 from saeuron.benchmarks.prompts import rows_from_batch
 from saeuron.diffusion.hooks import HookedPipeline
 from saeuron.diffusion.pipeline import block_channels
 from saeuron.cluster.registry import load_sae
 from saeuron.method.statistics import ConceptStatistics, patch_mean_latents, sae_fingerprint
+from saeuron.sections import ModelConfig, ResourcesConfig, SamplingConfig, TrackingConfig
 
 
 @dataclass
-class GatherConfig:
+class GatherOptions:
+    """What a study's gather section holds."""
+
+    styled_objects: bool = False
+    """For objects: also gather each caption in a (rotating) style, not only unstyled as the reference."""
+    seed: int = 188
+    """Seed of every statistics prompt."""
+    sae_inference: str = ""
+    """"topk" or "threshold"; empty: the SAE's learned threshold when it has one."""
+    batch_size: int = 8
+    """Prompts per actor call."""
+
+
+@dataclass
+class GatherConfig(GatherOptions):
     sae: str = ""
     """SAE of the hookpoint: a folder (or a folder of <hookpoint>/ folders) or models:/NAME@alias."""
+    kind: str = "style"
+    """"style" or "object"."""
     hookpoint: str = ""
     """Empty: the benchmark's hookpoint for ``kind`` (styles: up_blocks.1.attentions.2; objects: the paper's
     up_blocks.1.attentions.1 on UnlearnCanvas, mid_block.attentions.0 on MiniCanvas)."""
-    kind: str = "style"
-    """"style" or "object"."""
-    benchmark: str = "minicanvas"
-    model_path: str = ""
-    anchor_prompts_dir: str = ""
-    study_dir: str = "runs/minicanvas"
     output_dir: str = ""
     """Where the statistics go; empty means <study_dir>/statistics/<kind>-<hookpoint>."""
-    styled_objects: bool = False
-    """For objects: also gather each caption in a (rotating) style, not only unstyled as the reference."""
-    num_inference_steps: int = 100
-    """The reference gathers with DDIM 100; sample with the same number of steps."""
-    guidance_scale: float = 9.0
-    seed: int = 188
-    sae_inference: str = ""
-    """"topk" or "threshold"; empty: the SAE's learned threshold when it has one."""
-    dtype: str = "auto"
-    num_actors: int = 1
-    batch_size: int = 8
-    cpu_threads_per_actor: int = 1
-    tracking_uri: str = ""
-    experiment: str = "saeuron"
-    parent_run_id: str = ""
-    """Log as a child of this MLflow run (a study's)."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
-    def __post_init__(self):
-        if not self.hookpoint and self.benchmark in BENCHMARKS and self.kind in ("style", "object"):
-            self.hookpoint = get_benchmark(self.benchmark).hookpoint(self.kind)
+    @property
+    def resolved_hookpoint(self) -> str:
+        return self.hookpoint or get_benchmark(self.model.benchmark).hookpoint(self.kind)
 
     @property
     def statistics_dir(self) -> Path:
-        return Path(self.output_dir or Path(self.study_dir) / "statistics" / f"{self.kind}-{self.hookpoint}").expanduser().resolve()
+        return Path(self.output_dir or Path(self.tracking.study_dir) / "statistics" / f"{self.kind}-{self.resolved_hookpoint}").expanduser().resolve()
 
 
 class StatisticsActor:
@@ -103,15 +103,16 @@ def _check(cfg: GatherConfig):
         raise ValueError("no SAE given: pass --sae <folder> or --sae models:/NAME@alias")
     if cfg.kind not in ("style", "object"):
         raise ValueError(f"kind must be 'style' or 'object', got {cfg.kind!r}")
-    model_path = resolve_model_path(cfg.benchmark, cfg.model_path)
-    d_in = block_channels(model_path, [cfg.hookpoint])[cfg.hookpoint]
-    registry_uri = resolve_tracking_uri(cfg.tracking_uri, cfg.study_dir)  # where models:/ SAE references resolve
-    sae = load_sae(cfg.sae, cfg.hookpoint, inference=cfg.sae_inference or None, tracking_uri=registry_uri)
+    benchmark = get_benchmark(cfg.model.benchmark)
+    model_path = benchmark.resolve_model_path(cfg.model.model_path)
+    d_in = block_channels(model_path, [cfg.resolved_hookpoint])[cfg.resolved_hookpoint]
+    registry_uri = tracking_uri_of(cfg.tracking)  # where models:/ SAE references resolve
+    sae = load_sae(cfg.sae, cfg.resolved_hookpoint, inference=cfg.sae_inference or None, tracking_uri=registry_uri)
     if sae.d_in != d_in:
-        raise ValueError(f"the SAE reads {sae.d_in}-dim vectors but {cfg.hookpoint} outputs {d_in}: wrong SAE for this hookpoint")
-    rows = statistics_prompt_rows(cfg.benchmark, cfg.kind, cfg.anchor_prompts_dir, cfg.seed, cfg.styled_objects)
+        raise ValueError(f"the SAE reads {sae.d_in}-dim vectors but {cfg.resolved_hookpoint} outputs {d_in}: wrong SAE for this hookpoint")
+    rows = benchmark.statistics_prompt_rows(cfg.kind, cfg.model.anchor_prompts_dir, cfg.seed, cfg.styled_objects)
     if not rows:
-        raise ValueError(f"no statistics prompts for {cfg.benchmark!r}")
+        raise ValueError(f"no statistics prompts for {cfg.model.benchmark!r}")
     return model_path, sae, rows
 
 
@@ -120,25 +121,25 @@ def gather(cfg: GatherConfig) -> ConceptStatistics:
     started = time.perf_counter()
     batches = map_with_actor_pool(
         [r.as_dict() for r in rows], StatisticsActor,
-        dict(model_path=str(model_path), sae_ref=str(cfg.sae), hookpoint=cfg.hookpoint, kind=cfg.kind,
-             num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, dtype=cfg.dtype,
-             sae_inference=cfg.sae_inference, tracking_uri=resolve_tracking_uri(cfg.tracking_uri, cfg.study_dir),
-             cpu_threads=cfg.cpu_threads_per_actor),
-        cfg.batch_size, cfg.num_actors, cfg.cpu_threads_per_actor,
+        dict(model_path=str(model_path), sae_ref=str(cfg.sae), hookpoint=cfg.resolved_hookpoint, kind=cfg.kind,
+             num_inference_steps=cfg.sampling.num_inference_steps, guidance_scale=cfg.sampling.guidance_scale, dtype=cfg.model.dtype,
+             sae_inference=cfg.sae_inference, tracking_uri=tracking_uri_of(cfg.tracking),
+             cpu_threads=cfg.resources.cpu_threads_per_actor),
+        cfg.batch_size, cfg.resources.num_actors, cfg.resources.cpu_threads_per_actor,
     )
     concepts = sorted({getattr(r, cfg.kind) for r in rows}, key=[getattr(r, cfg.kind) for r in rows].index)
     stats: ConceptStatistics | None = None
     for part in batches.iter_batches(batch_format="pyarrow", batch_size=None):
         if stats is None:
             timesteps = sorted(set(part.column("timestep").to_pylist()), reverse=True)
-            stats = ConceptStatistics.empty(cfg.hookpoint, concepts, timesteps, sae.num_latents, str(cfg.sae), sae_fingerprint(sae), cfg.kind)
+            stats = ConceptStatistics.empty(cfg.resolved_hookpoint, concepts, timesteps, sae.num_latents, str(cfg.sae), sae_fingerprint(sae), cfg.kind)
         sums = part.column("sum").to_numpy(zero_copy_only=False)
         for concept, timestep, count, latent_sum in zip(part.column("concept").to_pylist(), part.column("timestep").to_pylist(),
                                                         part.column("count").to_pylist(), sums):
             stats.add(concept, timestep, torch.from_numpy(np.array(latent_sum)), count)  # a writable copy
     stats.save(cfg.statistics_dir)
-    print(f"gather: {len(rows)} prompts, {len(concepts)} {cfg.kind} concepts × {len(stats.timesteps)} timesteps × "
-          f"{stats.num_latents} latents in {time.perf_counter() - started:.1f}s -> {cfg.statistics_dir}", flush=True)
+    logger.info(f"gather: {len(rows)} prompts, {len(concepts)} {cfg.kind} concepts × {len(stats.timesteps)} timesteps × "
+                f"{stats.num_latents} latents in {time.perf_counter() - started:.1f}s -> {cfg.statistics_dir}")
     return stats
 
 
@@ -147,8 +148,7 @@ def gather_tracked(cfg: GatherConfig) -> ConceptStatistics:
 
     from saeuron.cluster.tracking import tracked_run
 
-    with tracked_run(cfg, study_dir=cfg.study_dir, tracking_uri=cfg.tracking_uri, experiment=cfg.experiment,
-                     run_name=f"gather {cfg.kind} {cfg.hookpoint}", tags={"saeuron.stage": "gather"}):
+    with tracked_run(cfg, cfg.tracking, run_name=f"gather {cfg.kind} {cfg.resolved_hookpoint}", tags={"saeuron.stage": "gather"}):
         stats = gather(cfg)
         mlflow.log_artifacts(str(cfg.statistics_dir), "statistics")
         mlflow.log_metrics({"concepts": len(stats.concepts), "timesteps": len(stats.timesteps), "prompts": float(stats.counts[:, 0].sum())})

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from saeuron.benchmarks.base import model_identity
+from saeuron.benchmarks import get_benchmark
+from saeuron.console import logger
 from saeuron.method.recipe import Recipe
 from saeuron.method.statistics import ConceptStatistics
+from saeuron.sections import ModelConfig
 
 
 @dataclass
@@ -17,11 +19,12 @@ class RecipeConfig:
     concepts: list[str] = field(default_factory=list)
     """Concepts to forget, together (sequential / multi-concept unlearning = several)."""
     percentile: float = 99.0
+    """Latents scoring above this percentile at a timestep are selected (in (0, 100))."""
     multiplier: float = -5.0
-    benchmark: str = "minicanvas"
-    model_path: str = ""
+    """γ: a selected latent firing above its threshold becomes γ·μ (negative suppresses)."""
     output_dir: str = ""
     """Where the recipe goes; empty means <statistics>/../../recipes/<concepts>."""
+    model: ModelConfig = field(default_factory=ModelConfig)
 
     def recipe_dir(self) -> Path:
         if self.output_dir:
@@ -36,7 +39,7 @@ def make_recipe(cfg: RecipeConfig) -> Recipe:
         raise ValueError(f"percentile must be in (0, 100), got {cfg.percentile}")
     stats = ConceptStatistics.load(cfg.statistics)
     recipe = Recipe.from_statistics(stats, {c: (cfg.percentile, cfg.multiplier) for c in cfg.concepts},
-                                    model_identity(cfg.benchmark, cfg.model_path))
+                                    get_benchmark(cfg.model.benchmark).model_identity(cfg.model.model_path))
     recipe.save(cfg.recipe_dir())
-    print(f"recipe: {len(recipe.rules)} rules for {cfg.concepts} over {len(recipe.timesteps)} timesteps -> {cfg.recipe_dir()}")
+    logger.info(f"recipe: {len(recipe.rules)} rules for {cfg.concepts} over {len(recipe.timesteps)} timesteps -> {cfg.recipe_dir()}")
     return recipe

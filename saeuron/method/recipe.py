@@ -66,3 +66,21 @@ class Recipe:
         rules = Rules(t["timestep_index"], t["latent"], t["scale"], t["threshold"], t["concept_index"])
         return cls(meta["hookpoint"], meta["sae_ref"], meta["sae_fingerprint"], meta["base_model"], meta["concepts"],
                    meta["timesteps"], rules)
+
+
+def resolve_recipe_folders(refs: list[str], tracking_uri: str | None = None) -> list[str]:
+    """Recipe folders from references: a recipe folder, a folder of recipe folders (a search's
+    ``recipes/``), ``runs:/<run id>/recipes`` or ``models:/NAME@alias`` (recipes a search registered)."""
+    from saeuron.cluster.registry import download_artifacts, is_artifact_uri
+
+    folders: list[str] = []
+    for ref in refs:
+        local = download_artifacts(str(ref), tracking_uri, prefix="saeuron-recipes-") if is_artifact_uri(ref) else Path(ref).expanduser()
+        if (local / JSON).is_file():
+            folders.append(str(local))
+            continue
+        inner = sorted(p.parent for p in local.glob(f"*/{JSON}"))
+        if not inner:
+            raise FileNotFoundError(f"{ref} holds no recipe ({JSON}) and no folders of recipes: not an unlearning recipe")
+        folders.extend(str(p) for p in inner)
+    return folders

@@ -18,11 +18,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from saeuron.benchmarks.base import evaluation_prompt_rows, get_benchmark, model_identity, resolve_model_path
+from saeuron.atomic_files import atomic_path
+from saeuron.benchmarks import get_benchmark
 from saeuron.cluster.actor_pool import load_pipeline_in_actor, map_with_actor_pool
-from saeuron.cluster.tracking import resolve_tracking_uri
+from saeuron.cluster.tracking import tracking_uri_of
+from saeuron.console import logger
 from saeuron.benchmarks.prompts import PromptRow, rows_from_batch
 from saeuron.method.recipe import Recipe
+from saeuron.sections import EditConfig, ImageGridConfig, ModelConfig, ResourcesConfig, SamplingConfig, TrackingConfig
 
 INDEX = "images.parquet"
 IMAGE_FORMATS = ("png", "jpg")
@@ -39,24 +42,14 @@ class UnlearnConfig:
     """Recipe folder (recipe.json + recipe.safetensors); empty samples the base model."""
     sae: str = ""
     """SAE of the recipe's hookpoint; empty means the SAE the recipe names."""
-    benchmark: str = "minicanvas"
-    model_path: str = ""
-    seeds: list[int] = field(default_factory=list)
-    """Seeds of every prompt; empty means the benchmark's evaluation seeds (188, 288, 588, 688, 888)."""
-    styles: list[str] = field(default_factory=list)
-    """Styles of the evaluation grid (empty: all), plus the unstyled prompts."""
-    num_inference_steps: int = 100
-    guidance_scale: float = 9.0
-    error_mode: str = "correct"
-    image_format: str = "png"
-    study_dir: str = "runs/minicanvas"
     output_dir: str = ""
-    dtype: str = "auto"
-    num_actors: int = 1
-    batch_size: int = 16
-    cpu_threads_per_actor: int = 1
-    tracking_uri: str = ""
-    experiment: str = "saeuron"
+    """Image folder; empty: <study_dir>/images/<recipe name>-<key of the settings>."""
+    grid: ImageGridConfig = field(default_factory=ImageGridConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    edit: EditConfig = field(default_factory=EditConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     @property
     def images_dir(self) -> Path:
@@ -65,13 +58,14 @@ class UnlearnConfig:
         if self.output_dir:
             return Path(self.output_dir).expanduser().resolve()
         name = Path(self.recipe).name if self.recipe else "original"
-        return (Path(self.study_dir) / "images" / f"{name}-{self.generation_key()}").expanduser().resolve()
+        return (Path(self.tracking.study_dir) / "images" / f"{name}-{self.generation_key()}").expanduser().resolve()
 
     def generation_key(self) -> str:
         recipe = (Path(self.recipe) / "recipe.json").read_text() if self.recipe else ""
         rules = (Path(self.recipe) / "recipe.safetensors").read_bytes() if self.recipe else b""
-        settings = json.dumps([model_identity(self.benchmark, self.model_path), recipe, self.sae, self.num_inference_steps,
-                               self.guidance_scale, self.error_mode, self.image_format])
+        settings = json.dumps([get_benchmark(self.model.benchmark).model_identity(self.model.model_path), recipe, self.sae,
+                               self.sampling.num_inference_steps, self.sampling.guidance_scale, self.edit.error_mode,
+                               self.grid.image_format])
         return hashlib.sha256(settings.encode() + rules).hexdigest()[:10]
 
 
@@ -86,7 +80,7 @@ class UnlearningSampler:
         if recipe:
             loaded = Recipe.load(recipe)
             sae_model = load_sae(sae or loaded.sae_ref, loaded.hookpoint, device=device, dtype=torch_dtype, tracking_uri=tracking_uri or None)
-            self.generator = UnlearnedPipeline(pipe, sae_model, loaded, base_model, error_mode)
+            self.generator = UnlearnedPipeline.from_recipe(pipe, sae_model, loaded, base_model, error_mode)
         else:
             self.generator = HookedPipeline(pipe)
         self.settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
@@ -100,21 +94,20 @@ class UnlearningSampler:
         names = []
         for row, image in zip(rows, images):
             name = image_name(row, self.image_format)
-            tmp = self.out_dir / f".{name}.tmp.{self.image_format}"
-            Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(tmp)
-            tmp.replace(self.out_dir / name)
+            with atomic_path(self.out_dir / name, suffix=f".{self.image_format}") as tmp:  # PIL picks the format from the suffix
+                Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(tmp)
             names.append(name)
         return {**batch, "file": np.array(names)}
 
 
 def prompt_rows(cfg: UnlearnConfig) -> list[PromptRow]:
-    spec = get_benchmark(cfg.benchmark)
-    unknown = [s for s in cfg.styles if s not in spec.styles]
+    spec = get_benchmark(cfg.model.benchmark)
+    unknown = [s for s in cfg.grid.styles if s not in spec.styles]
     if unknown:
-        raise ValueError(f"unknown styles {unknown}; {cfg.benchmark} has {list(spec.styles)}")
-    rows = evaluation_prompt_rows(cfg.benchmark, cfg.seeds or None)
-    if cfg.styles:
-        rows = [r for r in rows if r.style is None or r.style in cfg.styles]
+        raise ValueError(f"unknown styles {unknown}; {spec.name} has {list(spec.styles)}")
+    rows = spec.evaluation_prompt_rows(cfg.grid.seeds or None)
+    if cfg.grid.styles:
+        rows = [r for r in rows if r.style is None or r.style in cfg.grid.styles]
     return rows
 
 
@@ -123,46 +116,50 @@ def check_recipe(cfg: UnlearnConfig) -> Recipe | None:
     if not cfg.recipe:
         return None
     recipe = Recipe.load(cfg.recipe)
-    identity = model_identity(cfg.benchmark, cfg.model_path)
+    benchmark = get_benchmark(cfg.model.benchmark)
+    identity = benchmark.model_identity(cfg.model.model_path)
     if recipe.base_model != identity:
         raise ValueError(f"the recipe {cfg.recipe} was made for base model {recipe.base_model}, not {identity}")
     from saeuron.diffusion.pipeline import block_channels
 
-    block_channels(resolve_model_path(cfg.benchmark, cfg.model_path), [recipe.hookpoint])
+    block_channels(benchmark.resolve_model_path(cfg.model.model_path), [recipe.hookpoint])
     return recipe
 
 
 def unlearn(cfg: UnlearnConfig) -> pa.Table:
     """Generate the benchmark's evaluation prompts with the recipe; returns the image index."""
-    if cfg.error_mode not in ("correct", "reference"):
-        raise ValueError(f"error_mode must be 'correct' or 'reference', got {cfg.error_mode!r}")
-    if cfg.image_format not in IMAGE_FORMATS:
+    if cfg.edit.error_mode not in ("correct", "reference"):
+        raise ValueError(f"error_mode must be 'correct' or 'reference', got {cfg.edit.error_mode!r}")
+    if cfg.grid.image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format must be one of {IMAGE_FORMATS}")
     recipe = check_recipe(cfg)
-    registry_uri = resolve_tracking_uri(cfg.tracking_uri, cfg.study_dir)  # where models:/ SAE references resolve
+    registry_uri = tracking_uri_of(cfg.tracking)  # where models:/ SAE references resolve
     if recipe is not None:
         from saeuron.cluster.registry import load_sae
         from saeuron.method.edit import UnlearningEdit
 
         UnlearningEdit(load_sae(cfg.sae or recipe.sae_ref, recipe.hookpoint, tracking_uri=registry_uri), recipe)
-    model_path = resolve_model_path(cfg.benchmark, cfg.model_path)
+    benchmark = get_benchmark(cfg.model.benchmark)
+    model_path = benchmark.resolve_model_path(cfg.model.model_path)
     rows = [r.as_dict() for r in prompt_rows(cfg)]
     out = cfg.images_dir
     out.mkdir(parents=True, exist_ok=True)
-    pending = [r for r in rows if not (out / image_name(r, cfg.image_format)).is_file()]
-    print(f"unlearn: {len(rows)} images, {len(rows) - len(pending)} already there -> {out}", flush=True)
+    pending = [r for r in rows if not (out / image_name(r, cfg.grid.image_format)).is_file()]
+    logger.info(f"unlearn: {len(rows)} images, {len(rows) - len(pending)} already there -> {out}")
     started = time.perf_counter()
     if pending:
         map_with_actor_pool(
             pending, UnlearningSampler,
             dict(model_path=str(model_path), recipe=str(Path(cfg.recipe).resolve()) if cfg.recipe else "", sae=cfg.sae,
-                 base_model=model_identity(cfg.benchmark, cfg.model_path), error_mode=cfg.error_mode,
-                 num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, dtype=cfg.dtype,
-                 image_format=cfg.image_format, out_dir=str(out), tracking_uri=registry_uri, cpu_threads=cfg.cpu_threads_per_actor),
-            cfg.batch_size, cfg.num_actors, cfg.cpu_threads_per_actor,
+                 base_model=benchmark.model_identity(cfg.model.model_path), error_mode=cfg.edit.error_mode,
+                 num_inference_steps=cfg.sampling.num_inference_steps, guidance_scale=cfg.sampling.guidance_scale,
+                 dtype=cfg.model.dtype, image_format=cfg.grid.image_format, out_dir=str(out), tracking_uri=registry_uri,
+                 cpu_threads=cfg.resources.cpu_threads_per_actor),
+            cfg.grid.batch_size, cfg.resources.num_actors, cfg.resources.cpu_threads_per_actor,
         ).materialize()
-    index = pa.Table.from_pylist([{**r, "file": image_name(r, cfg.image_format), "recipe": cfg.recipe, "error_mode": cfg.error_mode}
+    index = pa.Table.from_pylist([{**r, "file": image_name(r, cfg.grid.image_format), "recipe": cfg.recipe, "error_mode": cfg.edit.error_mode}
                                   for r in rows])
-    pq.write_table(index, out / INDEX)
-    print(f"unlearn: done in {time.perf_counter() - started:.1f}s", flush=True)
+    with atomic_path(out / INDEX) as tmp:
+        pq.write_table(index, tmp)
+    logger.info(f"unlearn: done in {time.perf_counter() - started:.1f}s")
     return index

@@ -50,6 +50,14 @@ class Rules:
     threshold: torch.Tensor
     concept_index: torch.Tensor
 
+    @classmethod
+    def empty(cls) -> "Rules":
+        """No rules: an edit with them changes no latent."""
+        def none(dtype: torch.dtype) -> torch.Tensor:
+            return torch.zeros(0, dtype=dtype)
+
+        return cls(none(torch.long), none(torch.long), none(torch.float32), none(torch.float32), none(torch.long))
+
     def __len__(self) -> int:
         return len(self.latent)
 

@@ -79,12 +79,6 @@ class ConceptStatistics:
         self.sums[c, t] += latent_sum.to(torch.float64).cpu()
         self.counts[c, t] += count
 
-    def merge(self, other: "ConceptStatistics") -> None:
-        if (other.concepts, other.timesteps, other.sae_fingerprint) != (self.concepts, self.timesteps, self.sae_fingerprint):
-            raise ValueError("cannot merge statistics of different concepts, timesteps or SAEs")
-        self.sums += other.sums
-        self.counts += other.counts
-
     def save(self, folder: str | Path) -> Path:
         tensors = {"sums": self.sums, "counts": self.counts, "timesteps": torch.tensor(self.timesteps, dtype=torch.long)}
         index = {"hookpoint": self.hookpoint, "concepts": self.concepts, "kind": self.kind, "timesteps": self.timesteps,

@@ -7,19 +7,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-# Fields the reference code writes to cfg.json (besides ``d_in``). A checkpoint that
-# only has these must load; code written against the reference reads only these.
-REFERENCE_FIELDS = (
-    "expansion_factor",
-    "normalize_decoder",
-    "num_latents",
-    "k",
-    "batch_topk",
-    "sample_topk",
-    "input_unit_norm",
-    "multi_topk",
-)
-
 
 @dataclass
 class SaeConfig:

@@ -14,9 +14,10 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from saeuron.atomic_files import save_tensors_and_json
 from saeuron.sae.config import SaeConfig
 from saeuron.sae.sparse import SparseCode, _code, batch_topk_indices, decode, decode_fixed_width
 
@@ -202,15 +203,7 @@ class Sae(nn.Module):
     def save_to_disk(self, path: str | os.PathLike) -> None:
         """Write ``cfg.json`` + ``sae.safetensors`` (the published layout); each file is
         written to a temporary name first so an interrupted save never leaves half a file."""
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
-        tmp_weights = folder / f".{WEIGHTS_FILE}.tmp"
-        save_file(tensors, str(tmp_weights))
-        tmp_cfg = folder / f".{CONFIG_FILE}.tmp"
-        tmp_cfg.write_text(json.dumps(self.cfg.to_json_dict(self.d_in), indent=2) + "\n")
-        os.replace(tmp_weights, folder / WEIGHTS_FILE)
-        os.replace(tmp_cfg, folder / CONFIG_FILE)
+        save_tensors_and_json(path, WEIGHTS_FILE, self.state_dict(), CONFIG_FILE, self.cfg.to_json_dict(self.d_in))
 
     @classmethod
     def load_from_disk(

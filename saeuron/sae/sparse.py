@@ -22,7 +22,7 @@ class SparseCode(NamedTuple):
     latents: Tensor
     """[M] int64: latent index of each entry."""
     values: Tensor
-    """[M]: activation of each entry (differentiable when produced by ``select_*``)."""
+    """[M]: activation of each entry (differentiable when produced by ``_code``)."""
     num_rows: int
 
     def row_offsets(self) -> Tensor:
@@ -31,11 +31,6 @@ class SparseCode(NamedTuple):
 
     def l0(self) -> float:
         return float((self.values > 0).sum()) / max(self.num_rows, 1)
-
-    def to_dense(self, num_latents: int) -> Tensor:
-        dense = self.values.new_zeros(self.num_rows, num_latents)
-        dense[self.rows, self.latents] = self.values
-        return dense
 
 
 def _offsets(sorted_keys: Tensor, num_bags: int) -> Tensor:
@@ -82,15 +77,6 @@ def _code(xc: Tensor, weight: Tensor, bias: Tensor, preacts: Tensor, rows: Tenso
     return SparseCode(rows, latents, values, xc.shape[0])
 
 
-def select_topk(xc: Tensor, weight: Tensor, bias: Tensor, preacts: Tensor, k: int) -> SparseCode:
-    """Per-vector TopK: exactly k entries per row."""
-    n = preacts.shape[0]
-    with torch.no_grad():
-        latents = preacts.topk(k, dim=-1, sorted=False).indices.reshape(-1)
-        rows = torch.arange(n, device=preacts.device).repeat_interleave(k)
-    return _code(xc, weight, bias, preacts, rows, latents)
-
-
 def batch_topk_indices(preacts: Tensor, k: int, candidates_per_row: int | None = None) -> tuple[Tensor, Tensor]:
     """(rows, latents) of the k·N largest entries of ``preacts`` [N, F], sorted by row.
 
@@ -112,11 +98,6 @@ def batch_topk_indices(preacts: Tensor, k: int, candidates_per_row: int | None =
             rows, latents = flat // cap, cand_idx.reshape(-1)[flat]
         order = torch.argsort(rows, stable=True)
         return rows[order], latents[order]
-
-
-def select_batch_topk(xc: Tensor, weight: Tensor, bias: Tensor, preacts: Tensor, k: int) -> SparseCode:
-    rows, latents = batch_topk_indices(preacts, k)
-    return _code(xc, weight, bias, preacts, rows, latents)
 
 
 def decode(code: SparseCode, w_dec: Tensor) -> Tensor:

@@ -25,17 +25,21 @@ class SaeTrainConfig:
     lr_schedule: str = "linear"
     """"linear" (decay to 0 over the run, as in the paper) or "constant"."""
     lr_warmup_steps: int = 0
+    """Steps of linear warm-up from 0 to lr."""
     auxk_alpha: float = 1 / 32
     """Weight of the AuxK loss; 0 disables it."""
     dead_feature_threshold: int = 10_000_000
     """A latent is dead once it has not fired for this many vectors."""
     grad_clip: float = 1.0
+    """Clip the gradient's global norm to this (the reference: 1.0)."""
     adam_eps: float = 6.25e-10
+    """Adam's epsilon (the reference's value)."""
     auxk_reference: bool = False
     """Reproduce the reference's AuxK (residual not detached, wrong sign, includes b_dec)."""
     learn_threshold: bool = True
     """For BatchTopK: learn the inference threshold (EMA of the smallest kept activation)."""
     threshold_beta: float = 0.99
+    """EMA decay of the learned threshold."""
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("linear", "constant"):

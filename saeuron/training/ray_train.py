@@ -21,9 +21,11 @@ from typing import Any
 import torch
 
 from saeuron.collection.dataset import activation_dataset, count_vectors, dataset_info
+from saeuron.console import is_verbose, logger, setup_console
 from saeuron.sae import Sae, SaeConfig
 from saeuron.sae.checkpoint import load_checkpoint, save_checkpoint
 from saeuron.sae.trainer import SaeTrainConfig, SaeTrainer
+from saeuron.sections import TrackingConfig
 
 METRICS = ("fvu", "explained_variance", "l0", "dead_fraction", "auxk_loss")
 
@@ -33,17 +35,17 @@ def paper_sae() -> SaeConfig:
 
 
 @dataclass
-class TrainConfig:
-    study_dir: str = "runs/minicanvas"
-    activations_dir: str = ""
-    """Activation dataset (jobs/collect.py's output); empty means <study_dir>/activations."""
-    hookpoints: list[str] = field(default_factory=list)
-    """Hookpoints to train an SAE for; empty means every hookpoint in the dataset."""
+class TrainOptions:
+    """What a study's train section holds: the SAE and how it is trained."""
+
     sae: SaeConfig = field(default_factory=paper_sae)
+    """The SAE (the paper's: BatchTopK, k = 32, expansion factor 16)."""
     optim: SaeTrainConfig = field(default_factory=SaeTrainConfig)
+    """Optimizer, AuxK and dead-latent settings of the training step."""
     batch_size: int = 4096
     """Vectors per step over all workers (the reference: 16 maps × 256 patches)."""
     epochs: int = 1
+    """Passes over the training vectors."""
     max_vectors: int = 0
     """Train on at most this many vectors an epoch (0 = all)."""
     validation_fraction: float = 0.05
@@ -51,31 +53,45 @@ class TrainConfig:
     shuffle: bool = True
     """Shuffle the feature maps (rows) before training."""
     num_workers: int = 1
+    """Ray Train workers (one GPU each when the cluster has that many); more than one trains with DDP."""
     cpus_per_worker: int = 1
+    """CPUs (and torch threads) of a worker without a GPU."""
     checkpoint_every: int = 500
+    """Steps between checkpoints (reported to Ray Train, resumed from after a failure)."""
     log_every: int = 50
+    """Steps between metric reports to MLflow and the job log."""
     max_failures: int = 2
+    """Worker failures a run survives, resuming from its last checkpoint."""
     seed: int = 0
+    """Seed of the SAE's initialisation, the shuffle and the validation split."""
     run_name: str = ""
     """Name of the run; a fresh submission with the same name resumes it. Empty: derived from
     the config, so resubmitting the same config resumes."""
     register: bool = True
+    """Register each SAE in the MLflow model registry as saeuron-<benchmark>-<hookpoint>."""
     alias: str = "current"
-    tracking_uri: str = ""
-    experiment: str = "saeuron"
-    parent_run_id: str = ""
-    """Log as a child of this MLflow run (a study's)."""
+    """Registry alias moved to the new version ("" for none; MLflow reserves "latest")."""
+
+
+@dataclass
+class TrainConfig(TrainOptions):
+    activations_dir: str = ""
+    """Activation dataset (jobs/collect.py's output); empty means <study_dir>/activations."""
+    hookpoints: list[str] = field(default_factory=list)
+    """Hookpoints to train an SAE for; empty means every hookpoint in the dataset."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @property
     def dataset_dir(self) -> Path:
-        return Path(self.activations_dir or Path(self.study_dir) / "activations").expanduser().resolve()
+        return Path(self.activations_dir or Path(self.tracking.study_dir) / "activations").expanduser().resolve()
 
     def resolved_run_name(self) -> str:
         if self.run_name:
             return self.run_name
+        # What decides the trained SAE (not where it is logged or how many workers compute it).
         identity = {k: v for k, v in asdict(self).items() if k not in ("num_workers", "cpus_per_worker", "log_every", "max_failures",
-                                                                      "register", "alias", "tracking_uri", "experiment", "run_name",
-                                                                      "parent_run_id")}
+                                                                      "register", "alias", "run_name", "tracking")}
+        identity["study_dir"] = self.tracking.study_dir
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
         kind = "batch_topk" if self.sae.batch_topk else "topk"
         return f"{kind}_x{self.sae.expansion_factor}_k{self.sae.k}_{digest}"
@@ -108,6 +124,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    setup_console(config.get("verbose", False))  # this worker's lines: in its log file, on the driver's console when verbose
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(config["cpus_per_worker"])
@@ -126,8 +143,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             position = load_checkpoint(folder, trainer)
         if rank == 0:
-            print(f"[{hookpoint}] resumed at step {trainer.step_count}/{total_steps} (epoch {position['epoch']}, "
-                  f"batch {position['batches_done']})", flush=True)
+            logger.info(f"[{hookpoint}] resumed at step {trainer.step_count}/{total_steps} (epoch {position['epoch']}, "
+                        f"batch {position['batches_done']})")
 
     client = None
     if rank == 0 and config.get("mlflow_run_id"):
@@ -171,8 +188,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if step % config["log_every"] == 0 or step == total_steps:
                 if rank == 0:
                     rate = step * config["batch_size"] / max(time.perf_counter() - started, 1e-9)
-                    print(f"[{hookpoint}] step {step}/{total_steps}  fvu {metrics['fvu']:.4f}  l0 {metrics['l0']:.1f}  "
-                          f"dead {metrics['dead_fraction']:.2%}  auxk {metrics['auxk_loss']:.4f}  ({rate:,.0f} vectors/s)", flush=True)
+                    logger.info(f"[{hookpoint}] step {step}/{total_steps}  fvu {metrics['fvu']:.4f}  l0 {metrics['l0']:.1f}  "
+                                f"dead {metrics['dead_fraction']:.2%}  auxk {metrics['auxk_loss']:.4f}  ({rate:,.0f} vectors/s)")
                 report({f"train_{k}": metrics[k] for k in METRICS}, with_checkpoint=False)
             if step % config["checkpoint_every"] == 0 and step < total_steps:
                 report({f"train_{k}": metrics[k] for k in METRICS}, with_checkpoint=True)
@@ -185,7 +202,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         validation = ray.train.get_dataset_shard("validation")
         final.update(_validation_metrics(sae, validation.iter_torch_batches(batch_size=config["batch_size"], dtypes=torch.float32),
                                          float(trainer.dead_mask.float().mean())))
-        print(f"[{hookpoint}] done: {trainer.step_count} steps, validation {json.dumps({k: round(v, 4) for k, v in final.items()})}", flush=True)
+        logger.info(f"[{hookpoint}] done: {trainer.step_count} steps, validation {json.dumps({k: round(v, 4) for k, v in final.items()})}")
     report(final, with_checkpoint=True)
 
 
@@ -219,14 +236,14 @@ def train_hookpoint(cfg: TrainConfig, hookpoint: str, mlflow_run_id: str | None,
     validation = activation_dataset(cfg.dataset_dir, hookpoint, "validation", cfg.validation_fraction, cfg.seed)
     use_gpu = ray.cluster_resources().get("GPU", 0) >= cfg.num_workers
     run_name = cfg.resolved_run_name()
-    storage = (Path(cfg.study_dir).expanduser().resolve() / "ray_train").as_posix()
+    storage = (cfg.tracking.root / "ray_train").as_posix()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=dict(
             hookpoint=hookpoint, d_in=d_in, sae=asdict(cfg.sae), optim=asdict(cfg.optim), batch_size=cfg.batch_size,
             epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, checkpoint_every=cfg.checkpoint_every,
             log_every=cfg.log_every, seed=cfg.seed, cpus_per_worker=cfg.cpus_per_worker,
-            mlflow_run_id=mlflow_run_id, tracking_uri=tracking_uri,
+            mlflow_run_id=mlflow_run_id, tracking_uri=tracking_uri, verbose=is_verbose(),
         ),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=None if use_gpu else {"CPU": cfg.cpus_per_worker},
@@ -239,14 +256,17 @@ def train_hookpoint(cfg: TrainConfig, hookpoint: str, mlflow_run_id: str | None,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
         ),
     )
-    print(f"train {hookpoint}: d_in {d_in}, F {cfg.sae.latents_for(d_in)}, {train_vectors:,} training vectors, "
-          f"{steps_per_epoch} steps × {cfg.epochs} epochs, {cfg.num_workers} worker(s){' on GPU' if use_gpu else ''}", flush=True)
+    logger.info(f"train {hookpoint}: d_in {d_in}, F {cfg.sae.latents_for(d_in)}, {train_vectors:,} training vectors, "
+                f"{steps_per_epoch} steps × {cfg.epochs} epochs, {cfg.num_workers} worker(s){' on GPU' if use_gpu else ''}")
+    started = time.perf_counter()
     result = trainer.fit()
-    folder = Path(cfg.study_dir).expanduser().resolve() / "saes" / run_name
+    folder = cfg.tracking.root / "saes" / run_name
     with result.checkpoint.as_directory() as checkpoint_dir:
         sae = Sae.load_from_disk(Path(checkpoint_dir) / hookpoint)
     sae.save_to_disk(folder / hookpoint)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    logger.info(f"train {hookpoint}: {int(metrics.get('steps', 0))} steps in {time.perf_counter() - started:.0f}s, validation "
+                + ", ".join(f"{k[4:]} {metrics[k]:.4g}" for k in ("val_fvu", "val_l0", "val_dead_fraction") if k in metrics))
     return TrainedSae(hookpoint, folder / hookpoint, int(metrics.get("steps", 0)), metrics)
 
 
@@ -256,16 +276,15 @@ def train(cfg: TrainConfig) -> list[TrainedSae]:
 
     from saeuron.cluster.actor_pool import ensure_ray
     from saeuron.cluster.registry import register_folder, registered_name
-    from saeuron.cluster.tracking import resolve_tracking_uri, tracked_run
+    from saeuron.cluster.tracking import tracked_run, tracking_uri_of
 
     hookpoints = cfg.hookpoints or _manifest_hookpoints(cfg)
     manifest = [dataset_info(cfg.dataset_dir, hookpoint) for hookpoint in hookpoints][0]
     ensure_ray()
-    tracking_uri = resolve_tracking_uri(cfg.tracking_uri, cfg.study_dir)
+    tracking_uri = tracking_uri_of(cfg.tracking)
     benchmark = manifest["identity"]["benchmark"]
     results = []
-    with tracked_run(cfg, study_dir=cfg.study_dir, tracking_uri=cfg.tracking_uri, experiment=cfg.experiment,
-                     run_name=f"train {cfg.resolved_run_name()}", tags={"saeuron.stage": "train"}) as run:
+    with tracked_run(cfg, cfg.tracking, run_name=f"train {cfg.resolved_run_name()}", tags={"saeuron.stage": "train"}) as run:
         mlflow.log_dict(manifest, "activations_manifest.json")
         for hookpoint in hookpoints:
             trained = train_hookpoint(cfg, hookpoint, run.info.run_id, tracking_uri)
@@ -276,8 +295,8 @@ def train(cfg: TrainConfig) -> list[TrainedSae]:
                     artifact_path=f"sae/{hookpoint}", alias=cfg.alias,
                     tags={"hookpoint": hookpoint, "activations_manifest": json.dumps(manifest)[:5000], **{f"metric.{k}": f"{v:.6g}" for k, v in trained.metrics.items()}},
                 )
-                print(f"registered models:/{registered_name(benchmark, hookpoint)}/{trained.model_version}"
-                      f"{f' (alias @{cfg.alias})' if cfg.alias else ''}", flush=True)
+                logger.info(f"train {hookpoint}: registered models:/{registered_name(benchmark, hookpoint)}/{trained.model_version}"
+                            f"{f' (alias @{cfg.alias})' if cfg.alias else ''}")
             results.append(trained)
     return results
 

@@ -17,41 +17,30 @@ multiplier closer to zero (the smaller edit).
 from __future__ import annotations
 
 import json
-import tempfile
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from saeuron.benchmarks.base import get_benchmark, model_identity, resolve_model_path
-from saeuron.evaluation.metrics import forgetting_scores
+from saeuron.atomic_files import write_text_atomic
+from saeuron.benchmarks import Benchmark, get_benchmark
+from saeuron.console import logger, tune_verbosity
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.benchmarks.tuning_prompts import tuning_prompt_rows
+from saeuron.sections import EditConfig, JudgeConfig, ModelConfig, SamplingConfig, TrackingConfig
+from saeuron.tuning.trial import tuning_trial
 
 SCHEDULERS = ("grid", "asha")
-SD_PERCENTILES = [99.99, 99.995, 99.999]
-SD_MULTIPLIERS = [-1.0, -5.0, -10.0, -15.0, -20.0, -25.0, -30.0]
-# MiniCanvas SAEs have ~1,000 latents, where p = 99.99 keeps nothing: percentiles that keep about 5 to
-# 30 latents per timestep, and multipliers from a gentle to a strong edit.
-MINICANVAS_PERCENTILES = [97.0, 98.0, 99.0, 99.5]
-MINICANVAS_MULTIPLIERS = [-0.5, -1.0, -2.0, -5.0, -10.0]
-
-
 @dataclass
-class SearchConfig:
+class SearchOptions:
+    """What a study's search section holds."""
+
     concepts: list[str] = field(default_factory=list)
     """Concepts to tune, styles and objects mixed; each gets its own search."""
-    style_statistics: str = ""
-    """Statistics folder of the style hookpoint (jobs/gather.py --kind style)."""
-    object_statistics: str = ""
-    benchmark: str = "minicanvas"
-    model_path: str = ""
-    anchor_prompts_dir: str = ""
-    style_classifier: str = ""
-    object_classifier: str = ""
-    classifier_arch: str = "vit_large_patch16_224"
     percentiles: list[float] = field(default_factory=list)
-    """Empty: the reference grid for UnlearnCanvas, MINICANVAS_PERCENTILES for MiniCanvas."""
+    """Percentiles of the grid; empty: the benchmark's (UnlearnCanvas: the reference's 99.99, 99.995, 99.999)."""
     multipliers: list[float] = field(default_factory=list)
+    """Multipliers (γ < 0) of the grid; empty: the benchmark's (UnlearnCanvas: the reference's −1, −5, …, −30)."""
     scheduler: str = "asha"
     """"grid" scores every (p, γ) on every prompt; "asha" stops poor ones early."""
     prompts_per_cell: int = 1
@@ -63,27 +52,47 @@ class SearchConfig:
     grace_prompts: int = 8
     """ASHA: prompts every trial scores before it can be stopped (then rungs at grace × reduction_factor^k)."""
     reduction_factor: float = 4
+    """ASHA: the fraction 1/reduction_factor of trials that go on at each rung."""
     tuning_seed: int = 0
-    num_inference_steps: int = 100
-    guidance_scale: float = 9.0
-    error_mode: str = "correct"
+    """Offset of the tuning prompts' seeds (from 10,000 up: never an evaluation seed)."""
     max_concurrent_trials: int = 0
     """0: as many as the cluster fits (one GPU each, or cpu_threads_per_trial CPUs each)."""
     cpu_threads_per_trial: int = 1
+    """torch threads (and reserved CPUs) of a trial without a GPU."""
     max_failures: int = 2
     """Retries of a trial whose worker died; it resumes from its last checkpoint."""
-    dtype: str = "auto"
     name: str = "search"
-    study_dir: str = "runs/minicanvas"
+    """Names the search's MLflow run and its folder <study_dir>/search/<name>."""
     register_as: str = ""
-    """Register the chosen recipes under this MLflow model name (alias "current"); empty: don't."""
-    tracking_uri: str = ""
-    experiment: str = "saeuron"
-    parent_run_id: str = ""
+    """Register the chosen recipes under this MLflow model name (alias "current"); "{benchmark}" is replaced by
+    the benchmark's name; empty: don't register."""
+
+
+@dataclass
+class SearchConfig(SearchOptions):
+    style_statistics: str = ""
+    """Statistics folder of the style hookpoint (jobs/gather.py --kind style)."""
+    object_statistics: str = ""
+    """Statistics folder of the object hookpoint (jobs/gather.py --kind object)."""
+    output_dir: str = ""
+    """The search's folder (Tune state, recipes, heat maps); empty: <study_dir>/search/<name>."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    edit: EditConfig = field(default_factory=EditConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+    @property
+    def benchmark(self) -> Benchmark:
+        return get_benchmark(self.model.benchmark)
+
+    @property
+    def registered_name(self) -> str:
+        return self.register_as.replace("{benchmark}", self.model.benchmark)
 
     @property
     def search_dir(self) -> Path:
-        return (Path(self.study_dir) / "search" / self.name).expanduser().resolve()
+        return Path(self.output_dir or Path(self.tracking.study_dir) / "search" / self.name).expanduser().resolve()
 
 
 class ConceptResult(NamedTuple):
@@ -108,9 +117,8 @@ class SearchResult(NamedTuple):
 
 
 def grid_of(cfg: SearchConfig) -> tuple[list[float], list[float]]:
-    minicanvas = cfg.benchmark == "minicanvas"
-    percentiles = cfg.percentiles or (MINICANVAS_PERCENTILES if minicanvas else SD_PERCENTILES)
-    multipliers = cfg.multipliers or (MINICANVAS_MULTIPLIERS if minicanvas else SD_MULTIPLIERS)
+    percentiles = cfg.percentiles or list(cfg.benchmark.search_percentiles)
+    multipliers = cfg.multipliers or list(cfg.benchmark.search_multipliers)
     bad = [p for p in percentiles if not 0 < p < 100]
     if bad:
         raise ValueError(f"percentiles must be in (0, 100), got {bad}")
@@ -121,13 +129,11 @@ def grid_of(cfg: SearchConfig) -> tuple[list[float], list[float]]:
 
 def concept_statistics(cfg: SearchConfig) -> dict[str, tuple[str, str]]:
     """{concept: (kind, statistics folder)}, checked against the statistics' concept lists."""
-    from saeuron.evaluation.evaluate import concept_kind
-
     if not cfg.concepts:
         raise ValueError("no concepts to tune: pass --concepts NAME [NAME ...]")
     out = {}
     for concept in cfg.concepts:
-        kind = concept_kind(cfg.benchmark, concept)
+        kind = cfg.benchmark.concept_kind(concept)
         folder = cfg.style_statistics if kind == "style" else cfg.object_statistics
         if not folder:
             raise ValueError(f"{concept} is a{'n' if kind == 'object' else ''} {kind}: pass --{kind}_statistics "
@@ -137,65 +143,6 @@ def concept_statistics(cfg: SearchConfig) -> dict[str, tuple[str, str]]:
             raise ValueError(f"the statistics in {folder} do not cover {concept}; they have {stats.concepts}")
         out[concept] = (kind, str(Path(folder).expanduser().resolve()))
     return out
-
-
-_WORKER_CACHE: dict[tuple, Any] = {}
-
-
-def _cached(key: tuple, build):
-    """Per worker process: trials reuse their actor (reuse_actors), so models load once."""
-    if key not in _WORKER_CACHE:
-        _WORKER_CACHE[key] = build()
-    return _WORKER_CACHE[key]
-
-
-def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
-    """Ray Tune function trainable: one (percentile, multiplier) for one concept."""
-    import ray.tune
-    from ray.tune import Checkpoint
-
-    from saeuron.cluster.actor_pool import load_pipeline_in_actor
-    from saeuron.benchmarks.judges import load_judge
-    from saeuron.method.recipe import Recipe
-    from saeuron.cluster.registry import load_sae
-    from saeuron.method.unlearned_pipeline import UnlearnedPipeline
-
-    pipe, device, dtype = _cached(("pipeline", setup["model_path"], setup["dtype"]),
-                                  lambda: load_pipeline_in_actor(setup["model_path"], setup["dtype"], setup["cpu_threads"]))
-    judge = _cached(("judge", setup["benchmark"], setup["style_classifier"], setup["object_classifier"]),
-                    lambda: load_judge(setup["benchmark"], setup["style_classifier"], setup["object_classifier"], setup["arch"], device))
-    concept, kind, folder = config["concept"], config["kind"], config["statistics"]
-    stats = _cached(("statistics", folder), lambda: ConceptStatistics.load(folder))
-    sae = _cached(("sae", stats.sae_ref, stats.hookpoint),
-                  lambda: load_sae(stats.sae_ref, stats.hookpoint, device=device, dtype=dtype, tracking_uri=setup["tracking_uri"]))
-    recipe = Recipe.from_statistics(stats, {concept: (config["percentile"], config["multiplier"])}, setup["base_model"])
-    generator = UnlearnedPipeline(pipe, sae, recipe, setup["base_model"], setup["error_mode"])
-    rows = setup["prompts"][concept]
-
-    judged: list[dict] = []
-    checkpoint = ray.tune.get_checkpoint()
-    if checkpoint is not None:  # a retried or resumed trial continues where it stopped
-        with checkpoint.as_directory() as folder_:
-            judged = json.loads((Path(folder_) / "judged.json").read_text())
-    for start in range(len(judged), len(rows), setup["chunk"]):
-        chunk = rows[start:start + setup["chunk"]]
-        images = generator.generate([r["prompt"] for r in chunk], [r["seed"] for r in chunk], output_type="pt",
-                                    num_inference_steps=setup["num_inference_steps"], guidance_scale=setup["guidance_scale"]).images
-        out = judge.predict(images.float())
-        style_probs, object_probs = out.style_logits.softmax(1), out.object_logits.softmax(1)
-        for i, row in enumerate(chunk):
-            style_true = judge.styles.index(row["style"]) if row["style"] in judge.styles else None
-            judged.append({**row, "style_pred": judge.styles[int(style_probs[i].argmax())],
-                           "object_pred": judge.objects[int(object_probs[i].argmax())],
-                           "style_prob": float(style_probs[i, style_true]) if style_true is not None else 0.0,
-                           "object_prob": float(object_probs[i, judge.objects.index(row["object"])])})
-        scores = forgetting_scores(judged, kind, [concept])
-        graded = forgetting_scores(judged, kind, [concept], soft=True)
-        metrics = {"objective": (scores.ua + scores.ira) / 2, "objective_soft": (graded.ua + graded.ira) / 2, "ua": scores.ua,
-                   "ira": scores.ira, "cra": scores.cra, "prompts": len(judged), "rules": len(recipe.rules)}
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "judged.json").write_text(json.dumps(judged))
-            ray.tune.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
 
 def choose(trials: list[dict[str, Any]], budget: int) -> dict[str, Any]:
@@ -228,15 +175,18 @@ def run_concept_search(cfg: SearchConfig, concept: str, kind: str, statistics: s
     path = storage / concept
     signature = json.dumps({"space": {k: v for k, v in space.items()}, "scheduler": cfg.scheduler, "prompts": setup["prompts"][concept],
                             "chunk": cfg.chunk, "grace": cfg.grace_prompts, "reduction_factor": cfg.reduction_factor,
-                            "sampling": [cfg.num_inference_steps, cfg.guidance_scale, cfg.error_mode]}, sort_keys=True, default=str)
+                            "sampling": [cfg.sampling.num_inference_steps, cfg.sampling.guidance_scale, cfg.edit.error_mode]}, sort_keys=True, default=str)
     marker = storage / f"{concept}.search.json"
     if marker.is_file() and marker.read_text() != signature:
         raise ValueError(f"{path} holds a search of {concept} with other settings; resume it with the same config, "
                          f"or pick another --name (or delete that folder) to start a new one")
     storage.mkdir(parents=True, exist_ok=True)
-    marker.write_text(signature)
+    write_text_atomic(marker, signature)
+    logger.info(f"search: {concept} ({kind}): {len(percentiles) * len(multipliers)} (p, γ) trials, {cfg.scheduler}, "
+                f"up to {budget} tuning prompts each")
+    verbosity = tune_verbosity()
     if tune.Tuner.can_restore(str(path)):
-        print(f"search: resuming {concept} from {path}", flush=True)
+        logger.info(f"search: resuming {concept} from {path}")
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(
@@ -246,10 +196,11 @@ def run_concept_search(cfg: SearchConfig, concept: str, kind: str, statistics: s
                                         max_concurrent_trials=cfg.max_concurrent_trials or None),
             run_config=tune.RunConfig(
                 name=concept, storage_path=str(storage), failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-                callbacks=[MLflowLoggerCallback(tracking_uri=tracking_uri, experiment_name=cfg.experiment,
+                callbacks=[MLflowLoggerCallback(tracking_uri=tracking_uri, experiment_name=cfg.tracking.experiment,
                                                 tags={"mlflow.parentRunId": parent_run_id, "saeuron.concept": concept,
                                                       "saeuron.stage": "search-trial"})],
-                verbose=1))
+                verbose=verbosity))  # TensorBoard event files (Tune's default TBX logger): <storage>/<concept>/<trial>/
+    started = time.perf_counter()
     grid = tuner.fit()
     if grid.errors:  # a trial that failed more than max_failures times: its numbers are partial
         raise RuntimeError(f"{len(grid.errors)} trials of {concept} failed for good (see {path}): {grid.errors[0]}")
@@ -265,6 +216,9 @@ def run_concept_search(cfg: SearchConfig, concept: str, kind: str, statistics: s
         raise RuntimeError(f"{len(percentiles) * len(multipliers) - len(trials)} trials of {concept} reported nothing; "
                            f"errors: {errors[:2]}")
     best = choose(trials, budget)
+    full = sum(t["prompts"] >= budget for t in trials)
+    logger.info(f"search: {concept}: {len(trials)} trials in {time.perf_counter() - started:.0f}s, {full} scored every prompt, "
+                f"{len(trials) - full} stopped early")
     return ConceptResult(concept, kind, best["percentile"], best["multiplier"], best["objective"], best["ua"], best["ira"],
                          best["cra"], sum(t["prompts"] for t in trials), trials)
 
@@ -273,11 +227,10 @@ def search(cfg: SearchConfig) -> SearchResult:
     import mlflow
 
     from saeuron.cluster.actor_pool import ensure_ray
-    from saeuron.benchmarks.judges import load_judge
     from saeuron.evaluation.evaluate import check_judge
     from saeuron.method.recipe import Recipe
     from saeuron.evaluation.report import objective_heatmap
-    from saeuron.cluster.tracking import resolve_tracking_uri, tracked_run
+    from saeuron.cluster.tracking import tracked_run, tracking_uri_of
 
     if cfg.scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {cfg.scheduler!r}")
@@ -285,21 +238,20 @@ def search(cfg: SearchConfig) -> SearchResult:
         raise ValueError("chunk must be at least 3 so that every report scores the forgotten, retained and other-axis images")
     grid_of(cfg)
     kinds = concept_statistics(cfg)
-    get_benchmark(cfg.benchmark)
-    model_path = resolve_model_path(cfg.benchmark, cfg.model_path)
-    check_judge(cfg.benchmark, load_judge(cfg.benchmark, cfg.style_classifier, cfg.object_classifier, cfg.classifier_arch))
-    tracking_uri = resolve_tracking_uri(cfg.tracking_uri, cfg.study_dir)
-    prompts = {c: [r.as_dict() for r in tuning_prompt_rows(cfg.benchmark, c, kind, cfg.prompts_per_cell, cfg.anchor_prompts_dir or None,
-                                                           cfg.tuning_seed)][:cfg.max_prompts or None] for c, (kind, _) in kinds.items()}
-    setup = dict(model_path=str(model_path), dtype=cfg.dtype, cpu_threads=cfg.cpu_threads_per_trial, benchmark=cfg.benchmark,
-                 style_classifier=cfg.style_classifier, object_classifier=cfg.object_classifier, arch=cfg.classifier_arch,
-                 base_model=model_identity(cfg.benchmark, cfg.model_path), error_mode=cfg.error_mode, chunk=cfg.chunk,
-                 num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, tracking_uri=tracking_uri,
+    model_path = cfg.benchmark.resolve_model_path(cfg.model.model_path)
+    check_judge(cfg.benchmark, cfg.benchmark.load_judge(cfg.judge))
+    tracking_uri = tracking_uri_of(cfg.tracking)
+    prompts = {c: [r.as_dict() for r in tuning_prompt_rows(cfg.benchmark, c, kind, cfg.prompts_per_cell,
+                                                           cfg.model.anchor_prompts_dir or None, cfg.tuning_seed)][:cfg.max_prompts or None]
+               for c, (kind, _) in kinds.items()}
+    setup = dict(model_path=str(model_path), dtype=cfg.model.dtype, cpu_threads=cfg.cpu_threads_per_trial, benchmark=cfg.model.benchmark,
+                 judge=asdict(cfg.judge), base_model=cfg.benchmark.model_identity(cfg.model.model_path), error_mode=cfg.edit.error_mode,
+                 chunk=cfg.chunk, num_inference_steps=cfg.sampling.num_inference_steps, guidance_scale=cfg.sampling.guidance_scale,
+                 tracking_uri=tracking_uri,
                  prompts=prompts)
     ensure_ray()
     out = cfg.search_dir
-    with tracked_run(cfg, study_dir=cfg.study_dir, tracking_uri=cfg.tracking_uri, experiment=cfg.experiment,
-                     run_name=cfg.name, tags={"saeuron.stage": "search"}) as run:
+    with tracked_run(cfg, cfg.tracking, run_name=cfg.name, tags={"saeuron.stage": "search"}) as run:
         results = []
         for concept, (kind, folder) in kinds.items():
             result = run_concept_search(cfg, concept, kind, folder, setup, run.info.run_id, tracking_uri)
@@ -308,11 +260,11 @@ def search(cfg: SearchConfig) -> SearchResult:
                                             setup["base_model"])
             recipe.save(out / "recipes" / concept)
             objective_heatmap(result, *grid_of(cfg), out / f"heatmap_{concept}.png")
-            print(f"search: {concept} ({kind}) -> p={result.percentile} γ={result.multiplier} objective {result.objective:.3f} "
-                  f"(UA {result.ua:.2f}, IRA {result.ira:.2f}, CRA {result.cra:.2f}); {result.generations} generations", flush=True)
+            logger.info(f"search: {concept} ({kind}) -> p={result.percentile} γ={result.multiplier} objective {result.objective:.3f} "
+                        f"(UA {result.ua:.2f}, IRA {result.ira:.2f}, CRA {result.cra:.2f}); {result.generations} generations")
         mlflow.set_tracking_uri(tracking_uri)
         summary = {r.concept: r._asdict() for r in results}
-        (out / "search.json").write_text(json.dumps(summary, indent=2))
+        write_text_atomic(out / "search.json", json.dumps(summary, indent=2))
         for r in results:
             mlflow.log_params({f"{r.concept}.percentile": r.percentile, f"{r.concept}.multiplier": r.multiplier})
             mlflow.log_metrics({f"{r.concept}.{k}": getattr(r, k) for k in ("objective", "ua", "ira", "cra", "generations")})
@@ -321,13 +273,14 @@ def search(cfg: SearchConfig) -> SearchResult:
         mlflow.log_artifact(str(out / "search.json"))
         mlflow.log_artifacts(str(out / "recipes"), "recipes")
         mlflow.set_tag("saeuron.recipes", f"runs:/{run.info.run_id}/recipes")
-        if cfg.register_as:
+        if cfg.registered_name:
             from saeuron.cluster.registry import register_folder
 
-            version = register_folder(out / "recipes", name=cfg.register_as, run_id=run.info.run_id, artifact_path="registered_recipes",
+            version = register_folder(out / "recipes", name=cfg.registered_name, run_id=run.info.run_id, artifact_path="registered_recipes",
                                    alias="current", tags={"concepts": [r.concept for r in results]},
                                    description="SAeUron unlearning recipes chosen by a search (one folder per concept)")
-            print(f"search: recipes registered as models:/{cfg.register_as}@current (version {version})", flush=True)
-        print(f"search: recipes in {out / 'recipes'}; MLflow run {run.info.run_id}", flush=True)
+            logger.info(f"search: recipes registered as models:/{cfg.registered_name}@current (version {version})")
+        logger.info(f"search: recipes in {out / 'recipes'}; MLflow run {run.info.run_id}; "
+                    f"trials in TensorBoard: tensorboard --logdir {out / 'tune'}")
         return SearchResult(results, out / "recipes", run.info.run_id)
 

@@ -46,18 +46,6 @@ class MiniCanvas:
 
         return MiniCanvasClassifier.from_pretrained(self.classifier_path, device)
 
-    def training_prompt_rows(self, seed: int = 42, seeds_per_prompt: int = 1):
-        """Labelled SAE-training prompts: every caption in every style, and unstyled."""
-        from saeuron.benchmarks.base import training_prompt_rows
-
-        return training_prompt_rows("minicanvas", seed=seed, seeds_per_prompt=seeds_per_prompt)
-
-    def evaluation_prompt_rows(self, seeds=None):
-        """Labelled "An image of {Object} in {Style} style." / "An image of {Object}." prompts."""
-        from saeuron.benchmarks.base import evaluation_prompt_rows
-
-        return evaluation_prompt_rows("minicanvas", seeds)
-
 
 def load_minicanvas(root: str | Path = WEIGHTS) -> MiniCanvas:
     root = Path(root)

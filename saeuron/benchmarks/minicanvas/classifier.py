@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from saeuron.atomic_files import atomic_paths
 from saeuron.benchmarks.minicanvas.concepts import OBJECTS, STYLE_LABELS
 
 
@@ -57,8 +58,9 @@ class MiniCanvasClassifier(nn.Module):
     def save_pretrained(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(folder / "model.safetensors"))
-        (folder / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
+        with atomic_paths(folder / "model.safetensors", folder / "config.json") as (weights, config):
+            save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(weights))
+            config.write_text(json.dumps(asdict(self.cfg), indent=2))
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> "MiniCanvasClassifier":

@@ -14,12 +14,14 @@ import numpy as np
 import torch
 
 from saeuron.diffusion.hooks import HookedPipeline
-from saeuron.benchmarks.minicanvas.classifier import MiniCanvasClassifier, classify
-from saeuron.benchmarks.minicanvas.concepts import NO_STYLE, OBJECTS, STYLE_LABELS, STYLES, eval_prompt
+from saeuron.benchmarks.judges import MiniCanvasJudge, judge_batch
+from saeuron.benchmarks.minicanvas.classifier import MiniCanvasClassifier
+from saeuron.benchmarks.minicanvas.concepts import NO_STYLE, OBJECTS, STYLES, eval_prompt
 from saeuron.benchmarks.minicanvas.render import render_grid
 
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 7.5
+JUDGE_BATCH = 256
 
 
 @dataclass
@@ -72,20 +74,20 @@ def measure_generation_quality(
         )
         images.append(out.images.float().cpu())
     images = torch.cat(images)
-    logits = classify(classifier, images)
-    style_pred = logits.style_logits.argmax(1).tolist()
-    object_pred = logits.object_logits.argmax(1).tolist()
+    judge, rows = MiniCanvasJudge(classifier), [{"style": style, "object": obj, "seed": seed} for style, obj, seed in jobs]
+    judged = [r for start in range(0, len(rows), JUDGE_BATCH)
+              for r in judge_batch(judge, images[start:start + JUDGE_BATCH], rows[start:start + JUDGE_BATCH])]
 
-    def accuracy(rows: list[int], predictions: list[int], label: int) -> float:
-        return float(np.mean([predictions[i] == label for i in rows]))
+    def accuracy(which: list[int], key: str, label: str) -> float:
+        return float(np.mean([judged[i][key] == label for i in which]))
 
-    style_acc = {s: accuracy([i for i, j in enumerate(jobs) if j[0] == s], style_pred, STYLE_LABELS.index(s)) for s in STYLES}
-    object_acc = {o: accuracy([i for i, j in enumerate(jobs) if j[1] == o], object_pred, OBJECTS.index(o)) for o in OBJECTS}
+    style_acc = {s: accuracy([i for i, j in enumerate(jobs) if j[0] == s], "style_pred", s) for s in STYLES}
+    object_acc = {o: accuracy([i for i, j in enumerate(jobs) if j[1] == o], "object_pred", o) for o in OBJECTS}
     unstyled = [i for i, j in enumerate(jobs) if j[0] == NO_STYLE]
     pictures = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     first_seed = [i for i, j in enumerate(jobs) if j[2] == seeds[0]]
     grid = [[pictures[i] for i in first_seed[r * len(OBJECTS):(r + 1) * len(OBJECTS)]] for r in range(len(STYLES) + 1)]
-    return GenerationQuality(style_acc, object_acc, accuracy(unstyled, style_pred, STYLE_LABELS.index(NO_STYLE)), len(jobs), grid)
+    return GenerationQuality(style_acc, object_acc, accuracy(unstyled, "style_pred", NO_STYLE), len(jobs), grid)
 
 
 def main() -> None:

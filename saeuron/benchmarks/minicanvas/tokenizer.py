@@ -11,6 +11,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from saeuron.atomic_files import write_text_atomic
+
 START, END = "<|startoftext|>", "<|endoftext|>"
 
 
@@ -41,8 +43,8 @@ def write_clip_tokenizer(folder: str | Path, merges: list[tuple[str, str]] = (),
         if merged not in vocab_list:
             vocab_list.append(merged)
     vocab_list += [START, END]
-    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab_list)}, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    write_text_atomic(folder / "vocab.json", json.dumps({tok: i for i, tok in enumerate(vocab_list)}, ensure_ascii=False))
+    write_text_atomic(folder / "merges.txt", "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
     config = {
         "tokenizer_class": "CLIPTokenizer",
         "model_max_length": model_max_length,
@@ -52,7 +54,7 @@ def write_clip_tokenizer(folder: str | Path, merges: list[tuple[str, str]] = (),
         "unk_token": END,
         "do_lower_case": True,
     }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    write_text_atomic(folder / "tokenizer_config.json", json.dumps(config, indent=2))
     return folder
 
 

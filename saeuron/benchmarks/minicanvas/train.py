@@ -26,6 +26,7 @@ from diffusers.training_utils import EMAModel
 from transformers import CLIPTokenizer
 
 from saeuron.config import parse_config
+from saeuron.console import logger
 from saeuron.benchmarks.minicanvas.architecture import SD_V1_SCHEDULER, Architecture, build_text_encoder, build_unet, build_vae
 from saeuron.benchmarks.minicanvas.classifier import MiniCanvasClassifier, augment
 from saeuron.benchmarks.minicanvas.concepts import CAPTION_TEMPLATES, OBJECTS, STYLE_LABELS, eval_prompt, training_prompt, vocabulary_corpus
@@ -63,12 +64,12 @@ class MiniCanvasTrainConfig:
 
 def _log(stage: str, step: int, total: int, started: float, **values: float) -> None:
     shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items())
-    print(f"[{stage}] step {step}/{total}  {shown}  ({time.perf_counter() - started:.0f}s)", flush=True)
+    logger.info(f"[{stage}] step {step}/{total}  {shown}  ({time.perf_counter() - started:.0f}s)")
 
 
 def train_tokenizer(cfg: MiniCanvasTrainConfig, arch: Architecture) -> Path:
     folder = write_clip_tokenizer(Path(cfg.out) / "pipeline" / "tokenizer", learn_merges(vocabulary_corpus()), arch.max_tokens)
-    print(f"[tokenizer] {len(CLIPTokenizer.from_pretrained(str(folder)))} tokens -> {folder}")
+    logger.info(f"[tokenizer] {len(CLIPTokenizer.from_pretrained(str(folder)))} tokens -> {folder}")
     return folder
 
 
@@ -96,7 +97,7 @@ def train_vae(cfg: MiniCanvasTrainConfig, arch: Architecture) -> AutoencoderKL:
         recon = torch.cat([vae.decode(means[i:i + 512]).sample for i in range(0, len(means), 512)])
     vae.register_to_config(scaling_factor=float(1.0 / means.std()))
     psnr = 10 * math.log10(4.0 / F.mse_loss(recon.clamp(-1, 1), images).item())
-    print(f"[vae] reconstruction PSNR {psnr:.1f} dB, scaling_factor {vae.config.scaling_factor:.4f}")
+    logger.info(f"[vae] reconstruction PSNR {psnr:.1f} dB, scaling_factor {vae.config.scaling_factor:.4f}")
     vae.save_pretrained(Path(cfg.out) / "pipeline" / "vae")
     return vae
 
@@ -167,7 +168,7 @@ def train_unet(cfg: MiniCanvasTrainConfig, arch: Architecture) -> None:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(pipeline_dir)
-    print(f"[unet] saved pipeline -> {pipeline_dir}")
+    logger.info(f"[unet] saved pipeline -> {pipeline_dir}")
 
 
 def train_classifier(cfg: MiniCanvasTrainConfig) -> MiniCanvasClassifier:
@@ -194,7 +195,7 @@ def train_classifier(cfg: MiniCanvasTrainConfig) -> MiniCanvasClassifier:
         out = model(test_images)
     style_acc = (out.style_logits.argmax(1) == test_styles).float().mean().item()
     object_acc = (out.object_logits.argmax(1) == test_objects).float().mean().item()
-    print(f"[classifier] held-out procedural images: style {style_acc:.1%}, object {object_acc:.1%}")
+    logger.info(f"[classifier] held-out procedural images: style {style_acc:.1%}, object {object_acc:.1%}")
     model.save_pretrained(Path(cfg.out) / "classifier")
     return model
 
@@ -203,7 +204,7 @@ def main(cfg: MiniCanvasTrainConfig) -> None:
     torch.set_num_threads(1)
     arch = Architecture()
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    print(f"training MiniCanvas stage={cfg.stage}: {asdict(cfg)}", flush=True)
+    logger.info(f"training MiniCanvas stage={cfg.stage}: {asdict(cfg)}")
     if cfg.stage in ("tokenizer", "all"):
         train_tokenizer(cfg, arch)
     if cfg.stage in ("vae", "all"):

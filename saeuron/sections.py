@@ -1,0 +1,100 @@
+"""The config sections that several stages share, each defined once and nested in stage configs.
+
+A stage config holds its own fields plus the sections it needs; the study config holds each
+section once and hands the same section to every stage, so that, e.g., statistics, search and
+evaluation sample with the same steps by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class TrackingConfig:
+    """Where a run's artefacts and records go, and how much of its progress is shown."""
+
+    study_dir: str = "runs/minicanvas"
+    """Storage root: activations, SAEs, statistics, recipes, images, reports, stage records, and the
+    MLflow SQLite store when tracking_uri is empty. Absolute (on shared storage) for submitted Ray jobs."""
+    tracking_uri: str = ""
+    """MLflow tracking URI; empty: SQLite in study_dir. A cluster needs a server every node reaches (http://...)."""
+    experiment: str = "saeuron"
+    """MLflow experiment of the runs."""
+    parent_run_id: str = ""
+    """Log this job's run as a child of this MLflow run (a study's run for its stages)."""
+    verbose: bool = False
+    """Show Ray's full console output (every dataset's progress bars, Tune's trial tables, workers' step lines)."""
+
+    @property
+    def root(self) -> Path:
+        return Path(self.study_dir).expanduser().resolve()
+
+
+@dataclass
+class ModelConfig:
+    """The benchmark and the base model it is run on."""
+
+    benchmark: str = "minicanvas"
+    """"minicanvas" (embedded, nothing to download) or "unlearncanvas" (needs model_path and anchor_prompts_dir)."""
+    model_path: str = ""
+    """Local diffusers Stable Diffusion folder; empty: the benchmark's own (MiniCanvas ships one)."""
+    anchor_prompts_dir: str = ""
+    """UnlearnCanvas's anchor_prompts/finetune_prompts folder (sd_prompt_<Object>.txt); unused by MiniCanvas."""
+    dtype: str = "auto"
+    """"auto" (float16 on GPU, float32 on CPU), "float16", "bfloat16" or "float32"."""
+
+
+@dataclass
+class SamplingConfig:
+    """How the pipeline samples."""
+
+    num_inference_steps: int = 100
+    """Denoising steps (the reference: 50 to collect, DDIM 100 for statistics, tuning and evaluation)."""
+    guidance_scale: float = 9.0
+    """Classifier-free guidance scale (the reference: 9.0)."""
+
+
+@dataclass
+class ResourcesConfig:
+    """How many Ray Data actors sample, and how many CPU threads each uses when it has no GPU."""
+
+    num_actors: int = 1
+    """Actors in the pool, each holding one pipeline (one GPU each when the cluster has GPUs)."""
+    cpu_threads_per_actor: int = 1
+    """torch threads of a CPU actor (and the CPUs it reserves from Ray)."""
+
+
+@dataclass
+class JudgeConfig:
+    """The classifiers that judge generated images."""
+
+    style_classifier: str = ""
+    """UnlearnCanvas: style50.pth (ViT-L/16, 51-way); MiniCanvas uses its shipped classifier."""
+    object_classifier: str = ""
+    """UnlearnCanvas: style50_cls.pth (ViT-L/16, 20-way)."""
+    classifier_arch: str = "vit_large_patch16_224"
+    """timm architecture of the UnlearnCanvas classifiers (created without pretrained weights)."""
+
+
+@dataclass
+class EditConfig:
+    """How the unlearning edit treats what the SAE does not reconstruct."""
+
+    error_mode: str = "correct"
+    """"correct": x + (x̂' − x̂), the SAE's error kept; "reference": x̂' + (x̂ − x), as the reference code."""
+
+
+@dataclass
+class ImageGridConfig:
+    """The evaluation grid: "An image of {Object} in {Style} style." and "An image of {Object}." per seed."""
+
+    seeds: list[int] = field(default_factory=list)
+    """Seeds of every prompt; empty: the benchmark's evaluation seeds (188, 288, 588, 688, 888)."""
+    styles: list[str] = field(default_factory=list)
+    """Styles of the grid (empty: all), plus the unstyled prompts."""
+    image_format: str = "png"
+    """"png" or "jpg"."""
+    batch_size: int = 16
+    """Prompts per actor call."""

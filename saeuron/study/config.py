@@ -1,0 +1,109 @@
+"""The study's config: each shared section once, each stage section only what is that stage's own.
+
+The dataclass defaults are the quick MiniCanvas study (``configs/minicanvas/study.yaml``);
+``configs/minicanvas/study-full.yaml`` is the full one. :func:`stage_configs` hands the same
+shared sections to every stage, so nothing a user sets is replaced: there is one place for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from saeuron.benchmarks import get_benchmark
+from saeuron.collection.collect import CollectConfig, CollectOptions
+from saeuron.evaluation.evaluate import EvaluateConfig, EvaluateOptions
+from saeuron.method.gather import GatherOptions
+from saeuron.sae import SaeConfig
+from saeuron.sae.trainer import SaeTrainConfig
+from saeuron.sections import (EditConfig, ImageGridConfig, JudgeConfig, ModelConfig, ResourcesConfig, SamplingConfig,
+                              TrackingConfig)
+from saeuron.training.ray_train import TrainConfig, TrainOptions
+from saeuron.tuning.search import SearchConfig, SearchOptions
+
+
+
+def _quick_steps() -> SamplingConfig:
+    return SamplingConfig(num_inference_steps=10, guidance_scale=7.5)
+
+
+def _quick_collect() -> CollectOptions:
+    return CollectOptions(sampling=_quick_steps(), max_prompts=160, batch_size=16)
+
+
+def _quick_train() -> TrainOptions:
+    return TrainOptions(sae=SaeConfig(expansion_factor=16, k=8, batch_topk=True),
+                        optim=SaeTrainConfig(lr=2e-3, dead_feature_threshold=1_000_000), batch_size=2048, epochs=6,
+                        validation_fraction=0.1, checkpoint_every=100, log_every=20)
+
+
+def _quick_search() -> SearchOptions:
+    return SearchOptions(concepts=["Neon_Glow", "Stars"], percentiles=[98.0, 99.0, 99.5], multipliers=[-1.0, -2.0, -5.0],
+                         max_prompts=44, chunk=11, grace_prompts=11, reduction_factor=3, register_as="saeuron-{benchmark}-recipes")
+
+
+def _quick_evaluate() -> EvaluateOptions:
+    return EvaluateOptions(grid=ImageGridConfig(seeds=[188], batch_size=22), real_images_per_cell=2)
+
+
+@dataclass
+class StudyConfig:
+    name: str = "minicanvas-quick"
+    """Names the study's MLflow run and its stage records (<study_dir>/stages/<name>)."""
+    style_hookpoint: str = ""
+    """Block whose SAE forgets styles; empty: the benchmark's (the paper's up_blocks.1.attentions.2)."""
+    object_hookpoint: str = ""
+    """Block whose SAE forgets objects; empty: the benchmark's (MiniCanvas: mid_block.attentions.0; otherwise the
+    paper's up_blocks.1.attentions.1)."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=_quick_steps)
+    """Sampling of statistics, search and evaluation (the same steps, since statistics are per timestep)."""
+    edit: EditConfig = field(default_factory=EditConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    collect: CollectOptions = field(default_factory=_quick_collect)
+    train: TrainOptions = field(default_factory=_quick_train)
+    gather: GatherOptions = field(default_factory=lambda: GatherOptions(batch_size=20))
+    search: SearchOptions = field(default_factory=_quick_search)
+    evaluate: EvaluateOptions = field(default_factory=_quick_evaluate)
+
+    def __post_init__(self) -> None:
+        get_benchmark(self.model.benchmark)  # an unknown benchmark fails here, before any stage
+
+    @property
+    def hookpoints(self) -> dict[str, str]:
+        """{"style": block, "object": block}, empty fields resolved to the benchmark's."""
+        benchmark = get_benchmark(self.model.benchmark)
+        return {"style": self.style_hookpoint or benchmark.style_hookpoint,
+                "object": self.object_hookpoint or benchmark.object_hookpoint}
+
+
+def stage_configs(cfg: StudyConfig, parent_run_id: str) -> dict[str, Any]:
+    """The configs of collect, train, search and evaluate: each stage's own section plus the study's
+    shared sections; only what the study derives (hookpoints, its run as parent, folders) is added."""
+    tracking = TrackingConfig(**{**asdict(cfg.tracking), "parent_run_id": parent_run_id})
+    hookpoints = list(dict.fromkeys(cfg.hookpoints.values()))
+    return {
+        "collect": CollectConfig(**_fields(cfg.collect), hookpoints=hookpoints, tracking=tracking, model=cfg.model,
+                                 resources=cfg.resources),
+        "train": TrainConfig(**_fields(cfg.train), hookpoints=hookpoints, tracking=tracking),
+        "search": SearchConfig(**_fields(cfg.search), tracking=tracking, model=cfg.model, sampling=cfg.sampling, edit=cfg.edit,
+                               judge=cfg.judge),
+        "evaluate": EvaluateConfig(**_fields(cfg.evaluate), run_name=f"evaluate-{cfg.name}", tracking=tracking, model=cfg.model,
+                                   sampling=cfg.sampling, edit=cfg.edit, judge=cfg.judge, resources=cfg.resources),
+    }
+
+
+def search_folder_key(search: SearchConfig) -> str:
+    """A search resumes its Tune experiments from its folder: another search config gets another folder."""
+    from saeuron.study.records import _comparable
+
+    return hashlib.sha1(json.dumps(_comparable(search), sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _fields(options: Any) -> dict[str, Any]:
+    """A stage section's fields, nested sections kept as objects."""
+    return {name: getattr(options, name) for name in options.__dataclass_fields__}

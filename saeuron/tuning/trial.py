@@ -1,0 +1,69 @@
+"""One trial of a search: a (percentile, multiplier) for one concept, scored chunk by chunk.
+
+A Ray Tune function trainable. It generates the concept's tuning prompts with the recipe of its
+(p, γ), judges them with the benchmark's judge and reports UA, IRA, CRA and the objectives after
+every chunk, the images judged so far being its checkpoint (a retried trial goes on from there).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from saeuron.benchmarks import get_benchmark
+from saeuron.evaluation.metrics import forgetting_scores
+from saeuron.method.statistics import ConceptStatistics
+from saeuron.sections import JudgeConfig
+
+_WORKER_CACHE: dict[tuple, Any] = {}
+
+
+def _cached(key: tuple, build):
+    """Per worker process: trials reuse their actor (reuse_actors), so models load once."""
+    if key not in _WORKER_CACHE:
+        _WORKER_CACHE[key] = build()
+    return _WORKER_CACHE[key]
+
+
+def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
+    """Ray Tune function trainable: one (percentile, multiplier) for one concept."""
+    import ray.tune
+    from ray.tune import Checkpoint
+
+    from saeuron.cluster.actor_pool import load_pipeline_in_actor
+    from saeuron.benchmarks.judges import judge_batch
+    from saeuron.method.recipe import Recipe
+    from saeuron.cluster.registry import load_sae
+    from saeuron.method.unlearned_pipeline import UnlearnedPipeline
+
+    pipe, device, dtype = _cached(("pipeline", setup["model_path"], setup["dtype"]),
+                                  lambda: load_pipeline_in_actor(setup["model_path"], setup["dtype"], setup["cpu_threads"]))
+    judge = _cached(("judge", setup["benchmark"], json.dumps(setup["judge"])),
+                    lambda: get_benchmark(setup["benchmark"]).load_judge(JudgeConfig(**setup["judge"]), device))
+    concept, kind, folder = config["concept"], config["kind"], config["statistics"]
+    stats = _cached(("statistics", folder), lambda: ConceptStatistics.load(folder))
+    sae = _cached(("sae", stats.sae_ref, stats.hookpoint),
+                  lambda: load_sae(stats.sae_ref, stats.hookpoint, device=device, dtype=dtype, tracking_uri=setup["tracking_uri"]))
+    recipe = Recipe.from_statistics(stats, {concept: (config["percentile"], config["multiplier"])}, setup["base_model"])
+    generator = UnlearnedPipeline.from_recipe(pipe, sae, recipe, setup["base_model"], setup["error_mode"])
+    rows = setup["prompts"][concept]
+
+    judged: list[dict] = []
+    checkpoint = ray.tune.get_checkpoint()
+    if checkpoint is not None:  # a retried or resumed trial continues where it stopped
+        with checkpoint.as_directory() as folder_:
+            judged = json.loads((Path(folder_) / "judged.json").read_text())
+    for start in range(len(judged), len(rows), setup["chunk"]):
+        chunk = rows[start:start + setup["chunk"]]
+        images = generator.generate([r["prompt"] for r in chunk], [r["seed"] for r in chunk], output_type="pt",
+                                    num_inference_steps=setup["num_inference_steps"], guidance_scale=setup["guidance_scale"]).images
+        judged += judge_batch(judge, images.float(), chunk)
+        scores = forgetting_scores(judged, kind, [concept])
+        graded = forgetting_scores(judged, kind, [concept], soft=True)
+        metrics = {"objective": (scores.ua + scores.ira) / 2, "objective_soft": (graded.ua + graded.ira) / 2, "ua": scores.ua,
+                   "ira": scores.ira, "cra": scores.cra, "prompts": len(judged), "rules": len(recipe.rules)}
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "judged.json").write_text(json.dumps(judged))
+            ray.tune.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
