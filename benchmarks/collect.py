@@ -22,12 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from saeuron.collection import activations
-from saeuron.config import build_config
 from saeuron.benchmarks import get_benchmark
-from saeuron.collection.collect import CollectConfig, collect
-from saeuron.diffusion.hooks import HookedPipeline
 from saeuron.benchmarks.minicanvas import load_minicanvas
+from saeuron.collection import activations
+from saeuron.collection.collect import CollectConfig, collect
+from saeuron.config import build_config
+from saeuron.diffusion.hooks import HookedPipeline
 
 HOOKS = ["unet.up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"]
 

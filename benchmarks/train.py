@@ -15,12 +15,12 @@ import time
 
 import torch
 
+from saeuron.collection.collect import CollectConfig, collect
 from saeuron.collection.dataset import count_vectors
 from saeuron.config import build_config
-from saeuron.collection.collect import CollectConfig, collect
-from saeuron.training.local import train_locally
 from saeuron.sae import SaeConfig
 from saeuron.sae.trainer import SaeTrainConfig
+from saeuron.training.local import train_locally
 from saeuron.training.ray_train import TrainConfig, train_hookpoint
 
 HOOK = "unet.up_blocks.1.attentions.2"

@@ -16,8 +16,8 @@ import json
 import time
 from dataclasses import replace
 
-from saeuron.tuning.search import SearchConfig, search
 from saeuron.config import build_config
+from saeuron.tuning.search import SearchConfig, search
 
 
 def main() -> None:

@@ -18,13 +18,13 @@ import time
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-from saeuron.diffusion.hooks import HookedPipeline
 from saeuron.benchmarks.minicanvas import load_minicanvas
+from saeuron.diffusion.hooks import HookedPipeline
+from saeuron.method.edit import UnlearningEdit
 from saeuron.method.recipe import Recipe
-from saeuron.sae import Sae, SaeConfig
 from saeuron.method.selection import Rules
 from saeuron.method.statistics import sae_fingerprint
-from saeuron.method.edit import UnlearningEdit
+from saeuron.sae import Sae, SaeConfig
 
 HOOK = "unet.up_blocks.1.attentions.1"
 

@@ -1,10 +1,10 @@
 """The whole study as one job: collect → train → gather → search → evaluate, each stage skipped when
 it already ran with the same config, all under one MLflow run. Ends with the UA/IRA/CRA table.
 
-    python jobs/pipeline.py                      # MiniCanvas, small defaults: minutes on a laptop CPU
-    python jobs/pipeline.py --full true          # the full MiniCanvas study
+    python jobs/pipeline.py                                              # MiniCanvas, quick: minutes on a laptop CPU
+    python jobs/pipeline.py --config configs/minicanvas/study-full.yaml  # the full MiniCanvas study
     python jobs/pipeline.py --config configs/unlearncanvas/study.yaml
-    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/pipeline.py \
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/pipeline.py \\
         --study_dir /shared/runs/minicanvas --tracking_uri http://127.0.0.1:5000
 """
 

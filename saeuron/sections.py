@@ -98,3 +98,34 @@ class ImageGridConfig:
     """"png" or "jpg"."""
     batch_size: int = 16
     """Prompts per actor call."""
+
+
+# One declaration of each section, mixed into the configs that need it, so no config repeats another's.
+@dataclass
+class WithTracking:
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+@dataclass
+class WithModel:
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+@dataclass
+class WithSampling:
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass
+class WithEdit:
+    edit: EditConfig = field(default_factory=EditConfig)
+
+
+@dataclass
+class WithJudge:
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+
+@dataclass
+class WithResources:
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)

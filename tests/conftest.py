@@ -13,8 +13,8 @@ for _name, _value in {
 }.items():
     os.environ.setdefault(_name, _value)
 
-import pytest
-import torch
+import pytest  # noqa: E402 -- the environment above must be set before torch (and what pytest plugins pull in) loads
+import torch  # noqa: E402 -- OMP_NUM_THREADS is read when torch is first imported
 
 torch.set_num_threads(1)
 
@@ -81,9 +81,9 @@ STEPS = 10
 
 def _fixture_sae(activations, hookpoint, folder):
     """An SAE trained 300 steps on the fixture collection (a folder in the published layout)."""
-    from saeuron.training.local import train_locally
     from saeuron.sae import SaeConfig
     from saeuron.sae.trainer import SaeTrainConfig
+    from saeuron.training.local import train_locally
 
     sae, _ = train_locally(activations.dataset_dir, hookpoint, SaeConfig(expansion_factor=16, k=8, batch_topk=True),
                            SaeTrainConfig(lr=2e-3, dead_feature_threshold=1_000_000), batch_size=2048, steps=300)

@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from saeuron.collection import activations
-from saeuron.collection.dataset import activation_dataset, count_vectors, in_validation
 from saeuron.benchmarks import get_benchmark
+from saeuron.collection import activations
 from saeuron.collection.collect import CollectConfig, collect, collect_tracked
+from saeuron.collection.dataset import activation_dataset, count_vectors, in_validation
 from saeuron.config import build_config
 from saeuron.diffusion.hooks import HookedPipeline
 

@@ -10,18 +10,18 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from conftest import STEPS
 from PIL import Image
 
-from conftest import STEPS
-from saeuron.benchmarks.judges import MiniCanvasJudge, UnlearnCanvasJudge, load_unlearncanvas_vit
 from saeuron.benchmarks import get_benchmark
+from saeuron.benchmarks.judges import MiniCanvasJudge, UnlearnCanvasJudge, load_unlearncanvas_vit
+from saeuron.benchmarks.minicanvas.classifier import ClassifierConfig, MiniCanvasClassifier
+from saeuron.benchmarks.prompts import UNLEARNCANVAS_OBJECTS, UNLEARNCANVAS_THEMES
 from saeuron.config import build_config
 from saeuron.evaluation.evaluate import EvaluateConfig, check_judge, evaluate
 from saeuron.evaluation.fid import inception_fid
 from saeuron.evaluation.judging import judge_images
 from saeuron.method.make_recipe import RecipeConfig, make_recipe
-from saeuron.benchmarks.minicanvas.classifier import ClassifierConfig, MiniCanvasClassifier
-from saeuron.benchmarks.prompts import UNLEARNCANVAS_OBJECTS, UNLEARNCANVAS_THEMES
 
 
 def write_unlearncanvas_checkpoint(path, num_classes, arch="vit_large_patch16_224", seed=0):

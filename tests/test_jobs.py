@@ -1,6 +1,7 @@
 """The study as Ray jobs, for real: `ray start --head` and `mlflow server` on loopback, each stage
 submitted with `ray job submit --working-dir .`, the registry and the scores checked in MLflow."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -55,26 +56,23 @@ def local_services(tmp_path):
         groups.append(head.pid)
         out, _ = head.communicate(timeout=120)
         assert head.returncode == 0, out.decode()[-3000:]
-        server = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--workers", "1", "--host", "127.0.0.1", "--port", str(mlflow_port),
-             "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--artifacts-destination", (tmp_path / "artifacts").as_uri()],
-            env=env, start_new_session=True, stdout=open(tmp_path / "mlflow.log", "w"), stderr=subprocess.STDOUT)
+        with open(tmp_path / "mlflow.log", "w") as mlflow_log:  # the server keeps its own copy of the descriptor
+            server = subprocess.Popen(
+                [str(BIN / "mlflow"), "server", "--workers", "1", "--host", "127.0.0.1", "--port", str(mlflow_port),
+                 "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--artifacts-destination", (tmp_path / "artifacts").as_uri()],
+                env=env, start_new_session=True, stdout=mlflow_log, stderr=subprocess.STDOUT)
         groups.append(server.pid)
         wait_for(f"http://127.0.0.1:{mlflow_port}/health", 90)
         wait_for(f"http://127.0.0.1:{dashboard}/api/version", 90)
         yield env, f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{mlflow_port}"
     finally:
         for group in groups:  # the processes this test started, by process group
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         time.sleep(2)
         for group in groups:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         shutil.rmtree(ray_temp, ignore_errors=True)
 
 

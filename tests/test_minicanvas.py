@@ -9,13 +9,13 @@ import torch
 from diffusers import StableDiffusionPipeline
 from transformers import CLIPTokenizer
 
-from saeuron.diffusion.hooks import HookedPipeline
 from saeuron.benchmarks.minicanvas import OBJECTS, STYLE_LABELS, STYLES, WEIGHTS
 from saeuron.benchmarks.minicanvas.classifier import classify
 from saeuron.benchmarks.minicanvas.concepts import vocabulary_corpus
 from saeuron.benchmarks.minicanvas.data import render_dataset
 from saeuron.benchmarks.minicanvas.quality import measure_generation_quality
 from saeuron.benchmarks.minicanvas.render import render
+from saeuron.diffusion.hooks import HookedPipeline
 
 
 def test_render_is_deterministic_in_the_seed_and_covers_every_pair():

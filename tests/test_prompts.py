@@ -1,7 +1,14 @@
 import pytest
 
 from saeuron.benchmarks import get_benchmark
-from saeuron.benchmarks.prompts import SEED_IMAGES, UNLEARNCANVAS_OBJECTS, UNLEARNCANVAS_STYLES, UNLEARNCANVAS_THEMES, read_anchor_captions, training_rows
+from saeuron.benchmarks.prompts import (
+    SEED_IMAGES,
+    UNLEARNCANVAS_OBJECTS,
+    UNLEARNCANVAS_STYLES,
+    UNLEARNCANVAS_THEMES,
+    read_anchor_captions,
+    training_rows,
+)
 
 
 def test_unlearncanvas_concept_lists():

@@ -179,10 +179,9 @@ def test_atomic_writes_land_whole_or_not_at_all(tmp_path):
     from saeuron.atomic_files import atomic_path, atomic_paths, write_text_atomic
 
     write_text_atomic(tmp_path / "a.json", "old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(tmp_path / "a.json") as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "a.json") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
     assert (tmp_path / "a.json").read_text() == "old"
     with atomic_paths(tmp_path / "a.json", tmp_path / "b.png", suffix=".png") as (a, b):
         assert a.name == ".a.json.tmp.png" and b.parent == tmp_path
@@ -310,7 +309,11 @@ def test_checkpoint_on_disk_resumes_to_identical_parameters(tmp_path):
 
     straight, first, data = straight_and_half_way()
     save_checkpoint(tmp_path, "unet.up_blocks.1.attentions.1", first, extra={"epoch": 0, "batches_done": 3})
-    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.pkl"))
+    # Only formats ordinary tools open: the SAE in the published layout and the trainer state as safetensors + JSON.
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert written == ["trainer_state.json", "trainer_state.safetensors", "unet.up_blocks.1.attentions.1/cfg.json",
+                       "unet.up_blocks.1.attentions.1/sae.safetensors"]
+    assert json.loads((tmp_path / "trainer_state.json").read_text())["extra"] == {"epoch": 0, "batches_done": 3}
     torch.manual_seed(99)
     resumed = SaeTrainer(make_sae(batch_topk=True), SaeTrainConfig(), total_steps=6)
     assert load_checkpoint(tmp_path, resumed) == {"epoch": 0, "batches_done": 3}

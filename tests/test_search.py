@@ -12,13 +12,13 @@ from pathlib import Path
 
 import mlflow
 import pytest
-
 from conftest import STEPS
+
 from saeuron.benchmarks import get_benchmark
+from saeuron.benchmarks.tuning_prompts import proportional_merge, tuning_prompt_rows
 from saeuron.config import build_config, config_to_yaml
 from saeuron.evaluation.evaluate import EvaluateConfig, evaluate
 from saeuron.tuning.search import SearchConfig, choose, search
-from saeuron.benchmarks.tuning_prompts import proportional_merge, tuning_prompt_rows
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,11 +2,11 @@ import pytest
 import torch
 
 from saeuron.diffusion.hooks import BlockCall
+from saeuron.method.edit import UnlearningEdit
 from saeuron.method.recipe import Recipe
-from saeuron.sae import Sae, SaeConfig
 from saeuron.method.selection import Rules, build_rules, importance_scores, selected_latents
 from saeuron.method.statistics import ConceptStatistics, patch_mean_latents, sae_fingerprint
-from saeuron.method.edit import UnlearningEdit
+from saeuron.sae import Sae, SaeConfig
 
 
 def stats_from_means(means, timesteps=(901, 1), concepts=None, fingerprint="x"):

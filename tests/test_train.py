@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import signal
@@ -9,10 +10,10 @@ import pytest
 import torch
 
 from saeuron.cluster.registry import load_sae, registered_name
+from saeuron.config import build_config
 from saeuron.sae import SaeConfig
 from saeuron.sae.trainer import SaeTrainConfig
 from saeuron.training.ray_train import TrainConfig, train, train_hookpoint
-from saeuron.config import build_config
 
 HOOKS = ["unet.mid_block.attentions.0", "unet.up_blocks.1.attentions.2"]  # the fixture collection: MiniCanvas's object, style hookpoints
 
@@ -113,16 +114,14 @@ def test_a_fresh_submission_of_the_same_config_resumes_the_run(minicanvas_activa
     env = {**os.environ, "RAY_ADDRESS": ray_cluster, "PYTHONPATH": str(repo)}
     command = [sys.executable, str(repo / "jobs" / "train.py"), "--config", str(config_file)]
     storage = tmp_path / "study" / "ray_train"
-    log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen(command, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    with open(tmp_path / "driver.log", "w") as log:  # the driver keeps its own copy of the descriptor
+        driver = subprocess.Popen(command, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 240
     registered = False
     while time.time() < deadline and not registered and driver.poll() is None:
         for snapshot in storage.rglob("checkpoint_manager_snapshot.json"):
-            try:
+            with contextlib.suppress(ValueError):  # a snapshot caught mid-write
                 registered = bool(json.loads(snapshot.read_text()).get("latest_checkpoint_result"))
-            except ValueError:
-                pass
         time.sleep(0.2)
     assert registered and driver.poll() is None, \
         f"the first submission ended before a checkpoint was registered: {(tmp_path / 'driver.log').read_text()[-3000:]}"

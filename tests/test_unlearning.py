@@ -4,18 +4,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import OBJECT_HOOK, STEPS, STYLE_HOOK
 
-from saeuron.method.baseline import ChannelZeroEdit, concept_channels
+from saeuron.benchmarks.minicanvas.quality import measure_generation_quality
 from saeuron.config import build_config
 from saeuron.diffusion.hooks import HookedPipeline
+from saeuron.method.baseline import ChannelZeroEdit, concept_channels
+from saeuron.method.edit import UnlearningEdit
 from saeuron.method.make_recipe import RecipeConfig, make_recipe
-from saeuron.benchmarks.minicanvas.quality import measure_generation_quality
 from saeuron.method.recipe import Recipe
 from saeuron.method.sampling import UnlearnConfig, unlearn
 from saeuron.method.unlearned_pipeline import UnlearnedPipeline
-from saeuron.method.edit import UnlearningEdit
-
-from conftest import OBJECT_HOOK, STEPS, STYLE_HOOK
 
 
 def style_scores(quality, concept):
@@ -124,7 +123,7 @@ def test_unlearn_job_and_unlearned_pipeline_round_trip(style_sae, style_statisti
     assert again.sae.sae.W_dec.dtype == torch.float64 and again.unet.dtype == torch.float64 and again.dtype == torch.float64
     assert again.recipe.scale.dtype == torch.float32
     c = again.generate(prompt, [188], num_inference_steps=STEPS, guidance_scale=7.5, output_type="np").images
-    assert 0 < np.abs(c - a).max() < 1e-3  # MEASURED
+    assert 0 < np.abs(c - a).max() < 1e-4  # measured 2.3e-6: fp64 rounding only
     again.to(dtype=torch.float32)
     assert again.sae.sae.W_dec.dtype == torch.float32
     assert np.array_equal(again.generate(prompt, [188], num_inference_steps=STEPS, guidance_scale=7.5, output_type="np").images, a)
@@ -141,8 +140,8 @@ def test_unlearn_job_and_unlearned_pipeline_round_trip(style_sae, style_statisti
 
 @pytest.mark.slow
 def test_a_recipe_without_rules_leaves_images_bit_identical(style_sae, style_statistics, minicanvas_pipeline):
-    from saeuron.sae import Sae
     from saeuron.method.statistics import ConceptStatistics
+    from saeuron.sae import Sae
 
     recipe = Recipe.from_statistics(ConceptStatistics.load(style_statistics), {"Neon_Glow": (99, -1)}, "embedded:minicanvas")
     recipe.rules = type(recipe.rules)(*(t[:0] for t in (recipe.rules.timestep_index, recipe.rules.latent, recipe.rules.scale,

@@ -13,8 +13,9 @@ Prediction is the argmax over every class, so an image judged ``Seed_Images`` (o
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -111,12 +112,13 @@ def load_unlearncanvas_vit(path: str | Path, classes: tuple[str, ...], what: str
 class UnlearnCanvasJudge:
     def __init__(self, style_model: nn.Module, object_model: nn.Module, identity: str, image_size: int = 224):
         self.style_model, self.object_model = style_model, object_model
-        self.styles, self.objects = UNLEARNCANVAS_THEMES, UNLEARNCANVAS_OBJECTS
+        self.styles: tuple[str, ...] = UNLEARNCANVAS_THEMES
+        self.objects: tuple[str, ...] = UNLEARNCANVAS_OBJECTS
         self.identity, self.image_size = identity, image_size
 
     @classmethod
     def from_checkpoints(cls, style_checkpoint: str, object_checkpoint: str, arch: str = UNLEARNCANVAS_ARCH,
-                         device: str | torch.device = "cpu") -> "UnlearnCanvasJudge":
+                         device: str | torch.device = "cpu") -> UnlearnCanvasJudge:
         style = load_unlearncanvas_vit(style_checkpoint, UNLEARNCANVAS_THEMES, "style", arch, device)
         obj = load_unlearncanvas_vit(object_checkpoint, UNLEARNCANVAS_OBJECTS, "object", arch, device)
         identity = f"unlearncanvas:{Path(style_checkpoint).resolve()}:{Path(object_checkpoint).resolve()}"

@@ -7,9 +7,9 @@ stages select by label and never parse prompt strings.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -76,7 +76,7 @@ def training_rows(
     """SAE-training prompts: every caption in every theme plus unstyled, ``seeds_per_prompt``
     times. Prompt ids number the full, unshuffled set, so they do not depend on ``max_prompts``;
     the kept subset is a seeded shuffle, as in the reference."""
-    rows = []
+    rows: list[PromptRow] = []
     for obj, lines in captions.items():
         for caption in lines:
             for style in (*themes, None):
@@ -92,7 +92,7 @@ def training_rows(
 def evaluation_rows(objects: Sequence[str], styles: Sequence[str], seeds: Sequence[int], unstyled: bool = True) -> list[PromptRow]:
     """"An image of {Object} in {Style} style." for every style × object, plus "An image of
     {Object}." when ``unstyled``, each at every seed."""
-    rows = []
+    rows: list[PromptRow] = []
     for style in (*styles, *((None,) if unstyled else ())):
         for obj in objects:
             for seed in seeds:

@@ -14,7 +14,7 @@ and still score UA, IRA and CRA.
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from saeuron.benchmarks.base import Benchmark, check_kind
 from saeuron.benchmarks.prompts import PromptRow
@@ -36,6 +36,9 @@ def proportional_merge(groups: Sequence[Sequence], shares: Sequence[float] | Non
         taken[i] += 1
     return out
 
+
+_Cell = tuple[str | None, str, str]
+"""One tuning prompt before it is numbered: (style or None, object, caption)."""
 
 FORGET_SHARE, RETAIN_SHARE, OTHER_AXIS_SHARE = 0.4, 0.5, 0.1
 """Order of the tuning prompts: the concept's own images come early (40 % of each prefix until they
@@ -60,12 +63,14 @@ def tuning_prompt_rows(spec: Benchmark, concept: str, kind: str, per_cell: int =
     rng = random.Random(f"{spec.name}/{concept}/{seed}")
     counter = iter(range(10**9))
 
-    def cell(style: str | None, obj: str) -> list[tuple[str | None, str, str]]:
+    def cell(style: str | None, obj: str) -> list[_Cell]:
         picks = rng.sample(captions[obj], min(per_cell, len(captions[obj])))
         picks += [rng.choice(captions[obj]) for _ in range(per_cell - len(picks))]
         return [(style, obj, c) for c in picks]
 
-    forget, retain, other_axis = [], [], []
+    forget: list[_Cell] = []
+    retain: list[_Cell] = []
+    other_axis: list[_Cell] = []
     for obj in spec.objects:
         for style in spec.styles:
             target = style if kind == "style" else obj

@@ -8,30 +8,18 @@ from __future__ import annotations
 
 import torch
 
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-def resolve_dtype(name: str, device: str) -> torch.dtype:
-    if name == "auto":
-        return torch.float16 if device == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be 'auto' or one of {list(DTYPES)}, got {name!r}")
-    return DTYPES[name]
+from saeuron.diffusion.pipeline import load_pipeline, resolve_dtype
 
 
 def load_pipeline_in_actor(model_path: str, dtype: str, cpu_threads: int):
     """Inside an actor: (pipeline, device, torch dtype), on the GPU Ray gave this actor if any."""
     import ray
-    from diffusers import StableDiffusionPipeline
 
     device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
     if device == "cpu":
         torch.set_num_threads(cpu_threads)
     torch_dtype = resolve_dtype(dtype, device)
-    pipe = StableDiffusionPipeline.from_pretrained(model_path, dtype=torch_dtype, safety_checker=None, feature_extractor=None,
-                                                   requires_safety_checker=False, local_files_only=True).to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, device, torch_dtype
+    return load_pipeline(model_path, device, torch_dtype), device, torch_dtype
 
 
 def ensure_ray() -> None:

@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from saeuron.collection import activations
-from saeuron.cluster.actor_pool import load_pipeline_in_actor, map_with_actor_pool, resolve_dtype
-from saeuron.console import logger
 from saeuron.benchmarks import Benchmark, get_benchmark
 from saeuron.benchmarks.prompts import rows_from_batch
+from saeuron.cluster.actor_pool import load_pipeline_in_actor, map_with_actor_pool
+from saeuron.collection import activations
+from saeuron.console import logger
 from saeuron.diffusion.hooks import CAPTURE_HALVES, HookedPipeline
-from saeuron.diffusion.pipeline import block_channels
-from saeuron.sections import ModelConfig, ResourcesConfig, SamplingConfig, TrackingConfig
+from saeuron.diffusion.pipeline import block_channels, resolve_dtype
+from saeuron.sections import SamplingConfig, WithModel, WithResources, WithTracking
 
 
 @dataclass
@@ -57,15 +57,12 @@ class CollectOptions:
 
 
 @dataclass
-class CollectConfig(CollectOptions):
+class CollectConfig(CollectOptions, WithResources, WithModel, WithTracking):
     hookpoints: list[str] = field(default_factory=list)
     """Blocks to record; empty means the benchmark's object and style hookpoints (UnlearnCanvas: the
     paper's up_blocks.1.attentions.1 and .2; MiniCanvas: mid_block.attentions.0 and up_blocks.1.attentions.2)."""
     output_dir: str = ""
     """Activation dataset folder; empty means <study_dir>/activations."""
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     @property
     def benchmark(self) -> Benchmark:
@@ -128,7 +125,7 @@ class ActivationCollector:
         pipe, _, _ = load_pipeline_in_actor(model_path, dtype, cpu_threads)
         self.hooked = HookedPipeline(pipe)
         self.hookpoints = hookpoints
-        self.settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, capture_half=capture_half)
+        self.num_inference_steps, self.guidance_scale, self.capture_half = num_inference_steps, guidance_scale, capture_half
         self.every_k_steps = every_k_steps
         self.patches_per_map = patches_per_map
 
@@ -136,7 +133,8 @@ class ActivationCollector:
         rows = rows_from_batch(batch)
         out = self.hooked.generate(
             [row["prompt"] for row in rows], [int(row["seed"]) for row in rows], capture=self.hookpoints,
-            capture_filter=lambda call: call.step_index % self.every_k_steps == 0, output_type="latent", **self.settings,
+            capture_filter=lambda call: call.step_index % self.every_k_steps == 0, output_type="latent",
+            num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale, capture_half=self.capture_half,
         )
         return pa.concat_tables([
             activations.activation_table(hp, rows, cap.stacked(), cap.timesteps, cap.step_indices, self.patches_per_map)

@@ -10,9 +10,10 @@ many processes run. Hooks are removed when sampling ends, also when it raises.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from diffusers import StableDiffusionPipeline

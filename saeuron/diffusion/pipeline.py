@@ -1,15 +1,40 @@
-"""Checks on a local diffusers pipeline folder that run before any model is loaded."""
+"""Loading a local diffusers Stable Diffusion folder, and the checks that run before any model loads."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from diffusers import UNet2DConditionModel
 
 from saeuron.diffusion.hooks import unet_cross_attention_blocks
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """``auto`` is float16 on a GPU and float32 on a CPU (CPU kernels for half precision are slow or missing)."""
+    if name == "auto":
+        return torch.float16 if device == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be 'auto' or one of {list(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def load_pipeline(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32):
+    """The one way a diffusers folder is loaded: a ``StableDiffusionPipeline`` from local files only
+    (nothing is downloaded), without the safety checker, progress bars off, on ``device``."""
+    from diffusers import StableDiffusionPipeline
+
+    check_pipeline_folder(path)
+    if isinstance(dtype, str):
+        dtype = resolve_dtype(dtype, torch.device(device).type)
+    pipe = StableDiffusionPipeline.from_pretrained(str(path), dtype=dtype, safety_checker=None, feature_extractor=None,
+                                                   requires_safety_checker=False, local_files_only=True).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def check_pipeline_folder(path: str | Path) -> dict:

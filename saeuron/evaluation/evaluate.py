@@ -20,13 +20,21 @@ import torch
 from saeuron.benchmarks import Benchmark, get_benchmark
 from saeuron.benchmarks.judges import Judge
 from saeuron.console import logger
-from saeuron.evaluation.metrics import UNSTYLED_WEIGHTINGS, ForgettingScores, SequentialStep, average_scores, forgetting_scores, sequential_scores
-from saeuron.method.recipe import Recipe, resolve_recipe_folders
-from saeuron.evaluation.report import ConceptSamples, write_report
 from saeuron.evaluation.fid import domain_fid, inception_fid, inception_weights_path
 from saeuron.evaluation.judging import judge_images, load_images
+from saeuron.evaluation.metrics import (
+    UNSTYLED_WEIGHTINGS,
+    ForgettingScores,
+    SequentialStep,
+    average_scores,
+    forgetting_scores,
+    sequential_scores,
+)
+from saeuron.evaluation.report import ConceptSamples, write_report
+from saeuron.method.recipe import Recipe, resolve_recipe_folders
 from saeuron.method.sampling import INDEX, UnlearnConfig, check_recipe, unlearn
-from saeuron.sections import EditConfig, ImageGridConfig, JudgeConfig, ModelConfig, ResourcesConfig, SamplingConfig, TrackingConfig
+from saeuron.sections import ImageGridConfig, WithEdit, WithJudge, WithModel, WithResources, WithSampling, WithTracking
+
 
 @dataclass
 class EvaluateOptions:
@@ -50,7 +58,7 @@ class EvaluateOptions:
 
 
 @dataclass
-class EvaluateConfig(EvaluateOptions):
+class EvaluateConfig(EvaluateOptions, WithResources, WithJudge, WithEdit, WithSampling, WithModel, WithTracking):
     recipes: list[str] = field(default_factory=list)
     """Recipes, one unlearned model each: folders, a folder of recipe folders, runs:/<search run id>/recipes or
     models:/NAME@alias of registered recipes."""
@@ -60,12 +68,6 @@ class EvaluateConfig(EvaluateOptions):
     """Empty: <study_dir>/reports/<run name>-<run id>."""
     run_name: str = "evaluate"
     """Name of the MLflow run (and of the report folder)."""
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    edit: EditConfig = field(default_factory=EditConfig)
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     @property
     def benchmark(self) -> Benchmark:
@@ -97,6 +99,8 @@ def models_to_score(cfg: EvaluateConfig) -> list[ModelToScore]:
     models = []
     for folder in resolve_recipe_folders(cfg.recipes, tracking_uri_of(cfg.tracking)):
         recipe = check_recipe(generation_config(cfg, folder))
+        if recipe is None:  # check_recipe gives None only for an empty path, i.e. "no recipe"
+            raise ValueError(f"an empty recipe path among {cfg.recipes}: every recipe to evaluate needs a folder")
         kinds = {cfg.benchmark.concept_kind(c) for c in recipe.concepts}
         if len(kinds) != 1:
             raise ValueError(f"recipe {folder} forgets styles and objects together ({list(recipe.concepts)}); "

@@ -23,7 +23,8 @@ each unstyled image once per style, giving them half the weight as in the paper-
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable, Mapping, NamedTuple, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 

@@ -19,7 +19,10 @@ from saeuron.diffusion.hooks import BlockCall
 
 
 def concept_channels(root: str | Path, hookpoint: str, concept: str, kind: str, count: int) -> list[int]:
-    d_in = activations.read_manifest(root)["d_in"][hookpoint]
+    manifest = activations.read_manifest(root)
+    if manifest is None:
+        raise FileNotFoundError(f"{root} has no {activations.MANIFEST}: not an activation dataset (run jobs/collect.py first)")
+    d_in = manifest["d_in"][hookpoint]
     table = pads.dataset(str(activations.hookpoint_dir(root, hookpoint)), format="parquet").to_table(columns=[kind, "activations", "patch_index"])
     labels = np.repeat(np.array(table.column(kind).to_pylist(), dtype=object), [len(p) for p in table.column("patch_index").to_pylist()])
     vectors = activations.binary_to_vectors(table.column("activations"), d_in).astype(np.float32)

@@ -36,7 +36,7 @@ class DiffusersSae(ModelMixin, ConfigMixin):
         self.register_to_config(cfg=dict(cfg), inference=inference)
 
     @classmethod
-    def from_sae(cls, sae: Sae) -> "DiffusersSae":
+    def from_sae(cls, sae: Sae) -> DiffusersSae:
         """Wraps ``sae`` itself (no copy of its weights)."""
         with torch.device("meta"):
             component = cls(sae.cfg.to_json_dict(sae.d_in), sae.inference)
@@ -68,7 +68,7 @@ class DiffusersRecipe(ModelMixin, ConfigMixin):
         rules = Rules(*(getattr(self, name) for name in RULE_TENSORS))
         return Recipe(c.hookpoint, c.sae_ref, c.sae_fingerprint, c.base_model, dict(c.concepts), list(c.timesteps), rules)
 
-    def to(self, *args, **kwargs) -> "DiffusersRecipe":
+    def to(self, *args, **kwargs) -> DiffusersRecipe:
         # Rules keep their dtype: the edit casts them to the SAE's, and a cast pipeline must save the same recipe.
         device, _, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
         return self if device is None else super().to(device, non_blocking=non_blocking)
@@ -79,6 +79,6 @@ class DiffusersRecipe(ModelMixin, ConfigMixin):
         recipe.save(save_directory)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "DiffusersRecipe":
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> DiffusersRecipe:
         """``kwargs`` are diffusers' loading arguments (``torch_dtype``, ``device_map`` …), which a recipe ignores."""
         return cls(Recipe.load(pretrained_model_name_or_path))

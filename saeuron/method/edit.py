@@ -14,9 +14,9 @@ from torch import Tensor
 
 from saeuron.diffusion.hooks import BlockCall
 from saeuron.method.recipe import Recipe
+from saeuron.method.statistics import sae_fingerprint
 from saeuron.sae import Sae
 from saeuron.sae.sparse import decode_fixed_width
-from saeuron.method.statistics import sae_fingerprint
 
 ERROR_MODES = ("correct", "reference")
 

@@ -9,7 +9,7 @@ per-(concept, timestep) sums and counts; the driver adds them up into
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +17,15 @@ import pyarrow as pa
 import torch
 
 from saeuron.benchmarks import get_benchmark
+from saeuron.benchmarks.prompts import rows_from_batch
 from saeuron.cluster.actor_pool import load_pipeline_in_actor, map_with_actor_pool
+from saeuron.cluster.registry import load_sae
 from saeuron.cluster.tracking import tracking_uri_of
 from saeuron.console import logger
-from saeuron.benchmarks.prompts import rows_from_batch
 from saeuron.diffusion.hooks import HookedPipeline
 from saeuron.diffusion.pipeline import block_channels
-from saeuron.cluster.registry import load_sae
 from saeuron.method.statistics import ConceptStatistics, patch_mean_latents, sae_fingerprint
-from saeuron.sections import ModelConfig, ResourcesConfig, SamplingConfig, TrackingConfig
+from saeuron.sections import WithModel, WithResources, WithSampling, WithTracking
 
 
 @dataclass
@@ -43,7 +43,7 @@ class GatherOptions:
 
 
 @dataclass
-class GatherConfig(GatherOptions):
+class GatherConfig(GatherOptions, WithResources, WithSampling, WithModel, WithTracking):
     sae: str = ""
     """SAE of the hookpoint: a folder (or a folder of <hookpoint>/ folders) or models:/NAME@alias."""
     kind: str = "style"
@@ -53,10 +53,6 @@ class GatherConfig(GatherOptions):
     up_blocks.1.attentions.1 on UnlearnCanvas, mid_block.attentions.0 on MiniCanvas)."""
     output_dir: str = ""
     """Where the statistics go; empty means <study_dir>/statistics/<kind>-<hookpoint>."""
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     @property
     def resolved_hookpoint(self) -> str:
@@ -75,14 +71,15 @@ class StatisticsActor:
         self.sae = load_sae(sae_ref, hookpoint, device=device, dtype=torch_dtype, inference=sae_inference or None,
                             tracking_uri=tracking_uri or None)
         self.hookpoint, self.kind = hookpoint, kind
-        self.settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+        self.num_inference_steps, self.guidance_scale = num_inference_steps, guidance_scale
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         from ray.data.extensions import ArrowTensorArray
 
         rows = rows_from_batch(batch)
         capture = self.hooked.generate([r["prompt"] for r in rows], [int(r["seed"]) for r in rows], capture=[self.hookpoint],
-                                       output_type="latent", capture_device=self.hooked.device, **self.settings).captures[self.hookpoint]
+                                       output_type="latent", capture_device=self.hooked.device,
+                                       num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale).captures[self.hookpoint]
         maps = capture.stacked()  # [B, T, P, C]
         latents = torch.stack([patch_mean_latents(self.sae, maps[:, t]) for t in range(maps.shape[1])], dim=1)  # [B, T, F]
         concepts = [r[self.kind] for r in rows]
@@ -137,6 +134,9 @@ def gather(cfg: GatherConfig) -> ConceptStatistics:
         for concept, timestep, count, latent_sum in zip(part.column("concept").to_pylist(), part.column("timestep").to_pylist(),
                                                         part.column("count").to_pylist(), sums):
             stats.add(concept, timestep, torch.from_numpy(np.array(latent_sum)), count)  # a writable copy
+    if stats is None:
+        raise ValueError(f"gather: the actors returned no statistics for {len(rows)} prompts ({cfg.kind} at {cfg.resolved_hookpoint}); "
+                         "nothing to save")
     stats.save(cfg.statistics_dir)
     logger.info(f"gather: {len(rows)} prompts, {len(concepts)} {cfg.kind} concepts × {len(stats.timesteps)} timesteps × "
                 f"{stats.num_latents} latents in {time.perf_counter() - started:.1f}s -> {cfg.statistics_dir}")

@@ -9,11 +9,11 @@ from saeuron.benchmarks import get_benchmark
 from saeuron.console import logger
 from saeuron.method.recipe import Recipe
 from saeuron.method.statistics import ConceptStatistics
-from saeuron.sections import ModelConfig
+from saeuron.sections import WithModel
 
 
 @dataclass
-class RecipeConfig:
+class RecipeConfig(WithModel):
     statistics: str = ""
     """Folder written by jobs/gather.py."""
     concepts: list[str] = field(default_factory=list)
@@ -24,7 +24,6 @@ class RecipeConfig:
     """γ: a selected latent firing above its threshold becomes γ·μ (negative suppresses)."""
     output_dir: str = ""
     """Where the recipe goes; empty means <statistics>/../../recipes/<concepts>."""
-    model: ModelConfig = field(default_factory=ModelConfig)
 
     def recipe_dir(self) -> Path:
         if self.output_dir:

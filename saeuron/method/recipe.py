@@ -7,6 +7,7 @@ Saved as ``recipe.json`` (SAE reference and fingerprint, hookpoint, base model, 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ class Recipe:
     rules: Rules
 
     @classmethod
-    def from_statistics(cls, stats: ConceptStatistics, params: dict[str, tuple[float, float]], base_model: str) -> "Recipe":
+    def from_statistics(cls, stats: ConceptStatistics, params: dict[str, tuple[float, float]], base_model: str) -> Recipe:
         rules = build_rules(stats, params)
         concepts = {c: {"percentile": float(p), "multiplier": float(g)} for c, (p, g) in params.items()}
         return cls(stats.hookpoint, stats.sae_ref, stats.sae_fingerprint, base_model, concepts, list(stats.timesteps), rules)
@@ -48,7 +49,7 @@ class Recipe:
         mask = self.rules.timestep_index == self.timestep_index(timestep)
         return self.rules.latent[mask], self.rules.scale[mask], self.rules.threshold[mask]
 
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | os.PathLike[str]) -> Path:
         r = self.rules
         tensors = {"timestep_index": r.timestep_index, "latent": r.latent, "scale": r.scale, "threshold": r.threshold,
                    "concept_index": r.concept_index}
@@ -57,7 +58,7 @@ class Recipe:
         return save_tensors_and_json(folder, TENSORS, tensors, JSON, meta)
 
     @classmethod
-    def load(cls, folder: str | Path) -> "Recipe":
+    def load(cls, folder: str | os.PathLike[str]) -> Recipe:
         folder = Path(folder)
         if not (folder / JSON).is_file():
             raise FileNotFoundError(f"{folder} holds no {JSON}: not an unlearning recipe")

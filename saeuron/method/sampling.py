@@ -20,12 +20,12 @@ import pyarrow.parquet as pq
 
 from saeuron.atomic_files import atomic_path
 from saeuron.benchmarks import get_benchmark
+from saeuron.benchmarks.prompts import PromptRow, rows_from_batch
 from saeuron.cluster.actor_pool import load_pipeline_in_actor, map_with_actor_pool
 from saeuron.cluster.tracking import tracking_uri_of
 from saeuron.console import logger
-from saeuron.benchmarks.prompts import PromptRow, rows_from_batch
 from saeuron.method.recipe import Recipe
-from saeuron.sections import EditConfig, ImageGridConfig, ModelConfig, ResourcesConfig, SamplingConfig, TrackingConfig
+from saeuron.sections import ImageGridConfig, WithEdit, WithModel, WithResources, WithSampling, WithTracking
 
 INDEX = "images.parquet"
 IMAGE_FORMATS = ("png", "jpg")
@@ -37,7 +37,7 @@ def image_name(row: dict, image_format: str) -> str:
 
 
 @dataclass
-class UnlearnConfig:
+class UnlearnConfig(WithResources, WithEdit, WithSampling, WithModel, WithTracking):
     recipe: str = ""
     """Recipe folder (recipe.json + recipe.safetensors); empty samples the base model."""
     sae: str = ""
@@ -45,11 +45,6 @@ class UnlearnConfig:
     output_dir: str = ""
     """Image folder; empty: <study_dir>/images/<recipe name>-<key of the settings>."""
     grid: ImageGridConfig = field(default_factory=ImageGridConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    edit: EditConfig = field(default_factory=EditConfig)
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     @property
     def images_dir(self) -> Path:
@@ -72,25 +67,26 @@ class UnlearnConfig:
 class UnlearningSampler:
     def __init__(self, model_path: str, recipe: str, sae: str, base_model: str, error_mode: str, num_inference_steps: int,
                  guidance_scale: float, dtype: str, image_format: str, out_dir: str, tracking_uri: str, cpu_threads: int):
-        from saeuron.diffusion.hooks import HookedPipeline
         from saeuron.cluster.registry import load_sae
+        from saeuron.diffusion.hooks import HookedPipeline
         from saeuron.method.unlearned_pipeline import UnlearnedPipeline
 
         pipe, device, torch_dtype = load_pipeline_in_actor(model_path, dtype, cpu_threads)
         if recipe:
             loaded = Recipe.load(recipe)
             sae_model = load_sae(sae or loaded.sae_ref, loaded.hookpoint, device=device, dtype=torch_dtype, tracking_uri=tracking_uri or None)
-            self.generator = UnlearnedPipeline.from_recipe(pipe, sae_model, loaded, base_model, error_mode)
+            self.generator: UnlearnedPipeline | HookedPipeline = UnlearnedPipeline.from_recipe(pipe, sae_model, loaded, base_model, error_mode)
         else:
             self.generator = HookedPipeline(pipe)
-        self.settings = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+        self.num_inference_steps, self.guidance_scale = num_inference_steps, guidance_scale
         self.image_format, self.out_dir = image_format, Path(out_dir)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from PIL import Image
 
         rows = rows_from_batch(batch)
-        images = self.generator.generate([r["prompt"] for r in rows], [int(r["seed"]) for r in rows], output_type="np", **self.settings).images
+        images = self.generator.generate([r["prompt"] for r in rows], [int(r["seed"]) for r in rows], output_type="np",
+                                         num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale).images
         names = []
         for row, image in zip(rows, images):
             name = image_name(row, self.image_format)

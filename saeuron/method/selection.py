@@ -51,7 +51,7 @@ class Rules:
     concept_index: torch.Tensor
 
     @classmethod
-    def empty(cls) -> "Rules":
+    def empty(cls) -> Rules:
         """No rules: an edit with them changes no latent."""
         def none(dtype: torch.dtype) -> torch.Tensor:
             return torch.zeros(0, dtype=dtype)

@@ -86,7 +86,7 @@ class ConceptStatistics:
         return save_tensors_and_json(folder, TENSORS, tensors, INDEX, index)
 
     @classmethod
-    def load(cls, folder: str | Path) -> "ConceptStatistics":
+    def load(cls, folder: str | Path) -> ConceptStatistics:
         folder = Path(folder)
         if not (folder / INDEX).is_file():
             raise FileNotFoundError(f"{folder} holds no {INDEX}: run jobs/gather.py first")

@@ -12,7 +12,7 @@ and ``recipe`` (:class:`~saeuron.method.components.DiffusersRecipe`); ``error_mo
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
@@ -59,7 +59,7 @@ class UnlearnedPipeline(StableDiffusionPipeline):
 
     @classmethod
     def from_recipe(cls, pipe: StableDiffusionPipeline, sae: Sae, recipe: Recipe, base_model: str | None = None,
-                    error_mode: str = "correct") -> "UnlearnedPipeline":
+                    error_mode: str = "correct") -> UnlearnedPipeline:
         """An unlearned pipeline sharing ``pipe``'s modules and ``sae`` (nothing is copied)."""
         components = {name: module for name, module in pipe.components.items() if name in cls._get_signature_keys(cls)[0]}
         unlearned = cls(**components, sae=DiffusersSae.from_sae(sae), recipe=DiffusersRecipe(recipe),

@@ -52,7 +52,7 @@ class SaeConfig:
         return {**dataclasses.asdict(self), "d_in": d_in}
 
     @classmethod
-    def from_json_dict(cls, raw: dict[str, Any], source: str = "cfg.json") -> tuple["SaeConfig", int]:
+    def from_json_dict(cls, raw: dict[str, Any], source: str = "cfg.json") -> tuple[SaeConfig, int]:
         """Returns the config and ``d_in``; unknown fields warn instead of failing, so that
         checkpoints written by newer or other tools still load."""
         raw = dict(raw)

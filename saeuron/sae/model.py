@@ -212,7 +212,7 @@ class Sae(nn.Module):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         inference: str | None = None,
-    ) -> "Sae":
+    ) -> Sae:
         """Load one hookpoint folder. ``inference`` is "topk" or "threshold"; by default the
         learned threshold is used when the checkpoint has one."""
         folder = Path(path)
@@ -253,7 +253,7 @@ class Sae(nn.Module):
         dtype: torch.dtype | None = None,
         hookpoints: list[str] | None = None,
         inference: str | None = None,
-    ) -> dict[str, "Sae"]:
+    ) -> dict[str, Sae]:
         """Load every ``<hookpoint>/`` SAE folder under ``path`` (or only ``hookpoints``)."""
         root = Path(path)
         available = sorted(p.name for p in root.iterdir() if (p / CONFIG_FILE).is_file()) if root.is_dir() else []

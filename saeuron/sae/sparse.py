@@ -42,7 +42,7 @@ class _SelectedPreacts(torch.autograd.Function):
     """values = ReLU(xc @ W.T + b)[rows, latents], with a backward that is sparse in latents."""
 
     @staticmethod
-    def forward(ctx, xc, weight, bias, preacts, rows, latents):  # type: ignore[override]
+    def forward(ctx, xc, weight, bias, preacts, rows, latents):
         values = preacts[rows, latents]
         ctx.save_for_backward(xc, weight, rows, latents, values)
         ctx.num_rows = xc.shape[0]
@@ -50,7 +50,7 @@ class _SelectedPreacts(torch.autograd.Function):
         return values
 
     @staticmethod
-    def backward(ctx, grad_values):  # type: ignore[override]
+    def backward(ctx, grad_values):
         xc, weight, rows, latents, values = ctx.saved_tensors
         grad = grad_values * (values > 0).to(grad_values.dtype)  # ReLU gate
         grad_xc = grad_weight = grad_bias = None

@@ -125,7 +125,7 @@ class SaeTrainer:
         torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
         if sae.cfg.normalize_decoder:
             sae.remove_gradient_parallel_to_decoder_directions()
-        lr = self.scheduler.get_last_lr()[0]
+        lr = float(self.scheduler.get_last_lr()[0])  # a float: the optimizer's lr is never a tensor here
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
@@ -151,10 +151,10 @@ class SaeTrainer:
             torch.distributed.all_reduce(smallest, op=torch.distributed.ReduceOp.MIN)
         if not torch.isfinite(smallest):
             return
-        smallest = float(smallest)
+        value = float(smallest)
         current = self.sae.cfg.threshold
         beta = self.cfg.threshold_beta
-        self.sae.cfg.threshold = smallest if current is None else beta * current + (1 - beta) * smallest
+        self.sae.cfg.threshold = value if current is None else beta * current + (1 - beta) * value
 
     # ------------------------------------------------------------------ resumable state
     def state_dict(self) -> dict[str, Any]:

@@ -18,11 +18,10 @@ from saeuron.evaluation.evaluate import EvaluateConfig, EvaluateOptions
 from saeuron.method.gather import GatherOptions
 from saeuron.sae import SaeConfig
 from saeuron.sae.trainer import SaeTrainConfig
-from saeuron.sections import (EditConfig, ImageGridConfig, JudgeConfig, ModelConfig, ResourcesConfig, SamplingConfig,
-                              TrackingConfig)
+from saeuron.sections import (ImageGridConfig, SamplingConfig, TrackingConfig, WithEdit, WithJudge, WithModel,
+                              WithResources, WithSampling, WithTracking)
 from saeuron.training.ray_train import TrainConfig, TrainOptions
 from saeuron.tuning.search import SearchConfig, SearchOptions
-
 
 
 def _quick_steps() -> SamplingConfig:
@@ -49,7 +48,11 @@ def _quick_evaluate() -> EvaluateOptions:
 
 
 @dataclass
-class StudyConfig:
+class StudyConfig(WithResources, WithJudge, WithEdit, WithSampling, WithModel, WithTracking):
+    """The sampling section is that of statistics, search and evaluation (the same steps, since statistics
+    are per timestep); collection has its own in its section."""
+
+    sampling: SamplingConfig = field(default_factory=_quick_steps)
     name: str = "minicanvas-quick"
     """Names the study's MLflow run and its stage records (<study_dir>/stages/<name>)."""
     style_hookpoint: str = ""
@@ -57,13 +60,6 @@ class StudyConfig:
     object_hookpoint: str = ""
     """Block whose SAE forgets objects; empty: the benchmark's (MiniCanvas: mid_block.attentions.0; otherwise the
     paper's up_blocks.1.attentions.1)."""
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    sampling: SamplingConfig = field(default_factory=_quick_steps)
-    """Sampling of statistics, search and evaluation (the same steps, since statistics are per timestep)."""
-    edit: EditConfig = field(default_factory=EditConfig)
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     collect: CollectOptions = field(default_factory=_quick_collect)
     train: TrainOptions = field(default_factory=_quick_train)
     gather: GatherOptions = field(default_factory=lambda: GatherOptions(batch_size=20))

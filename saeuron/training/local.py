@@ -18,7 +18,10 @@ from saeuron.sae.trainer import SaeTrainConfig, SaeTrainer
 
 
 def load_vectors(root: str | Path, hookpoint: str) -> torch.Tensor:
-    d_in = activations.read_manifest(root)["d_in"][hookpoint]
+    manifest = activations.read_manifest(root)
+    if manifest is None:
+        raise FileNotFoundError(f"{root} has no {activations.MANIFEST}: not an activation dataset (run jobs/collect.py first)")
+    d_in = manifest["d_in"][hookpoint]
     table = pads.dataset(str(activations.hookpoint_dir(root, hookpoint)), format="parquet").to_table(
         columns=["prompt_id", "step_index", "activations"])
     # File order depends on the writer; sort so that the same data always gives the same tensor.
@@ -35,7 +38,7 @@ def train_locally(root: str | Path, hookpoint: str, sae_cfg: SaeConfig, optim: S
     sae = Sae(vectors.shape[1], sae_cfg)
     trainer = SaeTrainer(sae, optim, steps)
     order = torch.randperm(len(vectors), generator=generator)
-    flowing = None
+    flowing = time.perf_counter()  # restarted once the first step has finished
     for step in range(steps):
         start = (step * batch_size) % max(len(vectors) - batch_size, 1)
         trainer.step(vectors[order[start:start + batch_size]])

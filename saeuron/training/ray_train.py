@@ -25,7 +25,7 @@ from saeuron.console import is_verbose, logger, setup_console
 from saeuron.sae import Sae, SaeConfig
 from saeuron.sae.checkpoint import load_checkpoint, save_checkpoint
 from saeuron.sae.trainer import SaeTrainConfig, SaeTrainer
-from saeuron.sections import TrackingConfig
+from saeuron.sections import WithTracking
 
 METRICS = ("fvu", "explained_variance", "l0", "dead_fraction", "auxk_loss")
 
@@ -74,12 +74,11 @@ class TrainOptions:
 
 
 @dataclass
-class TrainConfig(TrainOptions):
+class TrainConfig(TrainOptions, WithTracking):
     activations_dir: str = ""
     """Activation dataset (jobs/collect.py's output); empty means <study_dir>/activations."""
     hookpoints: list[str] = field(default_factory=list)
     """Hookpoints to train an SAE for; empty means every hookpoint in the dataset."""
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @property
     def dataset_dir(self) -> Path:
@@ -111,7 +110,7 @@ def _validation_metrics(sae: Sae, batches, dead_fraction: float) -> dict[str, fl
             total = x.sum(0) if total is None else total + x.sum(0)
             count += x.shape[0]
             l0 += float((acts > 0).sum())
-    if not count:
+    if total is None or not count:  # no batches, or only empty ones
         return {}
     variance = sq_sum - float(total.pow(2).sum()) / count
     fvu = sq_err / variance

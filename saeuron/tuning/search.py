@@ -24,10 +24,10 @@ from typing import Any, NamedTuple
 
 from saeuron.atomic_files import write_text_atomic
 from saeuron.benchmarks import Benchmark, get_benchmark
+from saeuron.benchmarks.tuning_prompts import tuning_prompt_rows
 from saeuron.console import logger, tune_verbosity
 from saeuron.method.statistics import ConceptStatistics
-from saeuron.benchmarks.tuning_prompts import tuning_prompt_rows
-from saeuron.sections import EditConfig, JudgeConfig, ModelConfig, SamplingConfig, TrackingConfig
+from saeuron.sections import WithEdit, WithJudge, WithModel, WithSampling, WithTracking
 from saeuron.tuning.trial import tuning_trial
 
 SCHEDULERS = ("grid", "asha")
@@ -69,18 +69,13 @@ class SearchOptions:
 
 
 @dataclass
-class SearchConfig(SearchOptions):
+class SearchConfig(SearchOptions, WithJudge, WithEdit, WithSampling, WithModel, WithTracking):
     style_statistics: str = ""
     """Statistics folder of the style hookpoint (jobs/gather.py --kind style)."""
     object_statistics: str = ""
     """Statistics folder of the object hookpoint (jobs/gather.py --kind object)."""
     output_dir: str = ""
     """The search's folder (Tune state, recipes, heat maps); empty: <study_dir>/search/<name>."""
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    edit: EditConfig = field(default_factory=EditConfig)
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     @property
     def benchmark(self) -> Benchmark:
@@ -227,10 +222,10 @@ def search(cfg: SearchConfig) -> SearchResult:
     import mlflow
 
     from saeuron.cluster.actor_pool import ensure_ray
-    from saeuron.evaluation.evaluate import check_judge
-    from saeuron.method.recipe import Recipe
-    from saeuron.evaluation.report import objective_heatmap
     from saeuron.cluster.tracking import tracked_run, tracking_uri_of
+    from saeuron.evaluation.evaluate import check_judge
+    from saeuron.evaluation.report import objective_heatmap
+    from saeuron.method.recipe import Recipe
 
     if cfg.scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {cfg.scheduler!r}")
@@ -244,8 +239,10 @@ def search(cfg: SearchConfig) -> SearchResult:
     prompts = {c: [r.as_dict() for r in tuning_prompt_rows(cfg.benchmark, c, kind, cfg.prompts_per_cell,
                                                            cfg.model.anchor_prompts_dir or None, cfg.tuning_seed)][:cfg.max_prompts or None]
                for c, (kind, _) in kinds.items()}
-    setup = dict(model_path=str(model_path), dtype=cfg.model.dtype, cpu_threads=cfg.cpu_threads_per_trial, benchmark=cfg.model.benchmark,
-                 judge=asdict(cfg.judge), base_model=cfg.benchmark.model_identity(cfg.model.model_path), error_mode=cfg.edit.error_mode,
+    base_model = cfg.benchmark.model_identity(cfg.model.model_path)
+    setup: dict[str, Any] = dict(  # what every trial needs (saeuron.tuning.trial.tuning_trial reads it)
+                 model_path=str(model_path), dtype=cfg.model.dtype, cpu_threads=cfg.cpu_threads_per_trial, benchmark=cfg.model.benchmark,
+                 judge=asdict(cfg.judge), base_model=base_model, error_mode=cfg.edit.error_mode,
                  chunk=cfg.chunk, num_inference_steps=cfg.sampling.num_inference_steps, guidance_scale=cfg.sampling.guidance_scale,
                  tracking_uri=tracking_uri,
                  prompts=prompts)
@@ -257,7 +254,7 @@ def search(cfg: SearchConfig) -> SearchResult:
             result = run_concept_search(cfg, concept, kind, folder, setup, run.info.run_id, tracking_uri)
             results.append(result)
             recipe = Recipe.from_statistics(ConceptStatistics.load(folder), {concept: (result.percentile, result.multiplier)},
-                                            setup["base_model"])
+                                            base_model)
             recipe.save(out / "recipes" / concept)
             objective_heatmap(result, *grid_of(cfg), out / f"heatmap_{concept}.png")
             logger.info(f"search: {concept} ({kind}) -> p={result.percentile} γ={result.multiplier} objective {result.objective:.3f} "

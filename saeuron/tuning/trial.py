@@ -32,10 +32,10 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     import ray.tune
     from ray.tune import Checkpoint
 
-    from saeuron.cluster.actor_pool import load_pipeline_in_actor
     from saeuron.benchmarks.judges import judge_batch
-    from saeuron.method.recipe import Recipe
+    from saeuron.cluster.actor_pool import load_pipeline_in_actor
     from saeuron.cluster.registry import load_sae
+    from saeuron.method.recipe import Recipe
     from saeuron.method.unlearned_pipeline import UnlearnedPipeline
 
     pipe, device, dtype = _cached(("pipeline", setup["model_path"], setup["dtype"]),

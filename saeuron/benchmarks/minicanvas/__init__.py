@@ -32,14 +32,9 @@ class MiniCanvas:
         return self.root / "classifier"
 
     def load_pipeline(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-        from diffusers import StableDiffusionPipeline
+        from saeuron.diffusion.pipeline import load_pipeline
 
-        pipe = StableDiffusionPipeline.from_pretrained(
-            str(self.pipeline_path), dtype=dtype, safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False, local_files_only=True,
-        ).to(device)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+        return load_pipeline(self.pipeline_path, device, dtype)
 
     def load_classifier(self, device: str | torch.device = "cpu"):
         from saeuron.benchmarks.minicanvas.classifier import MiniCanvasClassifier

@@ -63,7 +63,7 @@ class MiniCanvasClassifier(nn.Module):
             config.write_text(json.dumps(asdict(self.cfg), indent=2))
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> "MiniCanvasClassifier":
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> MiniCanvasClassifier:
         folder = Path(folder)
         raw = json.loads((folder / "config.json").read_text())
         model = cls(ClassifierConfig(**{k: tuple(v) for k, v in raw.items()}))

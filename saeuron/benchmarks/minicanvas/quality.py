@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from saeuron.diffusion.hooks import HookedPipeline
 from saeuron.benchmarks.judges import MiniCanvasJudge, judge_batch
 from saeuron.benchmarks.minicanvas.classifier import MiniCanvasClassifier
 from saeuron.benchmarks.minicanvas.concepts import NO_STYLE, OBJECTS, STYLES, eval_prompt
 from saeuron.benchmarks.minicanvas.render import render_grid
+from saeuron.diffusion.hooks import HookedPipeline
 
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 7.5
@@ -65,15 +65,15 @@ def measure_generation_quality(
     """``edits`` ({hookpoint: edit function}) are applied while sampling, e.g. an unlearning edit."""
     hooked = HookedPipeline(pipe)
     jobs = [(style, obj, seed) for style in (*STYLES, NO_STYLE) for obj in OBJECTS for seed in seeds]
-    images = []
+    batches: list[torch.Tensor] = []
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         out = hooked.generate(
             [eval_prompt(obj, style) for style, obj, _ in chunk], [seed for *_, seed in chunk],
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type="pt", edits=edits,
         )
-        images.append(out.images.float().cpu())
-    images = torch.cat(images)
+        batches.append(out.images.float().cpu())
+    images = torch.cat(batches)
     judge, rows = MiniCanvasJudge(classifier), [{"style": style, "object": obj, "seed": seed} for style, obj, seed in jobs]
     judged = [r for start in range(0, len(rows), JUDGE_BATCH)
               for r in judge_batch(judge, images[start:start + JUDGE_BATCH], rows[start:start + JUDGE_BATCH])]

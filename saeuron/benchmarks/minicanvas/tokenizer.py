@@ -8,6 +8,7 @@ the benchmark's prompts become single tokens once merges for them are learned.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, chars)))
 
 
-def write_clip_tokenizer(folder: str | Path, merges: list[tuple[str, str]] = (), model_max_length: int = 32) -> Path:
+def write_clip_tokenizer(folder: str | Path, merges: Sequence[tuple[str, str]] = (), model_max_length: int = 32) -> Path:
     """Write ``vocab.json``, ``merges.txt`` and ``tokenizer_config.json`` for
     ``CLIPTokenizer.from_pretrained(folder)`` (transformers 5 ignores file arguments to the
     constructor, so a folder is the reliable way in)."""
@@ -80,4 +81,4 @@ def learn_merges(corpus: list[str]) -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as folder:
         tokenizer.model.save(folder)
         lines = (Path(folder) / "merges.txt").read_text(encoding="utf-8").splitlines()
-    return [tuple(line.split()) for line in lines if line and not line.startswith("#")]
+    return [(left, right) for left, right in (line.split() for line in lines if line and not line.startswith("#"))]

@@ -25,13 +25,20 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusi
 from diffusers.training_utils import EMAModel
 from transformers import CLIPTokenizer
 
-from saeuron.config import parse_config
-from saeuron.console import logger
 from saeuron.benchmarks.minicanvas.architecture import SD_V1_SCHEDULER, Architecture, build_text_encoder, build_unet, build_vae
 from saeuron.benchmarks.minicanvas.classifier import MiniCanvasClassifier, augment
-from saeuron.benchmarks.minicanvas.concepts import CAPTION_TEMPLATES, OBJECTS, STYLE_LABELS, eval_prompt, training_prompt, vocabulary_corpus
+from saeuron.benchmarks.minicanvas.concepts import (
+    CAPTION_TEMPLATES,
+    OBJECTS,
+    STYLE_LABELS,
+    eval_prompt,
+    training_prompt,
+    vocabulary_corpus,
+)
 from saeuron.benchmarks.minicanvas.data import render_dataset
 from saeuron.benchmarks.minicanvas.tokenizer import learn_merges, write_clip_tokenizer
+from saeuron.config import parse_config
+from saeuron.console import logger
 
 STAGES = ("tokenizer", "vae", "unet", "classifier", "all")
 
