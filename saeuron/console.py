@@ -1,11 +1,12 @@
 """What a person sees: the ``saeuron`` logger, one plain line per message, and a quiet Ray.
 
 Every job entry point calls :func:`setup_console` once (``saeuron.config.parse_config`` does it).
-Unless verbose, Ray keeps its progress bars, its workers' output and its INFO lines to its log files
-(``/tmp/ray/session_latest/logs``) and the console shows the study's own progress lines; a worker's
-error still reaches the driver as the exception that fails the stage. Verbose (the config's
-``verbose`` setting, or ``SAEURON_VERBOSE=1``) brings Ray Data's, Ray Train's and Tune's full
-progress back. Bottom layer: imports nothing from ``saeuron``.
+Unless verbose, Ray Data draws no progress bars, Tune prints no trial tables, and Ray's workers'
+output and INFO lines go only to the session's log files (``/tmp/ray/session_latest/logs``): the
+console shows the study's own lines, a few per stage. A worker's error still reaches the driver as
+the exception that fails the stage. Verbose (``tracking.verbose``, ``--verbose true``, or
+``SAEURON_VERBOSE=1``) brings Ray Data's, Ray Train's and Tune's full output back. Bottom layer:
+imports nothing from ``saeuron``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ def setup_console(verbose: bool = False) -> None:
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if _verbose else logging.INFO)
     logger.propagate = False  # a root handler someone else configured would print every line twice
+    if not _verbose:  # MLflow's INFO lines and its progress bar per model download (workers started later inherit these)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        if os.environ["MLFLOW_LOGGING_LEVEL"].upper() == "WARNING":
+            logging.getLogger("mlflow").setLevel(logging.WARNING)  # when MLflow was imported already
 
 
 def ray_init_kwargs() -> dict:
@@ -78,6 +84,11 @@ def tune_verbosity() -> int:
     if is_verbose():
         return 1
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if "TUNE_WARN_THRESHOLD_S" not in os.environ:
+        # Tune warns of every bookkeeping step over 0.5 s (MLflow logging per result on a busy CPU): over 10 s only.
+        from ray.tune.utils.util import warn_if_slow
+
+        warn_if_slow.DEFAULT_THRESHOLD = max(warn_if_slow.DEFAULT_THRESHOLD, 10.0)
     return 0
 
 

@@ -20,7 +20,7 @@ from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionS
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-from saeuron.diffusion.hooks import GenerationOutput, HookedPipeline
+from saeuron.diffusion.hooks import EditFn, GenerationOutput, HookedPipeline
 from saeuron.method.components import DiffusersRecipe, DiffusersSae
 from saeuron.method.edit import UnlearningEdit
 from saeuron.method.recipe import Recipe
@@ -53,7 +53,8 @@ class UnlearnedPipeline(StableDiffusionPipeline):
         self.register_to_config(base_model=base_model or recipe.config.base_model, error_mode=error_mode)
         self.hooked = HookedPipeline(self)
         self.hooked.validate_hookpoints([recipe.config.hookpoint])
-        self._edit_key, self._edit = None, None
+        self._edit_key: tuple[int, int, str, torch.device, torch.dtype] | None = None
+        self._edit: UnlearningEdit | None = None
         self._edit_installed = False
         self._current_edit()  # fails here, not at the first image, on a bad error_mode or an SAE the recipe is not for
 
@@ -81,10 +82,11 @@ class UnlearnedPipeline(StableDiffusionPipeline):
         # Rebuilt when the SAE moves or is cast (the edit's lookup tables live on its device, in its dtype).
         sae = self.sae.sae
         key = (id(sae), id(self.recipe), self.config.error_mode, sae.device, sae.dtype)
-        if key != self._edit_key:
-            self._edit = UnlearningEdit(sae, self.recipe.recipe, self.config.error_mode)
+        edit = self._edit
+        if edit is None or key != self._edit_key:
+            edit = self._edit = UnlearningEdit(sae, self.recipe.recipe, self.config.error_mode)
             self._edit_key = key
-        return self._edit
+        return edit
 
     def __call__(self, *args, **kwargs):
         """Generate exactly as ``StableDiffusionPipeline.__call__`` would, with the concepts removed."""
@@ -95,7 +97,7 @@ class UnlearnedPipeline(StableDiffusionPipeline):
 
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], **kwargs) -> GenerationOutput:
         """One image per (prompt, seed), each image's noise depending only on its seed (``HookedPipeline.generate``)."""
-        edits = {self.recipe.config.hookpoint: self._current_edit()}
+        edits: dict[str, EditFn] = {self.recipe.config.hookpoint: self._current_edit()}
         self._edit_installed = True
         try:
             return self.hooked.generate(prompts, seeds, edits=edits, **kwargs)

@@ -18,8 +18,17 @@ from saeuron.evaluation.evaluate import EvaluateConfig, EvaluateOptions
 from saeuron.method.gather import GatherOptions
 from saeuron.sae import SaeConfig
 from saeuron.sae.trainer import SaeTrainConfig
-from saeuron.sections import (ImageGridConfig, SamplingConfig, TrackingConfig, WithEdit, WithJudge, WithModel,
-                              WithResources, WithSampling, WithTracking)
+from saeuron.sections import (
+    ImageGridConfig,
+    SamplingConfig,
+    TrackingConfig,
+    WithEdit,
+    WithJudge,
+    WithModel,
+    WithResources,
+    WithSampling,
+    WithTracking,
+)
 from saeuron.training.ray_train import TrainConfig, TrainOptions
 from saeuron.tuning.search import SearchConfig, SearchOptions
 
