@@ -15,6 +15,7 @@ for _name, _value in {
 
 import pytest  # noqa: E402 -- the environment above must be set before torch (and what pytest plugins pull in) loads
 import torch  # noqa: E402 -- OMP_NUM_THREADS is read when torch is first imported
+from helpers import OBJECT_HOOK, STYLE_HOOK, fixture_sae, fixture_statistics  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -72,50 +73,21 @@ def minicanvas_activations(tmp_path_factory, ray_cluster):
     return cfg
 
 
-STYLE_HOOK = "unet.up_blocks.1.attentions.2"
-OBJECT_HOOK = "unet.mid_block.attentions.0"
-"""MiniCanvas's object hookpoint (saeuron.benchmarks.base explains why it is not the paper's up.1.1)."""
-STEPS = 10
-"""Sampling steps of the method's end-to-end tests (statistics are gathered at the same)."""
-
-
-def _fixture_sae(activations, hookpoint, folder):
-    """An SAE trained 300 steps on the fixture collection (a folder in the published layout)."""
-    from saeuron.sae import SaeConfig
-    from saeuron.sae.trainer import SaeTrainConfig
-    from saeuron.training.local import train_locally
-
-    sae, _ = train_locally(activations.dataset_dir, hookpoint, SaeConfig(expansion_factor=16, k=8, batch_topk=True),
-                           SaeTrainConfig(lr=2e-3, dead_feature_threshold=1_000_000), batch_size=2048, steps=300)
-    sae.save_to_disk(folder / hookpoint)
-    return folder / hookpoint
-
-
-def _fixture_statistics(sae, hookpoint, kind, folder):
-    from saeuron.config import build_config
-    from saeuron.method.gather import GatherConfig, gather
-
-    cfg = build_config(GatherConfig, sae=str(sae), hookpoint=hookpoint, kind=kind, study_dir=str(folder), num_inference_steps=STEPS,
-                       guidance_scale=7.5, batch_size=20)
-    gather(cfg)
-    return cfg.statistics_dir
-
-
 @pytest.fixture(scope="session")
 def style_sae(minicanvas_activations, tmp_path_factory):
-    return _fixture_sae(minicanvas_activations, STYLE_HOOK, tmp_path_factory.mktemp("sae"))
+    return fixture_sae(minicanvas_activations, STYLE_HOOK, tmp_path_factory.mktemp("sae"))
 
 
 @pytest.fixture(scope="session")
 def style_statistics(style_sae, minicanvas_activations, tmp_path_factory):
-    return _fixture_statistics(style_sae, STYLE_HOOK, "style", tmp_path_factory.mktemp("stats"))
+    return fixture_statistics(style_sae, STYLE_HOOK, "style", tmp_path_factory.mktemp("stats"))
 
 
 @pytest.fixture(scope="session")
 def object_sae(minicanvas_activations, tmp_path_factory):
-    return _fixture_sae(minicanvas_activations, OBJECT_HOOK, tmp_path_factory.mktemp("sae"))
+    return fixture_sae(minicanvas_activations, OBJECT_HOOK, tmp_path_factory.mktemp("sae"))
 
 
 @pytest.fixture(scope="session")
 def object_statistics(object_sae, minicanvas_activations, tmp_path_factory):
-    return _fixture_statistics(object_sae, OBJECT_HOOK, "object", tmp_path_factory.mktemp("stats"))
+    return fixture_statistics(object_sae, OBJECT_HOOK, "object", tmp_path_factory.mktemp("stats"))

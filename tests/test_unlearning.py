@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import OBJECT_HOOK, STEPS, STYLE_HOOK
+from helpers import OBJECT_HOOK, STEPS, STYLE_HOOK
 
 from saeuron.benchmarks.minicanvas.quality import measure_generation_quality
 from saeuron.config import build_config

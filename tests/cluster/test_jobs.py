@@ -17,8 +17,8 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 

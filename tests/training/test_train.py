@@ -1,13 +1,11 @@
 import contextlib
 import json
-import os
-import signal
-import threading
-import time
+from pathlib import Path
 
 import mlflow
 import pytest
 import torch
+from helpers import OBJECT_HOOK, STYLE_HOOK, KillWhen, driver_env, job_command, kill_driver, start_driver, wait_until
 
 from saeuron.cluster.registry import load_sae, registered_name
 from saeuron.config import build_config
@@ -15,7 +13,7 @@ from saeuron.sae import SaeConfig
 from saeuron.sae.trainer import SaeTrainConfig
 from saeuron.training.ray_train import TrainConfig, train, train_hookpoint
 
-HOOKS = ["unet.mid_block.attentions.0", "unet.up_blocks.1.attentions.2"]  # the fixture collection: MiniCanvas's object, style hookpoints
+HOOKS = [OBJECT_HOOK, STYLE_HOOK]  # the fixture collection's
 
 
 def small_train_config(activations, tmp_path, **overrides):
@@ -54,10 +52,14 @@ def test_train_registers_saes_that_load_by_alias_and_folder_bit_identical(minica
     assert version.tags["hookpoint"] == HOOKS[0] and "num_inference_steps" in version.tags["activations_manifest"]
 
 
-def _train_worker_pids():
-    import psutil
-
-    return [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+def registered_checkpoint(storage: Path) -> bool:
+    """Ray Train's controller learns of a reported checkpoint when it next polls the workers; its
+    snapshot file says which checkpoints it knows."""
+    for snapshot in storage.rglob("checkpoint_manager_snapshot.json"):
+        with contextlib.suppress(ValueError):  # a snapshot caught mid-write
+            if json.loads(snapshot.read_text()).get("latest_checkpoint_result"):
+                return True
+    return False
 
 
 @pytest.mark.slow
@@ -65,32 +67,11 @@ def test_killed_worker_resumes_from_checkpoint_and_ends_with_the_same_steps(mini
     cfg = small_train_config(minicanvas_activations, tmp_path, batch_size=512, checkpoint_every=4, log_every=4,
                              hookpoints=[HOOKS[1]])
     storage = tmp_path / "study" / "ray_train"
-    killed = []
-
-    def registered_checkpoint() -> bool:
-        # Ray Train's controller learns of a reported checkpoint when it next polls the workers;
-        # its snapshot file says which checkpoints it knows.
-        for snapshot in storage.rglob("checkpoint_manager_snapshot.json"):
-            try:
-                if json.loads(snapshot.read_text()).get("latest_checkpoint_result"):
-                    return True
-            except ValueError:
-                pass
-        return False
-
-    def kill_after_first_checkpoint():
-        deadline = time.time() + 240
-        while time.time() < deadline and not killed:
-            if registered_checkpoint() and _train_worker_pids():
-                os.kill(_train_worker_pids()[0], signal.SIGKILL)
-                killed.append(True)
-            time.sleep(0.2)
-
-    killer = threading.Thread(target=kill_after_first_checkpoint)
+    killer = KillWhen("RayTrainWorker", lambda: registered_checkpoint(storage))
     killer.start()
     result = train_hookpoint(cfg, HOOKS[1], None, None)
     killer.join()
-    assert killed, "no checkpoint was written before training ended"
+    assert killer.killed, "no checkpoint was written before training ended"
     from saeuron.collection.dataset import count_vectors
 
     expected = count_vectors(minicanvas_activations.dataset_dir, HOOKS[1], "train", 0.15, 0) // 512
@@ -100,33 +81,16 @@ def test_killed_worker_resumes_from_checkpoint_and_ends_with_the_same_steps(mini
 
 @pytest.mark.slow
 def test_a_fresh_submission_of_the_same_config_resumes_the_run(minicanvas_activations, tmp_path, ray_cluster):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from saeuron.config import config_to_yaml
 
     cfg = small_train_config(minicanvas_activations, tmp_path, batch_size=512, checkpoint_every=4, log_every=4,
                              hookpoints=[HOOKS[0]], register=False)
     config_file = tmp_path / "train.yaml"
     config_file.write_text(config_to_yaml(cfg))
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster, "PYTHONPATH": str(repo)}
-    command = [sys.executable, str(repo / "jobs" / "train.py"), "--config", str(config_file)]
-    storage = tmp_path / "study" / "ray_train"
-    with open(tmp_path / "driver.log", "w") as log:  # the driver keeps its own copy of the descriptor
-        driver = subprocess.Popen(command, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 240
-    registered = False
-    while time.time() < deadline and not registered and driver.poll() is None:
-        for snapshot in storage.rglob("checkpoint_manager_snapshot.json"):
-            with contextlib.suppress(ValueError):  # a snapshot caught mid-write
-                registered = bool(json.loads(snapshot.read_text()).get("latest_checkpoint_result"))
-        time.sleep(0.2)
-    assert registered and driver.poll() is None, \
-        f"the first submission ended before a checkpoint was registered: {(tmp_path / 'driver.log').read_text()[-3000:]}"
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
+    storage, log = tmp_path / "study" / "ray_train", tmp_path / "driver.log"
+    driver = start_driver(job_command("jobs/train.py", config_file), driver_env(ray_cluster), log)
+    wait_until(lambda: registered_checkpoint(storage), driver, log, 240)
+    kill_driver(driver)
     # The same config again: same run name and storage, so Ray Train resumes from the checkpoint.
     result = train_hookpoint(cfg, HOOKS[0], None, None)
     from saeuron.collection.dataset import count_vectors

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from conftest import STEPS
+from helpers import STEPS
 from PIL import Image
 
 from saeuron.benchmarks import get_benchmark

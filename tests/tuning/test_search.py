@@ -1,26 +1,18 @@
 """The (p, γ) search: tuning prompts, the choice rule, Ray Tune end to end with MLflow, retry and resume."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import STEPS
+from helpers import STEPS, KillWhen, driver_env, job_command, kill_driver, start_driver, wait_until
 
 from saeuron.benchmarks import get_benchmark
 from saeuron.benchmarks.tuning_prompts import proportional_merge, tuning_prompt_rows
 from saeuron.config import build_config, config_to_yaml
 from saeuron.evaluation.evaluate import EvaluateConfig, evaluate
 from saeuron.tuning.search import SearchConfig, choose, search
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_tuning_prompts_never_touch_the_evaluation_prompts_or_seeds():
@@ -101,13 +93,6 @@ def test_search_picks_a_recipe_logs_trials_in_mlflow_and_evaluate_takes_it_by_ru
     assert again.scores[0][1] == evaluation.scores[0][1]
 
 
-def _trial_pids():
-    """Tune runs a function trainable in an actor titled ray::ImplicitFunc.train."""
-    import psutil
-
-    return [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"]) if "ImplicitFunc" in " ".join(p.info["cmdline"] or [])]
-
-
 def _result_lines(experiment: Path) -> dict[str, int]:
     return {p.parent.name: len(p.read_text().splitlines()) for p in experiment.glob("*/result.json")}
 
@@ -131,37 +116,24 @@ def test_a_stopped_search_resumes_and_a_killed_trial_is_retried(style_statistics
     # The driver copies Tune's experiment state and result.json to storage every 10 s or more by default; four
     # short trials can all finish inside one such period (seen in CI). Every second, the storage shows what
     # the driver knew a second before it was killed.
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster, "PYTHONPATH": str(REPO), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
-    driver = subprocess.Popen([sys.executable, str(REPO / "tune" / "search.py"), "--config", str(config_file)], env=env,
-                              start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 300
-    while time.time() < deadline and not _finished(experiment, 22):
-        assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
-        time.sleep(0.2)
-    os.killpg(driver.pid, signal.SIGKILL)  # the search is stopped hard after its first finished trial
-    driver.wait()
+    env, log = driver_env(ray_cluster, TUNE_GLOBAL_CHECKPOINT_S="1"), tmp_path / "driver.log"
+    driver = start_driver(job_command("tune/search.py", config_file), env, log)
+    wait_until(lambda: bool(_finished(experiment, 22)), driver, log, 300)
+    kill_driver(driver)  # the search is stopped hard after its first finished trial
     finished_before = _finished(experiment, 22)
     assert 1 <= len(finished_before) < 4
     lines_before = _result_lines(experiment)
 
-    killed = []
+    def a_trial_started_after_the_stop() -> bool:
+        started = [name for name, n in _result_lines(experiment).items() if name not in finished_before and n >= 1]
+        return bool(started) and set(_finished(experiment, 22)) == set(finished_before)
 
-    def kill_a_trial_mid_run():
-        # Once a trial that was not finished before has checkpointed at least once, kill its worker.
-        end = time.time() + 300
-        while time.time() < end and not killed:
-            started = [name for name, n in _result_lines(experiment).items() if name not in finished_before and n >= 1]
-            pids = _trial_pids()
-            if started and pids and set(_finished(experiment, 22)) == set(finished_before):
-                os.kill(pids[0], signal.SIGKILL)
-                killed.append(pids[0])
-            time.sleep(0.1)
-
-    killer = threading.Thread(target=kill_a_trial_mid_run)
+    # Tune runs a function trainable in an actor titled ray::ImplicitFunc.train: kill one mid-run.
+    killer = KillWhen("ImplicitFunc", a_trial_started_after_the_stop, 300)
     killer.start()
     result = search(cfg)  # restores the experiment: Tuner.restore
     killer.join()
-    assert killed, "no trial worker was seen mid-run"
+    assert killer.killed, "no trial worker was seen mid-run"
     (neon,) = result.concepts
     assert len(neon.trials) == 4 and all(t["prompts"] == 22 for t in neon.trials)
     # Trials finished before the stop were not run again.

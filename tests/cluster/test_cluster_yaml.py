@@ -1,13 +1,13 @@
 """cluster.yaml is valid for the Ray cluster launcher and keeps its promises (nothing is started)."""
 
 import copy
-from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-CLUSTER = Path(__file__).resolve().parents[1] / "cluster.yaml"
+CLUSTER = REPO / "cluster.yaml"
 
 
 def load():

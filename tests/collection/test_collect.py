@@ -1,10 +1,5 @@
 import json
-import os
-import signal
 import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +8,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import KillWhen, driver_env, job_command, kill_driver, start_driver, wait_until
 
 from saeuron.benchmarks import get_benchmark
 from saeuron.collection import activations
@@ -22,7 +18,6 @@ from saeuron.config import build_config
 from saeuron.diffusion.hooks import HookedPipeline
 
 HOOKS = ["unet.up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"]
-REPO = Path(__file__).resolve().parents[1]
 
 
 def small_config(tmp_path, **overrides):
@@ -180,37 +175,15 @@ def test_collect_writes_readable_parquet_equal_to_a_direct_capture(tmp_path, ray
     assert batch.dtype == torch.float32 and batch.shape == (64, 64)
 
 
-def _collector_pids():
-    """Ray titles an actor's worker process after its class (ray::MapWorker(MapBatches(ActivationCollector)))."""
-    import psutil
-
-    pids = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        if "ActivationCollector" in " ".join(process.info["cmdline"] or []):
-            pids.append(process.info["pid"])
-    return pids
-
-
 @pytest.mark.slow
 def test_killed_actor_is_replaced_and_every_row_is_written_exactly_once(tmp_path, ray_cluster):
     cfg = small_config(tmp_path, max_prompts=16, batch_size=2, num_inference_steps=12)
-    killed = []
-
-    def kill_when_busy():
-        deadline = time.time() + 120
-        while time.time() < deadline and not killed:
-            files = list(cfg.dataset_dir.rglob("*.parquet")) if cfg.dataset_dir.exists() else []
-            pids = _collector_pids()
-            if files and pids:
-                os.kill(pids[0], signal.SIGKILL)
-                killed.append(pids[0])
-            time.sleep(0.2)
-
-    killer = threading.Thread(target=kill_when_busy)
+    # Ray titles the actor's worker process after its class: ray::MapWorker(MapBatches(ActivationCollector)).
+    killer = KillWhen("ActivationCollector", lambda: cfg.dataset_dir.exists() and any(cfg.dataset_dir.rglob("*.parquet")), 120)
     killer.start()
     manifest = collect(cfg)
     killer.join()
-    assert killed, "the actor was never seen alive mid-run"
+    assert killer.killed, "the actor was never seen alive mid-run"
     assert manifest["complete"]
     assert_exactly_once(cfg)
 
@@ -222,15 +195,10 @@ def test_stopped_driver_resumes_to_exactly_once(tmp_path, ray_cluster):
     from saeuron.config import config_to_yaml
 
     config_file.write_text(config_to_yaml(cfg))
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, str(REPO / "jobs" / "collect.py"), "--config", str(config_file)]
-    driver = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 180
-    while time.time() < deadline and not list(cfg.dataset_dir.rglob("*.parquet")):
-        assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
-        time.sleep(0.1)
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
+    env, command, log = driver_env(ray_cluster), job_command("jobs/collect.py", config_file), tmp_path / "driver.log"
+    driver = start_driver(command, env, log)
+    wait_until(lambda: cfg.dataset_dir.exists() and any(cfg.dataset_dir.rglob("*.parquet")), driver, log, 180)
+    kill_driver(driver)
     partial = json.loads((cfg.dataset_dir / "manifest.json").read_text())
     assert not partial["complete"]
 

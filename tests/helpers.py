@@ -1,0 +1,100 @@
+"""What several test modules share: paths, the fixture collection's settings, config builders and the
+helpers that stop drivers and kill Ray workers mid-run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STYLE_HOOK = "unet.up_blocks.1.attentions.2"
+OBJECT_HOOK = "unet.mid_block.attentions.0"
+"""MiniCanvas's object hookpoint (saeuron.benchmarks.minicanvas explains why it is not the paper's up.1.1)."""
+STEPS = 10
+"""Sampling steps of the method's end-to-end tests (statistics are gathered at the same)."""
+
+
+# ------------------------------------------------------------------------------------ processes
+def pids_titled(marker: str) -> list[int]:
+    """Processes whose command line holds ``marker``: Ray titles a worker after what it runs
+    (ray::MapWorker(MapBatches(ActivationCollector)), ray::ImplicitFunc.train, RayTrainWorker)."""
+    import psutil
+
+    return [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+
+
+class KillWhen(threading.Thread):
+    """Kills the first process titled ``marker`` once ``ready()`` holds, polling until ``seconds`` pass;
+    ``killed`` says whether it did."""
+
+    def __init__(self, marker: str, ready: Callable[[], bool], seconds: float = 240):
+        super().__init__(daemon=True)
+        self.marker, self.ready, self.seconds = marker, ready, seconds
+        self.killed: list[int] = []
+
+    def run(self) -> None:
+        deadline = time.time() + self.seconds
+        while time.time() < deadline and not self.killed:
+            pids = pids_titled(self.marker)
+            if pids and self.ready():
+                os.kill(pids[0], signal.SIGKILL)
+                self.killed.append(pids[0])
+            time.sleep(0.1)
+
+
+def driver_env(ray_address: str, **extra: str) -> dict[str, str]:
+    """A driver subprocess joins the test cluster and imports this checkout."""
+    return {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONPATH": str(REPO), **extra}
+
+
+def job_command(script: str, config_file: Path) -> list[str]:
+    return [sys.executable, str(REPO / script), "--config", str(config_file)]
+
+
+def start_driver(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """In a session of its own, so that :func:`kill_driver` stops it with everything it started."""
+    with open(log, "w") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(command, env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_until(condition: Callable[[], bool], driver: subprocess.Popen, log: Path, seconds: float) -> None:
+    """Poll until ``condition`` holds while the driver runs; fail with its log if it ends first."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and not condition():
+        assert driver.poll() is None, f"the driver ended early: {log.read_text()[-3000:]}"
+        time.sleep(0.1)
+    assert condition(), f"not reached in {seconds} s: {log.read_text()[-3000:]}"
+
+
+def kill_driver(driver: subprocess.Popen) -> None:
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+
+
+# --------------------------------------------------------------------------------- the fixtures
+def fixture_sae(activations, hookpoint: str, folder: Path) -> Path:
+    """An SAE trained 300 steps on the fixture collection (a folder in the published layout)."""
+    from saeuron.sae import SaeConfig
+    from saeuron.sae.trainer import SaeTrainConfig
+    from saeuron.training.local import train_locally
+
+    sae, _ = train_locally(activations.dataset_dir, hookpoint, SaeConfig(expansion_factor=16, k=8, batch_topk=True),
+                           SaeTrainConfig(lr=2e-3, dead_feature_threshold=1_000_000), batch_size=2048, steps=300)
+    sae.save_to_disk(folder / hookpoint)
+    return folder / hookpoint
+
+
+def fixture_statistics(sae: Path, hookpoint: str, kind: str, folder: Path) -> Path:
+    from saeuron.config import build_config
+    from saeuron.method.gather import GatherConfig, gather
+
+    cfg = build_config(GatherConfig, sae=str(sae), hookpoint=hookpoint, kind=kind, study_dir=str(folder), num_inference_steps=STEPS,
+                       guidance_scale=7.5, batch_size=20)
+    gather(cfg)
+    return cfg.statistics_dir
