@@ -1,12 +1,11 @@
-from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO
 
 from saeuron.config import config_to_yaml, field_help, leaf_fields, parse_config
 from saeuron.study import StudyConfig, stage_configs
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
 
