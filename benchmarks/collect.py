@@ -36,14 +36,22 @@ def bare_loop(rows, out: Path, steps: int, batch_size: int) -> float:
     started = time.perf_counter()
     hooked = HookedPipeline(load_minicanvas().load_pipeline())
     for start in range(0, len(rows), batch_size):
-        batch = [row.as_dict() for row in rows[start:start + batch_size]]
-        result = hooked.generate([r["prompt"] for r in batch], [r["seed"] for r in batch], num_inference_steps=steps,
-                                 guidance_scale=9.0, capture=HOOKS, output_type="latent")
+        batch = [row.as_dict() for row in rows[start : start + batch_size]]
+        result = hooked.generate(
+            [r["prompt"] for r in batch],
+            [r["seed"] for r in batch],
+            num_inference_steps=steps,
+            guidance_scale=9.0,
+            capture=HOOKS,
+            output_type="latent",
+        )
         for hookpoint, cap in result.captures.items():
             table = activations.activation_table(hookpoint, batch, cap.stacked(), cap.timesteps, cap.step_indices)
             folder = activations.hookpoint_dir(out, hookpoint)
             folder.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table.drop_columns([activations.PARTITION]), folder / f"{start:06d}.parquet", **activations.PARQUET_OPTIONS)
+            pq.write_table(
+                table.drop_columns([activations.PARTITION]), folder / f"{start:06d}.parquet", **activations.PARQUET_OPTIONS
+            )
     return time.perf_counter() - started
 
 
@@ -53,10 +61,18 @@ def read_speeds(n_maps: int = 2000, patches: int = 64, d: int = 64) -> dict[str,
     flat16 = maps.reshape(n_maps, -1)
     candidates = {
         "binary fp16 bits (ours)": pa.table({"a": activations.maps_to_binary(maps)}),
-        "fixed_size_binary fp16 bits (schema 1)": pa.table({"a": pa.Array.from_buffers(pa.binary(patches * d * 2), n_maps, [None, pa.py_buffer(maps.tobytes())])}),
-        "list<uint16> fp16 bits": pa.table({"a": pa.FixedSizeListArray.from_arrays(pa.array(flat16.view(np.uint16).ravel()), flat16.shape[1])}),
-        "list<halffloat>": pa.table({"a": pa.FixedSizeListArray.from_arrays(pa.array(flat16.ravel(), pa.float16()), flat16.shape[1])}),
-        "list<float> (fp32, 4 bytes)": pa.table({"a": pa.FixedSizeListArray.from_arrays(pa.array(flat16.astype(np.float32).ravel()), flat16.shape[1])}),
+        "fixed_size_binary fp16 bits (schema 1)": pa.table(
+            {"a": pa.Array.from_buffers(pa.binary(patches * d * 2), n_maps, [None, pa.py_buffer(maps.tobytes())])}
+        ),
+        "list<uint16> fp16 bits": pa.table(
+            {"a": pa.FixedSizeListArray.from_arrays(pa.array(flat16.view(np.uint16).ravel()), flat16.shape[1])}
+        ),
+        "list<halffloat>": pa.table(
+            {"a": pa.FixedSizeListArray.from_arrays(pa.array(flat16.ravel(), pa.float16()), flat16.shape[1])}
+        ),
+        "list<float> (fp32, 4 bytes)": pa.table(
+            {"a": pa.FixedSizeListArray.from_arrays(pa.array(flat16.astype(np.float32).ravel()), flat16.shape[1])}
+        ),
     }
     speeds = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,16 +114,25 @@ def main() -> None:
     print(f"ray cluster start-up: {time.perf_counter() - started:.1f}s (not counted)")
     with tempfile.TemporaryDirectory() as tmp:
         bare = bare_loop(rows, Path(tmp) / "bare", args.steps, args.batch_size)
-        cfg = build_config(CollectConfig, study_dir=str(Path(tmp) / "study"), hookpoints=HOOKS, num_inference_steps=args.steps,
-                            max_prompts=args.prompts, batch_size=args.batch_size, num_actors=1)
+        cfg = build_config(
+            CollectConfig,
+            study_dir=str(Path(tmp) / "study"),
+            hookpoints=HOOKS,
+            num_inference_steps=args.steps,
+            max_prompts=args.prompts,
+            batch_size=args.batch_size,
+            num_actors=1,
+        )
         started = time.perf_counter()
         manifest = collect(cfg)
         job = time.perf_counter() - started
         stored = sum(p.stat().st_size for p in cfg.dataset_dir.rglob("*.parquet"))
         values = sum(manifest["rows"][h] * 64 * manifest["d_in"][h] for h in HOOKS)
         shutil.rmtree(cfg.dataset_dir)
-    print(f"bare loop: {len(rows) / bare:.2f} images/s   ray job (1 actor): {len(rows) / job:.2f} images/s   "
-          f"ratio job/bare: {bare / job:.2f}")
+    print(
+        f"bare loop: {len(rows) / bare:.2f} images/s   ray job (1 actor): {len(rows) / job:.2f} images/s   "
+        f"ratio job/bare: {bare / job:.2f}"
+    )
     print(f"stored: {stored / values:.2f} bytes per activation value on disk (2 in memory: fp16 bits)")
     for name, speed in read_speeds().items():
         print(f"read {name}: {speed / 1e6:.1f} M vectors/s")

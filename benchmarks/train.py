@@ -41,22 +41,41 @@ def main() -> None:
     print(f"ray cluster start-up: {time.perf_counter() - started:.1f}s (not counted)")
     sae_cfg = SaeConfig(expansion_factor=args.expansion, k=args.k, batch_topk=True)
     with tempfile.TemporaryDirectory() as tmp:
-        collected = build_config(CollectConfig, study_dir=tmp, hookpoints=[HOOK], num_inference_steps=20, guidance_scale=7.5,
-                                  max_prompts=args.prompts, batch_size=16)
+        collected = build_config(
+            CollectConfig,
+            study_dir=tmp,
+            hookpoints=[HOOK],
+            num_inference_steps=20,
+            guidance_scale=7.5,
+            max_prompts=args.prompts,
+            batch_size=16,
+        )
         collect(collected)
         vectors = count_vectors(collected.dataset_dir, HOOK)
         steps = vectors // args.batch_size
-        cfg = build_config(TrainConfig, study_dir=tmp, activations_dir=str(collected.dataset_dir), hookpoints=[HOOK], sae=sae_cfg,
-                          batch_size=args.batch_size, validation_fraction=0.0, shuffle=False, checkpoint_every=10**9,
-                          log_every=10**9, register=False)
+        cfg = build_config(
+            TrainConfig,
+            study_dir=tmp,
+            activations_dir=str(collected.dataset_dir),
+            hookpoints=[HOOK],
+            sae=sae_cfg,
+            batch_size=args.batch_size,
+            validation_fraction=0.0,
+            shuffle=False,
+            checkpoint_every=10**9,
+            log_every=10**9,
+            register=False,
+        )
         started = time.perf_counter()
         result = train_hookpoint(cfg, HOOK, None, None)
         job_wall = time.perf_counter() - started
         ray_speed = result.metrics["train_vectors_per_second"]
         _, bare_speed = train_locally(collected.dataset_dir, HOOK, sae_cfg, SaeTrainConfig(), args.batch_size, steps)
     print(f"{vectors:,} vectors, {steps} steps of {args.batch_size}; job wall time {job_wall:.1f}s including start-up")
-    print(f"bare loop: {bare_speed:,.0f} vectors/s   ray train (1 worker): {ray_speed:,.0f} vectors/s   "
-          f"ratio ray/bare: {ray_speed / bare_speed:.2f}")
+    print(
+        f"bare loop: {bare_speed:,.0f} vectors/s   ray train (1 worker): {ray_speed:,.0f} vectors/s   "
+        f"ratio ray/bare: {ray_speed / bare_speed:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -32,37 +32,64 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=8, help="ASHA: prompts between reports (its rung unit)")
     parser.add_argument("--reduction_factor", type=float, default=4)
     args = parser.parse_args()
-    base = build_config(SearchConfig, concepts=args.concepts, style_statistics=args.style_statistics, object_statistics=args.object_statistics,
-                        num_inference_steps=args.steps, guidance_scale=args.guidance, study_dir=args.study_dir)
+    base = build_config(
+        SearchConfig,
+        concepts=args.concepts,
+        style_statistics=args.style_statistics,
+        object_statistics=args.object_statistics,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        study_dir=args.study_dir,
+    )
     rows = {}
     # The grid reports every 11 prompts (its chunk does not change what it generates); ASHA decides at rungs
     # of --chunk prompts × reduction_factor^k.
-    runs = {"grid": replace(base, scheduler="grid", name="tune-cost-grid"),
-            "asha": replace(base, scheduler="asha", chunk=args.chunk, grace_prompts=args.chunk, reduction_factor=args.reduction_factor,
-                            name=f"tune-cost-asha-c{args.chunk}-rf{args.reduction_factor:g}")}
+    runs = {
+        "grid": replace(base, scheduler="grid", name="tune-cost-grid"),
+        "asha": replace(
+            base,
+            scheduler="asha",
+            chunk=args.chunk,
+            grace_prompts=args.chunk,
+            reduction_factor=args.reduction_factor,
+            name=f"tune-cost-asha-c{args.chunk}-rf{args.reduction_factor:g}",
+        ),
+    }
     for scheduler, cfg in runs.items():
         started = time.perf_counter()
         result = search(cfg)
         rows[scheduler] = ({r.concept: r for r in result.concepts}, time.perf_counter() - started)
     grid, grid_time = rows["grid"]
     asha, asha_time = rows["asha"]
-    print(f"\n{'concept':<12} {'grid gens':>9} {'asha gens':>9} {'saving':>7}  {'grid (p, γ) obj':<24} {'asha (p, γ) obj':<24} "
-          f"{'asha choice on grid':>19}")
+    print(
+        f"\n{'concept':<12} {'grid gens':>9} {'asha gens':>9} {'saving':>7}  {'grid (p, γ) obj':<24} {'asha (p, γ) obj':<24} "
+        f"{'asha choice on grid':>19}"
+    )
     report = {}
     for concept in args.concepts:
         g, a = grid[concept], asha[concept]
         # ASHA's choice scored by the full grid run (same prompts, seeds, model): the fair comparison.
         on_grid = next(t["objective"] for t in g.trials if (t["percentile"], t["multiplier"]) == (a.percentile, a.multiplier))
         saving = g.generations / a.generations
-        print(f"{concept:<12} {g.generations:>9} {a.generations:>9} {saving:>6.1f}×  "
-              f"{f'({g.percentile:g}, {g.multiplier:g}) {g.objective:.3f}':<24} {f'({a.percentile:g}, {a.multiplier:g}) {a.objective:.3f}':<24} "
-              f"{on_grid:>19.3f}")
-        report[concept] = dict(grid_generations=g.generations, asha_generations=a.generations, saving=saving,
-                               grid_choice=[g.percentile, g.multiplier, g.objective], asha_choice=[a.percentile, a.multiplier, a.objective],
-                               asha_choice_objective_on_grid=on_grid, within_tolerance=g.objective - on_grid <= args.tolerance)
+        print(
+            f"{concept:<12} {g.generations:>9} {a.generations:>9} {saving:>6.1f}×  "
+            f"{f'({g.percentile:g}, {g.multiplier:g}) {g.objective:.3f}':<24} {f'({a.percentile:g}, {a.multiplier:g}) {a.objective:.3f}':<24} "
+            f"{on_grid:>19.3f}"
+        )
+        report[concept] = dict(
+            grid_generations=g.generations,
+            asha_generations=a.generations,
+            saving=saving,
+            grid_choice=[g.percentile, g.multiplier, g.objective],
+            asha_choice=[a.percentile, a.multiplier, a.objective],
+            asha_choice_objective_on_grid=on_grid,
+            within_tolerance=g.objective - on_grid <= args.tolerance,
+        )
     total = sum(r.generations for r in grid.values()) / sum(r.generations for r in asha.values())
-    print(f"all concepts: {total:.1f}× fewer generations with ASHA (grid {grid_time:.0f} s, ASHA {asha_time:.0f} s wall); "
-          f"same objective within {args.tolerance}: {all(r['within_tolerance'] for r in report.values())}")
+    print(
+        f"all concepts: {total:.1f}× fewer generations with ASHA (grid {grid_time:.0f} s, ASHA {asha_time:.0f} s wall); "
+        f"same objective within {args.tolerance}: {all(r['within_tolerance'] for r in report.values())}"
+    )
     print(json.dumps(report))
 
 

@@ -32,21 +32,39 @@ HOOK = "unet.up_blocks.1.attentions.1"
 def random_recipe(sae: Sae, timesteps: list[int], per_step: int) -> Recipe:
     g = torch.Generator().manual_seed(0)
     n = len(timesteps) * per_step
-    rules = Rules(torch.arange(len(timesteps)).repeat_interleave(per_step), torch.randint(sae.num_latents, (n,), generator=g),
-                  -torch.rand(n, generator=g), torch.zeros(n), torch.zeros(n, dtype=torch.long))
+    rules = Rules(
+        torch.arange(len(timesteps)).repeat_interleave(per_step),
+        torch.randint(sae.num_latents, (n,), generator=g),
+        -torch.rand(n, generator=g),
+        torch.zeros(n),
+        torch.zeros(n, dtype=torch.long),
+    )
     return Recipe(HOOK, "random", sae_fingerprint(sae), "benchmark", {}, timesteps, rules)
 
 
 def sd_shaped_pipeline(minicanvas_pipe: StableDiffusionPipeline) -> StableDiffusionPipeline:
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        layers_per_block=1, cross_attention_dim=minicanvas_pipe.text_encoder.config.hidden_size, attention_head_dim=8,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=minicanvas_pipe.text_encoder.config.hidden_size,
+        attention_head_dim=8,
     )
-    pipe = StableDiffusionPipeline(vae=minicanvas_pipe.vae, text_encoder=minicanvas_pipe.text_encoder, tokenizer=minicanvas_pipe.tokenizer,
-                                   unet=unet, scheduler=minicanvas_pipe.scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=minicanvas_pipe.vae,
+        text_encoder=minicanvas_pipe.text_encoder,
+        tokenizer=minicanvas_pipe.tokenizer,
+        unet=unet,
+        scheduler=minicanvas_pipe.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -81,10 +99,26 @@ def main() -> None:
     torch.manual_seed(0)
     prompts = [f"An image of {o} in Neon Glow style." for o in ("Stars", "Rings", "Hearts", "Circles")] * 4
     seeds = list(range(len(prompts)))
-    ratio("MiniCanvas (64 ch, 8x8, F=1,024, 10 rules/step)", pipe, Sae(64, SaeConfig(expansion_factor=16, k=8)),
-          prompts, seeds, args.steps, args.repeats, per_step=10)
-    ratio("SD-shaped block (1280 ch, 16x16, F=20,480, 3 rules/step)", sd_shaped_pipeline(pipe),
-          Sae(1280, SaeConfig(expansion_factor=16, k=32)), prompts[:2], seeds[:2], args.sd_steps, args.repeats, per_step=3)
+    ratio(
+        "MiniCanvas (64 ch, 8x8, F=1,024, 10 rules/step)",
+        pipe,
+        Sae(64, SaeConfig(expansion_factor=16, k=8)),
+        prompts,
+        seeds,
+        args.steps,
+        args.repeats,
+        per_step=10,
+    )
+    ratio(
+        "SD-shaped block (1280 ch, 16x16, F=20,480, 3 rules/step)",
+        sd_shaped_pipeline(pipe),
+        Sae(1280, SaeConfig(expansion_factor=16, k=32)),
+        prompts[:2],
+        seeds[:2],
+        args.sd_steps,
+        args.repeats,
+        per_step=3,
+    )
 
 
 if __name__ == "__main__":

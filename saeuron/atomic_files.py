@@ -51,7 +51,9 @@ def write_text_atomic(path: str | Path, text: str, encoding: str | None = None) 
         tmp.write_text(text, encoding=encoding)
 
 
-def save_tensors_and_json(folder: str | os.PathLike[str], tensors_name: str, tensors: dict[str, torch.Tensor], json_name: str, meta: dict[str, Any]) -> Path:
+def save_tensors_and_json(
+    folder: str | os.PathLike[str], tensors_name: str, tensors: dict[str, torch.Tensor], json_name: str, meta: dict[str, Any]
+) -> Path:
     """Both files go to temporary names first and are renamed into place, tensors then JSON."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

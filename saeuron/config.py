@@ -114,8 +114,10 @@ def build_config(config_class: type[ConfigT], **values: Any) -> ConfigT:
         elif len(by_leaf.get(key, [])) == 1:
             path = by_leaf[key][0]
         else:
-            raise ConfigError(f"{config_class.__name__} has {'several' if key in by_leaf else 'no'} fields named {key!r}"
-                              + (f": {['__'.join(p) for p in by_leaf[key]]}" if key in by_leaf else ""))
+            raise ConfigError(
+                f"{config_class.__name__} has {'several' if key in by_leaf else 'no'} fields named {key!r}"
+                + (f": {['__'.join(p) for p in by_leaf[key]]}" if key in by_leaf else "")
+            )
         node = data
         for part in path[:-1]:
             node = node[part]
@@ -156,8 +158,10 @@ def check_study_dir_for_ray_jobs(config: Any) -> None:
     tracking = getattr(config, "tracking", None)
     study_dir = getattr(tracking, "study_dir", None)
     if study_dir and "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ and not Path(study_dir).expanduser().is_absolute():
-        raise SystemExit(f"tracking.study_dir {study_dir!r} is relative, but this runs as a submitted Ray job inside a temporary "
-                         f"copy of the working directory; pass --study_dir /absolute/path (on storage every node sees)")
+        raise SystemExit(
+            f"tracking.study_dir {study_dir!r} is relative, but this runs as a submitted Ray job inside a temporary "
+            f"copy of the working directory; pass --study_dir /absolute/path (on storage every node sees)"
+        )
 
 
 # --------------------------------------------------------------------------------------- internals
@@ -167,9 +171,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser(config_class: type, description: str | None) -> argparse.ArgumentParser:
-    parser = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                     argument_default=argparse.SUPPRESS)
-    parser.add_argument("--config", type=Path, default=None, help="YAML file of field values (nested like the flags); flags override it")
+    parser = _Parser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--config", type=Path, default=None, help="YAML file of field values (nested like the flags); flags override it"
+    )
     parser.add_argument("--dry_run", type=_bool, default=False, metavar="BOOL", help="print the resolved config as YAML and exit")
     leaves = leaf_fields(config_class)
     counts: dict[str, int] = {}
@@ -190,8 +197,13 @@ def _parser(config_class: type, description: str | None) -> argparse.ArgumentPar
             default = default[part]
         help_text = field_help(owner, path[-1]) or "(undocumented)"
         is_list = typing.get_origin(kind) in (list, tuple)
-        groups[section].add_argument(*flags, dest=".".join(path), nargs="*" if is_list else None,
-                                     metavar=_metavar(kind), help=f"{help_text} (default: {default!r})".replace("%", "%%"))
+        groups[section].add_argument(
+            *flags,
+            dest=".".join(path),
+            nargs="*" if is_list else None,
+            metavar=_metavar(kind),
+            help=f"{help_text} (default: {default!r})".replace("%", "%%"),
+        )
     return parser
 
 
@@ -222,7 +234,9 @@ def _merge(base: dict[str, Any], update: dict[str, Any], config_class: type, sou
     for key, value in update.items():
         where = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"{source}: {where!r} is not a config field; {prefix.rstrip('.') or 'the top level'} has: {', '.join(names)}")
+            raise ConfigError(
+                f"{source}: {where!r} is not a config field; {prefix.rstrip('.') or 'the top level'} has: {', '.join(names)}"
+            )
         kind = hints[key]
         if dataclasses.is_dataclass(kind):
             if not isinstance(value, dict):

@@ -20,7 +20,6 @@ from helpers import OBJECT_HOOK, STYLE_HOOK, fixture_sae, fixture_statistics  # 
 torch.set_num_threads(1)
 
 
-
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory):
     """A randomly initialised pipeline with MiniCanvas's SD-v1 layout, built from configs."""
@@ -55,8 +54,9 @@ def ray_cluster():
 
     import ray
 
-    context = ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
-                       _temp_dir=f"/tmp/ray_saeuron_{os.getpid()}")
+    context = ray.init(
+        num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, _temp_dir=f"/tmp/ray_saeuron_{os.getpid()}"
+    )
     yield context.address_info["address"]
     ray.shutdown()
 
@@ -67,8 +67,14 @@ def minicanvas_activations(tmp_path_factory, ray_cluster):
     from saeuron.collection.collect import CollectConfig, collect
     from saeuron.config import build_config
 
-    cfg = build_config(CollectConfig, study_dir=str(tmp_path_factory.mktemp("study")), num_inference_steps=10, guidance_scale=7.5,
-                        max_prompts=64, batch_size=16)
+    cfg = build_config(
+        CollectConfig,
+        study_dir=str(tmp_path_factory.mktemp("study")),
+        num_inference_steps=10,
+        guidance_scale=7.5,
+        max_prompts=64,
+        batch_size=16,
+    )
     collect(cfg)
     return cfg
 

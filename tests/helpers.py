@@ -84,8 +84,14 @@ def fixture_sae(activations, hookpoint: str, folder: Path) -> Path:
     from saeuron.sae.trainer import SaeTrainConfig
     from saeuron.training.local import train_locally
 
-    sae, _ = train_locally(activations.dataset_dir, hookpoint, SaeConfig(expansion_factor=16, k=8, batch_topk=True),
-                           SaeTrainConfig(lr=2e-3, dead_feature_threshold=1_000_000), batch_size=2048, steps=300)
+    sae, _ = train_locally(
+        activations.dataset_dir,
+        hookpoint,
+        SaeConfig(expansion_factor=16, k=8, batch_topk=True),
+        SaeTrainConfig(lr=2e-3, dead_feature_threshold=1_000_000),
+        batch_size=2048,
+        steps=300,
+    )
     sae.save_to_disk(folder / hookpoint)
     return folder / hookpoint
 
@@ -94,7 +100,15 @@ def fixture_statistics(sae: Path, hookpoint: str, kind: str, folder: Path) -> Pa
     from saeuron.config import build_config
     from saeuron.method.gather import GatherConfig, gather
 
-    cfg = build_config(GatherConfig, sae=str(sae), hookpoint=hookpoint, kind=kind, study_dir=str(folder), num_inference_steps=STEPS,
-                       guidance_scale=7.5, batch_size=20)
+    cfg = build_config(
+        GatherConfig,
+        sae=str(sae),
+        hookpoint=hookpoint,
+        kind=kind,
+        study_dir=str(folder),
+        num_inference_steps=STEPS,
+        guidance_scale=7.5,
+        batch_size=20,
+    )
     gather(cfg)
     return cfg.statistics_dir

@@ -90,7 +90,7 @@ def test_no_import_cycles():
         state[node] = "open"
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                cycles.append(trail[trail.index(nxt):] + [nxt] if nxt in trail else [node, nxt])
+                cycles.append(trail[trail.index(nxt) :] + [nxt] if nxt in trail else [node, nxt])
             elif nxt not in state:
                 visit(nxt, [*trail, nxt])
         state[node] = "done"
@@ -103,8 +103,10 @@ def test_no_import_cycles():
 
 def test_the_sae_hooks_and_benchmarks_import_without_ray_or_mlflow():
     """The GPU machine has torch but not Ray or MLflow: the SAE, the hooks and the benchmarks must load there."""
-    code = ("import sys, saeuron.sae, saeuron.diffusion.hooks, saeuron.benchmarks, saeuron.method.edit; "
-            "print(sorted(m for m in ('ray', 'mlflow') if m in sys.modules))")
+    code = (
+        "import sys, saeuron.sae, saeuron.diffusion.hooks, saeuron.benchmarks, saeuron.method.edit; "
+        "print(sorted(m for m in ('ray', 'mlflow') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
 

@@ -1,4 +1,3 @@
-
 import pytest
 import yaml
 from helpers import REPO
@@ -33,13 +32,16 @@ def test_the_quick_preset_is_the_default():
     assert parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study.yaml")]) == StudyConfig()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--collect.study_dir", "x"], "unrecognized arguments: --collect.study_dir x"),
-    (["--evaluate.num_inference_steps", "5"], "unrecognized arguments: --evaluate.num_inference_steps 5"),
-    (["--full", "true"], "unrecognized arguments: --full true"),
-    (["--collect.max_prompts", "many"], "config.collect.max_prompts expects int, got 'many'"),
-    (["--tracking.verbose", "maybe"], "config.tracking.verbose expects bool, got 'maybe'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--collect.study_dir", "x"], "unrecognized arguments: --collect.study_dir x"),
+        (["--evaluate.num_inference_steps", "5"], "unrecognized arguments: --evaluate.num_inference_steps 5"),
+        (["--full", "true"], "unrecognized arguments: --full true"),
+        (["--collect.max_prompts", "many"], "config.collect.max_prompts expects int, got 'many'"),
+        (["--tracking.verbose", "maybe"], "config.tracking.verbose expects bool, got 'maybe'"),
+    ],
+)
 def test_a_flag_that_names_no_field_or_has_a_wrong_value_is_refused_in_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         parse_config(StudyConfig, argv)
@@ -63,16 +65,32 @@ def test_dry_run_prints_the_resolved_config(capsys):
     with pytest.raises(SystemExit) as exit_:
         parse_config(StudyConfig, ["--dry_run", "true", "--concepts", "Hearts"])
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert exit_.value.code == 0 and printed["search"]["concepts"] == ["Hearts"] and printed["tracking"]["study_dir"] == "runs/minicanvas"
+    assert (
+        exit_.value.code == 0
+        and printed["search"]["concepts"] == ["Hearts"]
+        and printed["tracking"]["study_dir"] == "runs/minicanvas"
+    )
 
 
-@pytest.mark.parametrize("job", ["jobs/collect.py", "jobs/train.py", "jobs/gather.py", "jobs/recipe.py", "jobs/unlearn.py",
-                                 "jobs/evaluate.py", "jobs/pipeline.py", "tune/search.py"])
+@pytest.mark.parametrize(
+    "job",
+    [
+        "jobs/collect.py",
+        "jobs/train.py",
+        "jobs/gather.py",
+        "jobs/recipe.py",
+        "jobs/unlearn.py",
+        "jobs/evaluate.py",
+        "jobs/pipeline.py",
+        "tune/search.py",
+    ],
+)
 def test_every_field_of_every_job_has_a_help_line(job):
     import runpy
 
-    config_class = next(v for k, v in runpy.run_path(str(REPO / job), run_name="inspect").items()
-                        if k.endswith("Config") and isinstance(v, type))
+    config_class = next(
+        v for k, v in runpy.run_path(str(REPO / job), run_name="inspect").items() if k.endswith("Config") and isinstance(v, type)
+    )
     undocumented = [".".join(path) for path, _, owner in leaf_fields(config_class) if not field_help(owner, path[-1])]
     assert undocumented == []
 
@@ -89,7 +107,7 @@ def test_no_shared_section_is_repeated_in_the_study():
 def test_shipped_example_configs_parse():
     from saeuron.collection.collect import CollectConfig
     from saeuron.evaluation.evaluate import EvaluateConfig
-    from saeuron.tuning.search import SearchConfig, grid_of
+    from saeuron.tuning.config import SearchConfig, grid_of
 
     minicanvas = parse_config(CollectConfig, ["--config", str(CONFIGS / "minicanvas" / "collect.yaml")])
     assert minicanvas.sampling.num_inference_steps == 20 and len(minicanvas.hookpoints) == 2
@@ -101,13 +119,20 @@ def test_shipped_example_configs_parse():
         assert search.registered_name == f"saeuron-{benchmark}-recipes"
         evaluate = parse_config(EvaluateConfig, ["--config", str(CONFIGS / benchmark / "evaluate.yaml")])
         assert evaluate.recipes[0].startswith("models:/")
-    assert grid_of(parse_config(SearchConfig, ["--config", str(CONFIGS / "unlearncanvas" / "search.yaml")]))[0] == [99.99, 99.995, 99.999]
+    assert grid_of(parse_config(SearchConfig, ["--config", str(CONFIGS / "unlearncanvas" / "search.yaml")]))[0] == [
+        99.99,
+        99.995,
+        99.999,
+    ]
     study = parse_config(StudyConfig, ["--config", str(CONFIGS / "unlearncanvas" / "study.yaml")])
     stages = stage_configs(study, "parent")
     assert stages["collect"].model is stages["evaluate"].model is study.model
     assert stages["search"].sampling.num_inference_steps == stages["evaluate"].sampling.num_inference_steps == 100
     assert stages["collect"].sampling.num_inference_steps == 50 and stages["collect"].tracking.parent_run_id == "parent"
-    assert study.train.sae.k == 32 and stages["train"].hookpoints == ["unet.up_blocks.1.attentions.2", "unet.up_blocks.1.attentions.1"]
+    assert study.train.sae.k == 32 and stages["train"].hookpoints == [
+        "unet.up_blocks.1.attentions.2",
+        "unet.up_blocks.1.attentions.1",
+    ]
 
 
 def test_a_submitted_job_refuses_a_relative_study_folder(monkeypatch):

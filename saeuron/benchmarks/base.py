@@ -52,16 +52,20 @@ class Benchmark:
             return "style"
         if concept in self.objects:
             return "object"
-        raise ValueError(f"{concept!r} is neither a style nor an object of {self.name}; styles: {list(self.styles)}, "
-                         f"objects: {list(self.objects)}")
+        raise ValueError(
+            f"{concept!r} is neither a style nor an object of {self.name}; styles: {list(self.styles)}, "
+            f"objects: {list(self.objects)}"
+        )
 
     # ------------------------------------------------------------------ what each benchmark supplies
     def resolve_model_path(self, model_path: str | None) -> Path:
         """The base model folder: the given one (a benchmark may ship its own)."""
         if model_path:
             return Path(model_path).expanduser().resolve()
-        raise ValueError(f"benchmark {self.name!r} needs model_path: a local diffusers folder of its Stable Diffusion "
-                         f"model (nothing is downloaded)")
+        raise ValueError(
+            f"benchmark {self.name!r} needs model_path: a local diffusers folder of its Stable Diffusion "
+            f"model (nothing is downloaded)"
+        )
 
     def model_identity(self, model_path: str | None) -> str:
         """How a base model is named in manifests and recipes: by path, or an embedded model by name (its
@@ -88,8 +92,9 @@ class Benchmark:
         raise ValueError(f"{self.name} has no procedural real images for a domain FID")
 
     # ------------------------------------------------------------------------------- prompt sets
-    def training_prompt_rows(self, anchor_prompts_dir: str | None = None, seed: int = 42, seeds_per_prompt: int = 1,
-                             max_prompts: int | None = None) -> list[prompts.PromptRow]:
+    def training_prompt_rows(
+        self, anchor_prompts_dir: str | None = None, seed: int = 42, seeds_per_prompt: int = 1, max_prompts: int | None = None
+    ) -> list[prompts.PromptRow]:
         """Labelled SAE-training prompts: every caption in every theme, and unstyled."""
         return prompts.training_rows(self.training_captions(anchor_prompts_dir), self.themes, seed, seeds_per_prompt, max_prompts)
 
@@ -97,8 +102,9 @@ class Benchmark:
         """Labelled "An image of {Object} in {Style} style." / "An image of {Object}." prompts."""
         return prompts.evaluation_rows(self.objects, self.styles, seeds or self.eval_seeds)
 
-    def statistics_prompt_rows(self, kind: str, anchor_prompts_dir: str | None = None, seed: int = 188,
-                               styled_objects: bool = False) -> list[prompts.PromptRow]:
+    def statistics_prompt_rows(
+        self, kind: str, anchor_prompts_dir: str | None = None, seed: int = 188, styled_objects: bool = False
+    ) -> list[prompts.PromptRow]:
         """Prompts whose SAE activations define each concept, as in the reference: for a style, the
         first caption of every object in that style; for an object, all its captions unstyled (with
         ``styled_objects``, also each caption in one style, rotating through the styles, so that the

@@ -53,10 +53,16 @@ def judge_batch(judge: Judge, images: Tensor, rows: Sequence[Mapping[str, Any]])
     def probability(probs: Tensor, classes: tuple[str, ...], label: Any) -> float:
         return float(probs[classes.index(label)]) if label in classes else 0.0
 
-    return [{**row, "style_pred": judge.styles[style_pred[i]], "object_pred": judge.objects[object_pred[i]],
-             "style_prob": probability(style_probs[i], judge.styles, row["style"]),
-             "object_prob": probability(object_probs[i], judge.objects, row["object"])}
-            for i, row in enumerate(rows)]
+    return [
+        {
+            **row,
+            "style_pred": judge.styles[style_pred[i]],
+            "object_pred": judge.objects[object_pred[i]],
+            "style_prob": probability(style_probs[i], judge.styles, row["style"]),
+            "object_prob": probability(object_probs[i], judge.objects, row["object"]),
+        }
+        for i, row in enumerate(rows)
+    ]
 
 
 class MiniCanvasJudge:
@@ -86,15 +92,18 @@ class ClassifierFeatures(nn.Module):
         return self.classifier.features(images)
 
 
-def load_unlearncanvas_vit(path: str | Path, classes: tuple[str, ...], what: str, arch: str = UNLEARNCANVAS_ARCH,
-                           device: str | torch.device = "cpu") -> nn.Module:
+def load_unlearncanvas_vit(
+    path: str | Path, classes: tuple[str, ...], what: str, arch: str = UNLEARNCANVAS_ARCH, device: str | torch.device = "cpu"
+) -> nn.Module:
     """One UnlearnCanvas classifier checkpoint (state dict under ``model_state_dict``)."""
     import timm
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{what} classifier checkpoint {path} does not exist; give the UnlearnCanvas "
-                                f"{'style50.pth' if what == 'style' else 'style50_cls.pth'} file (nothing is downloaded)")
+        raise FileNotFoundError(
+            f"{what} classifier checkpoint {path} does not exist; give the UnlearnCanvas "
+            f"{'style50.pth' if what == 'style' else 'style50_cls.pth'} file (nothing is downloaded)"
+        )
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     state = checkpoint.get("model_state_dict") if isinstance(checkpoint, dict) else None
     if state is None:
@@ -102,8 +111,10 @@ def load_unlearncanvas_vit(path: str | Path, classes: tuple[str, ...], what: str
     head = state.get("head.weight")
     if head is None or head.shape[0] != len(classes):
         found = "no head.weight" if head is None else f"a {head.shape[0]}-way head"
-        raise ValueError(f"{path} has {found}, but the {what} classifier must be {len(classes)}-way "
-                         f"({', '.join(classes[:3])}, ...); is it the {'object' if what == 'style' else 'style'} checkpoint?")
+        raise ValueError(
+            f"{path} has {found}, but the {what} classifier must be {len(classes)}-way "
+            f"({', '.join(classes[:3])}, ...); is it the {'object' if what == 'style' else 'style'} checkpoint?"
+        )
     model = timm.create_model(arch, pretrained=False, num_classes=len(classes))
     model.load_state_dict(state)
     return model.to(device).eval()
@@ -117,8 +128,9 @@ class UnlearnCanvasJudge:
         self.identity, self.image_size = identity, image_size
 
     @classmethod
-    def from_checkpoints(cls, style_checkpoint: str, object_checkpoint: str, arch: str = UNLEARNCANVAS_ARCH,
-                         device: str | torch.device = "cpu") -> UnlearnCanvasJudge:
+    def from_checkpoints(
+        cls, style_checkpoint: str, object_checkpoint: str, arch: str = UNLEARNCANVAS_ARCH, device: str | torch.device = "cpu"
+    ) -> UnlearnCanvasJudge:
         style = load_unlearncanvas_vit(style_checkpoint, UNLEARNCANVAS_THEMES, "style", arch, device)
         obj = load_unlearncanvas_vit(object_checkpoint, UNLEARNCANVAS_OBJECTS, "object", arch, device)
         identity = f"unlearncanvas:{Path(style_checkpoint).resolve()}:{Path(object_checkpoint).resolve()}"

@@ -17,24 +17,86 @@ from saeuron.benchmarks.templates import eval_prompt, train_prompt  # noqa: F401
 
 # ---------------------------------------------------------------------------------- UnlearnCanvas
 UNLEARNCANVAS_STYLES = (
-    "Abstractionism", "Artist_Sketch", "Blossom_Season", "Bricks", "Byzantine", "Cartoon", "Cold_Warm",
-    "Color_Fantasy", "Comic_Etch", "Crayon", "Cubism", "Dadaism", "Dapple", "Defoliation", "Early_Autumn",
-    "Expressionism", "Fauvism", "French", "Glowing_Sunset", "Gorgeous_Love", "Greenfield", "Impressionism",
-    "Ink_Art", "Joy", "Liquid_Dreams", "Magic_Cube", "Meta_Physics", "Meteor_Shower", "Monet", "Mosaic",
-    "Neon_Lines", "On_Fire", "Pastel", "Pencil_Drawing", "Picasso", "Pop_Art", "Red_Blue_Ink", "Rust",
-    "Sketch", "Sponge_Dabbed", "Structuralism", "Superstring", "Surrealism", "Ukiyoe", "Van_Gogh",
-    "Vibrant_Flow", "Warm_Love", "Warm_Smear", "Watercolor", "Winter",
+    "Abstractionism",
+    "Artist_Sketch",
+    "Blossom_Season",
+    "Bricks",
+    "Byzantine",
+    "Cartoon",
+    "Cold_Warm",
+    "Color_Fantasy",
+    "Comic_Etch",
+    "Crayon",
+    "Cubism",
+    "Dadaism",
+    "Dapple",
+    "Defoliation",
+    "Early_Autumn",
+    "Expressionism",
+    "Fauvism",
+    "French",
+    "Glowing_Sunset",
+    "Gorgeous_Love",
+    "Greenfield",
+    "Impressionism",
+    "Ink_Art",
+    "Joy",
+    "Liquid_Dreams",
+    "Magic_Cube",
+    "Meta_Physics",
+    "Meteor_Shower",
+    "Monet",
+    "Mosaic",
+    "Neon_Lines",
+    "On_Fire",
+    "Pastel",
+    "Pencil_Drawing",
+    "Picasso",
+    "Pop_Art",
+    "Red_Blue_Ink",
+    "Rust",
+    "Sketch",
+    "Sponge_Dabbed",
+    "Structuralism",
+    "Superstring",
+    "Surrealism",
+    "Ukiyoe",
+    "Van_Gogh",
+    "Vibrant_Flow",
+    "Warm_Love",
+    "Warm_Smear",
+    "Watercolor",
+    "Winter",
 )
 SEED_IMAGES = "Seed_Images"
 UNLEARNCANVAS_THEMES = (*UNLEARNCANVAS_STYLES[:38], SEED_IMAGES, *UNLEARNCANVAS_STYLES[38:])
 """The 50 styles plus ``Seed_Images`` at index 38: the style classifier's 51 classes and the
 themes of the SAE-training prompts."""
 UNLEARNCANVAS_OBJECTS = (
-    "Architectures", "Bears", "Birds", "Butterfly", "Cats", "Dogs", "Fishes", "Flame", "Flowers", "Frogs",
-    "Horses", "Human", "Jellyfish", "Rabbits", "Sandwiches", "Sea", "Statues", "Towers", "Trees", "Waterfalls",
+    "Architectures",
+    "Bears",
+    "Birds",
+    "Butterfly",
+    "Cats",
+    "Dogs",
+    "Fishes",
+    "Flame",
+    "Flowers",
+    "Frogs",
+    "Horses",
+    "Human",
+    "Jellyfish",
+    "Rabbits",
+    "Sandwiches",
+    "Sea",
+    "Statues",
+    "Towers",
+    "Trees",
+    "Waterfalls",
 )
 UNLEARNCANVAS_EVAL_SEEDS = (188, 288, 588, 688, 888)
 ANCHOR_FILE = "sd_prompt_{object}.txt"
+
 
 @dataclass(frozen=True)
 class PromptRow:
@@ -89,8 +151,10 @@ def training_rows(
     return sorted(rows, key=lambda row: row.prompt_id)
 
 
-def evaluation_rows(objects: Sequence[str], styles: Sequence[str], seeds: Sequence[int], unstyled: bool = True) -> list[PromptRow]:
-    """"An image of {Object} in {Style} style." for every style × object, plus "An image of
+def evaluation_rows(
+    objects: Sequence[str], styles: Sequence[str], seeds: Sequence[int], unstyled: bool = True
+) -> list[PromptRow]:
+    """ "An image of {Object} in {Style} style." for every style × object, plus "An image of
     {Object}." when ``unstyled``, each at every seed."""
     rows: list[PromptRow] = []
     for style in (*styles, *((None,) if unstyled else ())):

@@ -18,4 +18,8 @@ def eval_prompt(obj: str, style: str | None) -> str:
 
 
 def train_prompt(caption: str, style: str | None) -> str:
-    return TRAIN_UNSTYLED.format(caption=caption) if style is None else TRAIN_STYLED.format(caption=caption, style=style_words(style))
+    return (
+        TRAIN_UNSTYLED.format(caption=caption)
+        if style is None
+        else TRAIN_STYLED.format(caption=caption, style=style_words(style))
+    )

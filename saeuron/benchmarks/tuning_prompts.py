@@ -45,8 +45,9 @@ FORGET_SHARE, RETAIN_SHARE, OTHER_AXIS_SHARE = 0.4, 0.5, 0.1
 run out) so that UA, half of the objective, is measured on several images at the first rungs."""
 
 
-def tuning_prompt_rows(spec: Benchmark, concept: str, kind: str, per_cell: int = 1, anchor_prompts_dir: str | None = None,
-                       seed: int = 0) -> list[PromptRow]:
+def tuning_prompt_rows(
+    spec: Benchmark, concept: str, kind: str, per_cell: int = 1, anchor_prompts_dir: str | None = None, seed: int = 0
+) -> list[PromptRow]:
     """For a style: every object in the concept's style and in every other style, plus every object
     unstyled; for an object: the concept and every other object, each in every style and unstyled.
     ``per_cell`` prompts per (style, object) cell, each with its own caption and seed."""
@@ -55,8 +56,14 @@ def tuning_prompt_rows(spec: Benchmark, concept: str, kind: str, per_cell: int =
     if concept not in names:
         raise ValueError(f"unknown {kind} {concept!r}; {spec.name} has {list(names)}")
     evaluation = {r.prompt for r in spec.evaluation_prompt_rows()}
-    captions = {o: [c for c in cs if train_prompt(c, None) not in evaluation and all(
-        train_prompt(c, s) not in evaluation for s in spec.styles)] for o, cs in spec.training_captions(anchor_prompts_dir).items()}
+    captions = {
+        o: [
+            c
+            for c in cs
+            if train_prompt(c, None) not in evaluation and all(train_prompt(c, s) not in evaluation for s in spec.styles)
+        ]
+        for o, cs in spec.training_captions(anchor_prompts_dir).items()
+    }
     empty = [o for o, cs in captions.items() if not cs]
     if empty:
         raise ValueError(f"no tuning captions for {empty} that differ from the evaluation prompts")

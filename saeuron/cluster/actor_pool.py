@@ -47,6 +47,10 @@ def map_with_actor_pool(rows: list[dict], actor_class, actor_kwargs: dict, batch
     ensure_ray()
     num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     return ray.data.from_items(rows).map_batches(
-        actor_class, fn_constructor_kwargs=actor_kwargs, batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=num_actors), num_gpus=num_gpus, num_cpus=0 if num_gpus else cpu_threads,
+        actor_class,
+        fn_constructor_kwargs=actor_kwargs,
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
+        num_gpus=num_gpus,
+        num_cpus=0 if num_gpus else cpu_threads,
     )

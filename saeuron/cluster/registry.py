@@ -27,7 +27,13 @@ def registered_name(benchmark: str, hookpoint: str, prefix: str = "saeuron") -> 
 
 
 def register_folder(
-    folder: str | Path, *, name: str, run_id: str, artifact_path: str, alias: str | None, tags: dict[str, Any],
+    folder: str | Path,
+    *,
+    name: str,
+    run_id: str,
+    artifact_path: str,
+    alias: str | None,
+    tags: dict[str, Any],
     description: str = "SAeUron sparse autoencoder (cfg.json + sae.safetensors)",
 ) -> str:
     """Log ``folder`` as artifacts of ``run_id`` and register it as a new version of ``name`` (an SAE;
@@ -44,7 +50,9 @@ def register_folder(
             raise
     source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
     version = client.create_model_version(
-        name, source=source, run_id=run_id,
+        name,
+        source=source,
+        run_id=run_id,
         tags={key: value if isinstance(value, str) else json.dumps(value) for key, value in tags.items()},
     )
     if alias:
@@ -56,7 +64,9 @@ def is_artifact_uri(ref: str | Path) -> bool:
     return str(ref).startswith((MODELS_SCHEME, RUNS_SCHEME))
 
 
-def download_artifacts(uri: str, tracking_uri: str | None = None, cache_dir: str | Path | None = None, prefix: str = "saeuron-") -> Path:
+def download_artifacts(
+    uri: str, tracking_uri: str | None = None, cache_dir: str | Path | None = None, prefix: str = "saeuron-"
+) -> Path:
     """A local copy of ``models:/...`` or ``runs:/...`` artifacts."""
     import mlflow
 
@@ -66,7 +76,9 @@ def download_artifacts(uri: str, tracking_uri: str | None = None, cache_dir: str
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
 
 
-def resolve_sae_folder(ref: str | Path, hookpoint: str | None = None, tracking_uri: str | None = None, cache_dir: str | Path | None = None) -> Path:
+def resolve_sae_folder(
+    ref: str | Path, hookpoint: str | None = None, tracking_uri: str | None = None, cache_dir: str | Path | None = None
+) -> Path:
     """A local SAE folder for ``ref``: a folder (or a folder with a ``<hookpoint>/`` sub-folder),
     or ``models:/NAME@alias`` / ``models:/NAME/VERSION`` downloaded from the registry."""
     text = str(ref)
@@ -80,6 +92,12 @@ def resolve_sae_folder(ref: str | Path, hookpoint: str | None = None, tracking_u
     return folder
 
 
-def load_sae(ref: str | Path, hookpoint: str | None = None, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-             inference: str | None = None, tracking_uri: str | None = None) -> Sae:
+def load_sae(
+    ref: str | Path,
+    hookpoint: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    inference: str | None = None,
+    tracking_uri: str | None = None,
+) -> Sae:
     return Sae.load_from_disk(resolve_sae_folder(ref, hookpoint, tracking_uri), device=device, dtype=dtype, inference=inference)

@@ -56,8 +56,9 @@ def tracking_uri_of(tracking: TrackingConfig) -> str:
 
 
 @contextmanager
-def tracked_run(config: Any, tracking: TrackingConfig, *, run_name: str, tags: dict[str, str] | None = None,
-                nested: bool = False) -> Iterator[mlflow.ActiveRun]:
+def tracked_run(
+    config: Any, tracking: TrackingConfig, *, run_name: str, tags: dict[str, str] | None = None, nested: bool = False
+) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run holding the job's config as params and as ``config.yaml``; a child of
     ``tracking.parent_run_id`` when it is set (a study's or a search's run)."""
     uri = tracking_uri_of(tracking)
@@ -75,7 +76,9 @@ def tracked_run(config: Any, tracking: TrackingConfig, *, run_name: str, tags: d
         yield run
 
 
-def parent_run(config: Any, tracking: TrackingConfig, *, run_name: str, run_id: str = "", tags: dict[str, str] | None = None) -> str:
+def parent_run(
+    config: Any, tracking: TrackingConfig, *, run_name: str, run_id: str = "", tags: dict[str, str] | None = None
+) -> str:
     """Create (or, given ``run_id``, reopen) a run that stages log under as children, without
     making it the active run: each stage opens its own run, tagged with this one as parent. It is
     itself a child of ``tracking.parent_run_id`` when that is set."""

@@ -59,7 +59,9 @@ def _chunk_bytes(chunk: pa.Array) -> np.ndarray:
     if not (pa.types.is_binary(chunk.type) or pa.types.is_large_binary(chunk.type)):
         raise TypeError(f"activations must be a binary column, got {chunk.type}")
     offset_type = np.int64 if pa.types.is_large_binary(chunk.type) else np.int32
-    offsets = np.frombuffer(chunk.buffers()[1], dtype=offset_type, count=len(chunk) + 1, offset=chunk.offset * np.dtype(offset_type).itemsize)
+    offsets = np.frombuffer(
+        chunk.buffers()[1], dtype=offset_type, count=len(chunk) + 1, offset=chunk.offset * np.dtype(offset_type).itemsize
+    )
     return np.frombuffer(chunk.buffers()[2], dtype=np.uint8, count=int(offsets[-1] - offsets[0]), offset=int(offsets[0]))
 
 
@@ -72,8 +74,10 @@ def binary_to_vectors(column: pa.Array | pa.ChunkedArray, d_in: int) -> np.ndarr
             continue
         raw = _chunk_bytes(chunk)
         if raw.size % (2 * d_in):
-            raise ValueError(f"activations hold {raw.size} bytes, not a whole number of {d_in}-dim fp16 vectors; "
-                             f"is d_in right for this hookpoint?")
+            raise ValueError(
+                f"activations hold {raw.size} bytes, not a whole number of {d_in}-dim fp16 vectors; "
+                f"is d_in right for this hookpoint?"
+            )
         parts.append(raw.view(np.float16).reshape(-1, d_in))
     if not parts:
         return np.zeros((0, d_in), dtype=np.float16)
@@ -105,17 +109,19 @@ def activation_table(
             index_lists.append(kept.astype(np.int32))
             selected.append(values[b, s, kept])
     repeat = lambda key: [row[key] for row in prompt_rows for _ in range(steps)]  # noqa: E731
-    return pa.table({
-        "prompt_id": pa.array(repeat("prompt_id"), pa.int64()),
-        "object": pa.array(repeat("object"), pa.string()),
-        "style": pa.array(repeat("style"), pa.string()),
-        "seed": pa.array(repeat("seed"), pa.int64()),
-        "timestep": pa.array(list(timesteps) * batch, pa.int32()),
-        "step_index": pa.array(list(step_indices) * batch, pa.int32()),
-        "patch_index": pa.array(index_lists, pa.list_(pa.int32())),
-        "activations": maps_to_binary(np.stack(selected)),
-        PARTITION: pa.array([hookpoint] * (batch * steps), pa.string()),
-    })
+    return pa.table(
+        {
+            "prompt_id": pa.array(repeat("prompt_id"), pa.int64()),
+            "object": pa.array(repeat("object"), pa.string()),
+            "style": pa.array(repeat("style"), pa.string()),
+            "seed": pa.array(repeat("seed"), pa.int64()),
+            "timestep": pa.array(list(timesteps) * batch, pa.int32()),
+            "step_index": pa.array(list(step_indices) * batch, pa.int32()),
+            "patch_index": pa.array(index_lists, pa.list_(pa.int32())),
+            "activations": maps_to_binary(np.stack(selected)),
+            PARTITION: pa.array([hookpoint] * (batch * steps), pa.string()),
+        }
+    )
 
 
 # ------------------------------------------------------------------------------ manifest

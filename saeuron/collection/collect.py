@@ -78,10 +78,16 @@ class CollectConfig(CollectOptions, WithResources, WithModel, WithTracking):
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide what the data is; a dataset is resumed only under the same."""
-        identity = {"benchmark": self.model.benchmark, "anchor_prompts_dir": self.model.anchor_prompts_dir,
-                    "hookpoints": self.resolved_hookpoints, "num_inference_steps": self.sampling.num_inference_steps,
-                    "guidance_scale": self.sampling.guidance_scale}
-        identity.update({key: getattr(self, key) for key in ("capture_half", "every_k_steps", "patches_per_map", "seeds_per_prompt", "seed")})
+        identity = {
+            "benchmark": self.model.benchmark,
+            "anchor_prompts_dir": self.model.anchor_prompts_dir,
+            "hookpoints": self.resolved_hookpoints,
+            "num_inference_steps": self.sampling.num_inference_steps,
+            "guidance_scale": self.sampling.guidance_scale,
+        }
+        identity.update(
+            {key: getattr(self, key) for key in ("capture_half", "every_k_steps", "patches_per_map", "seeds_per_prompt", "seed")}
+        )
         identity["dtype"] = self.model.dtype
         identity["model_path"] = self.benchmark.model_identity(self.model.model_path)
         return identity
@@ -94,9 +100,13 @@ def _check(cfg: CollectConfig) -> tuple[Path, dict[str, int], list]:
     """Every check that can fail, before Ray or a model is touched."""
     if cfg.capture_half not in CAPTURE_HALVES:
         raise ValueError(f"capture_half must be one of {CAPTURE_HALVES}, got {cfg.capture_half!r}")
-    for name, value in (("sampling.num_inference_steps", cfg.sampling.num_inference_steps), ("every_k_steps", cfg.every_k_steps),
-                        ("resources.num_actors", cfg.resources.num_actors), ("batch_size", cfg.batch_size),
-                        ("seeds_per_prompt", cfg.seeds_per_prompt)):
+    for name, value in (
+        ("sampling.num_inference_steps", cfg.sampling.num_inference_steps),
+        ("every_k_steps", cfg.every_k_steps),
+        ("resources.num_actors", cfg.resources.num_actors),
+        ("batch_size", cfg.batch_size),
+        ("seeds_per_prompt", cfg.seeds_per_prompt),
+    ):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     if cfg.patches_per_map < 0 or cfg.max_prompts < 0:
@@ -104,7 +114,9 @@ def _check(cfg: CollectConfig) -> tuple[Path, dict[str, int], list]:
     resolve_dtype(cfg.model.dtype, "cpu")
     model_path = cfg.benchmark.resolve_model_path(cfg.model.model_path)
     channels = block_channels(model_path, cfg.resolved_hookpoints)
-    rows = cfg.benchmark.training_prompt_rows(cfg.model.anchor_prompts_dir, cfg.seed, cfg.seeds_per_prompt, cfg.max_prompts or None)
+    rows = cfg.benchmark.training_prompt_rows(
+        cfg.model.anchor_prompts_dir, cfg.seed, cfg.seeds_per_prompt, cfg.max_prompts or None
+    )
     if not rows:
         raise ValueError(f"the prompt set of {cfg.model.benchmark!r} is empty; check anchor_prompts_dir and max_prompts")
     manifest = activations.read_manifest(cfg.dataset_dir)
@@ -120,8 +132,18 @@ def _check(cfg: CollectConfig) -> tuple[Path, dict[str, int], list]:
 class ActivationCollector:
     """A Ray Data actor: one pipeline, loaded once; each call samples a batch of prompts."""
 
-    def __init__(self, model_path: str, hookpoints: list[str], num_inference_steps: int, guidance_scale: float,
-                 capture_half: str, every_k_steps: int, patches_per_map: int, dtype: str, cpu_threads: int):
+    def __init__(
+        self,
+        model_path: str,
+        hookpoints: list[str],
+        num_inference_steps: int,
+        guidance_scale: float,
+        capture_half: str,
+        every_k_steps: int,
+        patches_per_map: int,
+        dtype: str,
+        cpu_threads: int,
+    ):
         pipe, _, _ = load_pipeline_in_actor(model_path, dtype, cpu_threads)
         self.hooked = HookedPipeline(pipe)
         self.hookpoints = hookpoints
@@ -132,14 +154,21 @@ class ActivationCollector:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         rows = rows_from_batch(batch)
         out = self.hooked.generate(
-            [row["prompt"] for row in rows], [int(row["seed"]) for row in rows], capture=self.hookpoints,
-            capture_filter=lambda call: call.step_index % self.every_k_steps == 0, output_type="latent",
-            num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale, capture_half=self.capture_half,
+            [row["prompt"] for row in rows],
+            [int(row["seed"]) for row in rows],
+            capture=self.hookpoints,
+            capture_filter=lambda call: call.step_index % self.every_k_steps == 0,
+            output_type="latent",
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            capture_half=self.capture_half,
         )
-        return pa.concat_tables([
-            activations.activation_table(hp, rows, cap.stacked(), cap.timesteps, cap.step_indices, self.patches_per_map)
-            for hp, cap in out.captures.items()
-        ])
+        return pa.concat_tables(
+            [
+                activations.activation_table(hp, rows, cap.stacked(), cap.timesteps, cap.step_indices, self.patches_per_map)
+                for hp, cap in out.captures.items()
+            ]
+        )
 
 
 def collect(cfg: CollectConfig) -> dict[str, Any]:
@@ -152,8 +181,10 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
             shutil.rmtree(hookpoint_folder)
     existing = activations.reconcile(root, cfg.resolved_hookpoints, cfg.kept_steps())
     pending = [row.as_dict() for row in rows if row.prompt_id not in existing.done]
-    logger.info(f"collect: {len(rows)} prompts, {len(rows) - len(pending)} already collected, {len(pending)} to go "
-                f"({len(existing.removed_files)} partial files removed, {len(existing.rewritten_files)} rewritten)")
+    logger.info(
+        f"collect: {len(rows)} prompts, {len(rows) - len(pending)} already collected, {len(pending)} to go "
+        f"({len(existing.removed_files)} partial files removed, {len(existing.rewritten_files)} rewritten)"
+    )
     manifest = {
         "schema_version": activations.SCHEMA_VERSION,
         "identity": cfg.identity(),
@@ -167,11 +198,22 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
     started = time.perf_counter()
     if pending:
         dataset = map_with_actor_pool(
-            pending, ActivationCollector,
-            dict(model_path=str(model_path), hookpoints=cfg.resolved_hookpoints, num_inference_steps=cfg.sampling.num_inference_steps,
-                 guidance_scale=cfg.sampling.guidance_scale, capture_half=cfg.capture_half, every_k_steps=cfg.every_k_steps,
-                 patches_per_map=cfg.patches_per_map, dtype=cfg.model.dtype, cpu_threads=cfg.resources.cpu_threads_per_actor),
-            cfg.batch_size, cfg.resources.num_actors, cfg.resources.cpu_threads_per_actor,
+            pending,
+            ActivationCollector,
+            dict(
+                model_path=str(model_path),
+                hookpoints=cfg.resolved_hookpoints,
+                num_inference_steps=cfg.sampling.num_inference_steps,
+                guidance_scale=cfg.sampling.guidance_scale,
+                capture_half=cfg.capture_half,
+                every_k_steps=cfg.every_k_steps,
+                patches_per_map=cfg.patches_per_map,
+                dtype=cfg.model.dtype,
+                cpu_threads=cfg.resources.cpu_threads_per_actor,
+            ),
+            cfg.batch_size,
+            cfg.resources.num_actors,
+            cfg.resources.cpu_threads_per_actor,
         )
         dataset.write_parquet(str(root), partition_cols=[activations.PARTITION], **activations.PARQUET_OPTIONS)
     seconds = time.perf_counter() - started
@@ -184,8 +226,10 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
         bytes_per_value=2,
     )
     activations.write_manifest(root, manifest)
-    logger.info(f"collect: {manifest['prompts_collected']} prompts, rows per hookpoint {manifest['rows']}, "
-                f"{seconds:.1f}s this run -> {root}")
+    logger.info(
+        f"collect: {manifest['prompts_collected']} prompts, rows per hookpoint {manifest['rows']}, "
+        f"{seconds:.1f}s this run -> {root}"
+    )
     return manifest
 
 

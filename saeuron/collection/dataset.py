@@ -72,7 +72,9 @@ def activation_dataset(
     if shuffle:
         maps = maps.random_shuffle(seed=seed)
     return maps.map_batches(
-        _expand, fn_kwargs=dict(d_in=d_in, split=split, fraction=validation_fraction, seed=seed), batch_format="pyarrow",
+        _expand,
+        fn_kwargs=dict(d_in=d_in, split=split, fraction=validation_fraction, seed=seed),
+        batch_format="pyarrow",
     )
 
 
@@ -80,7 +82,9 @@ def count_vectors(root: str | Path, hookpoint: str, split: str = "all", validati
     """Vectors in a split, from the small columns only (no activations are read)."""
     import pyarrow.dataset as ds
 
-    table = ds.dataset(str(activations.hookpoint_dir(root, hookpoint)), format="parquet").to_table(columns=["prompt_id", "patch_index"])
+    table = ds.dataset(str(activations.hookpoint_dir(root, hookpoint)), format="parquet").to_table(
+        columns=["prompt_id", "patch_index"]
+    )
     patches = pc.list_value_length(table.column("patch_index")).to_numpy()
     if split == "all" or validation_fraction == 0:
         return int(patches.sum()) if split != "validation" else 0

@@ -79,7 +79,11 @@ def unet_cross_attention_blocks(unet: nn.Module) -> dict[str, Transformer2DModel
         f"unet.{name}": module
         for name, module in unet.named_modules()
         if isinstance(module, Transformer2DModel)
-        and any(getattr(block.attn2, "is_cross_attention", False) for block in module.transformer_blocks if getattr(block, "attn2", None) is not None)
+        and any(
+            getattr(block.attn2, "is_cross_attention", False)
+            for block in module.transformer_blocks
+            if getattr(block, "attn2", None) is not None
+        )
     }
 
 
@@ -201,7 +205,9 @@ class HookedPipeline:
                     edited = edit(tokens, call)
                     if edited is not tokens:
                         if edited.shape != tokens.shape:
-                            raise ValueError(f"edit for {path} returned shape {tuple(edited.shape)}, expected {tuple(tokens.shape)}")
+                            raise ValueError(
+                                f"edit for {path} returned shape {tuple(edited.shape)}, expected {tuple(tokens.shape)}"
+                            )
                         tokens = edited
                         replaced = edited.reshape(batch, height, width, channels).permute(0, 3, 1, 2).contiguous()
                 if record is not None and (capture_filter is None or capture_filter(call)):

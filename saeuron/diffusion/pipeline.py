@@ -31,8 +31,9 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu", dtype: t
     check_pipeline_folder(path)
     if isinstance(dtype, str):
         dtype = resolve_dtype(dtype, torch.device(device).type)
-    pipe = StableDiffusionPipeline.from_pretrained(str(path), dtype=dtype, safety_checker=None, feature_extractor=None,
-                                                   requires_safety_checker=False, local_files_only=True).to(device)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(path), dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False, local_files_only=True
+    ).to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -64,6 +65,8 @@ def block_channels(path: str | Path, hookpoints: Sequence[str]) -> dict[str, int
     channels = {}
     for hookpoint in hookpoints:
         if hookpoint not in blocks:
-            raise ValueError(f"unknown hookpoint {hookpoint!r} for {path}; the cross-attention blocks of this UNet are: {', '.join(blocks)}")
+            raise ValueError(
+                f"unknown hookpoint {hookpoint!r} for {path}; the cross-attention blocks of this UNet are: {', '.join(blocks)}"
+            )
         channels[hookpoint] = int(blocks[hookpoint].config.in_channels)
     return channels

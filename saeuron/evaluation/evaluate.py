@@ -103,21 +103,33 @@ def models_to_score(cfg: EvaluateConfig) -> list[ModelToScore]:
             raise ValueError(f"an empty recipe path among {cfg.recipes}: every recipe to evaluate needs a folder")
         kinds = {cfg.benchmark.concept_kind(c) for c in recipe.concepts}
         if len(kinds) != 1:
-            raise ValueError(f"recipe {folder} forgets styles and objects together ({list(recipe.concepts)}); "
-                             f"UnlearnCanvas scores one kind at a time")
+            raise ValueError(
+                f"recipe {folder} forgets styles and objects together ({list(recipe.concepts)}); "
+                f"UnlearnCanvas scores one kind at a time"
+            )
         models.append(ModelToScore("+".join(recipe.concepts), recipe, folder, kinds.pop()))
     if len({m.name for m in models}) != len(models):
         raise ValueError(f"two recipes forget the same concepts: {[m.name for m in models]}")
     if cfg.sequential:
         for before, after in zip(models, models[1:]):
-            if list(after.recipe.concepts)[:len(before.recipe.concepts)] != list(before.recipe.concepts) or after.kind != before.kind:
+            if (
+                list(after.recipe.concepts)[: len(before.recipe.concepts)] != list(before.recipe.concepts)
+                or after.kind != before.kind
+            ):
                 raise ValueError(f"sequential recipes must each extend the previous one: {before.name} -> {after.name}")
     return models
 
 
 def generation_config(cfg: EvaluateConfig, recipe: str = "", styles: list[str] | None = None) -> UnlearnConfig:
-    return UnlearnConfig(recipe=recipe, grid=replace(cfg.grid, styles=list(styles or [])), tracking=cfg.tracking, model=cfg.model,
-                         sampling=cfg.sampling, edit=cfg.edit, resources=cfg.resources)
+    return UnlearnConfig(
+        recipe=recipe,
+        grid=replace(cfg.grid, styles=list(styles or [])),
+        tracking=cfg.tracking,
+        model=cfg.model,
+        sampling=cfg.sampling,
+        edit=cfg.edit,
+        resources=cfg.resources,
+    )
 
 
 def grid_styles(cfg: EvaluateConfig, models: list[ModelToScore]) -> list[str]:
@@ -191,8 +203,9 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
         gen = generation_config(cfg, recipe, styles)
         unlearn(gen)
         index = pq.read_table(gen.images_dir / INDEX)
-        return gen.images_dir, judge_images(gen.images_dir, index, judge.identity, judge_kwargs, 64, cfg.resources.num_actors,
-                                            cfg.resources.cpu_threads_per_actor)
+        return gen.images_dir, judge_images(
+            gen.images_dir, index, judge.identity, judge_kwargs, 64, cfg.resources.num_actors, cfg.resources.cpu_threads_per_actor
+        )
 
     original_dir, original_rows = generate_and_judge("")
     scores, fid, samples, judged = [], {}, [], {}
@@ -205,12 +218,21 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
         samples.append(ConceptSamples(model.name, original_dir, images_dir, sample_rows(model, rows, cfg.benchmark)))
     if mode != "none" and models:
         fid["original"] = compute_fid(cfg, mode, judge, original_dir, [r for r in original_rows if r["style"] is not None])
-    averages = {kind: average_scores([s for _, s in scores if s.kind == kind]) for kind in ("style", "object")
-                if any(s.kind == kind for _, s in scores)}
-    sequential = sequential_scores([(list(m.recipe.concepts), judged[m.name]) for m in models], models[0].kind,
-                                   cfg.unstyled_weighting) if cfg.sequential else []
-    extractor = {"domain": "MiniCanvas classifier features (torchmetrics)",
-                 "inception": f"pytorch-fid Inception, {cfg.inception_dims}-d", "none": "not computed"}[mode]
+    averages = {
+        kind: average_scores([s for _, s in scores if s.kind == kind])
+        for kind in ("style", "object")
+        if any(s.kind == kind for _, s in scores)
+    }
+    sequential = (
+        sequential_scores([(list(m.recipe.concepts), judged[m.name]) for m in models], models[0].kind, cfg.unstyled_weighting)
+        if cfg.sequential
+        else []
+    )
+    extractor = {
+        "domain": "MiniCanvas classifier features (torchmetrics)",
+        "inception": f"pytorch-fid Inception, {cfg.inception_dims}-d",
+        "none": "not computed",
+    }[mode]
     return log_evaluation(cfg, scores, averages, fid, extractor, samples, sequential)
 
 
@@ -225,14 +247,19 @@ def log_evaluation(cfg: EvaluateConfig, scores, averages, fid, extractor, sample
     from saeuron.cluster.tracking import tracked_run
 
     with tracked_run(cfg, cfg.tracking, run_name=cfg.run_name, tags={"saeuron.stage": "evaluate"}) as run:
-        report_dir = Path(cfg.report_dir or cfg.tracking.root / "reports" / f"{cfg.run_name}-{run.info.run_id[:8]}").expanduser().resolve()
-        notes = [f"Benchmark {cfg.model.benchmark}; seeds {cfg.grid.seeds or list(cfg.benchmark.eval_seeds)}; "
-                 f"{cfg.sampling.num_inference_steps} steps, guidance {cfg.sampling.guidance_scale}; error mode {cfg.edit.error_mode}.",
-                 "Style forgetting: CRA is the object accuracy on the unstyled images (as the reference); "
-                 "'CRA (styled images)' is the object accuracy over all styled images.",
-                 f"Object forgetting: unstyled images weighted {cfg.unstyled_weighting!r}."]
-        report = write_report(report_dir, f"saeuron evaluation: {cfg.run_name}", scores, averages, fid, extractor, samples,
-                              sequential, notes)
+        report_dir = (
+            Path(cfg.report_dir or cfg.tracking.root / "reports" / f"{cfg.run_name}-{run.info.run_id[:8]}").expanduser().resolve()
+        )
+        notes = [
+            f"Benchmark {cfg.model.benchmark}; seeds {cfg.grid.seeds or list(cfg.benchmark.eval_seeds)}; "
+            f"{cfg.sampling.num_inference_steps} steps, guidance {cfg.sampling.guidance_scale}; error mode {cfg.edit.error_mode}.",
+            "Style forgetting: CRA is the object accuracy on the unstyled images (as the reference); "
+            "'CRA (styled images)' is the object accuracy over all styled images.",
+            f"Object forgetting: unstyled images weighted {cfg.unstyled_weighting!r}.",
+        ]
+        report = write_report(
+            report_dir, f"saeuron evaluation: {cfg.run_name}", scores, averages, fid, extractor, samples, sequential, notes
+        )
         metrics = {}
         for name, s in scores:
             key = metric_key(name)

@@ -28,7 +28,8 @@ def inception_weights_path(weights: str = "") -> Path:
         raise FileNotFoundError(
             f"FID Inception weights not found at {path}. Nothing is downloaded: place pytorch-fid's {INCEPTION_FILE} "
             f"there (or pass inception_weights=<file>); it is the file pytorch-fid fetches from "
-            f"github.com/mseitzer/pytorch-fid/releases")
+            f"github.com/mseitzer/pytorch-fid/releases"
+        )
     return path
 
 
@@ -54,16 +55,24 @@ def load_fid_inception(weights: str = "", dims: int = 2048, device: str | torch.
     return model.to(device).eval()
 
 
-def inception_fid(real_files: Sequence[str | Path], fake_files: Sequence[str | Path], weights: str = "", dims: int = 2048,
-                  device: str | torch.device = "cpu", batch_size: int = 50) -> float:
+def inception_fid(
+    real_files: Sequence[str | Path],
+    fake_files: Sequence[str | Path],
+    weights: str = "",
+    dims: int = 2048,
+    device: str | torch.device = "cpu",
+    batch_size: int = 50,
+) -> float:
     from pytorch_fid.fid_score import calculate_activation_statistics, calculate_frechet_distance
 
     for name, files in (("real", real_files), ("generated", fake_files)):
         if len(files) < 2:
             raise ValueError(f"FID needs at least 2 {name} images, got {len(files)}")
     model = load_fid_inception(weights, dims, device)
-    stats = [calculate_activation_statistics([str(f) for f in files], model, min(batch_size, len(files)), dims, device, num_workers=0)
-             for files in (real_files, fake_files)]
+    stats = [
+        calculate_activation_statistics([str(f) for f in files], model, min(batch_size, len(files)), dims, device, num_workers=0)
+        for files in (real_files, fake_files)
+    ]
     return float(calculate_frechet_distance(*stats[0], *stats[1]))
 
 
@@ -78,5 +87,5 @@ def domain_fid(features: nn.Module, real: Tensor, fake: Tensor, batch_size: int 
     with torch.no_grad():
         for images, is_real in ((real, True), (fake, False)):
             for start in range(0, len(images), batch_size):
-                metric.update(images[start:start + batch_size].float(), real=is_real)
+                metric.update(images[start : start + batch_size].float(), real=is_real)
         return float(metric.compute())

@@ -32,8 +32,10 @@ def load_images(paths: list[Path]) -> torch.Tensor:
 def check_images(images_dir: Path, files: list[str]) -> None:
     missing = [f for f in files if not (images_dir / f).is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} of {len(files)} images are missing from {images_dir} (e.g. {missing[:3]}); "
-                                f"generate them first (jobs/unlearn.py with the same settings) or fix the folder")
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(files)} images are missing from {images_dir} (e.g. {missing[:3]}); "
+            f"generate them first (jobs/unlearn.py with the same settings) or fix the folder"
+        )
 
 
 class JudgeActor:
@@ -54,8 +56,15 @@ class JudgeActor:
         return {**batch, **{key: np.array([r[key] for r in judged]) for key in ("style_pred", "object_pred")}}
 
 
-def judge_images(images_dir: str | Path, index: pa.Table, judge_identity: str, judge_kwargs: dict, batch_size: int = 64,
-                 num_actors: int = 1, cpu_threads: int = 1) -> list[dict]:
+def judge_images(
+    images_dir: str | Path,
+    index: pa.Table,
+    judge_identity: str,
+    judge_kwargs: dict,
+    batch_size: int = 64,
+    num_actors: int = 1,
+    cpu_threads: int = 1,
+) -> list[dict]:
     """Rows of ``index`` (one per image file) with ``style_pred`` and ``object_pred`` added."""
     from saeuron.cluster.actor_pool import map_with_actor_pool
 
@@ -65,11 +74,18 @@ def judge_images(images_dir: str | Path, index: pa.Table, judge_identity: str, j
     cached = images_dir / PREDICTIONS
     if cached.is_file():
         table = pq.read_table(cached)
-        if (table.schema.metadata or {}).get(JUDGE_KEY) == judge_identity.encode() and \
-                sorted(table.column("file").to_pylist()) == sorted(r["file"] for r in rows):
+        if (table.schema.metadata or {}).get(JUDGE_KEY) == judge_identity.encode() and sorted(
+            table.column("file").to_pylist()
+        ) == sorted(r["file"] for r in rows):
             return table.to_pylist()
-    judged = map_with_actor_pool(rows, JudgeActor, dict(**judge_kwargs, images_dir=str(images_dir), cpu_threads=cpu_threads),
-                                 batch_size, num_actors, cpu_threads).take_all()
+    judged = map_with_actor_pool(
+        rows,
+        JudgeActor,
+        dict(**judge_kwargs, images_dir=str(images_dir), cpu_threads=cpu_threads),
+        batch_size,
+        num_actors,
+        cpu_threads,
+    ).take_all()
     judged = [{k: (None if k == "style" and isinstance(v, float) else v) for k, v in r.items()} for r in judged]
     judged.sort(key=lambda r: r["file"])
     table = pa.Table.from_pylist(judged)

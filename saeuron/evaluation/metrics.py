@@ -63,8 +63,9 @@ def style_accuracy(rows: Sequence[Mapping], soft: bool = False) -> dict[str, flo
     return {s: float(np.mean(h)) for s, h in hits.items()}
 
 
-def object_accuracy(rows: Sequence[Mapping], images: str = "all", unstyled_weighting: str = "per_image",
-                    soft: bool = False) -> dict[str, float]:
+def object_accuracy(
+    rows: Sequence[Mapping], images: str = "all", unstyled_weighting: str = "per_image", soft: bool = False
+) -> dict[str, float]:
     """Per object, the object accuracy on its ``images``: "all", "styled" or "unstyled"."""
     if unstyled_weighting not in UNSTYLED_WEIGHTINGS:
         raise ValueError(f"unstyled_weighting must be one of {UNSTYLED_WEIGHTINGS}, got {unstyled_weighting!r}")
@@ -92,8 +93,9 @@ def _split(accuracy: dict[str, float], forgotten: Sequence[str], kind: str) -> t
     return _mean(1 - accuracy[c] for c in forgotten), (_mean(retained) if retained else float("nan"))
 
 
-def forgetting_scores(rows: Sequence[Mapping], kind: str, forgotten: Sequence[str],
-                      unstyled_weighting: str = "per_image", soft: bool = False) -> ForgettingScores:
+def forgetting_scores(
+    rows: Sequence[Mapping], kind: str, forgotten: Sequence[str], unstyled_weighting: str = "per_image", soft: bool = False
+) -> ForgettingScores:
     """UA / IRA / CRA of the images of one model that forgot the ``kind`` concepts ``forgotten``."""
     if kind == "style":
         accuracy = style_accuracy(rows, soft)
@@ -131,8 +133,9 @@ class SequentialStep(NamedTuple):
     cra: float
 
 
-def sequential_scores(steps: Sequence[tuple[Sequence[str], Sequence[Mapping]]], kind: str,
-                      unstyled_weighting: str = "per_image") -> list[SequentialStep]:
+def sequential_scores(
+    steps: Sequence[tuple[Sequence[str], Sequence[Mapping]]], kind: str, unstyled_weighting: str = "per_image"
+) -> list[SequentialStep]:
     """``steps``: per step, (concepts forgotten so far, that step's model's judged images). Every
     number of a step is measured on that step's images (the reference scored the last model for
     every step's retain accuracy)."""

@@ -35,7 +35,9 @@ def sample_grid(samples: ConceptSamples, cell: int = 96, label_width: int = 190)
         for model, folder in (("original", samples.original_dir), ("unlearned", samples.unlearned_dir)):
             draw.text((pad, y + cell // 2 - 12), f"{label}\n{model}", fill="black")
             for i, name in enumerate(files):
-                image = Image.open(folder / name).convert("RGB").resize((cell, cell), Image.NEAREST if cell >= 64 else Image.BILINEAR)
+                image = (
+                    Image.open(folder / name).convert("RGB").resize((cell, cell), Image.NEAREST if cell >= 64 else Image.BILINEAR)
+                )
                 grid.paste(image, (label_width + i * (cell + pad), y))
             y += cell + pad
     return grid
@@ -73,9 +75,17 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def write_report(folder: str | Path, title: str, scores: Sequence[tuple[str, ForgettingScores]], averages: dict[str, dict[str, float]],
-                 fid: dict[str, float], fid_extractor: str, samples: Sequence[ConceptSamples],
-                 sequential: Sequence[SequentialStep] = (), notes: Sequence[str] = ()) -> Path:
+def write_report(
+    folder: str | Path,
+    title: str,
+    scores: Sequence[tuple[str, ForgettingScores]],
+    averages: dict[str, dict[str, float]],
+    fid: dict[str, float],
+    fid_extractor: str,
+    samples: Sequence[ConceptSamples],
+    sequential: Sequence[SequentialStep] = (),
+    notes: Sequence[str] = (),
+) -> Path:
     """Writes PNGs, ``scores.json`` and ``index.html`` into ``folder``; returns the HTML path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -85,34 +95,74 @@ def write_report(folder: str | Path, title: str, scores: Sequence[tuple[str, For
         name = f"samples_{i:02d}.png"
         sample_grid(s).save(folder / name)
         grids.append((s.name, name))
-    rows = [[name, s.kind, ", ".join(s.forgotten), _fmt(s.ua), _fmt(s.ira), _fmt(s.cra), _fmt(s.cra_styled), _fmt(fid.get(name))]
-            for name, s in scores]
+    rows = [
+        [name, s.kind, ", ".join(s.forgotten), _fmt(s.ua), _fmt(s.ira), _fmt(s.cra), _fmt(s.cra_styled), _fmt(fid.get(name))]
+        for name, s in scores
+    ]
     parts = [f"<h1>{html.escape(title)}</h1>"]
     parts += [f"<p>{html.escape(n)}</p>" for n in notes]
     parts.append("<h2>Scores per forget model</h2>")
-    parts.append(_table(["model", "kind", "forgotten", "UA", "IRA", "CRA", "CRA (styled images)", f"FID ({fid_extractor})"], rows))
+    parts.append(
+        _table(["model", "kind", "forgotten", "UA", "IRA", "CRA", "CRA (styled images)", f"FID ({fid_extractor})"], rows)
+    )
     if "original" in fid:
-        parts.append(f"<p>FID of the original model over all its styled images: {fid['original']:.3f} ({html.escape(fid_extractor)}).</p>")
+        parts.append(
+            f"<p>FID of the original model over all its styled images: {fid['original']:.3f} ({html.escape(fid_extractor)}).</p>"
+        )
     parts.append("<h2>Averages</h2>")
-    parts.append(_table(["kind", *sorted({k for a in averages.values() for k in a})],
-                        [[kind, *(_fmt(a.get(k)) for k in sorted({k for a in averages.values() for k in a}))] for kind, a in averages.items()]))
+    parts.append(
+        _table(
+            ["kind", *sorted({k for a in averages.values() for k in a})],
+            [
+                [kind, *(_fmt(a.get(k)) for k in sorted({k for a in averages.values() for k in a}))]
+                for kind, a in averages.items()
+            ],
+        )
+    )
     parts.append('<img src="scores.png" alt="UA, IRA and CRA per forget model">')
     if sequential:
         parts.append("<h2>Sequential unlearning (each step scored on its own model)</h2>")
-        parts.append(_table(["step", "forgotten so far", "UA per concept", "UA", "IRA", "CRA"],
-                            [[str(s.step), ", ".join(s.forgotten), ", ".join(f"{c} {v:.2f}" for c, v in s.ua_per_concept.items()),
-                              _fmt(s.ua), _fmt(s.ira), _fmt(s.cra)] for s in sequential]))
+        parts.append(
+            _table(
+                ["step", "forgotten so far", "UA per concept", "UA", "IRA", "CRA"],
+                [
+                    [
+                        str(s.step),
+                        ", ".join(s.forgotten),
+                        ", ".join(f"{c} {v:.2f}" for c, v in s.ua_per_concept.items()),
+                        _fmt(s.ua),
+                        _fmt(s.ira),
+                        _fmt(s.cra),
+                    ]
+                    for s in sequential
+                ],
+            )
+        )
     parts.append("<h2>Samples: original model (upper) vs unlearned (lower)</h2>")
     for name, file in grids:
-        parts.append(f"<h3>{html.escape(name)}</h3><img src=\"{file}\" alt=\"samples of {html.escape(name)}\">")
-    style = ("body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #bbb;padding:.25em .6em;text-align:right}td:first-child,th:first-child{text-align:left}"
-             "img{max-width:100%;display:block;margin:.5em 0}")
-    page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title><style>{style}</style></head>"
-            f"<body>{''.join(parts)}</body></html>")
-    write_text_atomic(folder / "scores.json", json.dumps({
-        "scores": {name: s._asdict() for name, s in scores}, "averages": averages, "fid": fid, "fid_extractor": fid_extractor,
-        "sequential": [s._asdict() for s in sequential]}, indent=2))
+        parts.append(f'<h3>{html.escape(name)}</h3><img src="{file}" alt="samples of {html.escape(name)}">')
+    style = (
+        "body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #bbb;padding:.25em .6em;text-align:right}td:first-child,th:first-child{text-align:left}"
+        "img{max-width:100%;display:block;margin:.5em 0}"
+    )
+    page = (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{style}</style></head>'
+        f"<body>{''.join(parts)}</body></html>"
+    )
+    write_text_atomic(
+        folder / "scores.json",
+        json.dumps(
+            {
+                "scores": {name: s._asdict() for name, s in scores},
+                "averages": averages,
+                "fid": fid,
+                "fid_extractor": fid_extractor,
+                "sequential": [s._asdict() for s in sequential],
+            },
+            indent=2,
+        ),
+    )
     write_text_atomic(folder / "index.html", page)
     return folder / "index.html"
 
@@ -138,8 +188,15 @@ def objective_heatmap(result, percentiles: Sequence[float], multipliers: Sequenc
         for j in range(len(multipliers)):
             if not np.isnan(values[i, j]):
                 note = "" if prompts[i, j] >= budget else f"\n({int(prompts[i, j])} pr.)"
-                ax.text(j, i, f"{values[i, j]:.2f}{note}", ha="center", va="center", fontsize=7,
-                        color="white" if values[i, j] < 0.6 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{values[i, j]:.2f}{note}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if values[i, j] < 0.6 else "black",
+                )
     i, j = list(percentiles).index(result.percentile), list(multipliers).index(result.multiplier)
     ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     ax.set_xticks(range(len(multipliers)), [f"{g:g}" for g in multipliers])

@@ -23,8 +23,12 @@ def concept_channels(root: str | Path, hookpoint: str, concept: str, kind: str, 
     if manifest is None:
         raise FileNotFoundError(f"{root} has no {activations.MANIFEST}: not an activation dataset (run jobs/collect.py first)")
     d_in = manifest["d_in"][hookpoint]
-    table = pads.dataset(str(activations.hookpoint_dir(root, hookpoint)), format="parquet").to_table(columns=[kind, "activations", "patch_index"])
-    labels = np.repeat(np.array(table.column(kind).to_pylist(), dtype=object), [len(p) for p in table.column("patch_index").to_pylist()])
+    table = pads.dataset(str(activations.hookpoint_dir(root, hookpoint)), format="parquet").to_table(
+        columns=[kind, "activations", "patch_index"]
+    )
+    labels = np.repeat(
+        np.array(table.column(kind).to_pylist(), dtype=object), [len(p) for p in table.column("patch_index").to_pylist()]
+    )
     vectors = activations.binary_to_vectors(table.column("activations"), d_in).astype(np.float32)
     mine = labels == concept
     if not mine.any():

@@ -57,8 +57,14 @@ class DiffusersRecipe(ModelMixin, ConfigMixin):
 
     def __init__(self, recipe: Recipe):
         super().__init__()
-        self.register_to_config(hookpoint=recipe.hookpoint, sae_ref=recipe.sae_ref, sae_fingerprint=recipe.sae_fingerprint,
-                                base_model=recipe.base_model, concepts=recipe.concepts, timesteps=list(recipe.timesteps))
+        self.register_to_config(
+            hookpoint=recipe.hookpoint,
+            sae_ref=recipe.sae_ref,
+            sae_fingerprint=recipe.sae_fingerprint,
+            base_model=recipe.base_model,
+            concepts=recipe.concepts,
+            timesteps=list(recipe.timesteps),
+        )
         for name in RULE_TENSORS:
             self.register_buffer(name, getattr(recipe.rules, name))
 

@@ -26,8 +26,10 @@ class UnlearningEdit:
         if error_mode not in ERROR_MODES:
             raise ValueError(f"error_mode must be one of {ERROR_MODES}, got {error_mode!r}")
         if check_fingerprint and sae_fingerprint(sae) != recipe.sae_fingerprint:
-            raise ValueError(f"the recipe was built for another SAE ({recipe.sae_ref}, fingerprint {recipe.sae_fingerprint}); "
-                             f"load that SAE or rebuild the recipe from statistics of this one")
+            raise ValueError(
+                f"the recipe was built for another SAE ({recipe.sae_ref}, fingerprint {recipe.sae_fingerprint}); "
+                f"load that SAE or rebuild the recipe from statistics of this one"
+            )
         self.sae = sae
         self.recipe = recipe
         self.error_mode = error_mode

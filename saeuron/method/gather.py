@@ -60,16 +60,37 @@ class GatherConfig(GatherOptions, WithResources, WithSampling, WithModel, WithTr
 
     @property
     def statistics_dir(self) -> Path:
-        return Path(self.output_dir or Path(self.tracking.study_dir) / "statistics" / f"{self.kind}-{self.resolved_hookpoint}").expanduser().resolve()
+        return (
+            Path(self.output_dir or Path(self.tracking.study_dir) / "statistics" / f"{self.kind}-{self.resolved_hookpoint}")
+            .expanduser()
+            .resolve()
+        )
 
 
 class StatisticsActor:
-    def __init__(self, model_path: str, sae_ref: str, hookpoint: str, kind: str, num_inference_steps: int,
-                 guidance_scale: float, dtype: str, sae_inference: str, tracking_uri: str, cpu_threads: int):
+    def __init__(
+        self,
+        model_path: str,
+        sae_ref: str,
+        hookpoint: str,
+        kind: str,
+        num_inference_steps: int,
+        guidance_scale: float,
+        dtype: str,
+        sae_inference: str,
+        tracking_uri: str,
+        cpu_threads: int,
+    ):
         pipe, device, torch_dtype = load_pipeline_in_actor(model_path, dtype, cpu_threads)
         self.hooked = HookedPipeline(pipe)
-        self.sae = load_sae(sae_ref, hookpoint, device=device, dtype=torch_dtype, inference=sae_inference or None,
-                            tracking_uri=tracking_uri or None)
+        self.sae = load_sae(
+            sae_ref,
+            hookpoint,
+            device=device,
+            dtype=torch_dtype,
+            inference=sae_inference or None,
+            tracking_uri=tracking_uri or None,
+        )
         self.hookpoint, self.kind = hookpoint, kind
         self.num_inference_steps, self.guidance_scale = num_inference_steps, guidance_scale
 
@@ -77,9 +98,15 @@ class StatisticsActor:
         from ray.data.extensions import ArrowTensorArray
 
         rows = rows_from_batch(batch)
-        capture = self.hooked.generate([r["prompt"] for r in rows], [int(r["seed"]) for r in rows], capture=[self.hookpoint],
-                                       output_type="latent", capture_device=self.hooked.device,
-                                       num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale).captures[self.hookpoint]
+        capture = self.hooked.generate(
+            [r["prompt"] for r in rows],
+            [int(r["seed"]) for r in rows],
+            capture=[self.hookpoint],
+            output_type="latent",
+            capture_device=self.hooked.device,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+        ).captures[self.hookpoint]
         maps = capture.stacked()  # [B, T, P, C]
         latents = torch.stack([patch_mean_latents(self.sae, maps[:, t]) for t in range(maps.shape[1])], dim=1)  # [B, T, F]
         concepts = [r[self.kind] for r in rows]
@@ -106,7 +133,9 @@ def _check(cfg: GatherConfig):
     registry_uri = tracking_uri_of(cfg.tracking)  # where models:/ SAE references resolve
     sae = load_sae(cfg.sae, cfg.resolved_hookpoint, inference=cfg.sae_inference or None, tracking_uri=registry_uri)
     if sae.d_in != d_in:
-        raise ValueError(f"the SAE reads {sae.d_in}-dim vectors but {cfg.resolved_hookpoint} outputs {d_in}: wrong SAE for this hookpoint")
+        raise ValueError(
+            f"the SAE reads {sae.d_in}-dim vectors but {cfg.resolved_hookpoint} outputs {d_in}: wrong SAE for this hookpoint"
+        )
     rows = benchmark.statistics_prompt_rows(cfg.kind, cfg.model.anchor_prompts_dir, cfg.seed, cfg.styled_objects)
     if not rows:
         raise ValueError(f"no statistics prompts for {cfg.model.benchmark!r}")
@@ -117,29 +146,47 @@ def gather(cfg: GatherConfig) -> ConceptStatistics:
     model_path, sae, rows = _check(cfg)
     started = time.perf_counter()
     batches = map_with_actor_pool(
-        [r.as_dict() for r in rows], StatisticsActor,
-        dict(model_path=str(model_path), sae_ref=str(cfg.sae), hookpoint=cfg.resolved_hookpoint, kind=cfg.kind,
-             num_inference_steps=cfg.sampling.num_inference_steps, guidance_scale=cfg.sampling.guidance_scale, dtype=cfg.model.dtype,
-             sae_inference=cfg.sae_inference, tracking_uri=tracking_uri_of(cfg.tracking),
-             cpu_threads=cfg.resources.cpu_threads_per_actor),
-        cfg.batch_size, cfg.resources.num_actors, cfg.resources.cpu_threads_per_actor,
+        [r.as_dict() for r in rows],
+        StatisticsActor,
+        dict(
+            model_path=str(model_path),
+            sae_ref=str(cfg.sae),
+            hookpoint=cfg.resolved_hookpoint,
+            kind=cfg.kind,
+            num_inference_steps=cfg.sampling.num_inference_steps,
+            guidance_scale=cfg.sampling.guidance_scale,
+            dtype=cfg.model.dtype,
+            sae_inference=cfg.sae_inference,
+            tracking_uri=tracking_uri_of(cfg.tracking),
+            cpu_threads=cfg.resources.cpu_threads_per_actor,
+        ),
+        cfg.batch_size,
+        cfg.resources.num_actors,
+        cfg.resources.cpu_threads_per_actor,
     )
     concepts = sorted({getattr(r, cfg.kind) for r in rows}, key=[getattr(r, cfg.kind) for r in rows].index)
     stats: ConceptStatistics | None = None
     for part in batches.iter_batches(batch_format="pyarrow", batch_size=None):
         if stats is None:
             timesteps = sorted(set(part.column("timestep").to_pylist()), reverse=True)
-            stats = ConceptStatistics.empty(cfg.resolved_hookpoint, concepts, timesteps, sae.num_latents, str(cfg.sae), sae_fingerprint(sae), cfg.kind)
+            stats = ConceptStatistics.empty(
+                cfg.resolved_hookpoint, concepts, timesteps, sae.num_latents, str(cfg.sae), sae_fingerprint(sae), cfg.kind
+            )
         sums = part.column("sum").to_numpy(zero_copy_only=False)
-        for concept, timestep, count, latent_sum in zip(part.column("concept").to_pylist(), part.column("timestep").to_pylist(),
-                                                        part.column("count").to_pylist(), sums):
+        for concept, timestep, count, latent_sum in zip(
+            part.column("concept").to_pylist(), part.column("timestep").to_pylist(), part.column("count").to_pylist(), sums
+        ):
             stats.add(concept, timestep, torch.from_numpy(np.array(latent_sum)), count)  # a writable copy
     if stats is None:
-        raise ValueError(f"gather: the actors returned no statistics for {len(rows)} prompts ({cfg.kind} at {cfg.resolved_hookpoint}); "
-                         "nothing to save")
+        raise ValueError(
+            f"gather: the actors returned no statistics for {len(rows)} prompts ({cfg.kind} at {cfg.resolved_hookpoint}); "
+            "nothing to save"
+        )
     stats.save(cfg.statistics_dir)
-    logger.info(f"gather: {len(rows)} prompts, {len(concepts)} {cfg.kind} concepts × {len(stats.timesteps)} timesteps × "
-                f"{stats.num_latents} latents in {time.perf_counter() - started:.1f}s -> {cfg.statistics_dir}")
+    logger.info(
+        f"gather: {len(rows)} prompts, {len(concepts)} {cfg.kind} concepts × {len(stats.timesteps)} timesteps × "
+        f"{stats.num_latents} latents in {time.perf_counter() - started:.1f}s -> {cfg.statistics_dir}"
+    )
     return stats
 
 
@@ -151,6 +198,7 @@ def gather_tracked(cfg: GatherConfig) -> ConceptStatistics:
     with tracked_run(cfg, cfg.tracking, run_name=f"gather {cfg.kind} {cfg.resolved_hookpoint}", tags={"saeuron.stage": "gather"}):
         stats = gather(cfg)
         mlflow.log_artifacts(str(cfg.statistics_dir), "statistics")
-        mlflow.log_metrics({"concepts": len(stats.concepts), "timesteps": len(stats.timesteps), "prompts": float(stats.counts[:, 0].sum())})
+        mlflow.log_metrics(
+            {"concepts": len(stats.concepts), "timesteps": len(stats.timesteps), "prompts": float(stats.counts[:, 0].sum())}
+        )
     return stats
-

@@ -37,8 +37,13 @@ def make_recipe(cfg: RecipeConfig) -> Recipe:
     if not 0 < cfg.percentile < 100:
         raise ValueError(f"percentile must be in (0, 100), got {cfg.percentile}")
     stats = ConceptStatistics.load(cfg.statistics)
-    recipe = Recipe.from_statistics(stats, {c: (cfg.percentile, cfg.multiplier) for c in cfg.concepts},
-                                    get_benchmark(cfg.model.benchmark).model_identity(cfg.model.model_path))
+    recipe = Recipe.from_statistics(
+        stats,
+        {c: (cfg.percentile, cfg.multiplier) for c in cfg.concepts},
+        get_benchmark(cfg.model.benchmark).model_identity(cfg.model.model_path),
+    )
     recipe.save(cfg.recipe_dir())
-    logger.info(f"recipe: {len(recipe.rules)} rules for {cfg.concepts} over {len(recipe.timesteps)} timesteps -> {cfg.recipe_dir()}")
+    logger.info(
+        f"recipe: {len(recipe.rules)} rules for {cfg.concepts} over {len(recipe.timesteps)} timesteps -> {cfg.recipe_dir()}"
+    )
     return recipe

@@ -51,10 +51,22 @@ class Recipe:
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
         r = self.rules
-        tensors = {"timestep_index": r.timestep_index, "latent": r.latent, "scale": r.scale, "threshold": r.threshold,
-                   "concept_index": r.concept_index}
-        meta = {"hookpoint": self.hookpoint, "sae_ref": self.sae_ref, "sae_fingerprint": self.sae_fingerprint,
-                "base_model": self.base_model, "concepts": self.concepts, "timesteps": self.timesteps, "num_rules": len(r)}
+        tensors = {
+            "timestep_index": r.timestep_index,
+            "latent": r.latent,
+            "scale": r.scale,
+            "threshold": r.threshold,
+            "concept_index": r.concept_index,
+        }
+        meta = {
+            "hookpoint": self.hookpoint,
+            "sae_ref": self.sae_ref,
+            "sae_fingerprint": self.sae_fingerprint,
+            "base_model": self.base_model,
+            "concepts": self.concepts,
+            "timesteps": self.timesteps,
+            "num_rules": len(r),
+        }
         return save_tensors_and_json(folder, TENSORS, tensors, JSON, meta)
 
     @classmethod
@@ -65,8 +77,15 @@ class Recipe:
         meta = json.loads((folder / JSON).read_text())
         t = load_file(str(folder / TENSORS))
         rules = Rules(t["timestep_index"], t["latent"], t["scale"], t["threshold"], t["concept_index"])
-        return cls(meta["hookpoint"], meta["sae_ref"], meta["sae_fingerprint"], meta["base_model"], meta["concepts"],
-                   meta["timesteps"], rules)
+        return cls(
+            meta["hookpoint"],
+            meta["sae_ref"],
+            meta["sae_fingerprint"],
+            meta["base_model"],
+            meta["concepts"],
+            meta["timesteps"],
+            rules,
+        )
 
 
 def resolve_recipe_folders(refs: list[str], tracking_uri: str | None = None) -> list[str]:
@@ -76,7 +95,11 @@ def resolve_recipe_folders(refs: list[str], tracking_uri: str | None = None) -> 
 
     folders: list[str] = []
     for ref in refs:
-        local = download_artifacts(str(ref), tracking_uri, prefix="saeuron-recipes-") if is_artifact_uri(ref) else Path(ref).expanduser()
+        local = (
+            download_artifacts(str(ref), tracking_uri, prefix="saeuron-recipes-")
+            if is_artifact_uri(ref)
+            else Path(ref).expanduser()
+        )
         if (local / JSON).is_file():
             folders.append(str(local))
             continue

@@ -58,15 +58,36 @@ class UnlearnConfig(WithResources, WithEdit, WithSampling, WithModel, WithTracki
     def generation_key(self) -> str:
         recipe = (Path(self.recipe) / "recipe.json").read_text() if self.recipe else ""
         rules = (Path(self.recipe) / "recipe.safetensors").read_bytes() if self.recipe else b""
-        settings = json.dumps([get_benchmark(self.model.benchmark).model_identity(self.model.model_path), recipe, self.sae,
-                               self.sampling.num_inference_steps, self.sampling.guidance_scale, self.edit.error_mode,
-                               self.grid.image_format])
+        settings = json.dumps(
+            [
+                get_benchmark(self.model.benchmark).model_identity(self.model.model_path),
+                recipe,
+                self.sae,
+                self.sampling.num_inference_steps,
+                self.sampling.guidance_scale,
+                self.edit.error_mode,
+                self.grid.image_format,
+            ]
+        )
         return hashlib.sha256(settings.encode() + rules).hexdigest()[:10]
 
 
 class UnlearningSampler:
-    def __init__(self, model_path: str, recipe: str, sae: str, base_model: str, error_mode: str, num_inference_steps: int,
-                 guidance_scale: float, dtype: str, image_format: str, out_dir: str, tracking_uri: str, cpu_threads: int):
+    def __init__(
+        self,
+        model_path: str,
+        recipe: str,
+        sae: str,
+        base_model: str,
+        error_mode: str,
+        num_inference_steps: int,
+        guidance_scale: float,
+        dtype: str,
+        image_format: str,
+        out_dir: str,
+        tracking_uri: str,
+        cpu_threads: int,
+    ):
         from saeuron.cluster.registry import load_sae
         from saeuron.diffusion.hooks import HookedPipeline
         from saeuron.method.unlearned_pipeline import UnlearnedPipeline
@@ -74,8 +95,12 @@ class UnlearningSampler:
         pipe, device, torch_dtype = load_pipeline_in_actor(model_path, dtype, cpu_threads)
         if recipe:
             loaded = Recipe.load(recipe)
-            sae_model = load_sae(sae or loaded.sae_ref, loaded.hookpoint, device=device, dtype=torch_dtype, tracking_uri=tracking_uri or None)
-            self.generator: UnlearnedPipeline | HookedPipeline = UnlearnedPipeline.from_recipe(pipe, sae_model, loaded, base_model, error_mode)
+            sae_model = load_sae(
+                sae or loaded.sae_ref, loaded.hookpoint, device=device, dtype=torch_dtype, tracking_uri=tracking_uri or None
+            )
+            self.generator: UnlearnedPipeline | HookedPipeline = UnlearnedPipeline.from_recipe(
+                pipe, sae_model, loaded, base_model, error_mode
+            )
         else:
             self.generator = HookedPipeline(pipe)
         self.num_inference_steps, self.guidance_scale = num_inference_steps, guidance_scale
@@ -85,8 +110,13 @@ class UnlearningSampler:
         from PIL import Image
 
         rows = rows_from_batch(batch)
-        images = self.generator.generate([r["prompt"] for r in rows], [int(r["seed"]) for r in rows], output_type="np",
-                                         num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale).images
+        images = self.generator.generate(
+            [r["prompt"] for r in rows],
+            [int(r["seed"]) for r in rows],
+            output_type="np",
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+        ).images
         names = []
         for row, image in zip(rows, images):
             name = image_name(row, self.image_format)
@@ -145,16 +175,32 @@ def unlearn(cfg: UnlearnConfig) -> pa.Table:
     started = time.perf_counter()
     if pending:
         map_with_actor_pool(
-            pending, UnlearningSampler,
-            dict(model_path=str(model_path), recipe=str(Path(cfg.recipe).resolve()) if cfg.recipe else "", sae=cfg.sae,
-                 base_model=benchmark.model_identity(cfg.model.model_path), error_mode=cfg.edit.error_mode,
-                 num_inference_steps=cfg.sampling.num_inference_steps, guidance_scale=cfg.sampling.guidance_scale,
-                 dtype=cfg.model.dtype, image_format=cfg.grid.image_format, out_dir=str(out), tracking_uri=registry_uri,
-                 cpu_threads=cfg.resources.cpu_threads_per_actor),
-            cfg.grid.batch_size, cfg.resources.num_actors, cfg.resources.cpu_threads_per_actor,
+            pending,
+            UnlearningSampler,
+            dict(
+                model_path=str(model_path),
+                recipe=str(Path(cfg.recipe).resolve()) if cfg.recipe else "",
+                sae=cfg.sae,
+                base_model=benchmark.model_identity(cfg.model.model_path),
+                error_mode=cfg.edit.error_mode,
+                num_inference_steps=cfg.sampling.num_inference_steps,
+                guidance_scale=cfg.sampling.guidance_scale,
+                dtype=cfg.model.dtype,
+                image_format=cfg.grid.image_format,
+                out_dir=str(out),
+                tracking_uri=registry_uri,
+                cpu_threads=cfg.resources.cpu_threads_per_actor,
+            ),
+            cfg.grid.batch_size,
+            cfg.resources.num_actors,
+            cfg.resources.cpu_threads_per_actor,
         ).materialize()
-    index = pa.Table.from_pylist([{**r, "file": image_name(r, cfg.grid.image_format), "recipe": cfg.recipe, "error_mode": cfg.edit.error_mode}
-                                  for r in rows])
+    index = pa.Table.from_pylist(
+        [
+            {**r, "file": image_name(r, cfg.grid.image_format), "recipe": cfg.recipe, "error_mode": cfg.edit.error_mode}
+            for r in rows
+        ]
+    )
     with atomic_path(out / INDEX) as tmp:
         pq.write_table(index, tmp)
     logger.info(f"unlearn: done in {time.perf_counter() - started:.1f}s")

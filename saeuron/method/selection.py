@@ -28,7 +28,7 @@ def importance_scores(means: torch.Tensor, target: int, eps: float = 1e-8) -> to
     """[C, F] means at one timestep → [F] scores of concept ``target``."""
     if means.shape[0] == 1:
         return means[0]
-    others = torch.cat([means[:target], means[target + 1:]]).mean(0)
+    others = torch.cat([means[:target], means[target + 1 :]]).mean(0)
     mine = means[target]
     return mine / (mine.sum() + eps) - others / (others.sum() + eps)
 
@@ -53,6 +53,7 @@ class Rules:
     @classmethod
     def empty(cls) -> Rules:
         """No rules: an edit with them changes no latent."""
+
         def none(dtype: torch.dtype) -> torch.Tensor:
             return torch.zeros(0, dtype=dtype)
 

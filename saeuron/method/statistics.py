@@ -61,10 +61,27 @@ class ConceptStatistics:
     """"style" or "object": which label of the prompts the concepts are."""
 
     @classmethod
-    def empty(cls, hookpoint: str, concepts: list[str], timesteps: list[int], num_latents: int, sae_ref: str, fingerprint: str, kind: str):
+    def empty(
+        cls,
+        hookpoint: str,
+        concepts: list[str],
+        timesteps: list[int],
+        num_latents: int,
+        sae_ref: str,
+        fingerprint: str,
+        kind: str,
+    ):
         c, t = len(concepts), len(timesteps)
-        return cls(hookpoint, list(concepts), list(timesteps), torch.zeros(c, t, num_latents, dtype=torch.float64),
-                   torch.zeros(c, t, dtype=torch.long), sae_ref, fingerprint, kind)
+        return cls(
+            hookpoint,
+            list(concepts),
+            list(timesteps),
+            torch.zeros(c, t, num_latents, dtype=torch.float64),
+            torch.zeros(c, t, dtype=torch.long),
+            sae_ref,
+            fingerprint,
+            kind,
+        )
 
     @property
     def num_latents(self) -> int:
@@ -81,8 +98,15 @@ class ConceptStatistics:
 
     def save(self, folder: str | Path) -> Path:
         tensors = {"sums": self.sums, "counts": self.counts, "timesteps": torch.tensor(self.timesteps, dtype=torch.long)}
-        index = {"hookpoint": self.hookpoint, "concepts": self.concepts, "kind": self.kind, "timesteps": self.timesteps,
-                 "num_latents": self.num_latents, "sae_ref": self.sae_ref, "sae_fingerprint": self.sae_fingerprint}
+        index = {
+            "hookpoint": self.hookpoint,
+            "concepts": self.concepts,
+            "kind": self.kind,
+            "timesteps": self.timesteps,
+            "num_latents": self.num_latents,
+            "sae_ref": self.sae_ref,
+            "sae_fingerprint": self.sae_fingerprint,
+        }
         return save_tensors_and_json(folder, TENSORS, tensors, INDEX, index)
 
     @classmethod
@@ -92,5 +116,13 @@ class ConceptStatistics:
             raise FileNotFoundError(f"{folder} holds no {INDEX}: run jobs/gather.py first")
         index = json.loads((folder / INDEX).read_text())
         tensors = load_file(str(folder / TENSORS))
-        return cls(index["hookpoint"], index["concepts"], index["timesteps"], tensors["sums"], tensors["counts"],
-                   index["sae_ref"], index["sae_fingerprint"], index.get("kind", "concept"))
+        return cls(
+            index["hookpoint"],
+            index["concepts"],
+            index["timesteps"],
+            tensors["sums"],
+            tensors["counts"],
+            index["sae_ref"],
+            index["sae_fingerprint"],
+            index.get("kind", "concept"),
+        )

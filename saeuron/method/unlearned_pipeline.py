@@ -47,8 +47,17 @@ class UnlearnedPipeline(StableDiffusionPipeline):
         base_model: str = "",
         error_mode: str = "correct",
     ):
-        super().__init__(vae, text_encoder, tokenizer, unet, scheduler, safety_checker, feature_extractor, image_encoder,
-                         requires_safety_checker)
+        super().__init__(
+            vae,
+            text_encoder,
+            tokenizer,
+            unet,
+            scheduler,
+            safety_checker,
+            feature_extractor,
+            image_encoder,
+            requires_safety_checker,
+        )
         self.register_modules(sae=sae, recipe=recipe)
         self.register_to_config(base_model=base_model or recipe.config.base_model, error_mode=error_mode)
         self.hooked = HookedPipeline(self)
@@ -59,13 +68,19 @@ class UnlearnedPipeline(StableDiffusionPipeline):
         self._current_edit()  # fails here, not at the first image, on a bad error_mode or an SAE the recipe is not for
 
     @classmethod
-    def from_recipe(cls, pipe: StableDiffusionPipeline, sae: Sae, recipe: Recipe, base_model: str | None = None,
-                    error_mode: str = "correct") -> UnlearnedPipeline:
+    def from_recipe(
+        cls, pipe: StableDiffusionPipeline, sae: Sae, recipe: Recipe, base_model: str | None = None, error_mode: str = "correct"
+    ) -> UnlearnedPipeline:
         """An unlearned pipeline sharing ``pipe``'s modules and ``sae`` (nothing is copied)."""
         components = {name: module for name, module in pipe.components.items() if name in cls._get_signature_keys(cls)[0]}
-        unlearned = cls(**components, sae=DiffusersSae.from_sae(sae), recipe=DiffusersRecipe(recipe),
-                        requires_safety_checker=bool(pipe.config.get("requires_safety_checker", False)),
-                        base_model=base_model or "", error_mode=error_mode)
+        unlearned = cls(
+            **components,
+            sae=DiffusersSae.from_sae(sae),
+            recipe=DiffusersRecipe(recipe),
+            requires_safety_checker=bool(pipe.config.get("requires_safety_checker", False)),
+            base_model=base_model or "",
+            error_mode=error_mode,
+        )
         unlearned.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
         return unlearned
 

@@ -63,11 +63,13 @@ def load_checkpoint(folder: str | Path, trainer: SaeTrainer) -> dict[str, Any]:
             optimizer_state.setdefault(int(index), {})[name] = value.to(trainer.sae.device)
     for index, entries in meta["optimizer_scalars"].items():
         optimizer_state.setdefault(int(index), {}).update(entries)
-    trainer.load_state_dict({
-        "optimizer": {"state": optimizer_state, "param_groups": meta["param_groups"]},
-        "scheduler": meta["scheduler"],
-        "step_count": meta["step_count"],
-        "vectors_since_fired": tensors["vectors_since_fired"],
-        "threshold": meta["threshold"],
-    })
+    trainer.load_state_dict(
+        {
+            "optimizer": {"state": optimizer_state, "param_groups": meta["param_groups"]},
+            "scheduler": meta["scheduler"],
+            "step_count": meta["step_count"],
+            "vectors_since_fired": tensors["vectors_since_fired"],
+            "threshold": meta["threshold"],
+        }
+    )
     return meta["extra"]

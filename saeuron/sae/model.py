@@ -226,7 +226,12 @@ class Sae(nn.Module):
         cfg, d_in = SaeConfig.from_json_dict(json.loads(cfg_path.read_text()), source=str(cfg_path))
         tensors = load_file(str(weights_path), device=str(device))
         num_latents = cfg.latents_for(d_in)
-        expected = {"encoder.weight": (num_latents, d_in), "encoder.bias": (num_latents,), "W_dec": (num_latents, d_in), "b_dec": (d_in,)}
+        expected = {
+            "encoder.weight": (num_latents, d_in),
+            "encoder.bias": (num_latents,),
+            "W_dec": (num_latents, d_in),
+            "b_dec": (d_in,),
+        }
         for name, shape in expected.items():
             if name not in tensors:
                 raise ValueError(f"{weights_path} lacks tensor '{name}' (has {sorted(tensors)})")

@@ -56,14 +56,20 @@ class _SelectedPreacts(torch.autograd.Function):
         grad_xc = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_xc = F.embedding_bag(
-                latents, weight, _offsets(rows, ctx.num_rows), mode="sum",
+                latents,
+                weight,
+                _offsets(rows, ctx.num_rows),
+                mode="sum",
                 per_sample_weights=grad.to(weight.dtype),
             ).to(xc.dtype)
         if ctx.needs_input_grad[1]:
             order = torch.argsort(latents, stable=True)
             sorted_latents = latents[order]
             grad_weight = F.embedding_bag(
-                rows[order], xc, _offsets(sorted_latents, ctx.num_latents), mode="sum",
+                rows[order],
+                xc,
+                _offsets(sorted_latents, ctx.num_latents),
+                mode="sum",
                 per_sample_weights=grad[order].to(xc.dtype),
             ).to(weight.dtype)
         if ctx.needs_input_grad[2]:
@@ -102,9 +108,7 @@ def batch_topk_indices(preacts: Tensor, k: int, candidates_per_row: int | None =
 
 def decode(code: SparseCode, w_dec: Tensor) -> Tensor:
     """Σ_j value_j · W_dec[latent_j] per row, without the decoder bias."""
-    return F.embedding_bag(
-        code.latents, w_dec, code.row_offsets(), mode="sum", per_sample_weights=code.values.to(w_dec.dtype)
-    )
+    return F.embedding_bag(code.latents, w_dec, code.row_offsets(), mode="sum", per_sample_weights=code.values.to(w_dec.dtype))
 
 
 def decode_fixed_width(top_acts: Tensor, top_indices: Tensor, w_dec: Tensor) -> Tensor:

@@ -138,9 +138,14 @@ class SaeTrainer:
         self.step_count += 1
         fvu = out.fvu.item()
         return StepMetrics(
-            loss=loss.item(), fvu=fvu, explained_variance=1.0 - fvu, auxk_loss=out.auxk_loss.item(),
-            multi_topk_fvu=out.multi_topk_fvu.item(), l0=out.code.l0(),
-            dead_fraction=float(dead.float().mean()), lr=lr,
+            loss=loss.item(),
+            fvu=fvu,
+            explained_variance=1.0 - fvu,
+            auxk_loss=out.auxk_loss.item(),
+            multi_topk_fvu=out.multi_topk_fvu.item(),
+            l0=out.code.l0(),
+            dead_fraction=float(dead.float().mean()),
+            lr=lr,
         )
 
     def _update_threshold(self, kept: Tensor) -> None:

@@ -30,7 +30,7 @@ from saeuron.sections import (
     WithTracking,
 )
 from saeuron.training.ray_train import TrainConfig, TrainOptions
-from saeuron.tuning.search import SearchConfig, SearchOptions
+from saeuron.tuning.config import SearchConfig, SearchOptions
 
 
 def _quick_steps() -> SamplingConfig:
@@ -42,14 +42,28 @@ def _quick_collect() -> CollectOptions:
 
 
 def _quick_train() -> TrainOptions:
-    return TrainOptions(sae=SaeConfig(expansion_factor=16, k=8, batch_topk=True),
-                        optim=SaeTrainConfig(lr=2e-3, dead_feature_threshold=1_000_000), batch_size=2048, epochs=6,
-                        validation_fraction=0.1, checkpoint_every=100, log_every=20)
+    return TrainOptions(
+        sae=SaeConfig(expansion_factor=16, k=8, batch_topk=True),
+        optim=SaeTrainConfig(lr=2e-3, dead_feature_threshold=1_000_000),
+        batch_size=2048,
+        epochs=6,
+        validation_fraction=0.1,
+        checkpoint_every=100,
+        log_every=20,
+    )
 
 
 def _quick_search() -> SearchOptions:
-    return SearchOptions(concepts=["Neon_Glow", "Stars"], percentiles=[98.0, 99.0, 99.5], multipliers=[-1.0, -2.0, -5.0],
-                         max_prompts=44, chunk=11, grace_prompts=11, reduction_factor=3, register_as="saeuron-{benchmark}-recipes")
+    return SearchOptions(
+        concepts=["Neon_Glow", "Stars"],
+        percentiles=[98.0, 99.0, 99.5],
+        multipliers=[-1.0, -2.0, -5.0],
+        max_prompts=44,
+        chunk=11,
+        grace_prompts=11,
+        reduction_factor=3,
+        register_as="saeuron-{benchmark}-recipes",
+    )
 
 
 def _quick_evaluate() -> EvaluateOptions:
@@ -82,8 +96,10 @@ class StudyConfig(WithResources, WithJudge, WithEdit, WithSampling, WithModel, W
     def hookpoints(self) -> dict[str, str]:
         """{"style": block, "object": block}, empty fields resolved to the benchmark's."""
         benchmark = get_benchmark(self.model.benchmark)
-        return {"style": self.style_hookpoint or benchmark.style_hookpoint,
-                "object": self.object_hookpoint or benchmark.object_hookpoint}
+        return {
+            "style": self.style_hookpoint or benchmark.style_hookpoint,
+            "object": self.object_hookpoint or benchmark.object_hookpoint,
+        }
 
 
 def stage_configs(cfg: StudyConfig, parent_run_id: str) -> dict[str, Any]:
@@ -92,13 +108,23 @@ def stage_configs(cfg: StudyConfig, parent_run_id: str) -> dict[str, Any]:
     tracking = TrackingConfig(**{**asdict(cfg.tracking), "parent_run_id": parent_run_id})
     hookpoints = list(dict.fromkeys(cfg.hookpoints.values()))
     return {
-        "collect": CollectConfig(**_fields(cfg.collect), hookpoints=hookpoints, tracking=tracking, model=cfg.model,
-                                 resources=cfg.resources),
+        "collect": CollectConfig(
+            **_fields(cfg.collect), hookpoints=hookpoints, tracking=tracking, model=cfg.model, resources=cfg.resources
+        ),
         "train": TrainConfig(**_fields(cfg.train), hookpoints=hookpoints, tracking=tracking),
-        "search": SearchConfig(**_fields(cfg.search), tracking=tracking, model=cfg.model, sampling=cfg.sampling, edit=cfg.edit,
-                               judge=cfg.judge),
-        "evaluate": EvaluateConfig(**_fields(cfg.evaluate), run_name=f"evaluate-{cfg.name}", tracking=tracking, model=cfg.model,
-                                   sampling=cfg.sampling, edit=cfg.edit, judge=cfg.judge, resources=cfg.resources),
+        "search": SearchConfig(
+            **_fields(cfg.search), tracking=tracking, model=cfg.model, sampling=cfg.sampling, edit=cfg.edit, judge=cfg.judge
+        ),
+        "evaluate": EvaluateConfig(
+            **_fields(cfg.evaluate),
+            run_name=f"evaluate-{cfg.name}",
+            tracking=tracking,
+            model=cfg.model,
+            sampling=cfg.sampling,
+            edit=cfg.edit,
+            judge=cfg.judge,
+            resources=cfg.resources,
+        ),
     }
 
 

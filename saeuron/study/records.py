@@ -36,10 +36,13 @@ class StageRecords:
         return record["outputs"]
 
     def record(self, stage: str, config: Any, outputs: dict) -> None:
-        write_text_atomic(self.folder / f"{stage}.json",
-                          json.dumps({"config": _comparable(config), "outputs": outputs}, indent=2, default=str))
+        write_text_atomic(
+            self.folder / f"{stage}.json", json.dumps({"config": _comparable(config), "outputs": outputs}, indent=2, default=str)
+        )
 
-    def run(self, stage: str, config: Any, work: Callable[[], dict], still_there: Callable[[dict], bool] = lambda _: True) -> dict:
+    def run(
+        self, stage: str, config: Any, work: Callable[[], dict], still_there: Callable[[dict], bool] = lambda _: True
+    ) -> dict:
         outputs = self.done(stage, config)
         if outputs is not None and still_there(outputs):
             logger.info(f"study: {stage} already done with this config, skipped")

@@ -33,8 +33,13 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     # A cluster the caller joined or started is theirs to keep; only one the stages started here is stopped.
     ray_started_here = not ray.is_initialized()
     previous = records.done("study", {"name": cfg.name})
-    parent = parent_run(cfg, cfg.tracking, run_name=f"study {cfg.name}", run_id=(previous or {}).get("run_id", ""),
-                        tags={"saeuron.stage": "study"})
+    parent = parent_run(
+        cfg,
+        cfg.tracking,
+        run_name=f"study {cfg.name}",
+        run_id=(previous or {}).get("run_id", ""),
+        tags={"saeuron.stage": "study"},
+    )
     records.record("study", {"name": cfg.name}, {"run_id": parent})
     logger.info(f"study {cfg.name}: MLflow run {parent}")
     stages = stage_configs(cfg, parent)
@@ -52,30 +57,46 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     def train_saes() -> dict:
         return {t.hookpoint: {"folder": str(t.folder), "version": t.model_version} for t in train(train_cfg)}
 
-    saes = records.run("train", train_cfg, train_saes, lambda out: all(Path(v["folder"], "cfg.json").is_file() for v in out.values()))
+    saes = records.run(
+        "train", train_cfg, train_saes, lambda out: all(Path(v["folder"], "cfg.json").is_file() for v in out.values())
+    )
 
     statistics = {}
     for kind, hookpoint in cfg.hookpoints.items():
         sae = saes[hookpoint]
         ref = f"models:/{registered_name(cfg.model.benchmark, hookpoint)}/{sae['version']}" if sae["version"] else sae["folder"]
-        gather_cfg = GatherConfig(**{name: getattr(cfg.gather, name) for name in cfg.gather.__dataclass_fields__}, sae=ref, kind=kind,
-                                  hookpoint=hookpoint, tracking=collect_cfg.tracking, model=cfg.model, sampling=cfg.sampling,
-                                  resources=cfg.resources)
+        gather_cfg = GatherConfig(
+            **{name: getattr(cfg.gather, name) for name in cfg.gather.__dataclass_fields__},
+            sae=ref,
+            kind=kind,
+            hookpoint=hookpoint,
+            tracking=collect_cfg.tracking,
+            model=cfg.model,
+            sampling=cfg.sampling,
+            resources=cfg.resources,
+        )
 
         def run_gather(c: GatherConfig = gather_cfg) -> dict:
             gather_tracked(c)
             return {"statistics": str(c.statistics_dir)}
 
-        out = records.run(f"gather-{kind}", gather_cfg, run_gather, lambda out: (Path(out["statistics"]) / "statistics.json").is_file())
+        out = records.run(
+            f"gather-{kind}", gather_cfg, run_gather, lambda out: (Path(out["statistics"]) / "statistics.json").is_file()
+        )
         statistics[kind] = out["statistics"]
 
     search_cfg = replace(stages["search"], style_statistics=statistics["style"], object_statistics=statistics["object"])
-    search_cfg = replace(search_cfg, output_dir=str(cfg.tracking.root / "search" / f"{cfg.search.name}-{search_folder_key(search_cfg)}"))
+    search_cfg = replace(
+        search_cfg, output_dir=str(cfg.tracking.root / "search" / f"{cfg.search.name}-{search_folder_key(search_cfg)}")
+    )
 
     def run_search() -> dict:
         result = search(search_cfg)
-        return {"run_id": result.run_id, "recipes": f"runs:/{result.run_id}/recipes",
-                "chosen": {c.concept: [c.percentile, c.multiplier, c.objective] for c in result.concepts}}
+        return {
+            "run_id": result.run_id,
+            "recipes": f"runs:/{result.run_id}/recipes",
+            "chosen": {c.concept: [c.percentile, c.multiplier, c.objective] for c in result.concepts},
+        }
 
     searched = records.run("search", search_cfg, run_search)
 
@@ -83,15 +104,26 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
 
     def run_evaluation() -> dict:
         result = evaluate(evaluate_cfg)
-        return {"run_id": result.run_id, "report": str(result.report), "averages": result.averages, "fid": result.fid,
-                "scores": {name: {"UA": s.ua, "IRA": s.ira, "CRA": s.cra} for name, s in result.scores}}
+        return {
+            "run_id": result.run_id,
+            "report": str(result.report),
+            "averages": result.averages,
+            "fid": result.fid,
+            "scores": {name: {"UA": s.ua, "IRA": s.ira, "CRA": s.cra} for name, s in result.scores},
+        }
 
     evaluated = records.run("evaluate", evaluate_cfg, run_evaluation, lambda out: Path(out["report"]).is_file())
 
     uri = tracking_uri_of(cfg.tracking)
     client = mlflow.MlflowClient(uri)
-    client.log_batch(parent, metrics=[mlflow.entities.Metric(f"{name.replace('+', '-')}.{k}", v, 0, 0)
-                                      for name, s in evaluated["scores"].items() for k, v in s.items()])
+    client.log_batch(
+        parent,
+        metrics=[
+            mlflow.entities.Metric(f"{name.replace('+', '-')}.{k}", v, 0, 0)
+            for name, s in evaluated["scores"].items()
+            for k, v in s.items()
+        ],
+    )
     client.set_terminated(parent)
     if ray_started_here and ray.is_initialized():  # workers' progress bars would redraw over the summary
         ray.shutdown()
@@ -105,10 +137,14 @@ def print_summary(cfg: StudyConfig, evaluated: dict, searched: dict, tracking_ur
     for name, s in evaluated["scores"].items():
         p, g, _ = searched["chosen"].get(name, [float("nan")] * 3)
         fid = evaluated["fid"].get(name)
-        print(f"{name:<14} {f'({p:g}, {g:g})':<14} {s['UA']:6.3f} {s['IRA']:6.3f} {s['CRA']:6.3f} "
-              f"{'' if fid is None else f'{fid:7.2f}'}")
+        print(
+            f"{name:<14} {f'({p:g}, {g:g})':<14} {s['UA']:6.3f} {s['IRA']:6.3f} {s['CRA']:6.3f} "
+            f"{'' if fid is None else f'{fid:7.2f}'}"
+        )
     print(f"report: {evaluated['report']}")
     if tracking_uri.startswith("sqlite:"):
-        print(f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1  (then http://127.0.0.1:5000)", flush=True)
+        print(
+            f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1  (then http://127.0.0.1:5000)", flush=True
+        )
     else:
         print(f"MLflow UI: {tracking_uri}", flush=True)

@@ -23,14 +23,16 @@ def load_vectors(root: str | Path, hookpoint: str) -> torch.Tensor:
         raise FileNotFoundError(f"{root} has no {activations.MANIFEST}: not an activation dataset (run jobs/collect.py first)")
     d_in = manifest["d_in"][hookpoint]
     table = pads.dataset(str(activations.hookpoint_dir(root, hookpoint)), format="parquet").to_table(
-        columns=["prompt_id", "step_index", "activations"])
+        columns=["prompt_id", "step_index", "activations"]
+    )
     # File order depends on the writer; sort so that the same data always gives the same tensor.
     table = table.sort_by([("prompt_id", "ascending"), ("step_index", "ascending")])
     return torch.from_numpy(activations.binary_to_vectors(table.column("activations"), d_in).astype(np.float32))
 
 
-def train_locally(root: str | Path, hookpoint: str, sae_cfg: SaeConfig, optim: SaeTrainConfig, batch_size: int, steps: int,
-                  seed: int = 0) -> tuple[Sae, float]:
+def train_locally(
+    root: str | Path, hookpoint: str, sae_cfg: SaeConfig, optim: SaeTrainConfig, batch_size: int, steps: int, seed: int = 0
+) -> tuple[Sae, float]:
     """Returns the SAE and the training throughput in vectors/s (from the first finished step)."""
     vectors = load_vectors(root, hookpoint)
     generator = torch.Generator().manual_seed(seed)
@@ -41,7 +43,7 @@ def train_locally(root: str | Path, hookpoint: str, sae_cfg: SaeConfig, optim: S
     flowing = time.perf_counter()  # restarted once the first step has finished
     for step in range(steps):
         start = (step * batch_size) % max(len(vectors) - batch_size, 1)
-        trainer.step(vectors[order[start:start + batch_size]])
+        trainer.step(vectors[order[start : start + batch_size]])
         if step == 0:
             flowing = time.perf_counter()
     speed = (steps - 1) * batch_size / (time.perf_counter() - flowing) if steps > 1 else float("nan")

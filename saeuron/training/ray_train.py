@@ -12,22 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from saeuron.collection.dataset import activation_dataset, count_vectors, dataset_info
-from saeuron.console import is_verbose, logger, setup_console
+from saeuron.console import is_verbose, logger
 from saeuron.sae import Sae, SaeConfig
-from saeuron.sae.checkpoint import load_checkpoint, save_checkpoint
-from saeuron.sae.trainer import SaeTrainConfig, SaeTrainer
+from saeuron.sae.trainer import SaeTrainConfig
 from saeuron.sections import WithTracking
-
-METRICS = ("fvu", "explained_variance", "l0", "dead_fraction", "auxk_loss")
+from saeuron.training.worker import train_loop_per_worker
 
 
 def paper_sae() -> SaeConfig:
@@ -88,8 +82,12 @@ class TrainConfig(TrainOptions, WithTracking):
         if self.run_name:
             return self.run_name
         # What decides the trained SAE (not where it is logged or how many workers compute it).
-        identity = {k: v for k, v in asdict(self).items() if k not in ("num_workers", "cpus_per_worker", "log_every", "max_failures",
-                                                                      "register", "alias", "run_name", "tracking")}
+        identity = {
+            k: v
+            for k, v in asdict(self).items()
+            if k
+            not in ("num_workers", "cpus_per_worker", "log_every", "max_failures", "register", "alias", "run_name", "tracking")
+        }
         identity["study_dir"] = self.tracking.study_dir
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
         kind = "batch_topk" if self.sae.batch_topk else "topk"
@@ -97,115 +95,6 @@ class TrainConfig(TrainOptions, WithTracking):
 
 
 # ------------------------------------------------------------------------------------------- worker
-def _validation_metrics(sae: Sae, batches, dead_fraction: float) -> dict[str, float]:
-    sq_err = sq_sum = count = l0 = 0.0
-    total = None
-    with torch.no_grad():
-        for batch in batches:
-            x = batch["x"].to(sae.device, sae.dtype)
-            acts, indices = sae.encode(x)
-            recon = sae.decode(acts, indices)
-            sq_err += float((recon - x).pow(2).sum())
-            sq_sum += float(x.pow(2).sum())
-            total = x.sum(0) if total is None else total + x.sum(0)
-            count += x.shape[0]
-            l0 += float((acts > 0).sum())
-    if total is None or not count:  # no batches, or only empty ones
-        return {}
-    variance = sq_sum - float(total.pow(2).sum()) / count
-    fvu = sq_err / variance
-    return {"val_fvu": fvu, "val_explained_variance": 1 - fvu, "val_l0": l0 / count, "val_dead_fraction": dead_fraction}
-
-
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker."""
-    import ray.data
-    import ray.train
-    import ray.train.torch
-
-    setup_console(config.get("verbose", False))  # this worker's lines: in its log file, on the driver's console when verbose
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(config["cpus_per_worker"])
-    torch.manual_seed(config["seed"])
-    device = ray.train.torch.get_device()
-    hookpoint = config["hookpoint"]
-    sae = Sae(config["d_in"], SaeConfig(**config["sae"]), device=device)
-    model = ray.train.torch.prepare_model(sae) if world > 1 else sae
-    total_steps = config["steps_per_epoch"] * config["epochs"]
-    trainer = SaeTrainer(sae, SaeTrainConfig(**config["optim"]), total_steps, forward_module=model)
-
-    position = {"epoch": 0, "batches_done": 0}
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            position = load_checkpoint(folder, trainer)
-        if rank == 0:
-            logger.info(f"[{hookpoint}] resumed at step {trainer.step_count}/{total_steps} (epoch {position['epoch']}, "
-                        f"batch {position['batches_done']})")
-
-    client = None
-    if rank == 0 and config.get("mlflow_run_id"):
-        import mlflow
-
-        client = mlflow.MlflowClient(config["tracking_uri"])
-
-    def report(metrics: dict[str, float], with_checkpoint: bool) -> None:
-        if client is not None:
-            from mlflow.entities import Metric
-
-            stamp = int(time.time() * 1000)
-            client.log_batch(config["mlflow_run_id"], metrics=[Metric(f"{hookpoint}/{k}", v, stamp, trainer.step_count) for k, v in metrics.items()])
-        if not with_checkpoint:
-            return
-        with tempfile.TemporaryDirectory() as folder:
-            saved = None
-            if rank == 0:
-                save_checkpoint(folder, hookpoint, trainer, extra=position)
-                saved = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report({**metrics, "step": trainer.step_count}, checkpoint=saved)
-
-    start_step = trainer.step_count
-    shard = ray.train.get_dataset_shard("train")
-    per_worker = config["batch_size"] // world
-    started = time.perf_counter()
-    for epoch in range(position["epoch"], config["epochs"]):
-        skip = position["batches_done"] if epoch == position["epoch"] else 0
-        batches_done = 0
-        for batch in shard.iter_torch_batches(batch_size=per_worker, drop_last=True, dtypes=torch.float32, device=str(device)):
-            if batches_done >= config["steps_per_epoch"]:
-                break
-            batches_done += 1
-            if batches_done <= skip:
-                continue  # consumed before the checkpoint this run resumed from
-            metrics = trainer.step(batch["x"])._asdict()
-            if trainer.step_count == start_step + 1:
-                flowing = time.perf_counter()  # throughput is measured once data flows
-            position = {"epoch": epoch, "batches_done": batches_done}
-            step = trainer.step_count
-            if step % config["log_every"] == 0 or step == total_steps:
-                if rank == 0:
-                    rate = step * config["batch_size"] / max(time.perf_counter() - started, 1e-9)
-                    logger.info(f"[{hookpoint}] step {step}/{total_steps}  fvu {metrics['fvu']:.4f}  l0 {metrics['l0']:.1f}  "
-                                f"dead {metrics['dead_fraction']:.2%}  auxk {metrics['auxk_loss']:.4f}  ({rate:,.0f} vectors/s)")
-                report({f"train_{k}": metrics[k] for k in METRICS}, with_checkpoint=False)
-            if step % config["checkpoint_every"] == 0 and step < total_steps:
-                report({f"train_{k}": metrics[k] for k in METRICS}, with_checkpoint=True)
-        position = {"epoch": epoch + 1, "batches_done": 0}
-
-    final = {"steps": float(trainer.step_count), "resumed_from_step": float(start_step)}
-    if trainer.step_count > start_step + 1:
-        final["train_vectors_per_second"] = (trainer.step_count - start_step - 1) * config["batch_size"] / (time.perf_counter() - flowing)
-    if rank == 0:
-        validation = ray.train.get_dataset_shard("validation")
-        final.update(_validation_metrics(sae, validation.iter_torch_batches(batch_size=config["batch_size"], dtypes=torch.float32),
-                                         float(trainer.dead_mask.float().mean())))
-        logger.info(f"[{hookpoint}] done: {trainer.step_count} steps, validation {json.dumps({k: round(v, 4) for k, v in final.items()})}")
-    report(final, with_checkpoint=True)
-
-
-# ------------------------------------------------------------------------------------------- driver
 @dataclass
 class TrainedSae:
     hookpoint: str
@@ -227,8 +116,10 @@ def train_hookpoint(cfg: TrainConfig, hookpoint: str, mlflow_run_id: str | None,
         train_vectors = min(train_vectors, cfg.max_vectors)
     steps_per_epoch = train_vectors // cfg.batch_size
     if steps_per_epoch < 1:
-        raise ValueError(f"{train_vectors} training vectors for {hookpoint} do not fill one batch of {cfg.batch_size}; "
-                         f"collect more prompts or lower batch_size")
+        raise ValueError(
+            f"{train_vectors} training vectors for {hookpoint} do not fill one batch of {cfg.batch_size}; "
+            f"collect more prompts or lower batch_size"
+        )
     train = activation_dataset(cfg.dataset_dir, hookpoint, "train", cfg.validation_fraction, cfg.seed, shuffle=cfg.shuffle)
     if cfg.max_vectors:
         train = train.limit(cfg.max_vectors)
@@ -239,24 +130,39 @@ def train_hookpoint(cfg: TrainConfig, hookpoint: str, mlflow_run_id: str | None,
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=dict(
-            hookpoint=hookpoint, d_in=d_in, sae=asdict(cfg.sae), optim=asdict(cfg.optim), batch_size=cfg.batch_size,
-            epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, checkpoint_every=cfg.checkpoint_every,
-            log_every=cfg.log_every, seed=cfg.seed, cpus_per_worker=cfg.cpus_per_worker,
-            mlflow_run_id=mlflow_run_id, tracking_uri=tracking_uri, verbose=is_verbose(),
+            hookpoint=hookpoint,
+            d_in=d_in,
+            sae=asdict(cfg.sae),
+            optim=asdict(cfg.optim),
+            batch_size=cfg.batch_size,
+            epochs=cfg.epochs,
+            steps_per_epoch=steps_per_epoch,
+            checkpoint_every=cfg.checkpoint_every,
+            log_every=cfg.log_every,
+            seed=cfg.seed,
+            cpus_per_worker=cfg.cpus_per_worker,
+            mlflow_run_id=mlflow_run_id,
+            tracking_uri=tracking_uri,
+            verbose=is_verbose(),
         ),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=None if use_gpu else {"CPU": cfg.cpus_per_worker},
+            num_workers=cfg.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker=None if use_gpu else {"CPU": cfg.cpus_per_worker},
         ),
         datasets={"train": train, "validation": validation},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(
-            name=f"{run_name}-{hookpoint}", storage_path=storage,
+            name=f"{run_name}-{hookpoint}",
+            storage_path=storage,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
         ),
     )
-    logger.info(f"train {hookpoint}: d_in {d_in}, F {cfg.sae.latents_for(d_in)}, {train_vectors:,} training vectors, "
-                f"{steps_per_epoch} steps × {cfg.epochs} epochs, {cfg.num_workers} worker(s){' on GPU' if use_gpu else ''}")
+    logger.info(
+        f"train {hookpoint}: d_in {d_in}, F {cfg.sae.latents_for(d_in)}, {train_vectors:,} training vectors, "
+        f"{steps_per_epoch} steps × {cfg.epochs} epochs, {cfg.num_workers} worker(s){' on GPU' if use_gpu else ''}"
+    )
     started = time.perf_counter()
     result = trainer.fit()
     folder = cfg.tracking.root / "saes" / run_name
@@ -264,8 +170,10 @@ def train_hookpoint(cfg: TrainConfig, hookpoint: str, mlflow_run_id: str | None,
         sae = Sae.load_from_disk(Path(checkpoint_dir) / hookpoint)
     sae.save_to_disk(folder / hookpoint)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    logger.info(f"train {hookpoint}: {int(metrics.get('steps', 0))} steps in {time.perf_counter() - started:.0f}s, validation "
-                + ", ".join(f"{k[4:]} {metrics[k]:.4g}" for k in ("val_fvu", "val_l0", "val_dead_fraction") if k in metrics))
+    logger.info(
+        f"train {hookpoint}: {int(metrics.get('steps', 0))} steps in {time.perf_counter() - started:.0f}s, validation "
+        + ", ".join(f"{k[4:]} {metrics[k]:.4g}" for k in ("val_fvu", "val_l0", "val_dead_fraction") if k in metrics)
+    )
     return TrainedSae(hookpoint, folder / hookpoint, int(metrics.get("steps", 0)), metrics)
 
 
@@ -290,12 +198,21 @@ def train(cfg: TrainConfig) -> list[TrainedSae]:
             mlflow.log_metrics({f"{hookpoint}/final_{k}": v for k, v in trained.metrics.items()})
             if cfg.register:
                 trained.model_version = register_folder(
-                    trained.folder, name=registered_name(benchmark, hookpoint), run_id=run.info.run_id,
-                    artifact_path=f"sae/{hookpoint}", alias=cfg.alias,
-                    tags={"hookpoint": hookpoint, "activations_manifest": json.dumps(manifest)[:5000], **{f"metric.{k}": f"{v:.6g}" for k, v in trained.metrics.items()}},
+                    trained.folder,
+                    name=registered_name(benchmark, hookpoint),
+                    run_id=run.info.run_id,
+                    artifact_path=f"sae/{hookpoint}",
+                    alias=cfg.alias,
+                    tags={
+                        "hookpoint": hookpoint,
+                        "activations_manifest": json.dumps(manifest)[:5000],
+                        **{f"metric.{k}": f"{v:.6g}" for k, v in trained.metrics.items()},
+                    },
                 )
-                logger.info(f"train {hookpoint}: registered models:/{registered_name(benchmark, hookpoint)}/{trained.model_version}"
-                            f"{f' (alias @{cfg.alias})' if cfg.alias else ''}")
+                logger.info(
+                    f"train {hookpoint}: registered models:/{registered_name(benchmark, hookpoint)}/{trained.model_version}"
+                    f"{f' (alias @{cfg.alias})' if cfg.alias else ''}"
+                )
             results.append(trained)
     return results
 
@@ -307,4 +224,3 @@ def _manifest_hookpoints(cfg: TrainConfig) -> list[str]:
     if manifest is None:
         raise FileNotFoundError(f"{cfg.dataset_dir} has no manifest.json: run jobs/collect.py first")
     return sorted(manifest["d_in"])
-

@@ -38,14 +38,20 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     from saeuron.method.recipe import Recipe
     from saeuron.method.unlearned_pipeline import UnlearnedPipeline
 
-    pipe, device, dtype = _cached(("pipeline", setup["model_path"], setup["dtype"]),
-                                  lambda: load_pipeline_in_actor(setup["model_path"], setup["dtype"], setup["cpu_threads"]))
-    judge = _cached(("judge", setup["benchmark"], json.dumps(setup["judge"])),
-                    lambda: get_benchmark(setup["benchmark"]).load_judge(JudgeConfig(**setup["judge"]), device))
+    pipe, device, dtype = _cached(
+        ("pipeline", setup["model_path"], setup["dtype"]),
+        lambda: load_pipeline_in_actor(setup["model_path"], setup["dtype"], setup["cpu_threads"]),
+    )
+    judge = _cached(
+        ("judge", setup["benchmark"], json.dumps(setup["judge"])),
+        lambda: get_benchmark(setup["benchmark"]).load_judge(JudgeConfig(**setup["judge"]), device),
+    )
     concept, kind, folder = config["concept"], config["kind"], config["statistics"]
     stats = _cached(("statistics", folder), lambda: ConceptStatistics.load(folder))
-    sae = _cached(("sae", stats.sae_ref, stats.hookpoint),
-                  lambda: load_sae(stats.sae_ref, stats.hookpoint, device=device, dtype=dtype, tracking_uri=setup["tracking_uri"]))
+    sae = _cached(
+        ("sae", stats.sae_ref, stats.hookpoint),
+        lambda: load_sae(stats.sae_ref, stats.hookpoint, device=device, dtype=dtype, tracking_uri=setup["tracking_uri"]),
+    )
     recipe = Recipe.from_statistics(stats, {concept: (config["percentile"], config["multiplier"])}, setup["base_model"])
     generator = UnlearnedPipeline.from_recipe(pipe, sae, recipe, setup["base_model"], setup["error_mode"])
     rows = setup["prompts"][concept]
@@ -56,14 +62,26 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder_:
             judged = json.loads((Path(folder_) / "judged.json").read_text())
     for start in range(len(judged), len(rows), setup["chunk"]):
-        chunk = rows[start:start + setup["chunk"]]
-        images = generator.generate([r["prompt"] for r in chunk], [r["seed"] for r in chunk], output_type="pt",
-                                    num_inference_steps=setup["num_inference_steps"], guidance_scale=setup["guidance_scale"]).images
+        chunk = rows[start : start + setup["chunk"]]
+        images = generator.generate(
+            [r["prompt"] for r in chunk],
+            [r["seed"] for r in chunk],
+            output_type="pt",
+            num_inference_steps=setup["num_inference_steps"],
+            guidance_scale=setup["guidance_scale"],
+        ).images
         judged += judge_batch(judge, images.float(), chunk)
         scores = forgetting_scores(judged, kind, [concept])
         graded = forgetting_scores(judged, kind, [concept], soft=True)
-        metrics = {"objective": (scores.ua + scores.ira) / 2, "objective_soft": (graded.ua + graded.ira) / 2, "ua": scores.ua,
-                   "ira": scores.ira, "cra": scores.cra, "prompts": len(judged), "rules": len(recipe.rules)}
+        metrics = {
+            "objective": (scores.ua + scores.ira) / 2,
+            "objective_soft": (graded.ua + graded.ira) / 2,
+            "ua": scores.ua,
+            "ira": scores.ira,
+            "cra": scores.cra,
+            "prompts": len(judged),
+            "rules": len(recipe.rules),
+        }
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "judged.json").write_text(json.dumps(judged))
             ray.tune.report(metrics, checkpoint=Checkpoint.from_directory(tmp))

@@ -43,7 +43,9 @@ def test_shipped_tokenizer_makes_every_prompt_word_one_token_and_reads_any_text(
 
 
 def test_shipped_pipeline_loads_offline_with_both_paper_hookpoints(minicanvas):
-    pipe = StableDiffusionPipeline.from_pretrained(str(minicanvas.pipeline_path), local_files_only=True, safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(minicanvas.pipeline_path), local_files_only=True, safety_checker=None, requires_safety_checker=False
+    )
     blocks = HookedPipeline(pipe).cross_attention_blocks()
     assert {"unet.up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"} <= set(blocks)
     assert type(pipe.scheduler).__name__ == "DDIMScheduler"
@@ -98,14 +100,35 @@ def test_generated_images_meet_the_quality_bar(minicanvas_pipeline, minicanvas_c
 @pytest.mark.slow
 def test_training_scripts_run_end_to_end(tmp_path):
     out = tmp_path / "weights"
-    cmd = [sys.executable, "-m", "saeuron.benchmarks.minicanvas.train", "--out", str(out), "--images_per_pair", "1",
-           "--vae_steps", "3", "--unet_steps", "3", "--classifier_steps", "3", "--unet_batch", "4", "--log_every", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "saeuron.benchmarks.minicanvas.train",
+        "--out",
+        str(out),
+        "--images_per_pair",
+        "1",
+        "--vae_steps",
+        "3",
+        "--unet_steps",
+        "3",
+        "--classifier_steps",
+        "3",
+        "--unet_batch",
+        "4",
+        "--log_every",
+        "1",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[unet] step 2/3" in result.stdout
     from saeuron.benchmarks.minicanvas import load_minicanvas
 
     smoke = load_minicanvas(out)
-    image = HookedPipeline(smoke.load_pipeline()).generate(["An image of Stars."], [0], num_inference_steps=2, output_type="pt").images
+    image = (
+        HookedPipeline(smoke.load_pipeline())
+        .generate(["An image of Stars."], [0], num_inference_steps=2, output_type="pt")
+        .images
+    )
     assert image.shape == (1, 3, 32, 32) and torch.isfinite(image).all()
     assert smoke.load_classifier()(image).style_logits.shape == (1, len(STYLES) + 1)

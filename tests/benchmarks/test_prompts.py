@@ -29,7 +29,9 @@ def test_unlearncanvas_training_prompts_from_anchor_files(tmp_path):
     rows = get_benchmark("unlearncanvas").training_prompt_rows(str(tmp_path / "anchors"))
     assert len(rows) == 20 * 3 * 52
     assert len({row.prompt_id for row in rows}) == len(rows)
-    styled = next(r for r in rows if r.object == "Cats" and r.style == "Van_Gogh" and r.prompt.startswith("A cats scene number 1 "))
+    styled = next(
+        r for r in rows if r.object == "Cats" and r.style == "Van_Gogh" and r.prompt.startswith("A cats scene number 1 ")
+    )
     assert styled.prompt == "A cats scene number 1 in Van Gogh style."
     plain = next(r for r in rows if r.object == "Cats" and r.style is None and "number 1" in r.prompt)
     assert plain.prompt == "A cats scene number 1."

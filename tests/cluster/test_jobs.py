@@ -50,17 +50,48 @@ def local_services(tmp_path):
     groups = []
     try:
         head = subprocess.Popen(
-            [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={ray_port}", "--dashboard-host=127.0.0.1",
-             f"--dashboard-port={dashboard}", "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={ray_temp}",
-             "--disable-usage-stats"], env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                "--node-ip-address=127.0.0.1",
+                f"--port={ray_port}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dashboard}",
+                "--num-cpus=2",
+                "--include-dashboard=true",
+                f"--temp-dir={ray_temp}",
+                "--disable-usage-stats",
+            ],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         groups.append(head.pid)
         out, _ = head.communicate(timeout=120)
         assert head.returncode == 0, out.decode()[-3000:]
         with open(tmp_path / "mlflow.log", "w") as mlflow_log:  # the server keeps its own copy of the descriptor
             server = subprocess.Popen(
-                [str(BIN / "mlflow"), "server", "--workers", "1", "--host", "127.0.0.1", "--port", str(mlflow_port),
-                 "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--artifacts-destination", (tmp_path / "artifacts").as_uri()],
-                env=env, start_new_session=True, stdout=mlflow_log, stderr=subprocess.STDOUT)
+                [
+                    str(BIN / "mlflow"),
+                    "server",
+                    "--workers",
+                    "1",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(mlflow_port),
+                    "--backend-store-uri",
+                    f"sqlite:///{tmp_path / 'mlflow.db'}",
+                    "--artifacts-destination",
+                    (tmp_path / "artifacts").as_uri(),
+                ],
+                env=env,
+                start_new_session=True,
+                stdout=mlflow_log,
+                stderr=subprocess.STDOUT,
+            )
         groups.append(server.pid)
         wait_for(f"http://127.0.0.1:{mlflow_port}/health", 90)
         wait_for(f"http://127.0.0.1:{dashboard}/api/version", 90)
@@ -78,8 +109,14 @@ def local_services(tmp_path):
 
 def submit(env, address, *command, timeout=600):
     for _ in range(20):
-        job = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-                              "python", *command], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        job = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--", "python", *command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
+        )
         if "No available agent to submit job" not in job.stderr + job.stdout:
             break
         time.sleep(2)  # the head's job agent starts a little after the dashboard answers
@@ -96,26 +133,97 @@ def test_the_study_runs_as_submitted_ray_jobs_against_an_mlflow_server(local_ser
     study = str(tmp_path / "study")
     common = ["--study_dir", study, "--tracking_uri", tracking]
     steps = ["--num_inference_steps", "10", "--guidance_scale", "7.5"]
-    submit(env, address, "jobs/collect.py", "--config", "configs/minicanvas/collect.yaml", *common, *steps, "--max_prompts", "48",
-           "--batch_size", "16")
+    submit(
+        env,
+        address,
+        "jobs/collect.py",
+        "--config",
+        "configs/minicanvas/collect.yaml",
+        *common,
+        *steps,
+        "--max_prompts",
+        "48",
+        "--batch_size",
+        "16",
+    )
     # About 300 steps: fewer leave an SAE whose selected latents never fire (measured: UA 0.0 after 64 steps).
-    submit(env, address, "jobs/train.py", "--config", "configs/minicanvas/train.yaml", *common, "--hookpoints",
-           "unet.up_blocks.1.attentions.2", "--epochs", "12", "--batch_size", "1024", "--validation_fraction", "0.1")
+    submit(
+        env,
+        address,
+        "jobs/train.py",
+        "--config",
+        "configs/minicanvas/train.yaml",
+        *common,
+        "--hookpoints",
+        "unet.up_blocks.1.attentions.2",
+        "--epochs",
+        "12",
+        "--batch_size",
+        "1024",
+        "--validation_fraction",
+        "0.1",
+    )
     sae = "models:/saeuron-minicanvas-unet.up_blocks.1.attentions.2@current"
-    submit(env, address, "jobs/gather.py", *common, *steps, "--sae", sae, "--hookpoint", "unet.up_blocks.1.attentions.2",
-           "--kind", "style")
+    submit(
+        env,
+        address,
+        "jobs/gather.py",
+        *common,
+        *steps,
+        "--sae",
+        sae,
+        "--hookpoint",
+        "unet.up_blocks.1.attentions.2",
+        "--kind",
+        "style",
+    )
     statistics = f"{study}/statistics/style-unet.up_blocks.1.attentions.2"
-    submit(env, address, "tune/search.py", *common, *steps, "--concepts", "Neon_Glow", "--style_statistics", statistics,
-           "--percentiles", "98", "99", "--multipliers", "-1", "-5", "--max_prompts", "22", "--scheduler", "grid",
-           "--register_as", "saeuron-minicanvas-recipes")
-    submit(env, address, "jobs/evaluate.py", *common, *steps, "--recipes", "models:/saeuron-minicanvas-recipes@current",
-           "--seeds", "188", "--batch_size", "22", "--run_name", "evaluate-jobs")
+    submit(
+        env,
+        address,
+        "tune/search.py",
+        *common,
+        *steps,
+        "--concepts",
+        "Neon_Glow",
+        "--style_statistics",
+        statistics,
+        "--percentiles",
+        "98",
+        "99",
+        "--multipliers",
+        "-1",
+        "-5",
+        "--max_prompts",
+        "22",
+        "--scheduler",
+        "grid",
+        "--register_as",
+        "saeuron-minicanvas-recipes",
+    )
+    submit(
+        env,
+        address,
+        "jobs/evaluate.py",
+        *common,
+        *steps,
+        "--recipes",
+        "models:/saeuron-minicanvas-recipes@current",
+        "--seeds",
+        "188",
+        "--batch_size",
+        "22",
+        "--run_name",
+        "evaluate-jobs",
+    )
 
     mlflow.set_tracking_uri(tracking)
     client = mlflow.MlflowClient()
     version = client.get_model_version_by_alias("saeuron-minicanvas-unet.up_blocks.1.attentions.2", "current")
     assert json.loads(version.tags["activations_manifest"])["complete"]
-    (evaluation,) = client.search_runs([client.get_experiment_by_name("saeuron").experiment_id], "attributes.run_name = 'evaluate-jobs'")
+    (evaluation,) = client.search_runs(
+        [client.get_experiment_by_name("saeuron").experiment_id], "attributes.run_name = 'evaluate-jobs'"
+    )
     metrics = evaluation.data.metrics
     # A 48-prompt, 10-step study still forgets the style (measured: UA 1.0); what the 22-prompt search keeps
     # of the other styles varies with so small an SAE (measured IRA 0.44), so only its range is checked.

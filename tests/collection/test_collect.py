@@ -21,8 +21,16 @@ HOOKS = ["unet.up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"]
 
 
 def small_config(tmp_path, **overrides):
-    base = dict(benchmark="minicanvas", hookpoints=list(HOOKS), study_dir=str(tmp_path / "study"), num_inference_steps=4,
-                guidance_scale=7.5, max_prompts=6, batch_size=3, num_actors=1)
+    base = dict(
+        benchmark="minicanvas",
+        hookpoints=list(HOOKS),
+        study_dir=str(tmp_path / "study"),
+        num_inference_steps=4,
+        guidance_scale=7.5,
+        max_prompts=6,
+        batch_size=3,
+        num_actors=1,
+    )
     base.update(overrides)
     return build_config(CollectConfig, **base)
 
@@ -32,7 +40,10 @@ def read_hookpoint(cfg, hookpoint):
 
 
 def assert_exactly_once(cfg):
-    expected = {row.prompt_id for row in get_benchmark("minicanvas").training_prompt_rows(seed=cfg.seed, max_prompts=cfg.max_prompts or None)}
+    expected = {
+        row.prompt_id
+        for row in get_benchmark("minicanvas").training_prompt_rows(seed=cfg.seed, max_prompts=cfg.max_prompts or None)
+    }
     for hookpoint in cfg.hookpoints:
         table = read_hookpoint(cfg, hookpoint)
         keys = list(zip(table.column("prompt_id").to_pylist(), table.column("step_index").to_pylist()))
@@ -50,8 +61,9 @@ def test_fp16_bits_round_trip_through_binary_column(tmp_path):
     assert np.array_equal(back, maps.reshape(-1, 3))
     # Through Parquet, as 32-bit-offset binary and as schema 1's fixed-size binary.
     pq.write_table(pa.table({"a": column}), tmp_path / "a.parquet")
-    assert np.array_equal(activations.binary_to_vectors(pq.read_table(tmp_path / "a.parquet").column("a").slice(1), 3),
-                          maps[1:].reshape(-1, 3))
+    assert np.array_equal(
+        activations.binary_to_vectors(pq.read_table(tmp_path / "a.parquet").column("a").slice(1), 3), maps[1:].reshape(-1, 3)
+    )
     assert np.array_equal(activations.binary_to_vectors(column.cast(pa.binary()).slice(2), 3), maps[2:].reshape(-1, 3))
     fixed = pa.Array.from_buffers(pa.binary(7 * 3 * 2), 5, [None, pa.py_buffer(maps.tobytes())])
     assert np.array_equal(activations.binary_to_vectors(fixed.slice(3), 3), maps[3:].reshape(-1, 3))
@@ -85,9 +97,9 @@ def write_rows(folder: Path, name: str, prompt_ids: list[int], steps: int = 2):
 def test_reconcile_keeps_only_complete_prompts_exactly_once(tmp_path):
     a, b = (activations.hookpoint_dir(tmp_path, h) for h in ("a", "b"))
     write_rows(a, "1.parquet", [0, 1, 2])
-    write_rows(b, "1.parquet", [0, 1])           # prompt 2 missing in b: redo it
+    write_rows(b, "1.parquet", [0, 1])  # prompt 2 missing in b: redo it
     write_rows(a, "2.parquet", [3])
-    write_rows(b, "2.parquet", [3, 3])          # prompt 3 twice in b: redo it
+    write_rows(b, "2.parquet", [3, 3])  # prompt 3 twice in b: redo it
     write_rows(b, "3.parquet", [4])
     (a / "partial.parquet").write_bytes((a / "2.parquet").read_bytes()[:100])  # a killed write
     result = activations.reconcile(tmp_path, ["a", "b"], rows_per_prompt=2)
@@ -123,8 +135,14 @@ def test_bad_input_fails_before_any_work(tmp_path):
     from saeuron.benchmarks.minicanvas import load_minicanvas
 
     with pytest.raises(ValueError, match="empty"):
-        collect(small_config(tmp_path, benchmark="unlearncanvas", anchor_prompts_dir=str(anchors),
-                             model_path=str(load_minicanvas().pipeline_path)))
+        collect(
+            small_config(
+                tmp_path,
+                benchmark="unlearncanvas",
+                anchor_prompts_dir=str(anchors),
+                model_path=str(load_minicanvas().pipeline_path),
+            )
+        )
     assert not (tmp_path / "study").exists() or not list((tmp_path / "study").rglob("*.parquet"))
 
 
@@ -141,7 +159,8 @@ def test_collect_writes_readable_parquet_equal_to_a_direct_capture(tmp_path, ray
 
     rows = get_benchmark("minicanvas").training_prompt_rows(seed=cfg.seed, max_prompts=6)
     direct = HookedPipeline(minicanvas_pipeline).generate(
-        [rows[0].prompt], [rows[0].seed], num_inference_steps=4, guidance_scale=7.5, capture=hooks, output_type="latent")
+        [rows[0].prompt], [rows[0].seed], num_inference_steps=4, guidance_scale=7.5, capture=hooks, output_type="latent"
+    )
     for hookpoint in hooks:
         table = read_hookpoint(cfg, hookpoint).sort_by([("prompt_id", "ascending"), ("step_index", "ascending")])
         first = table.filter(pa.compute.equal(table.column("prompt_id"), rows[0].prompt_id))

@@ -72,11 +72,17 @@ def test_inception_fid_runs_pytorch_fid_on_a_weights_file_and_names_the_missing_
     # check the plumbing (files → activations → Fréchet distance).
     torch.manual_seed(0)
     net = pi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
-    for name, block in [("Mixed_5b", pi.FIDInceptionA(192, pool_features=32)), ("Mixed_5c", pi.FIDInceptionA(256, pool_features=64)),
-                        ("Mixed_5d", pi.FIDInceptionA(288, pool_features=64)), ("Mixed_6b", pi.FIDInceptionC(768, channels_7x7=128)),
-                        ("Mixed_6c", pi.FIDInceptionC(768, channels_7x7=160)), ("Mixed_6d", pi.FIDInceptionC(768, channels_7x7=160)),
-                        ("Mixed_6e", pi.FIDInceptionC(768, channels_7x7=192)), ("Mixed_7b", pi.FIDInceptionE_1(1280)),
-                        ("Mixed_7c", pi.FIDInceptionE_2(2048))]:
+    for name, block in [
+        ("Mixed_5b", pi.FIDInceptionA(192, pool_features=32)),
+        ("Mixed_5c", pi.FIDInceptionA(256, pool_features=64)),
+        ("Mixed_5d", pi.FIDInceptionA(288, pool_features=64)),
+        ("Mixed_6b", pi.FIDInceptionC(768, channels_7x7=128)),
+        ("Mixed_6c", pi.FIDInceptionC(768, channels_7x7=160)),
+        ("Mixed_6d", pi.FIDInceptionC(768, channels_7x7=160)),
+        ("Mixed_6e", pi.FIDInceptionC(768, channels_7x7=192)),
+        ("Mixed_7b", pi.FIDInceptionE_1(1280)),
+        ("Mixed_7c", pi.FIDInceptionE_2(2048)),
+    ]:
         setattr(net, name, block)
     torch.save(net.state_dict(), tmp_path / "inception.pth")
     rng = np.random.default_rng(0)
@@ -95,11 +101,26 @@ def browser_check(report):
     if chromium is None:
         pytest.fail("chromium is not installed (.ci/run installs Debian's chromium package)")
     page = report.parent / "browser-check.html"
-    script = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
-              "document.title='loaded '+i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>")
+    script = (
+        "<script>window.addEventListener('load',()=>{const i=[...document.images];"
+        "document.title='loaded '+i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>"
+    )
     page.write_text(report.read_text().replace("</body>", script + "</body>"))
-    out = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
-                          "--virtual-time-budget=5000", "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--allow-file-access-from-files",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     page.unlink()
     found = re.search(r"<title>loaded (\d+)/(\d+)</title>", out.stdout)
     assert found, f"chromium did not render the page: {out.stderr[-2000:]}"
@@ -111,11 +132,29 @@ def test_evaluate_scores_a_sequence_logs_it_and_writes_a_report_a_browser_shows(
     recipes = []
     for concepts in (["Neon_Glow"], ["Neon_Glow", "Polka_Dots"]):
         recipes.append(str(tmp_path / "recipes" / "+".join(concepts)))
-        make_recipe(build_config(RecipeConfig, statistics=str(style_statistics), concepts=concepts, percentile=99, multiplier=-1, output_dir=recipes[-1]))
+        make_recipe(
+            build_config(
+                RecipeConfig,
+                statistics=str(style_statistics),
+                concepts=concepts,
+                percentile=99,
+                multiplier=-1,
+                output_dir=recipes[-1],
+            )
+        )
     study = tmp_path / "study"
     # The recipes name the SAE by the fixture's folder, so no registry is needed.
-    cfg = build_config(EvaluateConfig, recipes=recipes, sequential=True, seeds=[188], num_inference_steps=STEPS, guidance_scale=7.5,
-                         study_dir=str(study), batch_size=22, real_images_per_cell=2)
+    cfg = build_config(
+        EvaluateConfig,
+        recipes=recipes,
+        sequential=True,
+        seeds=[188],
+        num_inference_steps=STEPS,
+        guidance_scale=7.5,
+        study_dir=str(study),
+        batch_size=22,
+        real_images_per_cell=2,
+    )
     result = evaluate(cfg)
 
     first, second = (s for _, s in result.scores)
@@ -161,7 +200,9 @@ def test_bad_evaluation_input_fails_before_anything_is_logged(tmp_path, minicanv
     with pytest.raises(FileNotFoundError, match="not an unlearning recipe"):
         evaluate(build_config(EvaluateConfig, recipes=[str(tmp_path / "nowhere")], study_dir=str(study)))
     with pytest.raises(ValueError, match="unstyled_weighting"):
-        evaluate(build_config(EvaluateConfig, recipes=[str(tmp_path / "nowhere")], unstyled_weighting="double", study_dir=str(study)))
+        evaluate(
+            build_config(EvaluateConfig, recipes=[str(tmp_path / "nowhere")], unstyled_weighting="double", study_dir=str(study))
+        )
     assert not (study / "mlflow.db").exists() and not (study / "images").exists()
 
     # A judge whose object list lacks some of the benchmark's objects.
@@ -173,7 +214,11 @@ def test_bad_evaluation_input_fails_before_anything_is_logged(tmp_path, minicanv
     folder = tmp_path / "images"
     folder.mkdir()
     Image.new("RGB", (32, 32)).save(folder / "Stars_seed188.png")
-    index = pa.Table.from_pylist([dict(prompt_id=i, prompt="p", object=o, style=None, seed=188, file=f"{o}_seed188.png")
-                                  for i, o in enumerate(["Stars", "Rings"])])
+    index = pa.Table.from_pylist(
+        [
+            dict(prompt_id=i, prompt="p", object=o, style=None, seed=188, file=f"{o}_seed188.png")
+            for i, o in enumerate(["Stars", "Rings"])
+        ]
+    )
     with pytest.raises(FileNotFoundError, match="1 of 2 images are missing .*Rings_seed188.png"):
         judge_images(folder, index, "minicanvas-classifier", dict(benchmark="minicanvas", judge={}))

@@ -16,8 +16,14 @@ def grid(style_wrong=(), object_wrong=(), unstyled_object_wrong=()):
     rows = []
     for s in STYLES:
         for o in OBJECTS:
-            rows.append(dict(style=s, object=o, style_pred="X" if (s, o) in style_wrong else s,
-                             object_pred="X" if (s, o) in object_wrong else o))
+            rows.append(
+                dict(
+                    style=s,
+                    object=o,
+                    style_pred="X" if (s, o) in style_wrong else s,
+                    object_pred="X" if (s, o) in object_wrong else o,
+                )
+            )
     for o in OBJECTS:
         rows.append(dict(style=None, object=o, style_pred="none", object_pred="X" if o in unstyled_object_wrong else o))
     return rows
@@ -25,8 +31,9 @@ def grid(style_wrong=(), object_wrong=(), unstyled_object_wrong=()):
 
 def test_style_forgetting():
     # Style A forgotten on both its images; B wrong on one of two; C intact.
-    rows = grid(style_wrong={("A", "cat"), ("A", "dog"), ("B", "cat")}, object_wrong={("C", "dog")},
-                unstyled_object_wrong={"dog"})
+    rows = grid(
+        style_wrong={("A", "cat"), ("A", "dog"), ("B", "cat")}, object_wrong={("C", "dog")}, unstyled_object_wrong={"dog"}
+    )
     s = forgetting_scores(rows, "style", ["A"])
     assert s.ua == 1.0
     assert s.ira == pytest.approx((0.5 + 1.0) / 2)
@@ -80,11 +87,13 @@ def test_average_and_bad_input():
 
 
 def test_soft_scores_grade_hits_by_the_judges_probability():
-    rows = [dict(style="A", object="cat", style_pred="A", object_pred="cat", style_prob=0.9, object_prob=0.6),
-            dict(style="A", object="dog", style_pred="B", object_pred="dog", style_prob=0.3, object_prob=0.8),
-            dict(style="B", object="cat", style_pred="B", object_pred="cat", style_prob=0.7, object_prob=1.0),
-            dict(style=None, object="cat", style_pred="none", object_pred="cat", style_prob=0.0, object_prob=0.5),
-            dict(style=None, object="dog", style_pred="none", object_pred="cat", style_prob=0.0, object_prob=0.2)]
+    rows = [
+        dict(style="A", object="cat", style_pred="A", object_pred="cat", style_prob=0.9, object_prob=0.6),
+        dict(style="A", object="dog", style_pred="B", object_pred="dog", style_prob=0.3, object_prob=0.8),
+        dict(style="B", object="cat", style_pred="B", object_pred="cat", style_prob=0.7, object_prob=1.0),
+        dict(style=None, object="cat", style_pred="none", object_pred="cat", style_prob=0.0, object_prob=0.5),
+        dict(style=None, object="dog", style_pred="none", object_pred="cat", style_prob=0.0, object_prob=0.2),
+    ]
     hard = forgetting_scores(rows, "style", ["A"])
     soft = forgetting_scores(rows, "style", ["A"], soft=True)
     assert (hard.ua, hard.ira, hard.cra) == (0.5, 1.0, 0.5)

@@ -13,7 +13,9 @@ def stats_from_means(means, timesteps=(901, 1), concepts=None, fingerprint="x"):
     """means: [C, T, F]."""
     means = torch.as_tensor(means, dtype=torch.float64)
     c, t, f = means.shape
-    stats = ConceptStatistics.empty("unet.up_blocks.1.attentions.2", concepts or [f"c{i}" for i in range(c)], list(timesteps), f, "sae", fingerprint, "style")
+    stats = ConceptStatistics.empty(
+        "unet.up_blocks.1.attentions.2", concepts or [f"c{i}" for i in range(c)], list(timesteps), f, "sae", fingerprint, "style"
+    )
     stats.sums += means * 2
     stats.counts += 2
     return stats

@@ -142,12 +142,26 @@ def test_first_step_sets_b_dec_to_geometric_median():
 def write_reference_checkpoint(folder, d=8, f=32, k=3, extra_cfg=None):
     """What the reference code writes: its SaeConfig fields plus d_in, and four tensors."""
     folder.mkdir(parents=True)
-    cfg = {"expansion_factor": 4, "normalize_decoder": True, "num_latents": f, "k": k, "batch_topk": True,
-           "sample_topk": False, "input_unit_norm": False, "multi_topk": False, "d_in": d, **(extra_cfg or {})}
+    cfg = {
+        "expansion_factor": 4,
+        "normalize_decoder": True,
+        "num_latents": f,
+        "k": k,
+        "batch_topk": True,
+        "sample_topk": False,
+        "input_unit_norm": False,
+        "multi_topk": False,
+        "d_in": d,
+        **(extra_cfg or {}),
+    }
     (folder / "cfg.json").write_text(json.dumps(cfg))
     g = torch.Generator().manual_seed(1)
-    tensors = {"encoder.weight": torch.randn(f, d, generator=g), "encoder.bias": torch.randn(f, generator=g) * 0.1,
-               "W_dec": torch.randn(f, d, generator=g), "b_dec": torch.randn(d, generator=g)}
+    tensors = {
+        "encoder.weight": torch.randn(f, d, generator=g),
+        "encoder.bias": torch.randn(f, generator=g) * 0.1,
+        "W_dec": torch.randn(f, d, generator=g),
+        "b_dec": torch.randn(d, generator=g),
+    }
     save_file(tensors, str(folder / "sae.safetensors"))
     return tensors
 
@@ -311,8 +325,12 @@ def test_checkpoint_on_disk_resumes_to_identical_parameters(tmp_path):
     save_checkpoint(tmp_path, "unet.up_blocks.1.attentions.1", first, extra={"epoch": 0, "batches_done": 3})
     # Only formats ordinary tools open: the SAE in the published layout and the trainer state as safetensors + JSON.
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    assert written == ["trainer_state.json", "trainer_state.safetensors", "unet.up_blocks.1.attentions.1/cfg.json",
-                       "unet.up_blocks.1.attentions.1/sae.safetensors"]
+    assert written == [
+        "trainer_state.json",
+        "trainer_state.safetensors",
+        "unet.up_blocks.1.attentions.1/cfg.json",
+        "unet.up_blocks.1.attentions.1/sae.safetensors",
+    ]
     assert json.loads((tmp_path / "trainer_state.json").read_text())["extra"] == {"epoch": 0, "batches_done": 3}
     torch.manual_seed(99)
     resumed = SaeTrainer(make_sae(batch_topk=True), SaeTrainConfig(), total_steps=6)

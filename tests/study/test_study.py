@@ -11,13 +11,35 @@ from saeuron.study import StudyConfig, run_study
 
 
 def tiny_study(study_dir, concepts=("Neon_Glow", "Stars"), multipliers=("-1", "-5")):
-    return parse_config(StudyConfig, [
-        "--study_dir", str(study_dir), "--name", "tiny",
-        "--collect.max_prompts", "40", "--collect.sampling.num_inference_steps", "6", "--sampling.num_inference_steps", "6",
-        "--epochs", "4", "--train.batch_size", "1024",
-        "--concepts", *concepts, "--percentiles", "99", "--multipliers", *multipliers,
-        "--search.max_prompts", "11", "--scheduler", "grid",
-    ])
+    return parse_config(
+        StudyConfig,
+        [
+            "--study_dir",
+            str(study_dir),
+            "--name",
+            "tiny",
+            "--collect.max_prompts",
+            "40",
+            "--collect.sampling.num_inference_steps",
+            "6",
+            "--sampling.num_inference_steps",
+            "6",
+            "--epochs",
+            "4",
+            "--train.batch_size",
+            "1024",
+            "--concepts",
+            *concepts,
+            "--percentiles",
+            "99",
+            "--multipliers",
+            *multipliers,
+            "--search.max_prompts",
+            "11",
+            "--scheduler",
+            "grid",
+        ],
+    )
 
 
 @pytest.mark.slow

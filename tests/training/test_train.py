@@ -17,10 +17,17 @@ HOOKS = [OBJECT_HOOK, STYLE_HOOK]  # the fixture collection's
 
 
 def small_train_config(activations, tmp_path, **overrides):
-    base = dict(study_dir=str(tmp_path / "study"), activations_dir=str(activations.dataset_dir),
-                sae=SaeConfig(expansion_factor=8, k=8, batch_topk=True),
-                optim=SaeTrainConfig(lr=2e-3, dead_feature_threshold=200_000), batch_size=1024, epochs=1,
-                validation_fraction=0.15, checkpoint_every=5, log_every=5)
+    base = dict(
+        study_dir=str(tmp_path / "study"),
+        activations_dir=str(activations.dataset_dir),
+        sae=SaeConfig(expansion_factor=8, k=8, batch_topk=True),
+        optim=SaeTrainConfig(lr=2e-3, dead_feature_threshold=200_000),
+        batch_size=1024,
+        epochs=1,
+        validation_fraction=0.15,
+        checkpoint_every=5,
+        log_every=5,
+    )
     base.update(overrides)
     return build_config(TrainConfig, **base)
 
@@ -45,7 +52,9 @@ def test_train_registers_saes_that_load_by_alias_and_folder_bit_identical(minica
         assert trained.metrics["val_fvu"] < 0.5, trained.metrics
         assert trained.metrics["val_dead_fraction"] < 0.2
     mlflow.set_tracking_uri(tracking)
-    run = mlflow.search_runs(experiment_names=["saeuron"], filter_string="tags.`saeuron.stage` = 'train'", output_format="list")[0]
+    run = mlflow.search_runs(experiment_names=["saeuron"], filter_string="tags.`saeuron.stage` = 'train'", output_format="list")[
+        0
+    ]
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, f"{HOOKS[0]}/train_fvu")
     assert len(history) >= 3 and history[-1].value < history[0].value
     version = mlflow.MlflowClient().get_model_version(registered_name("minicanvas", HOOKS[0]), results[0].model_version)
@@ -64,8 +73,9 @@ def registered_checkpoint(storage: Path) -> bool:
 
 @pytest.mark.slow
 def test_killed_worker_resumes_from_checkpoint_and_ends_with_the_same_steps(minicanvas_activations, tmp_path):
-    cfg = small_train_config(minicanvas_activations, tmp_path, batch_size=512, checkpoint_every=4, log_every=4,
-                             hookpoints=[HOOKS[1]])
+    cfg = small_train_config(
+        minicanvas_activations, tmp_path, batch_size=512, checkpoint_every=4, log_every=4, hookpoints=[HOOKS[1]]
+    )
     storage = tmp_path / "study" / "ray_train"
     killer = KillWhen("RayTrainWorker", lambda: registered_checkpoint(storage))
     killer.start()
@@ -83,8 +93,9 @@ def test_killed_worker_resumes_from_checkpoint_and_ends_with_the_same_steps(mini
 def test_a_fresh_submission_of_the_same_config_resumes_the_run(minicanvas_activations, tmp_path, ray_cluster):
     from saeuron.config import config_to_yaml
 
-    cfg = small_train_config(minicanvas_activations, tmp_path, batch_size=512, checkpoint_every=4, log_every=4,
-                             hookpoints=[HOOKS[0]], register=False)
+    cfg = small_train_config(
+        minicanvas_activations, tmp_path, batch_size=512, checkpoint_every=4, log_every=4, hookpoints=[HOOKS[0]], register=False
+    )
     config_file = tmp_path / "train.yaml"
     config_file.write_text(config_to_yaml(cfg))
     storage, log = tmp_path / "study" / "ray_train", tmp_path / "driver.log"

@@ -42,19 +42,32 @@ def test_proportional_merge_keeps_every_prefix_balanced():
 
 
 def test_choice_needs_the_full_budget_and_prefers_the_smaller_edit():
-    trials = [dict(percentile=99.0, multiplier=-1.0, objective=0.90, prompts=88),
-              dict(percentile=98.0, multiplier=-5.0, objective=0.95, prompts=22),  # stopped early: not eligible
-              dict(percentile=98.0, multiplier=-1.0, objective=0.90, prompts=88),
-              dict(percentile=99.0, multiplier=-5.0, objective=0.90, prompts=88)]
+    trials = [
+        dict(percentile=99.0, multiplier=-1.0, objective=0.90, prompts=88),
+        dict(percentile=98.0, multiplier=-5.0, objective=0.95, prompts=22),  # stopped early: not eligible
+        dict(percentile=98.0, multiplier=-1.0, objective=0.90, prompts=88),
+        dict(percentile=99.0, multiplier=-5.0, objective=0.90, prompts=88),
+    ]
     assert choose(trials, 88) == trials[0]
     with pytest.raises(RuntimeError, match="no trial scored every tuning prompt"):
         choose(trials[1:2], 88)
 
 
 def small_search(style_statistics, study, **overrides):
-    cfg = build_config(SearchConfig, concepts=["Neon_Glow"], style_statistics=str(style_statistics), percentiles=[98.0, 99.0],
-                       multipliers=[-1.0, -5.0], num_inference_steps=STEPS, guidance_scale=7.5, max_prompts=22, chunk=11,
-                       grace_prompts=11, reduction_factor=2, study_dir=str(study))
+    cfg = build_config(
+        SearchConfig,
+        concepts=["Neon_Glow"],
+        style_statistics=str(style_statistics),
+        percentiles=[98.0, 99.0],
+        multipliers=[-1.0, -5.0],
+        num_inference_steps=STEPS,
+        guidance_scale=7.5,
+        max_prompts=22,
+        chunk=11,
+        grace_prompts=11,
+        reduction_factor=2,
+        study_dir=str(study),
+    )
     return replace(cfg, **overrides)
 
 
@@ -78,18 +91,40 @@ def test_search_picks_a_recipe_logs_trials_in_mlflow_and_evaluate_takes_it_by_ru
     mlflow.set_tracking_uri(f"sqlite:///{study / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     parent = client.get_run(result.run_id)
-    assert parent.data.params["Neon_Glow.percentile"] == str(neon.percentile) and parent.data.tags["saeuron.recipes"].startswith("runs:/")
+    assert parent.data.params["Neon_Glow.percentile"] == str(neon.percentile) and parent.data.tags["saeuron.recipes"].startswith(
+        "runs:/"
+    )
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
     assert len(children) == 4 and all("objective" in c.data.metrics for c in children)
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "heatmaps")}
     assert artifacts == {"heatmaps/heatmap_Neon_Glow.png"}
     assert client.get_model_version_by_alias("test-recipes", "current").run_id == result.run_id
 
-    evaluation = evaluate(build_config(EvaluateConfig, recipes=[f"runs:/{result.run_id}/recipes"], seeds=[188], num_inference_steps=STEPS,
-                                         guidance_scale=7.5, study_dir=str(study), batch_size=22, fid="none"))
+    evaluation = evaluate(
+        build_config(
+            EvaluateConfig,
+            recipes=[f"runs:/{result.run_id}/recipes"],
+            seeds=[188],
+            num_inference_steps=STEPS,
+            guidance_scale=7.5,
+            study_dir=str(study),
+            batch_size=22,
+            fid="none",
+        )
+    )
     assert [name for name, _ in evaluation.scores] == ["Neon_Glow"] and evaluation.scores[0][1].ua >= 0.75
-    again = evaluate(build_config(EvaluateConfig, recipes=["models:/test-recipes@current"], seeds=[188], num_inference_steps=STEPS,
-                                    guidance_scale=7.5, study_dir=str(study), batch_size=22, fid="none"))
+    again = evaluate(
+        build_config(
+            EvaluateConfig,
+            recipes=["models:/test-recipes@current"],
+            seeds=[188],
+            num_inference_steps=STEPS,
+            guidance_scale=7.5,
+            study_dir=str(study),
+            batch_size=22,
+            fid="none",
+        )
+    )
     assert again.scores[0][1] == evaluation.scores[0][1]
 
 

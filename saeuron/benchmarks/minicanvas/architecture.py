@@ -83,7 +83,9 @@ def build_unet(arch: Architecture) -> UNet2DConditionModel:
     )
 
 
-def build_text_encoder(arch: Architecture, vocab_size: int, pad_token_id: int, bos_token_id: int, eos_token_id: int) -> CLIPTextModel:
+def build_text_encoder(
+    arch: Architecture, vocab_size: int, pad_token_id: int, bos_token_id: int, eos_token_id: int
+) -> CLIPTextModel:
     config = CLIPTextConfig(
         vocab_size=vocab_size,
         hidden_size=arch.text_hidden,

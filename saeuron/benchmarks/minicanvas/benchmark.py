@@ -36,8 +36,11 @@ class MiniCanvasBenchmark(Benchmark):
         from saeuron.benchmarks.minicanvas.data import image_seed
         from saeuron.benchmarks.minicanvas.render import render
 
-        images = [render(s, o, image_seed(REAL_IMAGE_SEED, concepts.STYLE_LABELS.index(s), concepts.OBJECTS.index(o), i))
-                  for s, o in sorted(set(cells)) for i in range(per_cell)]
+        images = [
+            render(s, o, image_seed(REAL_IMAGE_SEED, concepts.STYLE_LABELS.index(s), concepts.OBJECTS.index(o), i))
+            for s, o in sorted(set(cells))
+            for i in range(per_cell)
+        ]
         return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
 
 
@@ -47,9 +50,14 @@ class MiniCanvasBenchmark(Benchmark):
 # the method's selected up.1.1 latents fire on 75-90 % of every object's patches. At the mid block
 # forgetting Stars keeps every other object (README, "Objects").
 MINICANVAS = MiniCanvasBenchmark(
-    "minicanvas", concepts.STYLES, concepts.OBJECTS, concepts.STYLES, (188, 288, 588, 688, 888),
+    "minicanvas",
+    concepts.STYLES,
+    concepts.OBJECTS,
+    concepts.STYLES,
+    (188, 288, 588, 688, 888),
     # SAEs of ~1,000 latents, where p = 99.99 keeps nothing: percentiles that keep about 5 to 30 latents
     # per timestep, and multipliers from a gentle to a strong edit.
-    search_percentiles=(97.0, 98.0, 99.0, 99.5), search_multipliers=(-0.5, -1.0, -2.0, -5.0, -10.0),
+    search_percentiles=(97.0, 98.0, 99.0, 99.5),
+    search_multipliers=(-0.5, -1.0, -2.0, -5.0, -10.0),
     object_hookpoint="unet.mid_block.attentions.0",
 )

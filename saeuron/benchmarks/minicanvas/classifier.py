@@ -88,5 +88,5 @@ def augment(images: Tensor, generator: torch.Generator) -> Tensor:
 
 @torch.no_grad()
 def classify(model: MiniCanvasClassifier, images: Tensor, batch_size: int = 256) -> ClassifierOutput:
-    outs = [model(images[i:i + batch_size].to(next(model.parameters()).device)) for i in range(0, len(images), batch_size)]
+    outs = [model(images[i : i + batch_size].to(next(model.parameters()).device)) for i in range(0, len(images), batch_size)]
     return ClassifierOutput(torch.cat([o.style_logits for o in outs]), torch.cat([o.object_logits for o in outs]))

@@ -67,16 +67,23 @@ def measure_generation_quality(
     jobs = [(style, obj, seed) for style in (*STYLES, NO_STYLE) for obj in OBJECTS for seed in seeds]
     batches: list[torch.Tensor] = []
     for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start:start + batch_size]
+        chunk = jobs[start : start + batch_size]
         out = hooked.generate(
-            [eval_prompt(obj, style) for style, obj, _ in chunk], [seed for *_, seed in chunk],
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type="pt", edits=edits,
+            [eval_prompt(obj, style) for style, obj, _ in chunk],
+            [seed for *_, seed in chunk],
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            output_type="pt",
+            edits=edits,
         )
         batches.append(out.images.float().cpu())
     images = torch.cat(batches)
     judge, rows = MiniCanvasJudge(classifier), [{"style": style, "object": obj, "seed": seed} for style, obj, seed in jobs]
-    judged = [r for start in range(0, len(rows), JUDGE_BATCH)
-              for r in judge_batch(judge, images[start:start + JUDGE_BATCH], rows[start:start + JUDGE_BATCH])]
+    judged = [
+        r
+        for start in range(0, len(rows), JUDGE_BATCH)
+        for r in judge_batch(judge, images[start : start + JUDGE_BATCH], rows[start : start + JUDGE_BATCH])
+    ]
 
     def accuracy(which: list[int], key: str, label: str) -> float:
         return float(np.mean([judged[i][key] == label for i in which]))
@@ -86,7 +93,7 @@ def measure_generation_quality(
     unstyled = [i for i, j in enumerate(jobs) if j[0] == NO_STYLE]
     pictures = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     first_seed = [i for i, j in enumerate(jobs) if j[2] == seeds[0]]
-    grid = [[pictures[i] for i in first_seed[r * len(OBJECTS):(r + 1) * len(OBJECTS)]] for r in range(len(STYLES) + 1)]
+    grid = [[pictures[i] for i in first_seed[r * len(OBJECTS) : (r + 1) * len(OBJECTS)]] for r in range(len(STYLES) + 1)]
     return GenerationQuality(style_acc, object_acc, accuracy(unstyled, "style_pred", NO_STYLE), len(jobs), grid)
 
 
@@ -105,7 +112,9 @@ def main() -> None:
     torch.set_num_threads(1)
     minicanvas = load_minicanvas()
     seeds = list(range(args.first_seed, args.first_seed + args.seeds_per_prompt))
-    quality = measure_generation_quality(minicanvas.load_pipeline(), minicanvas.load_classifier(), seeds, args.steps, args.guidance)
+    quality = measure_generation_quality(
+        minicanvas.load_pipeline(), minicanvas.load_classifier(), seeds, args.steps, args.guidance
+    )
     print(f"{quality.images} generated images, DDIM {args.steps} steps, CFG {args.guidance}, seeds {seeds}")
     print(quality.table())
     if args.grid:

@@ -47,13 +47,25 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
     elif kind == "Triangles":
         pts = [(0.0, -1.0), (0.95, 0.7), (-0.95, 0.7)]
     elif kind == "Stars":
-        pts = [((1.0 if i % 2 == 0 else 0.42) * math.sin(i * math.pi / 5), -(1.0 if i % 2 == 0 else 0.42) * math.cos(i * math.pi / 5)) for i in range(10)]
+        pts = [
+            (
+                (1.0 if i % 2 == 0 else 0.42) * math.sin(i * math.pi / 5),
+                -(1.0 if i % 2 == 0 else 0.42) * math.cos(i * math.pi / 5),
+            )
+            for i in range(10)
+        ]
     elif kind == "Crosses":
         w = 0.33
         pts = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w)]
     elif kind == "Hearts":
         ts = np.linspace(0, 2 * math.pi, 48, endpoint=False)
-        pts = [(16 * math.sin(t) ** 3 / 17, -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)) / 17 - 0.1) for t in ts]
+        pts = [
+            (
+                16 * math.sin(t) ** 3 / 17,
+                -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)) / 17 - 0.1,
+            )
+            for t in ts
+        ]
     elif kind == "Diamonds":
         pts = [(0.0, -1.0), (0.62, 0.0), (0.0, 1.0), (-0.62, 0.0)]
     else:

@@ -74,8 +74,11 @@ def learn_merges(corpus: list[str]) -> list[tuple[str, str]]:
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = trainers.BpeTrainer(
-        vocab_size=100_000, min_frequency=1, initial_alphabet=list(bytes_to_unicode().values()),
-        end_of_word_suffix="</w>", show_progress=False,
+        vocab_size=100_000,
+        min_frequency=1,
+        initial_alphabet=list(bytes_to_unicode().values()),
+        end_of_word_suffix="</w>",
+        show_progress=False,
     )
     tokenizer.train_from_iterator(corpus, trainer)
     with tempfile.TemporaryDirectory() as folder:

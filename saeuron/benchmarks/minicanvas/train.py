@@ -100,8 +100,8 @@ def train_vae(cfg: MiniCanvasTrainConfig, arch: Architecture) -> AutoencoderKL:
             _log("vae", step, cfg.vae_steps, started, loss=loss.item())
     vae.eval()
     with torch.no_grad():
-        means = torch.cat([vae.encode(images[i:i + 512]).latent_dist.mean for i in range(0, len(images), 512)])
-        recon = torch.cat([vae.decode(means[i:i + 512]).sample for i in range(0, len(means), 512)])
+        means = torch.cat([vae.encode(images[i : i + 512]).latent_dist.mean for i in range(0, len(images), 512)])
+        recon = torch.cat([vae.decode(means[i : i + 512]).sample for i in range(0, len(means), 512)])
     vae.register_to_config(scaling_factor=float(1.0 / means.std()))
     psnr = 10 * math.log10(4.0 / F.mse_loss(recon.clamp(-1, 1), images).item())
     logger.info(f"[vae] reconstruction PSNR {psnr:.1f} dB, scaling_factor {vae.config.scaling_factor:.4f}")
@@ -115,7 +115,11 @@ def _prompt_table(tokenizer: CLIPTokenizer) -> torch.Tensor:
     for style in STYLE_LABELS:
         for obj in OBJECTS:
             prompts = [eval_prompt(obj, style)] + [training_prompt(t.format(object=obj), style) for t in CAPTION_TEMPLATES]
-            rows.append(tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids)
+            rows.append(
+                tokenizer(
+                    prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+                ).input_ids
+            )
     return torch.stack(rows).reshape(len(STYLE_LABELS), len(OBJECTS), len(CAPTION_TEMPLATES) + 1, -1)
 
 
@@ -127,14 +131,16 @@ def train_unet(cfg: MiniCanvasTrainConfig, arch: Architecture) -> None:
     data = render_dataset(cfg.images_per_pair, cfg.seed)
     images, styles, objects = data.tensors()
     with torch.no_grad():
-        dists = [vae.encode(images[i:i + 512] * 2 - 1).latent_dist for i in range(0, len(images), 512)]
+        dists = [vae.encode(images[i : i + 512] * 2 - 1).latent_dist for i in range(0, len(images), 512)]
     latent_mean = torch.cat([d.mean for d in dists])
     latent_std = torch.cat([d.std for d in dists])
     scale = vae.config.scaling_factor
     table = _prompt_table(tokenizer)
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids[0]
 
-    text_encoder = build_text_encoder(arch, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    text_encoder = build_text_encoder(
+        arch, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id
+    )
     unet = build_unet(arch)
     params = [*unet.parameters(), *text_encoder.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
@@ -170,8 +176,13 @@ def train_unet(cfg: MiniCanvasTrainConfig, arch: Architecture) -> None:
     ema_unet.copy_to(unet.parameters())
     ema_text.copy_to(text_encoder.parameters())
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=DDIMScheduler(**SD_V1_SCHEDULER), safety_checker=None, feature_extractor=None,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler(**SD_V1_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.save_pretrained(pipeline_dir)

@@ -1,0 +1,81 @@
+"""What a search is configured with: the concepts, the (p, γ) grid, the scheduler and its budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from saeuron.benchmarks import Benchmark, get_benchmark
+from saeuron.sections import WithEdit, WithJudge, WithModel, WithSampling, WithTracking
+
+SCHEDULERS = ("grid", "asha")
+
+
+@dataclass
+class SearchOptions:
+    """What a study's search section holds."""
+
+    concepts: list[str] = field(default_factory=list)
+    """Concepts to tune, styles and objects mixed; each gets its own search."""
+    percentiles: list[float] = field(default_factory=list)
+    """Percentiles of the grid; empty: the benchmark's (UnlearnCanvas: the reference's 99.99, 99.995, 99.999)."""
+    multipliers: list[float] = field(default_factory=list)
+    """Multipliers (γ < 0) of the grid; empty: the benchmark's (UnlearnCanvas: the reference's −1, −5, …, −30)."""
+    scheduler: str = "asha"
+    """"grid" scores every (p, γ) on every prompt; "asha" stops poor ones early."""
+    prompts_per_cell: int = 1
+    """Tuning prompts per (style, object) cell; MiniCanvas: 88 per concept at 1."""
+    max_prompts: int = 0
+    """Cap on tuning prompts per concept (every prefix is balanced); 0: all of them."""
+    chunk: int = 8
+    """Prompts generated between two reports (ASHA's unit of resource)."""
+    grace_prompts: int = 8
+    """ASHA: prompts every trial scores before it can be stopped (then rungs at grace × reduction_factor^k)."""
+    reduction_factor: float = 4
+    """ASHA: the fraction 1/reduction_factor of trials that go on at each rung."""
+    tuning_seed: int = 0
+    """Offset of the tuning prompts' seeds (from 10,000 up: never an evaluation seed)."""
+    max_concurrent_trials: int = 0
+    """0: as many as the cluster fits (one GPU each, or cpu_threads_per_trial CPUs each)."""
+    cpu_threads_per_trial: int = 1
+    """torch threads (and reserved CPUs) of a trial without a GPU."""
+    max_failures: int = 2
+    """Retries of a trial whose worker died; it resumes from its last checkpoint."""
+    name: str = "search"
+    """Names the search's MLflow run and its folder <study_dir>/search/<name>."""
+    register_as: str = ""
+    """Register the chosen recipes under this MLflow model name (alias "current"); "{benchmark}" is replaced by
+    the benchmark's name; empty: don't register."""
+
+
+@dataclass
+class SearchConfig(SearchOptions, WithJudge, WithEdit, WithSampling, WithModel, WithTracking):
+    style_statistics: str = ""
+    """Statistics folder of the style hookpoint (jobs/gather.py --kind style)."""
+    object_statistics: str = ""
+    """Statistics folder of the object hookpoint (jobs/gather.py --kind object)."""
+    output_dir: str = ""
+    """The search's folder (Tune state, recipes, heat maps); empty: <study_dir>/search/<name>."""
+
+    @property
+    def benchmark(self) -> Benchmark:
+        return get_benchmark(self.model.benchmark)
+
+    @property
+    def registered_name(self) -> str:
+        return self.register_as.replace("{benchmark}", self.model.benchmark)
+
+    @property
+    def search_dir(self) -> Path:
+        return Path(self.output_dir or Path(self.tracking.study_dir) / "search" / self.name).expanduser().resolve()
+
+
+def grid_of(cfg: SearchConfig) -> tuple[list[float], list[float]]:
+    percentiles = cfg.percentiles or list(cfg.benchmark.search_percentiles)
+    multipliers = cfg.multipliers or list(cfg.benchmark.search_multipliers)
+    bad = [p for p in percentiles if not 0 < p < 100]
+    if bad:
+        raise ValueError(f"percentiles must be in (0, 100), got {bad}")
+    if any(g >= 0 for g in multipliers):
+        raise ValueError(f"multipliers must be negative (γ < 0 suppresses a concept), got {multipliers}")
+    return [float(p) for p in percentiles], [float(g) for g in multipliers]
