@@ -104,6 +104,16 @@ class TrainedSae:
     model_version: str | None = None
 
 
+def _ordered_ingest():
+    """Blocks reach a worker in the dataset's (seeded) order, not in the order tasks happen to finish:
+    without it, two runs of one config train on differently ordered batches and end with different SAEs."""
+    import ray.train
+
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
+
+
 def train_hookpoint(cfg: TrainConfig, hookpoint: str, mlflow_run_id: str | None, tracking_uri: str | None) -> TrainedSae:
     import ray
     import ray.train
@@ -151,7 +161,7 @@ def train_hookpoint(cfg: TrainConfig, hookpoint: str, mlflow_run_id: str | None,
             resources_per_worker=None if use_gpu else {"CPU": cfg.cpus_per_worker},
         ),
         datasets={"train": train, "validation": validation},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options=_ordered_ingest()),
         run_config=ray.train.RunConfig(
             name=f"{run_name}-{hookpoint}",
             storage_path=storage,
