@@ -181,7 +181,7 @@ def test_collect_writes_readable_parquet_equal_to_a_direct_capture(tmp_path, ray
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'study' / 'mlflow.db'}")
     run = mlflow.search_runs(experiment_names=["saeuron"], output_format="list")[0]
     assert run.data.metrics["prompts_collected"] == 6
-    assert run.data.params["num_inference_steps"] == "4"
+    assert run.data.params["sampling.num_inference_steps"] == "4"  # params are the config's paths, as the flags
 
     # The training reader: vectors as float32, validation split by prompt.
     train = activation_dataset(cfg.dataset_dir, HOOKS[0], split="train", validation_fraction=0.34, seed=1)

@@ -1,7 +1,6 @@
 """jobs/pipeline.py's study: every stage once under one MLflow run, then a rerun that skips them all."""
 
 import json
-import logging
 
 import mlflow
 import pytest
@@ -43,14 +42,20 @@ def tiny_study(study_dir, concepts=("Neon_Glow", "Stars"), multipliers=("-1", "-
 
 
 @pytest.mark.slow
-def test_the_study_runs_every_stage_once_and_resumes_by_skipping_them(tmp_path, ray_cluster, capsys, caplog):
-    caplog.set_level(logging.INFO, logger="saeuron")
-    cfg = tiny_study(tmp_path / "study")
+def test_the_study_runs_every_stage_once_and_resumes_by_skipping_them(tmp_path, ray_cluster, capsys):
+    cfg = tiny_study(tmp_path / "study")  # parsing sets up the console: the saeuron logger writes to stdout
     first = run_study(cfg)
     printed = capsys.readouterr().out
     assert "UA" in printed and "report:" in printed and "MLflow UI: mlflow ui --backend-store-uri sqlite:///" in printed
     scores = first["evaluate"]["scores"]
-    assert set(scores) == {"Neon_Glow", "Stars"} and all(0 <= v <= 1 for s in scores.values() for v in s.values())
+    # Measured (deterministic: seeded prompts, training in the dataset's order, a grid search): 40 prompts at
+    # 6 steps make too small an SAE to forget a style on 11 tuning prompts (Neon_Glow's choice, γ −1, leaves
+    # it drawn), while Stars is forgotten on 10 of its 11 evaluation images and every other concept kept.
+    assert scores == {
+        "Neon_Glow": {"UA": 0.0, "IRA": 1.0, "CRA": 1.0},
+        "Stars": {"UA": pytest.approx(10 / 11), "IRA": 1.0, "CRA": 1.0},
+    }
+    assert first["search"]["chosen"] == {"Neon_Glow": [99.0, -1.0, 0.5], "Stars": [99.0, -5.0, pytest.approx(0.9)]}
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'study' / 'mlflow.db'}")
     client = mlflow.MlflowClient()
@@ -64,16 +69,15 @@ def test_the_study_runs_every_stage_once_and_resumes_by_skipping_them(tmp_path, 
 
     records = tmp_path / "study" / "stages" / "tiny"
     before = {p.name: p.read_text() for p in records.glob("*.json")}
-    caplog.clear()
     again = run_study(cfg)
-    assert caplog.text.count("already done with this config, skipped") == 6  # collect, train, 2 × gather, search, evaluate
+    skipped = capsys.readouterr().out.count("already done with this config, skipped")
+    assert skipped == 6  # collect, train, 2 × gather, search, evaluate
     assert again["evaluate"] == first["evaluate"] and again["run_id"] == first["run_id"]
     assert {p.name: p.read_text() for p in records.glob("*.json")} == before
 
     # A changed search reruns the search and the evaluation, nothing before them.
-    caplog.clear()
     third = run_study(tiny_study(tmp_path / "study", concepts=("Neon_Glow",), multipliers=("-1",)))
-    assert caplog.text.count("already done with this config, skipped") == 4
+    assert capsys.readouterr().out.count("already done with this config, skipped") == 4
     assert set(third["evaluate"]["scores"]) == {"Neon_Glow"}
     assert json.loads((records / "search.json").read_text())["outputs"]["chosen"].keys() == {"Neon_Glow"}
     # The study joined the caller's cluster and must leave it running for them.
