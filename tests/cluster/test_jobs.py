@@ -225,8 +225,9 @@ def test_the_study_runs_as_submitted_ray_jobs_against_an_mlflow_server(local_ser
         [client.get_experiment_by_name("saeuron").experiment_id], "attributes.run_name = 'evaluate-jobs'"
     )
     metrics = evaluation.data.metrics
-    # A 48-prompt, 10-step study still forgets the style (measured: UA 1.0); what the 22-prompt search keeps
-    # of the other styles varies with so small an SAE (measured IRA 0.44), so only its range is checked.
-    print("MEASURED", {k: v for k, v in metrics.items() if k.startswith("Neon_Glow.")})
-    assert metrics["Neon_Glow.UA"] >= 0.6 and 0 <= metrics["Neon_Glow.IRA"] <= 1
+    # Measured (deterministic: seeded prompts, training in the dataset's order, a grid search): a 48-prompt,
+    # 10-step study forgets Neon_Glow on every image, but its small SAE's latents are not specific enough to
+    # keep the rest: 20 of the 72 other styled images keep their style and no unstyled image keeps its object.
+    assert metrics["Neon_Glow.UA"] == 1.0 and metrics["Neon_Glow.CRA"] == 0.0
+    assert metrics["Neon_Glow.IRA"] == pytest.approx(20 / 72, abs=0.03)
     assert {"report/index.html", "report/scores.png"} <= {a.path for a in client.list_artifacts(evaluation.info.run_id, "report")}
