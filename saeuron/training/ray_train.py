@@ -107,9 +107,13 @@ class TrainedSae:
 def _ordered_ingest():
     """Blocks reach a worker in the dataset's (seeded) order, not in the order tasks happen to finish:
     without it, two runs of one config train on differently ordered batches and end with different SAEs."""
+    import warnings
+
     import ray.train
 
-    options = ray.train.DataConfig.default_ingest_options()
+    with warnings.catch_warnings():  # Ray's own defaults still set its deprecated exclude_resources
+        warnings.filterwarnings("ignore", message=".*exclude_resources.*")
+        options = ray.train.DataConfig.default_ingest_options()
     options.preserve_order = True
     return options
 
