@@ -67,9 +67,6 @@ def to_dict(config: Any) -> dict[str, Any]:
     return _plain(dataclasses.asdict(config))
 
 
-config_to_dict = to_dict
-
-
 def config_to_yaml(config: Any) -> str:
     """YAML that :func:`parse_config` reads back into the same config."""
     return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True)

@@ -18,7 +18,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow
 
-from saeuron.config import config_to_dict, config_to_yaml
+from saeuron.config import config_to_yaml, to_dict
 from saeuron.sections import TrackingConfig
 
 
@@ -67,7 +67,7 @@ def tracked_run(
     experiment_id = ensure_experiment(uri, tracking.experiment, tracking.study_dir)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested) as run:
         params: dict[str, Any] = {}
-        _flatten("", config_to_dict(config), params)
+        _flatten("", to_dict(config), params)
         mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "config.yaml"
@@ -92,7 +92,7 @@ def parent_run(
         tags = {**(tags or {}), "mlflow.parentRunId": tracking.parent_run_id}
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     params: dict[str, Any] = {}
-    _flatten("", config_to_dict(config), params)
+    _flatten("", to_dict(config), params)
     client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"

@@ -15,7 +15,7 @@ from typing import Any
 from saeuron.benchmarks import get_benchmark
 from saeuron.collection.collect import CollectConfig, CollectOptions
 from saeuron.evaluation.evaluate import EvaluateConfig, EvaluateOptions
-from saeuron.method.gather import GatherOptions
+from saeuron.method.gather import GatherConfig, GatherOptions
 from saeuron.sae import SaeConfig
 from saeuron.sae.trainer import SaeTrainConfig
 from saeuron.sections import (
@@ -126,6 +126,20 @@ def stage_configs(cfg: StudyConfig, parent_run_id: str) -> dict[str, Any]:
             resources=cfg.resources,
         ),
     }
+
+
+def gather_config(cfg: StudyConfig, tracking: TrackingConfig, kind: str, sae: str) -> GatherConfig:
+    """The statistics stage of one kind, for the SAE that training produced (known only after it ran)."""
+    return GatherConfig(
+        **_fields(cfg.gather),
+        sae=sae,
+        kind=kind,
+        hookpoint=cfg.hookpoints[kind],
+        tracking=tracking,
+        model=cfg.model,
+        sampling=cfg.sampling,
+        resources=cfg.resources,
+    )
 
 
 def search_folder_key(search: SearchConfig) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from saeuron.atomic_files import write_text_atomic
-from saeuron.config import config_to_dict
+from saeuron.config import to_dict
 from saeuron.console import logger
 
 
@@ -57,6 +57,6 @@ class StageRecords:
 
 
 def _comparable(config: Any) -> Any:
-    data = config_to_dict(config) if not isinstance(config, dict) else dict(config)
+    data = to_dict(config) if not isinstance(config, dict) else dict(config)
     data.get("tracking", {}).pop("parent_run_id", None)  # a rerun under another study run is the same stage
     return json.loads(json.dumps(data, default=str))

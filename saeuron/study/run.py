@@ -13,7 +13,7 @@ from typing import Any
 
 from saeuron.console import logger
 from saeuron.method.gather import GatherConfig
-from saeuron.study.config import StudyConfig, search_folder_key, stage_configs
+from saeuron.study.config import StudyConfig, gather_config, search_folder_key, stage_configs
 from saeuron.study.records import StageRecords
 
 
@@ -65,16 +65,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     for kind, hookpoint in cfg.hookpoints.items():
         sae = saes[hookpoint]
         ref = f"models:/{registered_name(cfg.model.benchmark, hookpoint)}/{sae['version']}" if sae["version"] else sae["folder"]
-        gather_cfg = GatherConfig(
-            **{name: getattr(cfg.gather, name) for name in cfg.gather.__dataclass_fields__},
-            sae=ref,
-            kind=kind,
-            hookpoint=hookpoint,
-            tracking=collect_cfg.tracking,
-            model=cfg.model,
-            sampling=cfg.sampling,
-            resources=cfg.resources,
-        )
+        gather_cfg = gather_config(cfg, collect_cfg.tracking, kind, ref)
 
         def run_gather(c: GatherConfig = gather_cfg) -> dict:
             gather_tracked(c)

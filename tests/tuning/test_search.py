@@ -100,10 +100,10 @@ def test_search_picks_a_recipe_logs_trials_in_mlflow_and_evaluate_takes_it_by_ru
     assert artifacts == {"heatmaps/heatmap_Neon_Glow.png"}
     assert client.get_model_version_by_alias("test-recipes", "current").run_id == result.run_id
 
-    evaluation = evaluate(
-        build_config(
+    def evaluate_recipes(reference: str):
+        cfg = build_config(
             EvaluateConfig,
-            recipes=[f"runs:/{result.run_id}/recipes"],
+            recipes=[reference],
             seeds=[188],
             num_inference_steps=STEPS,
             guidance_scale=7.5,
@@ -111,20 +111,11 @@ def test_search_picks_a_recipe_logs_trials_in_mlflow_and_evaluate_takes_it_by_ru
             batch_size=22,
             fid="none",
         )
-    )
+        return evaluate(cfg)
+
+    evaluation = evaluate_recipes(f"runs:/{result.run_id}/recipes")
     assert [name for name, _ in evaluation.scores] == ["Neon_Glow"] and evaluation.scores[0][1].ua >= 0.75
-    again = evaluate(
-        build_config(
-            EvaluateConfig,
-            recipes=["models:/test-recipes@current"],
-            seeds=[188],
-            num_inference_steps=STEPS,
-            guidance_scale=7.5,
-            study_dir=str(study),
-            batch_size=22,
-            fid="none",
-        )
-    )
+    again = evaluate_recipes("models:/test-recipes@current")
     assert again.scores[0][1] == evaluation.scores[0][1]
 
 
