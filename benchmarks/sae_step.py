@@ -1,35 +1,79 @@
-"""SAE train-step throughput: saeuron vs EleutherAI sparsify, side by side in one process.
+"""SAE training against EleutherAI sparsify, side by side in one process: step speed and held-out quality.
 
-    python benchmarks/sae_step.py                 # paper shape: d=1280, F=20480, k=32, 4096 vectors
-    python benchmarks/sae_step.py --quick         # d=320, F=5120, k=32, 1024 vectors
+    python benchmarks/sae_step.py --device cuda                  # paper shape: d=1280, F=20480, k=32, 4096 vectors
+    python benchmarks/sae_step.py --device cpu --shape quick     # d=320, F=5120, k=32, 1024 vectors
 
-Both sides run the same step (forward, FVU loss, backward, clip, parallel-gradient removal,
-Adam) on the same data; sparsify is its ``SparseCoder`` with the same d, F, k. Needs the
-``bench`` extra (``pip install -e .[bench]``); on a machine without a GPU, sparsify needs
-``SPARSIFY_DISABLE_TRITON=1`` (set here), since its CUDA triton build finds no driver.
+**Speed**: every side runs the whole training step (forward, loss, backward, clipping, parallel-gradient
+removal, Adam) on the same batch; sides take turns in rounds so drift on a shared machine hits all alike,
+and the median round counts. sparsify is its ``SparseCoder`` as its users run it (on a GPU its triton decoder
+and its bf16 autocast; on a CPU its eager decoder, since its triton kernels need a GPU), with plain Adam.
+saeuron runs with its defaults (``kernels`` and ``mixed_precision`` "auto": dense bf16 products on a GPU,
+the sparse fp32 kernels on a CPU) and, for reference, forced to the sparse fp32 path.
+
+**Quality**: each side trains ``--quality_steps`` steps on the same stream of structured vectors (a mean
+offset plus 32-sparse positive mixtures of 16,384 unit directions, plus noise), with the same learning
+rate (constant 4e-4) and the same decoder-bias start, and is scored by FVU on held-out vectors; run once
+with ``b_dec`` at zero (sparsify's start) and once at the geometric median of the first batch (ours).
+
+Needs the ``bench`` extra (``pip install -e .[bench]``). ``--out FILE`` also writes the figures as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import os
+import statistics
+import sys
 import time
-
-os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
+import types
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from saeuron.sae import Sae, SaeConfig
-from saeuron.sae.trainer import SaeTrainConfig, SaeTrainer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a bare checkout (the GPU machine)
+
+from saeuron.sae import Sae, SaeConfig, geometric_median  # noqa: E402
+from saeuron.sae.trainer import SaeTrainConfig, SaeTrainer  # noqa: E402
+
+SHAPES = {"paper": (1280, 20480, 32, 4096), "quick": (320, 5120, 32, 1024), "tiny": (64, 512, 8, 256)}
+Step = Callable[[torch.Tensor], object]
 
 
-def sparsify_step_fn(d: int, f: int, k: int, device: str):
-    from sparsify import SparseCoder, SparseCoderConfig
+def import_sparse_coder():
+    """sparsify's ``SparseCoder`` and its config. Its package ``__init__`` also imports its language-model
+    trainer (``datasets`` and more); where that fails, the coder's own modules are loaded without it."""
+    try:
+        from sparsify import SparseCoder, SparseCoderConfig
+    except ImportError as error:
+        spec = importlib.util.find_spec("sparsify")
+        if spec is None or not spec.submodule_search_locations:
+            raise
+        package = types.ModuleType("sparsify")
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules["sparsify"] = package
+        from sparsify.config import SparseCoderConfig
+        from sparsify.sparse_coder import SparseCoder
 
+        print(f"  (sparsify's package import failed: {error}; its sparse_coder module runs alone)", flush=True)
+    return SparseCoder, SparseCoderConfig
+
+
+def sparsify_side(d: int, f: int, k: int, device: str, zero_b_dec: bool = True, lr: float = 4e-4):
+    SparseCoder, SparseCoderConfig = import_sparse_coder()
+
+    torch.manual_seed(0)
     coder = SparseCoder(d, SparseCoderConfig(num_latents=f, k=k), device=device)
-    optimizer = torch.optim.Adam(coder.parameters(), lr=4e-4, eps=6.25e-10)
+    optimizer = torch.optim.Adam(coder.parameters(), lr=lr, eps=6.25e-10)
+    first = [not zero_b_dec]
 
     def step(x: torch.Tensor) -> None:
+        if first[0]:
+            coder.b_dec.data = geometric_median(x).to(coder.dtype)
+            first[0] = False
         coder.set_decoder_norm_to_unit_norm()
         out = coder(x)
         out.fvu.backward()
@@ -38,53 +82,161 @@ def sparsify_step_fn(d: int, f: int, k: int, device: str):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return step
+    @torch.no_grad()
+    def held_out_fvu(batches: list[torch.Tensor]) -> float:
+        return _pooled_fvu(batches, lambda x: coder(x).sae_out.float())
+
+    return step, held_out_fvu
 
 
-def saeuron_step_fn(d: int, f: int, k: int, device: str, batch_topk: bool):
+def saeuron_side(d: int, f: int, k: int, device: str, batch_topk: bool, **train: object):
+    torch.manual_seed(0)
     sae = Sae(d, SaeConfig(num_latents=f, k=k, batch_topk=batch_topk), device=device)
-    trainer = SaeTrainer(sae, SaeTrainConfig(), total_steps=1_000_000)
-    return lambda x: trainer.step(x)
+    trainer = SaeTrainer(sae, SaeTrainConfig(**train), total_steps=1_000_000)  # type: ignore[arg-type]
+
+    @torch.no_grad()
+    def held_out_fvu(batches: list[torch.Tensor]) -> float:
+        with torch.autocast(sae.device.type, dtype=torch.bfloat16, enabled=trainer.autocast_dtype is not None):
+            return _pooled_fvu(batches, lambda x: sae(x, dense=trainer.dense).sae_out.float())
+
+    return trainer.step, held_out_fvu
 
 
-def vectors_per_second(step, x: torch.Tensor, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        step(x)
-    if x.is_cuda:
+def _pooled_fvu(batches: list[torch.Tensor], reconstruct: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    error = variance = 0.0
+    for x in batches:
+        error += float((reconstruct(x) - x).pow(2).sum())
+        variance += float((x - x.mean(0)).pow(2).sum())
+    return error / variance
+
+
+def structured_stream(d: int, n: int, count: int, device: str, seed: int, atoms: int = 16_384, active: int = 32):
+    """``count`` batches of [n, d] vectors: an offset plus ``active``-sparse mixtures of unit atoms, plus noise.
+    The dictionary and offset depend only on ``d`` (the same world for every seed)."""
+    world = torch.Generator(device=device).manual_seed(1234)
+    dictionary = F.normalize(torch.randn(atoms, d, generator=world, device=device), dim=1)
+    offset = 3.0 * F.normalize(torch.randn(d, generator=world, device=device), dim=0)
+    g = torch.Generator(device=device).manual_seed(seed)
+    popularity = torch.rand(atoms, generator=world, device=device).pow(4) + 1e-3  # some atoms far more frequent
+    batches = []
+    for _ in range(count):
+        gumbel = -torch.log(-torch.log(torch.rand(n, atoms, generator=g, device=device).clamp_min(1e-20)))
+        idx = (popularity.log() + gumbel).topk(active, dim=1).indices  # `active` draws without replacement
+        coef = torch.rand(n, active, generator=g, device=device).pow(2) * 2
+        noise = 0.05 * torch.randn(n, d, generator=g, device=device)
+        batches.append(offset + torch.zeros(n, atoms, device=device).scatter(1, idx, coef) @ dictionary + noise)
+    return batches
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step(x)
-    if x.is_cuda:
-        torch.cuda.synchronize()
-    return repeats * x.shape[0] / (time.perf_counter() - start)
+
+
+def speed(sides: dict[str, Step], x: torch.Tensor, device: str, steps: int, rounds: int) -> dict[str, float]:
+    for step in sides.values():
+        for _ in range(3):  # warm-up: allocator, autotuning, triton compilation
+            step(x)
+    _sync(device)
+    per_round: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(rounds):
+        for name, step in sides.items():
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                step(x)
+            _sync(device)
+            per_round[name].append(steps * x.shape[0] / (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in per_round.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small shape for a fast check")
-    parser.add_argument("--vectors", type=int, default=None, help="vectors per step (default 4096; 1024 with --quick)")
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="paper")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps per side and round (default 30 on a GPU, 3 on a CPU)"
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quality_steps", type=int, default=1000, help="0 skips the quality comparison")
+    parser.add_argument("--out", type=Path, default=None, help="also write the figures here as JSON")
+    parser.add_argument("--profile", action="store_true", help="print where five steps spend their time")
     args = parser.parse_args()
+    if not args.device.startswith("cuda"):
+        os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")  # its triton kernels need a GPU
+    d, f, k, n = SHAPES[args.shape]
+    steps = args.steps or (30 if args.device.startswith("cuda") else 3)
+    name = (
+        torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
+    )
+    print(f"SAE training, d={d} F={f} k={k}, {n} vectors a step, on {name}, torch {torch.__version__}", flush=True)
+    figures: dict[str, object] = {"device": name, "torch": torch.__version__, "shape": {"d": d, "F": f, "k": k, "n": n}}
 
-    d, f, k = (320, 5120, 32) if args.quick else (1280, 20480, 32)
-    n = args.vectors or (1024 if args.quick else 4096)
-    torch.manual_seed(0)
-    x = torch.randn(n, d, device=args.device)
-    print(f"shape d={d} F={f} k={k}, {n} vectors/step, device={args.device}, threads={torch.get_num_threads()}")
-
-    results = {}
+    x = structured_stream(d, n, 1, args.device, seed=99)[0]
     sides = {
-        "sparsify TopK": lambda: sparsify_step_fn(d, f, k, args.device),
-        "saeuron TopK": lambda: saeuron_step_fn(d, f, k, args.device, batch_topk=False),
-        "saeuron BatchTopK": lambda: saeuron_step_fn(d, f, k, args.device, batch_topk=True),
+        "sparsify TopK": sparsify_side(d, f, k, args.device)[0],
+        "saeuron TopK": saeuron_side(d, f, k, args.device, batch_topk=False)[0],
+        "saeuron BatchTopK": saeuron_side(d, f, k, args.device, batch_topk=True)[0],
+        "saeuron TopK, sparse fp32": saeuron_side(d, f, k, args.device, False, kernels="sparse", mixed_precision="none")[0],
     }
-    for name, build in sides.items():
-        results[name] = vectors_per_second(build(), x, warmup=1, repeats=args.repeats)
-        print(f"{name:>18}: {results[name]:10.0f} vectors/s")
-    for ours in ("saeuron TopK", "saeuron BatchTopK"):
-        print(f"ratio {ours} / sparsify TopK: {results[ours] / results['sparsify TopK']:.2f}")
+    rates = speed(sides, x, args.device, steps, args.rounds)
+    peer = rates["sparsify TopK"]
+    for side, rate in rates.items():
+        print(f"  {side:>26}: {rate:>12,.0f} vectors/s   {rate / peer:.2f}x sparsify", flush=True)
+    figures["vectors_per_second"] = rates
+    figures["ratio_to_sparsify"] = {side: rate / peer for side, rate in rates.items()}
+    if args.profile:
+        for side in ("saeuron TopK", "sparsify TopK"):
+            try:
+                profile(side, sides[side], x)
+            except Exception as error:  # a profiler that fails must not cost the figures
+                print(f"  profile of {side} failed: {error!r}", flush=True)
+    del sides
+    if args.quality_steps:
+        figures["held_out_fvu"] = quality(d, f, k, n, args.device, args.quality_steps)
+    if args.out:
+        args.out.write_text(json.dumps(figures, indent=2))
+
+
+def profile(side: str, step: Step, x: torch.Tensor) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.is_cuda else [])
+    with torch_profile(activities=activities) as prof:
+        for _ in range(5):
+            step(x)
+        _sync(str(x.device))
+    sort_by = "self_device_time_total" if x.is_cuda else "self_cpu_time_total"
+    print(
+        f"  profile of 5 steps, {side}:\n{prof.key_averages().table(sort_by=sort_by, row_limit=14, max_name_column_width=60)}",
+        flush=True,
+    )
+
+
+def quality(d: int, f: int, k: int, n: int, device: str, train_steps: int) -> dict[str, float]:
+    stream = structured_stream(d, n, train_steps, device, seed=0)
+    held_out = structured_stream(d, n, 4, device, seed=1)
+    constant = {"lr_schedule": "constant"}
+    results = {}
+    for start in ("zero", "geometric_median"):
+        sides = {
+            "sparsify TopK": sparsify_side(d, f, k, device, zero_b_dec=start == "zero"),
+            "saeuron TopK": saeuron_side(d, f, k, device, False, b_dec_init=start, **constant),
+            "saeuron BatchTopK": saeuron_side(d, f, k, device, True, b_dec_init=start, **constant),
+        }
+        for side, (step, held_out_fvu) in sides.items():
+            started = time.perf_counter()
+            for x in stream:
+                step(x)
+            fvu = held_out_fvu(held_out)
+            results[f"{side}, b_dec {start}"] = fvu
+            print(
+                f"  held-out FVU after {train_steps} steps, b_dec {start:>16}: {side:>18} {fvu:.5f}"
+                f"  ({time.perf_counter() - started:.1f}s)",
+                flush=True,
+            )
+    return results
 
 
 if __name__ == "__main__":

@@ -181,13 +181,12 @@ class HookedPipeline:
         records = {path: Capture() for path in captures}
         scheduler = self.pipe.scheduler
 
+        lookup = _TimestepLookup()
+
         def on_unet_call(_module, args, kwargs):
             sample = kwargs.get("sample", args[0] if args else None)
             t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-            t_value = int(t.reshape(-1)[0]) if isinstance(t, Tensor) else int(t)
-            state.timestep = t_value
-            matches = (scheduler.timesteps == t_value).nonzero() if getattr(scheduler, "timesteps", None) is not None else []
-            state.step_index = int(matches[0]) if len(matches) else -1
+            state.timestep, state.step_index = lookup(t, getattr(scheduler, "timesteps", None))
             cfg = getattr(self.pipe, "do_classifier_free_guidance", False)
             state.num_uncond = sample.shape[0] // 2 if cfg else 0
 
@@ -214,7 +213,9 @@ class HookedPipeline:
                     kept = tokens[call.cond_rows] if capture_half == "cond" else tokens
                     record.timesteps.append(call.timestep)
                     record.step_indices.append(call.step_index)
-                    record.maps.append(kept.detach().to(capture_device, copy=True))
+                    # Kept on the UNet's device until sampling ends: a copy to the host here would wait
+                    # for the device at every call.
+                    record.maps.append(kept.detach().clone())
                 return None if replaced is None else _replace_block_tensor(output, replaced)
 
             return on_block_output
@@ -227,6 +228,8 @@ class HookedPipeline:
         finally:
             for handle in handles:
                 handle.remove()
+        for record in records.values():
+            record.maps = _moved(record.maps, torch.device(capture_device))
 
     @torch.no_grad()
     def generate(
@@ -264,3 +267,44 @@ class HookedPipeline:
                 output_type=output_type,
             )
         return GenerationOutput(result.images, captures)
+
+
+def _moved(maps: list[Tensor], device: torch.device) -> list[Tensor]:
+    """The maps on ``device`` with one copy: from a GPU into pinned host memory, waited for once."""
+    if not maps or maps[0].device == device:
+        return maps
+    stacked = torch.stack(maps)
+    if device.type == "cpu" and stacked.is_cuda:
+        host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
+        host.copy_(stacked, non_blocking=True)
+        torch.cuda.current_stream(stacked.device).synchronize()
+        return list(host.unbind(0))
+    return list(stacked.to(device).unbind(0))
+
+
+class _TimestepLookup:
+    """(timestep, step index) of a UNet call without waiting for the device.
+
+    Pipelines pass ``t`` as an element of ``scheduler.timesteps``, a tensor on the GPU: reading its value
+    (``int(t)``) would wait for all queued work at every call. Its position in that tensor follows from its
+    address instead, and the values come from one host copy of the timesteps per schedule. Any other ``t``
+    (a number, a tensor of its own) is read directly.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[int, int] | None = None
+        self._values: list[int] = []
+
+    def __call__(self, t: Any, timesteps: Tensor | None) -> tuple[int, int]:
+        if not (isinstance(timesteps, Tensor) and timesteps.dim() == 1 and len(timesteps)):
+            return (int(t.reshape(-1)[0]) if isinstance(t, Tensor) else int(t)), -1
+        key = (timesteps.data_ptr(), len(timesteps))
+        if key != self._key:
+            self._key, self._values = key, [int(v) for v in timesteps.tolist()]
+        if isinstance(t, Tensor) and t.dim() == 0 and t.dtype == timesteps.dtype and t.device == timesteps.device:
+            offset = t.data_ptr() - timesteps.data_ptr()
+            index, remainder = divmod(offset, timesteps.element_size() * timesteps.stride(0))
+            if remainder == 0 and 0 <= index < len(timesteps):
+                return self._values[index], index
+        value = int(t.reshape(-1)[0]) if isinstance(t, Tensor) else int(t)
+        return value, self._values.index(value) if value in self._values else -1

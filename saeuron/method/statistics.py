@@ -8,7 +8,6 @@ hookpoint, SAE reference and fingerprint) — a few MB where the reference wrote
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +23,8 @@ INDEX = "statistics.json"
 
 
 def sae_fingerprint(sae: Sae) -> str:
-    """A short hash of the SAE's weights and shape, to tie statistics and recipes to their SAE.
-    Hashed in fp16, so the same SAE loaded in fp32 or fp16 has the same fingerprint."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(sae.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    """The SAE's :meth:`~saeuron.sae.Sae.fingerprint`: the same in every dtype it is loaded in."""
+    return sae.fingerprint()
 
 
 @torch.no_grad()

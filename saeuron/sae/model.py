@@ -7,6 +7,7 @@ published checkpoints runs unchanged: ``encode(x)`` returns ``(top_acts, top_ind
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 
 from saeuron.atomic_files import save_tensors_and_json
 from saeuron.sae.config import SaeConfig
-from saeuron.sae.sparse import SparseCode, _code, batch_topk_indices, decode, decode_fixed_width
+from saeuron.sae.sparse import SparseCode, _code, batch_topk_indices, decode, decode_dense, decode_fixed_width
 
 CONFIG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
@@ -68,6 +69,16 @@ class Sae(nn.Module):
         self.threshold_max_active = 4 * cfg.k
         # None: use the learned threshold when there is one, else per-vector TopK.
         self.inference: str | None = None
+        # Fingerprint of the weights as read from disk, before any cast (see fingerprint()).
+        self.loaded_fingerprint: str | None = None
+
+    def fingerprint(self) -> str:
+        """A short hash of the weights and shapes that ties statistics and recipes to this SAE.
+
+        The weights are hashed in fp16, and an SAE read from disk keeps the hash of its stored weights, so
+        the same SAE loaded in fp32, fp16 or bf16 has one fingerprint (bf16 rounds differently from fp16).
+        """
+        return self.loaded_fingerprint or weights_fingerprint(self.state_dict())
 
     # ------------------------------------------------------------------ properties
     @property
@@ -138,37 +149,53 @@ class Sae(nn.Module):
         code = self.encode(flat)
         return self._destandardise(self.decode(*code), stats).reshape(x.shape)
 
-    def forward(self, x: Tensor, dead_mask: Tensor | None = None, *, auxk_reference: bool = False) -> ForwardOutput:
+    def forward(
+        self, x: Tensor, dead_mask: Tensor | None = None, *, auxk_reference: bool = False, dense: bool = False
+    ) -> ForwardOutput:
         """Training forward of [N, d] (or [..., d]) vectors with the training selection.
 
         ``dead_mask`` [F] marks latents that have not fired for a while; AuxK makes the top
         ``d/2`` of them reconstruct the residual. ``auxk_reference=True`` reproduces the
         reference instead: the residual is not detached, the dead latents fit x̂ − x (not
-        x − x̂) and their reconstruction includes ``b_dec``.
+        x − x̂) and their reconstruction includes ``b_dec``. ``dense=True`` computes the same
+        loss with dense products instead of the sparse kernels (faster on a GPU, see
+        :mod:`saeuron.sae.sparse`).
         """
         target = x.reshape(-1, self.d_in).to(self.dtype)
         normed, stats = self._standardise(target)
         xc = normed - self.b_dec
-        with torch.no_grad():
-            pre = F.relu(F.linear(xc, self.encoder.weight, self.encoder.bias))
         select = batch_topk_indices if self.cfg.batch_topk else _topk_indices
-        code = _code(xc, self.encoder.weight, self.encoder.bias, pre, *select(pre, self.cfg.k))
-        recon = decode(code, self.W_dec) + self.b_dec
+        if dense:
+            pre = F.relu(F.linear(xc, self.encoder.weight, self.encoder.bias))
+            selected = pre.detach()
+
+            def code_of(indices: tuple[Tensor, Tensor]) -> SparseCode:
+                return SparseCode(*indices, pre[indices], xc.shape[0])
+
+            decoded = decode_dense
+        else:
+            with torch.no_grad():
+                pre = selected = F.relu(F.linear(xc, self.encoder.weight, self.encoder.bias))
+
+            def code_of(indices: tuple[Tensor, Tensor]) -> SparseCode:
+                return _code(xc, self.encoder.weight, self.encoder.bias, pre, *indices)
+
+            decoded = decode
+        code = code_of(select(selected, self.cfg.k))
+        recon = decoded(code, self.W_dec) + self.b_dec
         sae_out = self._destandardise(recon, stats)
 
         total_variance = (target - target.mean(0)).pow(2).sum()
         error = sae_out - target
         fvu = error.pow(2).sum() / total_variance
 
-        auxk_loss = sae_out.new_zeros(())
+        auxk_loss = fvu.new_zeros(())
         if dead_mask is not None and (num_dead := int(dead_mask.sum())) > 0:
             k_aux = min(self.d_in // 2, num_dead)
             scale = min(num_dead / k_aux, 1.0)
             with torch.no_grad():
-                dead_pre = pre.masked_fill(~dead_mask, float("-inf"))
-                aux_indices = select(dead_pre, k_aux)
-            aux_code = _code(xc, self.encoder.weight, self.encoder.bias, pre, *aux_indices)
-            aux_recon = decode(aux_code, self.W_dec)
+                aux_indices = select(selected.masked_fill(~dead_mask, float("-inf")), k_aux)
+            aux_recon = decoded(code_of(aux_indices), self.W_dec)
             if auxk_reference:
                 aux_target = recon - normed
                 aux_recon = aux_recon + self.b_dec
@@ -176,10 +203,10 @@ class Sae(nn.Module):
                 aux_target = (normed - recon).detach()
             auxk_loss = scale * (aux_recon - aux_target).pow(2).sum() / total_variance
 
-        multi_topk_fvu = sae_out.new_zeros(())
+        multi_topk_fvu = fvu.new_zeros(())
         if self.cfg.multi_topk:
-            wide = _code(xc, self.encoder.weight, self.encoder.bias, pre, *_topk_indices(pre, 4 * self.cfg.k))
-            wide_out = self._destandardise(decode(wide, self.W_dec) + self.b_dec, stats)
+            wide = code_of(_topk_indices(selected, 4 * self.cfg.k))
+            wide_out = self._destandardise(decoded(wide, self.W_dec) + self.b_dec, stats)
             multi_topk_fvu = (wide_out - target).pow(2).sum() / total_variance
 
         return ForwardOutput(sae_out, code, fvu, auxk_loss, multi_topk_fvu)
@@ -240,6 +267,7 @@ class Sae(nn.Module):
         with torch.device("meta"):
             sae = cls(d_in, cfg)
         sae.load_state_dict({name: tensors[name] for name in expected}, strict=True, assign=True)
+        sae.loaded_fingerprint = weights_fingerprint({name: tensors[name] for name in expected})
         if dtype is not None:
             sae = sae.to(dtype)
         if inference is not None:
@@ -270,6 +298,15 @@ class Sae(nn.Module):
         if missing:
             raise FileNotFoundError(f"no SAE for hookpoints {missing} under {root}; available: {available}")
         return {name: cls.load_from_disk(root / name, device, dtype, inference) for name in wanted}
+
+
+def weights_fingerprint(state: dict[str, Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _topk_indices(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:

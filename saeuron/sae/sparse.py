@@ -5,6 +5,11 @@ TopK gives exactly k per row; BatchTopK gives a variable number per row. Both de
 ``embedding_bag``, and both backpropagate into the encoder through :class:`_SelectedPreacts`,
 whose backward touches only the selected entries: the dense pre-activations are needed for the
 selection, but their gradient never is.
+
+That is the fastest path on a CPU. On a GPU the gathers and scatters of the sparse kernels cost more
+than dense bf16 matrix products of the same shapes (the tensor cores do the [N, F] × [F, d] product of
+the paper's shape in about 0.3 ms on an H200), so :func:`decode_dense` and a dense encoder backward
+(plain autograd) are the GPU path; ``benchmarks/sae_step.py`` measures both.
 """
 
 from __future__ import annotations
@@ -29,8 +34,18 @@ class SparseCode(NamedTuple):
         counts = torch.bincount(self.rows, minlength=self.num_rows)
         return torch.cumsum(counts, 0) - counts
 
-    def l0(self) -> float:
-        return float((self.values > 0).sum()) / max(self.num_rows, 1)
+    def l0(self) -> Tensor:
+        """Mean number of active latents per row, as a 0-d tensor (reading it waits for the device)."""
+        return (self.values > 0).sum() / max(self.num_rows, 1)
+
+    def fired(self, num_latents: int) -> Tensor:
+        """[F] bool: which latents were active in at least one row (no host sync, unlike a boolean index)."""
+        active = (self.values > 0).to(torch.int32)
+        return (
+            torch.zeros(num_latents, dtype=torch.int32, device=active.device)
+            .scatter_reduce(0, self.latents, active, "amax")
+            .bool()
+        )
 
 
 def _offsets(sorted_keys: Tensor, num_bags: int) -> Tensor:
@@ -109,6 +124,13 @@ def batch_topk_indices(preacts: Tensor, k: int, candidates_per_row: int | None =
 def decode(code: SparseCode, w_dec: Tensor) -> Tensor:
     """Σ_j value_j · W_dec[latent_j] per row, without the decoder bias."""
     return F.embedding_bag(code.latents, w_dec, code.row_offsets(), mode="sum", per_sample_weights=code.values.to(w_dec.dtype))
+
+
+def decode_dense(code: SparseCode, w_dec: Tensor) -> Tensor:
+    """:func:`decode` as a dense [N, F] code times ``W_dec``; its backward is two dense products too.
+    Under autocast both run in the autocast dtype."""
+    dense = code.values.new_zeros(code.num_rows, w_dec.shape[0]).index_put((code.rows, code.latents), code.values)
+    return dense @ w_dec
 
 
 def decode_fixed_width(top_acts: Tensor, top_indices: Tensor, w_dec: Tensor) -> Tensor:

@@ -40,10 +40,35 @@ class SaeTrainConfig:
     """For BatchTopK: learn the inference threshold (EMA of the smallest kept activation)."""
     threshold_beta: float = 0.99
     """EMA decay of the learned threshold."""
+    b_dec_init: str = "geometric_median"
+    """Decoder bias before the first step: "geometric_median" of the first batch (the reference) or "zero" (sparsify)."""
+    mixed_precision: str = "auto"
+    """Forward pass under autocast: "bf16", "fp16", "none", or "auto" (bf16 on a GPU that has it, none
+    elsewhere). Parameters, gradients and Adam's state stay in the SAE's dtype either way."""
+    kernels: str = "auto"
+    """"sparse" (gathers: fastest on a CPU), "dense" (bf16 matrix products: fastest on a GPU) or "auto"."""
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("linear", "constant"):
             raise ValueError(f"lr_schedule must be 'linear' or 'constant', got {self.lr_schedule!r}")
+        choices = {"b_dec_init": B_DEC_INITS, "mixed_precision": (*AUTOCAST_DTYPES, "none", "auto"), "kernels": KERNELS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
+        if self.mixed_precision == "auto":
+            gpu_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+            return torch.bfloat16 if gpu_bf16 else None
+        return AUTOCAST_DTYPES.get(self.mixed_precision)
+
+    def dense_kernels(self, device: torch.device) -> bool:
+        return self.kernels == "dense" or (self.kernels == "auto" and device.type != "cpu")
+
+
+B_DEC_INITS = ("geometric_median", "zero")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+KERNELS = ("sparse", "dense", "auto")
 
 
 class StepMetrics(NamedTuple):
@@ -55,6 +80,32 @@ class StepMetrics(NamedTuple):
     l0: float
     dead_fraction: float
     lr: float
+
+
+class StepResult(NamedTuple):
+    """One step's figures as tensors on the SAE's device: reading them waits for the device, so a
+    training loop reads them (:meth:`metrics`) only when it logs."""
+
+    loss: Tensor
+    fvu: Tensor
+    auxk_loss: Tensor
+    multi_topk_fvu: Tensor
+    l0: Tensor
+    dead_fraction: Tensor
+    lr: float
+
+    def metrics(self) -> StepMetrics:
+        fvu = self.fvu.item()
+        return StepMetrics(
+            loss=self.loss.item(),
+            fvu=fvu,
+            explained_variance=1.0 - fvu,
+            auxk_loss=self.auxk_loss.item(),
+            multi_topk_fvu=self.multi_topk_fvu.item(),
+            l0=self.l0.item(),
+            dead_fraction=self.dead_fraction.item(),
+            lr=self.lr,
+        )
 
 
 def _lr_factor(cfg: SaeTrainConfig, total_steps: int):
@@ -81,6 +132,7 @@ class SaeTrainer:
 
     def __init__(self, sae: Sae, cfg: SaeTrainConfig, total_steps: int, forward_module: torch.nn.Module | None = None):
         self.sae = sae
+        sae.loaded_fingerprint = None  # training changes the weights read from disk
         self.forward_module = forward_module or sae
         self.cfg = cfg
         self.total_steps = total_steps
@@ -91,28 +143,35 @@ class SaeTrainer:
             self.optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(cfg, total_steps))
         self.step_count = 0
+        self.autocast_dtype = cfg.autocast_dtype(sae.device)
+        self.dense = cfg.dense_kernels(sae.device)
         self.vectors_since_fired = torch.zeros(sae.num_latents, dtype=torch.long, device=sae.device)
 
     @property
     def dead_mask(self) -> Tensor:
         return self.vectors_since_fired > self.cfg.dead_feature_threshold
 
-    def step(self, x: Tensor) -> StepMetrics:
+    def step(self, x: Tensor) -> StepResult:
         sae, cfg = self.sae, self.cfg
         x = x.reshape(-1, sae.d_in).to(device=sae.device, dtype=sae.dtype)
         if self.step_count == 0:
-            sae.b_dec.data = geometric_median(x).to(sae.dtype)
+            if cfg.b_dec_init == "geometric_median":
+                sae.b_dec.data = geometric_median(x).to(sae.dtype)
             if _distributed():
                 torch.distributed.broadcast(sae.b_dec.data, src=0)
             if sae.cfg.normalize_decoder:
                 sae.set_decoder_norm_to_unit_norm()
         dead = self.dead_mask
-        out = self.forward_module(x, dead_mask=dead if cfg.auxk_alpha > 0 else None, auxk_reference=cfg.auxk_reference)
-        loss = out.fvu + cfg.auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8
+        with torch.autocast(
+            sae.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=self.autocast_dtype is not None
+        ):
+            out = self.forward_module(
+                x, dead_mask=dead if cfg.auxk_alpha > 0 else None, auxk_reference=cfg.auxk_reference, dense=self.dense
+            )
+            loss = out.fvu + cfg.auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8
         loss.backward()
 
-        fired = torch.zeros_like(self.vectors_since_fired, dtype=torch.bool)
-        fired[out.code.latents[out.code.values > 0]] = True
+        fired = out.code.fired(sae.num_latents)
         seen = x.shape[0]
         if _distributed():
             fired_any = fired.to(torch.int32)
@@ -120,7 +179,7 @@ class SaeTrainer:
             fired = fired_any.bool()
             seen *= torch.distributed.get_world_size()
         self.vectors_since_fired += seen
-        self.vectors_since_fired[fired] = 0
+        self.vectors_since_fired.masked_fill_(fired, 0)
 
         torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
         if sae.cfg.normalize_decoder:
@@ -136,21 +195,18 @@ class SaeTrainer:
         if sae.cfg.batch_topk and cfg.learn_threshold:
             self._update_threshold(out.code.values.detach())
         self.step_count += 1
-        fvu = out.fvu.item()
-        return StepMetrics(
-            loss=loss.item(),
-            fvu=fvu,
-            explained_variance=1.0 - fvu,
-            auxk_loss=out.auxk_loss.item(),
-            multi_topk_fvu=out.multi_topk_fvu.item(),
+        return StepResult(
+            loss=loss.detach(),
+            fvu=out.fvu.detach(),
+            auxk_loss=out.auxk_loss.detach(),
+            multi_topk_fvu=out.multi_topk_fvu.detach(),
             l0=out.code.l0(),
-            dead_fraction=float(dead.float().mean()),
+            dead_fraction=dead.float().mean(),
             lr=lr,
         )
 
     def _update_threshold(self, kept: Tensor) -> None:
-        positive = kept[kept > 0]
-        smallest = positive.min() if positive.numel() else kept.new_tensor(float("inf"))
+        smallest = torch.where(kept > 0, kept, float("inf")).min() if kept.numel() else kept.new_tensor(float("inf"))
         if _distributed():
             smallest = smallest.clone()
             torch.distributed.all_reduce(smallest, op=torch.distributed.ReduceOp.MIN)

@@ -109,11 +109,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             batches_done += 1
             if batches_done <= skip:
                 continue  # consumed before the checkpoint this run resumed from
-            metrics = trainer.step(batch["x"])._asdict()
+            result = trainer.step(batch["x"])
             if trainer.step_count == start_step + 1:
                 flowing = time.perf_counter()  # throughput is measured once data flows
             position = {"epoch": epoch, "batches_done": batches_done}
             step = trainer.step_count
+            checkpoint_now = step % config["checkpoint_every"] == 0 and step < total_steps
+            if step % config["log_every"] == 0 or step == total_steps or checkpoint_now:
+                metrics = result.metrics()._asdict()  # waits for the device: only when the figures are used
             if step % config["log_every"] == 0 or step == total_steps:
                 if rank == 0:
                     rate = step * config["batch_size"] / max(time.perf_counter() - started, 1e-9)
@@ -122,7 +125,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                         f"dead {metrics['dead_fraction']:.2%}  auxk {metrics['auxk_loss']:.4f}  ({rate:,.0f} vectors/s)"
                     )
                 report({f"train_{k}": metrics[k] for k in METRICS}, with_checkpoint=False)
-            if step % config["checkpoint_every"] == 0 and step < total_steps:
+            if checkpoint_now:
                 report({f"train_{k}": metrics[k] for k in METRICS}, with_checkpoint=True)
         position = {"epoch": epoch + 1, "batches_done": 0}
 

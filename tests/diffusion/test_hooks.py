@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from saeuron.diffusion.hooks import HookedPipeline, initial_noise
+from saeuron.diffusion.hooks import HookedPipeline, _TimestepLookup, initial_noise
 
 PROMPTS = ["An image of circle in Dots style.", "An image of star.", "An image of ring in Glow style.", "An image of heart."]
 HOOK = "unet.up_blocks.1.attentions.1"
@@ -112,3 +112,15 @@ def test_bad_arguments_fail_before_sampling(hooked):
         hooked.generate(PROMPTS, [1])
     with pytest.raises(ValueError, match="capture_half"):
         generate(hooked, capture=[HOOK], capture_half="uncond")
+
+
+def test_timestep_lookup_finds_an_element_of_the_schedule_by_position_and_reads_anything_else():
+    lookup = _TimestepLookup()
+    schedule = torch.tensor([901, 901, 801, 1])  # a repeated timestep, as PNDM's PLMS warm-up has
+    assert [lookup(t, schedule) for t in schedule] == [(901, 0), (901, 1), (801, 2), (1, 3)]
+    assert lookup(torch.tensor(801), schedule) == (801, 2)  # a tensor of its own: read, then found by value
+    assert lookup(1, schedule) == (1, 3)
+    assert lookup(500, schedule) == (500, -1)
+    assert lookup(torch.tensor([801, 801]), None) == (801, -1)
+    rescheduled = torch.tensor([751, 501])
+    assert lookup(rescheduled[1], rescheduled) == (501, 1)  # a new schedule is read once more

@@ -340,3 +340,19 @@ def test_checkpoint_on_disk_resumes_to_identical_parameters(tmp_path):
     for name, tensor in straight.sae.state_dict().items():
         torch.testing.assert_close(resumed.sae.state_dict()[name], tensor, rtol=0, atol=0)
     assert resumed.step_count == 6 and resumed.scheduler.get_last_lr() == straight.scheduler.get_last_lr()
+
+
+def test_one_fingerprint_in_every_dtype_until_training_changes_the_weights(tmp_path):
+    sae = make_sae()
+    sae.save_to_disk(tmp_path / "sae")
+    prints = {
+        dtype: Sae.load_from_disk(tmp_path / "sae", dtype=dtype).fingerprint() for dtype in (None, torch.float16, torch.bfloat16)
+    }
+    assert set(prints.values()) == {sae.fingerprint()}, prints
+    # bf16 rounds the weights away from their fp16 hash: only the hash of the stored weights holds.
+    bf16 = Sae.load_from_disk(tmp_path / "sae", dtype=torch.bfloat16)
+    bf16.loaded_fingerprint = None
+    assert bf16.fingerprint() != sae.fingerprint()
+    trained = Sae.load_from_disk(tmp_path / "sae")
+    SaeTrainer(trained, SaeTrainConfig(), total_steps=1).step(torch.randn(32, 16))
+    assert trained.fingerprint() != sae.fingerprint()
