@@ -14,6 +14,8 @@ the sparse fp32 kernels on a CPU) and, for reference, forced to the sparse fp32 
 offset plus 32-sparse positive mixtures of 16,384 unit directions, plus noise), with the same learning
 rate (constant 4e-4) and the same decoder-bias start, and is scored by FVU on held-out vectors; run once
 with ``b_dec`` at zero (sparsify's start) and once at the geometric median of the first batch (ours).
+``--activations DIR --hookpoint H`` runs the quality comparison on a collected activation dataset instead
+(held out by prompt, as training does), at the data's own width with ``--expansion`` and ``--k``.
 
 Needs the ``bench`` extra (``pip install -e .[bench]``). ``--out FILE`` also writes the figures as JSON.
 """
@@ -128,6 +130,28 @@ def structured_stream(d: int, n: int, count: int, device: str, seed: int, atoms:
     return batches
 
 
+def real_stream(root: Path, hookpoint: str, n: int, count: int, device: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``count`` training batches of [n, d] vectors (cycling, shuffled once) and the held-out batches, from a
+    collected dataset; one prompt in ten is held out (the split ``jobs/train.py`` uses)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from saeuron.collection import activations
+    from saeuron.collection.dataset import in_validation
+
+    d_in = activations.read_manifest(root)["d_in"][hookpoint]
+    table = pq.read_table(activations.hookpoint_dir(root, hookpoint), columns=["prompt_id", "activations"])
+    vectors = torch.from_numpy(activations.binary_to_vectors(table.column("activations"), d_in).astype(np.float32))
+    held = torch.from_numpy(in_validation(table.column("prompt_id").to_numpy(), 0.1)).repeat_interleave(
+        len(vectors) // len(table)
+    )
+    train, test = vectors[~held], vectors[held]
+    train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))].to(device)
+    batches = [train[(i * n) % (len(train) - n) :][:n] for i in range(count)]
+    test = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(1))]  # batches mixing prompts, as in training
+    return batches, [chunk.to(device) for chunk in test.split(n)]
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -155,44 +179,40 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="paper")
     parser.add_argument(
-        "--steps", type=int, default=None, help="timed steps per side and round (default 30 on a GPU, 3 on a CPU)"
+        "--steps", type=int, default=None, help="timed steps per side and round (default 30 on a GPU, 3 on a CPU; 0 skips)"
     )
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--vectors", type=int, default=0, help="vectors a step (default: the shape's)")
     parser.add_argument("--quality_steps", type=int, default=1000, help="0 skips the quality comparison")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures here as JSON")
     parser.add_argument("--profile", action="store_true", help="print where five steps spend their time")
+    parser.add_argument("--activations", type=Path, default=None, help="a collected dataset for the quality comparison")
+    parser.add_argument("--hookpoint", default="unet.up_blocks.1.attentions.2")
+    parser.add_argument("--expansion", type=int, default=16, help="latents per channel on real activations")
+    parser.add_argument("--k", type=int, default=0, help="k on real activations (default: the shape's)")
     args = parser.parse_args()
     if not args.device.startswith("cuda"):
         os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")  # its triton kernels need a GPU
     d, f, k, n = SHAPES[args.shape]
-    steps = args.steps or (30 if args.device.startswith("cuda") else 3)
+    n = args.vectors or n
+    steps = (30 if args.device.startswith("cuda") else 3) if args.steps is None else args.steps
     name = (
         torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
     )
     print(f"SAE training, d={d} F={f} k={k}, {n} vectors a step, on {name}, torch {torch.__version__}", flush=True)
     figures: dict[str, object] = {"device": name, "torch": torch.__version__, "shape": {"d": d, "F": f, "k": k, "n": n}}
 
-    x = structured_stream(d, n, 1, args.device, seed=99)[0]
-    sides = {
-        "sparsify TopK": sparsify_side(d, f, k, args.device)[0],
-        "saeuron TopK": saeuron_side(d, f, k, args.device, batch_topk=False)[0],
-        "saeuron BatchTopK": saeuron_side(d, f, k, args.device, batch_topk=True)[0],
-        "saeuron TopK, sparse fp32": saeuron_side(d, f, k, args.device, False, kernels="sparse", mixed_precision="none")[0],
-    }
-    rates = speed(sides, x, args.device, steps, args.rounds)
-    peer = rates["sparsify TopK"]
-    for side, rate in rates.items():
-        print(f"  {side:>26}: {rate:>12,.0f} vectors/s   {rate / peer:.2f}x sparsify", flush=True)
-    figures["vectors_per_second"] = rates
-    figures["ratio_to_sparsify"] = {side: rate / peer for side, rate in rates.items()}
-    if args.profile:
-        for side in ("saeuron TopK", "sparsify TopK"):
-            try:
-                profile(side, sides[side], x)
-            except Exception as error:  # a profiler that fails must not cost the figures
-                print(f"  profile of {side} failed: {error!r}", flush=True)
-    del sides
-    if args.quality_steps:
+    if steps:
+        figures.update(speed_figures(d, f, k, n, args.device, steps, args.rounds, args.profile))
+    if args.quality_steps and args.activations:
+        data = real_stream(args.activations, args.hookpoint, n, args.quality_steps, args.device)
+        d = data[0][0].shape[1]
+        f = d * args.expansion
+        k = args.k or k
+        print(f"quality on {args.activations} {args.hookpoint}: d={d} F={f} k={k}, {len(data[1])} held-out batches", flush=True)
+        figures["real_activations"] = {"root": str(args.activations), "hookpoint": args.hookpoint, "d": d, "F": f, "k": k}
+        figures["held_out_fvu"] = quality(d, f, k, n, args.device, args.quality_steps, data)
+    elif args.quality_steps:
         figures["held_out_fvu"] = quality(d, f, k, n, args.device, args.quality_steps)
     if args.out:
         args.out.write_text(json.dumps(figures, indent=2))
@@ -214,9 +234,34 @@ def profile(side: str, step: Step, x: torch.Tensor) -> None:
     )
 
 
-def quality(d: int, f: int, k: int, n: int, device: str, train_steps: int) -> dict[str, float]:
-    stream = structured_stream(d, n, train_steps, device, seed=0)
-    held_out = structured_stream(d, n, 4, device, seed=1)
+def speed_figures(d: int, f: int, k: int, n: int, device: str, steps: int, rounds: int, with_profile: bool) -> dict:
+    x = structured_stream(d, n, 1, device, seed=99)[0]
+    sides = {
+        "sparsify TopK": sparsify_side(d, f, k, device)[0],
+        "saeuron TopK": saeuron_side(d, f, k, device, batch_topk=False)[0],
+        "saeuron BatchTopK": saeuron_side(d, f, k, device, batch_topk=True)[0],
+        "saeuron TopK, sparse fp32": saeuron_side(d, f, k, device, False, kernels="sparse", mixed_precision="none")[0],
+    }
+    rates = speed(sides, x, device, steps, rounds)
+    peer = rates["sparsify TopK"]
+    for side, rate in rates.items():
+        print(f"  {side:>26}: {rate:>12,.0f} vectors/s   {rate / peer:.2f}x sparsify", flush=True)
+    figures = {"vectors_per_second": rates, "ratio_to_sparsify": {side: rate / peer for side, rate in rates.items()}}
+    if with_profile:
+        for side in ("saeuron TopK", "sparsify TopK"):
+            try:
+                profile(side, sides[side], x)
+            except Exception as error:  # a profiler that fails must not cost the figures
+                print(f"  profile of {side} failed: {error!r}", flush=True)
+    del sides
+    return figures
+
+
+def quality(d: int, f: int, k: int, n: int, device: str, train_steps: int, data: tuple | None = None) -> dict[str, float]:
+    if data is None:
+        stream, held_out = structured_stream(d, n, train_steps, device, seed=0), structured_stream(d, n, 4, device, seed=1)
+    else:
+        stream, held_out = data
     constant = {"lr_schedule": "constant"}
     results = {}
     for start in ("zero", "geometric_median"):
