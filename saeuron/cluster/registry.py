@@ -83,12 +83,17 @@ def resolve_sae_folder(
     or ``models:/NAME@alias`` / ``models:/NAME/VERSION`` downloaded from the registry."""
     text = str(ref)
     if text.startswith(MODELS_SCHEME):
-        return download_artifacts(text, tracking_uri, cache_dir, prefix="saeuron-sae-")
-    folder = Path(text).expanduser()
-    if hookpoint and (folder / hookpoint / CONFIG_FILE).is_file():
-        return folder / hookpoint
-    if not (folder / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{folder} is not an SAE folder (no {CONFIG_FILE}) and not a models:/ URI")
+        folder = download_artifacts(text, tracking_uri, cache_dir, prefix="saeuron-sae-")
+    else:
+        folder = Path(text).expanduser()
+        if hookpoint and (folder / hookpoint / CONFIG_FILE).is_file():
+            return folder / hookpoint
+        if not (folder / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{folder} is not an SAE folder (no {CONFIG_FILE}) and not a models:/ URI")
+    # An SAE folder is named after the block it was trained on (training writes <run>/<hookpoint>/, the
+    # registry keeps that name): a block of the same width would otherwise pass every other check.
+    if hookpoint and folder.name.startswith("unet.") and folder.name != hookpoint:
+        raise ValueError(f"{ref} is the SAE of {folder.name}, not of {hookpoint}: pass the SAE trained on {hookpoint}")
     return folder
 
 

@@ -27,7 +27,7 @@ from saeuron.cluster.actor_pool import load_pipeline_in_actor, map_with_actor_po
 from saeuron.collection import activations
 from saeuron.console import logger
 from saeuron.diffusion.hooks import CAPTURE_HALVES, HookedPipeline
-from saeuron.diffusion.pipeline import block_channels, resolve_dtype
+from saeuron.diffusion.pipeline import block_channels, check_scheduler, resolve_dtype
 from saeuron.sections import SamplingConfig, WithModel, WithResources, WithTracking
 
 
@@ -89,6 +89,8 @@ class CollectConfig(CollectOptions, WithResources, WithModel, WithTracking):
             {key: getattr(self, key) for key in ("capture_half", "every_k_steps", "patches_per_map", "seeds_per_prompt", "seed")}
         )
         identity["dtype"] = self.model.dtype
+        if self.model.scheduler != "ddim":  # so the identity of every DDIM dataset collected before this field stays
+            identity["scheduler"] = self.model.scheduler
         identity["model_path"] = self.benchmark.model_identity(self.model.model_path)
         return identity
 
@@ -113,6 +115,7 @@ def _check(cfg: CollectConfig) -> tuple[Path, dict[str, int], list]:
         raise ValueError("patches_per_map and max_prompts must be >= 0 (0 means all)")
     resolve_dtype(cfg.model.dtype, "cpu")
     model_path = cfg.benchmark.resolve_model_path(cfg.model.model_path)
+    check_scheduler(model_path, cfg.model.scheduler)
     channels = block_channels(model_path, cfg.resolved_hookpoints)
     rows = cfg.benchmark.training_prompt_rows(
         cfg.model.anchor_prompts_dir, cfg.seed, cfg.seeds_per_prompt, cfg.max_prompts or None
@@ -142,9 +145,10 @@ class ActivationCollector:
         every_k_steps: int,
         patches_per_map: int,
         dtype: str,
+        scheduler: str,
         cpu_threads: int,
     ):
-        pipe, _, _ = load_pipeline_in_actor(model_path, dtype, cpu_threads)
+        pipe, _, _ = load_pipeline_in_actor(model_path, dtype, cpu_threads, scheduler)
         self.hooked = HookedPipeline(pipe)
         self.hookpoints = hookpoints
         self.num_inference_steps, self.guidance_scale, self.capture_half = num_inference_steps, guidance_scale, capture_half
@@ -163,6 +167,15 @@ class ActivationCollector:
             guidance_scale=self.guidance_scale,
             capture_half=self.capture_half,
         )
+        expected = math.ceil(self.num_inference_steps / self.every_k_steps)
+        for hp, cap in out.captures.items():
+            if len(cap.timesteps) != expected or len(set(cap.step_indices)) != expected:
+                scheduler = type(self.hooked.pipe.scheduler).__name__
+                raise ValueError(
+                    f"{hp}: kept {len(cap.timesteps)} UNet calls per prompt at step indices {sorted(set(cap.step_indices))}, "
+                    f"expected {expected} ({self.num_inference_steps} steps, every {self.every_k_steps}): {scheduler} does not "
+                    f"call the UNet once per step; collect with --model.scheduler ddim"
+                )
         return pa.concat_tables(
             [
                 activations.activation_table(hp, rows, cap.stacked(), cap.timesteps, cap.step_indices, self.patches_per_map)
@@ -209,6 +222,7 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
                 every_k_steps=cfg.every_k_steps,
                 patches_per_map=cfg.patches_per_map,
                 dtype=cfg.model.dtype,
+                scheduler=cfg.model.scheduler,
                 cpu_threads=cfg.resources.cpu_threads_per_actor,
             ),
             cfg.batch_size,
@@ -230,6 +244,12 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
         f"collect: {manifest['prompts_collected']} prompts, rows per hookpoint {manifest['rows']}, "
         f"{seconds:.1f}s this run -> {root}"
     )
+    if not manifest["complete"]:
+        raise RuntimeError(
+            f"collect: only {manifest['prompts_collected']} of {len(rows)} prompts have all their rows in {root}; "
+            f"the run ended without an error from Ray, so the missing prompts' rows were never written "
+            f"(run again to collect them; the rows already written are kept)"
+        )
     return manifest
 
 

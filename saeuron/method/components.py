@@ -64,6 +64,7 @@ class DiffusersRecipe(ModelMixin, ConfigMixin):
             base_model=recipe.base_model,
             concepts=recipe.concepts,
             timesteps=list(recipe.timesteps),
+            sae_inference=recipe.sae_inference,
         )
         for name in RULE_TENSORS:
             self.register_buffer(name, getattr(recipe.rules, name))
@@ -72,7 +73,16 @@ class DiffusersRecipe(ModelMixin, ConfigMixin):
     def recipe(self) -> Recipe:
         c = self.config
         rules = Rules(*(getattr(self, name) for name in RULE_TENSORS))
-        return Recipe(c.hookpoint, c.sae_ref, c.sae_fingerprint, c.base_model, dict(c.concepts), list(c.timesteps), rules)
+        return Recipe(
+            c.hookpoint,
+            c.sae_ref,
+            c.sae_fingerprint,
+            c.base_model,
+            dict(c.concepts),
+            list(c.timesteps),
+            rules,
+            c.get("sae_inference", ""),
+        )
 
     def to(self, *args, **kwargs) -> DiffusersRecipe:
         # Rules keep their dtype: the edit casts them to the SAE's, and a cast pipeline must save the same recipe.

@@ -30,6 +30,11 @@ class UnlearningEdit:
                 f"the recipe was built for another SAE ({recipe.sae_ref}, fingerprint {recipe.sae_fingerprint}); "
                 f"load that SAE or rebuild the recipe from statistics of this one"
             )
+        if recipe.sae_inference and recipe.sae_inference != sae.inference_mode:
+            raise ValueError(
+                f"the recipe's statistics were gathered with the SAE in {recipe.sae_inference!r} inference mode, but this "
+                f"SAE runs in {sae.inference_mode!r}: load it with inference={recipe.sae_inference!r}"
+            )
         self.sae = sae
         self.recipe = recipe
         self.error_mode = error_mode

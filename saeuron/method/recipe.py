@@ -32,12 +32,23 @@ class Recipe:
     """{concept: {"percentile": p, "multiplier": γ}} in the order given."""
     timesteps: list[int]
     rules: Rules
+    sae_inference: str = ""
+    """The SAE inference mode its statistics were gathered in; the edit runs the SAE in it ("" if not recorded)."""
 
     @classmethod
     def from_statistics(cls, stats: ConceptStatistics, params: dict[str, tuple[float, float]], base_model: str) -> Recipe:
         rules = build_rules(stats, params)
         concepts = {c: {"percentile": float(p), "multiplier": float(g)} for c, (p, g) in params.items()}
-        return cls(stats.hookpoint, stats.sae_ref, stats.sae_fingerprint, base_model, concepts, list(stats.timesteps), rules)
+        return cls(
+            stats.hookpoint,
+            stats.sae_ref,
+            stats.sae_fingerprint,
+            base_model,
+            concepts,
+            list(stats.timesteps),
+            rules,
+            stats.sae_inference,
+        )
 
     def timestep_index(self, timestep: int) -> int:
         """Rules are looked up by the actual scheduler timestep; a timestep the statistics do not
@@ -66,6 +77,7 @@ class Recipe:
             "concepts": self.concepts,
             "timesteps": self.timesteps,
             "num_rules": len(r),
+            "sae_inference": self.sae_inference,
         }
         return save_tensors_and_json(folder, TENSORS, tensors, JSON, meta)
 
@@ -85,6 +97,7 @@ class Recipe:
             meta["concepts"],
             meta["timesteps"],
             rules,
+            meta.get("sae_inference", ""),
         )
 
 

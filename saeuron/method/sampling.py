@@ -24,6 +24,7 @@ from saeuron.benchmarks.prompts import PromptRow, rows_from_batch
 from saeuron.cluster.actor_pool import load_pipeline_in_actor, map_with_actor_pool
 from saeuron.cluster.tracking import tracking_uri_of
 from saeuron.console import logger
+from saeuron.diffusion.pipeline import check_scheduler
 from saeuron.method.recipe import Recipe
 from saeuron.sections import ImageGridConfig, WithEdit, WithModel, WithResources, WithSampling, WithTracking
 
@@ -83,6 +84,7 @@ class UnlearningSampler:
         num_inference_steps: int,
         guidance_scale: float,
         dtype: str,
+        scheduler: str,
         image_format: str,
         out_dir: str,
         tracking_uri: str,
@@ -92,11 +94,16 @@ class UnlearningSampler:
         from saeuron.diffusion.hooks import HookedPipeline
         from saeuron.method.unlearned_pipeline import UnlearnedPipeline
 
-        pipe, device, torch_dtype = load_pipeline_in_actor(model_path, dtype, cpu_threads)
+        pipe, device, torch_dtype = load_pipeline_in_actor(model_path, dtype, cpu_threads, scheduler)
         if recipe:
             loaded = Recipe.load(recipe)
             sae_model = load_sae(
-                sae or loaded.sae_ref, loaded.hookpoint, device=device, dtype=torch_dtype, tracking_uri=tracking_uri or None
+                sae or loaded.sae_ref,
+                loaded.hookpoint,
+                device=device,
+                dtype=torch_dtype,
+                inference=loaded.sae_inference or None,
+                tracking_uri=tracking_uri or None,
             )
             self.generator: UnlearnedPipeline | HookedPipeline = UnlearnedPipeline.from_recipe(
                 pipe, sae_model, loaded, base_model, error_mode
@@ -164,9 +171,13 @@ def unlearn(cfg: UnlearnConfig) -> pa.Table:
         from saeuron.cluster.registry import load_sae
         from saeuron.method.edit import UnlearningEdit
 
-        UnlearningEdit(load_sae(cfg.sae or recipe.sae_ref, recipe.hookpoint, tracking_uri=registry_uri), recipe)
+        sae = load_sae(
+            cfg.sae or recipe.sae_ref, recipe.hookpoint, inference=recipe.sae_inference or None, tracking_uri=registry_uri
+        )
+        UnlearningEdit(sae, recipe)
     benchmark = get_benchmark(cfg.model.benchmark)
     model_path = benchmark.resolve_model_path(cfg.model.model_path)
+    check_scheduler(model_path, cfg.model.scheduler)
     rows = [r.as_dict() for r in prompt_rows(cfg)]
     out = cfg.images_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -186,6 +197,7 @@ def unlearn(cfg: UnlearnConfig) -> pa.Table:
                 num_inference_steps=cfg.sampling.num_inference_steps,
                 guidance_scale=cfg.sampling.guidance_scale,
                 dtype=cfg.model.dtype,
+                scheduler=cfg.model.scheduler,
                 image_format=cfg.grid.image_format,
                 out_dir=str(out),
                 tracking_uri=registry_uri,

@@ -52,6 +52,8 @@ class ConceptStatistics:
     sae_fingerprint: str
     kind: str = "concept"
     """"style" or "object": which label of the prompts the concepts are."""
+    sae_inference: str = ""
+    """The SAE's inference mode the latents were computed in ("topk" or "threshold"; "" if not recorded)."""
 
     @classmethod
     def empty(
@@ -63,6 +65,7 @@ class ConceptStatistics:
         sae_ref: str,
         fingerprint: str,
         kind: str,
+        sae_inference: str = "",
     ):
         c, t = len(concepts), len(timesteps)
         return cls(
@@ -74,6 +77,7 @@ class ConceptStatistics:
             sae_ref,
             fingerprint,
             kind,
+            sae_inference,
         )
 
     @property
@@ -99,6 +103,7 @@ class ConceptStatistics:
             "num_latents": self.num_latents,
             "sae_ref": self.sae_ref,
             "sae_fingerprint": self.sae_fingerprint,
+            "sae_inference": self.sae_inference,
         }
         return save_tensors_and_json(folder, TENSORS, tensors, INDEX, index)
 
@@ -118,4 +123,5 @@ class ConceptStatistics:
             index["sae_ref"],
             index["sae_fingerprint"],
             index.get("kind", "concept"),
+            index.get("sae_inference", ""),
         )

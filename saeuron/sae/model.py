@@ -191,8 +191,9 @@ class Sae(nn.Module):
 
         auxk_loss = fvu.new_zeros(())
         if dead_mask is not None and (num_dead := int(dead_mask.sum())) > 0:
-            k_aux = min(self.d_in // 2, num_dead)
-            scale = min(num_dead / k_aux, 1.0)
+            # The top d/2 dead latents, the loss scaled down while fewer than d/2 are dead (OpenAI's AuxK).
+            half = max(self.d_in // 2, 1)
+            k_aux, scale = min(half, num_dead), min(num_dead / half, 1.0)
             with torch.no_grad():
                 aux_indices = select(selected.masked_fill(~dead_mask, float("-inf")), k_aux)
             aux_recon = decoded(code_of(aux_indices), self.W_dec)

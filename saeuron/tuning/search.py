@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 from saeuron.atomic_files import write_text_atomic
 from saeuron.benchmarks.tuning_prompts import tuning_prompt_rows
 from saeuron.console import logger, tune_verbosity
+from saeuron.diffusion.pipeline import check_scheduler
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.tuning.config import SCHEDULERS, SearchConfig, grid_of
 from saeuron.tuning.trial import tuning_trial
@@ -224,6 +225,7 @@ def search(cfg: SearchConfig) -> SearchResult:
     grid_of(cfg)
     kinds = concept_statistics(cfg)
     model_path = cfg.benchmark.resolve_model_path(cfg.model.model_path)
+    check_scheduler(model_path, cfg.model.scheduler)
     check_judge(cfg.benchmark, cfg.benchmark.load_judge(cfg.judge))
     tracking_uri = tracking_uri_of(cfg.tracking)
     prompts = {
@@ -239,6 +241,7 @@ def search(cfg: SearchConfig) -> SearchResult:
     setup: dict[str, Any] = dict(  # what every trial needs (saeuron.tuning.trial.tuning_trial reads it)
         model_path=str(model_path),
         dtype=cfg.model.dtype,
+        scheduler=cfg.model.scheduler,
         cpu_threads=cfg.cpu_threads_per_trial,
         benchmark=cfg.model.benchmark,
         judge=asdict(cfg.judge),

@@ -39,8 +39,8 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     from saeuron.method.unlearned_pipeline import UnlearnedPipeline
 
     pipe, device, dtype = _cached(
-        ("pipeline", setup["model_path"], setup["dtype"]),
-        lambda: load_pipeline_in_actor(setup["model_path"], setup["dtype"], setup["cpu_threads"]),
+        ("pipeline", setup["model_path"], setup["dtype"], setup["scheduler"]),
+        lambda: load_pipeline_in_actor(setup["model_path"], setup["dtype"], setup["cpu_threads"], setup["scheduler"]),
     )
     judge = _cached(
         ("judge", setup["benchmark"], json.dumps(setup["judge"])),
@@ -50,7 +50,14 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     stats = _cached(("statistics", folder), lambda: ConceptStatistics.load(folder))
     sae = _cached(
         ("sae", stats.sae_ref, stats.hookpoint),
-        lambda: load_sae(stats.sae_ref, stats.hookpoint, device=device, dtype=dtype, tracking_uri=setup["tracking_uri"]),
+        lambda: load_sae(
+            stats.sae_ref,
+            stats.hookpoint,
+            device=device,
+            dtype=dtype,
+            inference=stats.sae_inference or None,
+            tracking_uri=setup["tracking_uri"],
+        ),
     )
     recipe = Recipe.from_statistics(stats, {concept: (config["percentile"], config["multiplier"])}, setup["base_model"])
     generator = UnlearnedPipeline.from_recipe(pipe, sae, recipe, setup["base_model"], setup["error_mode"])

@@ -122,6 +122,32 @@ def test_recipe_of_another_sae_is_refused():
         UnlearningEdit(sae, recipe_for(sae, empty), error_mode="sign_bug")
 
 
+def test_inference_mode_travels_from_statistics_to_recipe_and_a_mismatch_is_refused(tmp_path):
+    stats = stats_from_means(torch.rand(3, 2, 8), timesteps=(901, 451))
+    stats.sae_inference = "threshold"
+    stats.save(tmp_path / "stats")
+    recipe = Recipe.from_statistics(ConceptStatistics.load(tmp_path / "stats"), {"c1": (75, -3.0)}, "embedded:minicanvas")
+    recipe.save(tmp_path / "recipe")
+    assert Recipe.load(tmp_path / "recipe").sae_inference == "threshold"
+    sae = make_sae()
+    topk_recipe = recipe_for(sae, Rules.empty())
+    topk_recipe.sae_inference = "threshold"
+    with pytest.raises(ValueError, match="inference='threshold'"):
+        UnlearningEdit(sae, topk_recipe)  # a plain TopK SAE runs top-k inference
+    topk_recipe.sae_inference = "topk"
+    UnlearningEdit(sae, topk_recipe)
+
+
+def test_an_sae_of_another_block_is_refused_by_its_folder_name(tmp_path):
+    from saeuron.cluster.registry import load_sae
+
+    make_sae().save_to_disk(tmp_path / "unet.mid_block.attentions.0")
+    with pytest.raises(ValueError, match="SAE of unet.mid_block.attentions.0, not of unet.up_blocks.1.attentions.2"):
+        load_sae(tmp_path / "unet.mid_block.attentions.0", "unet.up_blocks.1.attentions.2")
+    assert load_sae(tmp_path / "unet.mid_block.attentions.0", "unet.mid_block.attentions.0").d_in == 16
+    assert load_sae(tmp_path, "unet.mid_block.attentions.0").d_in == 16  # a run folder of <hookpoint>/ folders
+
+
 def test_patch_mean_latents_densifies_and_averages():
     sae = make_sae()
     tokens = torch.randn(3, 5, 16)

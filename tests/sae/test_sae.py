@@ -356,3 +356,38 @@ def test_one_fingerprint_in_every_dtype_until_training_changes_the_weights(tmp_p
     trained = Sae.load_from_disk(tmp_path / "sae")
     SaeTrainer(trained, SaeTrainConfig(), total_steps=1).step(torch.randn(32, 16))
     assert trained.fingerprint() != sae.fingerprint()
+
+
+def _reference_auxk(sae, x, dead, batch_topk):
+    """The reference's AuxK loss (method notes §2.2), written out densely: k_aux = min(d/2, |D|), scale
+    min(|D| / (d/2), 1), the dead latents' reconstruction including b_dec fitting e = x̂ − x, e not detached."""
+    n, d = x.shape
+    pre = F.relu(sae.encoder(x - sae.b_dec))
+
+    def dense_top(values, k):
+        if batch_topk:
+            flat = values.flatten().topk(k * n).indices
+            return torch.zeros_like(pre).flatten().index_put((flat,), pre.flatten()[flat]).view_as(pre)
+        return torch.zeros_like(pre).scatter(1, values.topk(k, dim=1).indices, pre.gather(1, values.topk(k, dim=1).indices))
+
+    e = dense_top(pre.detach(), sae.cfg.k) @ sae.W_dec + sae.b_dec - x
+    half = d // 2
+    k_aux, scale = min(half, int(dead.sum())), min(int(dead.sum()) / half, 1.0)
+    e_hat = dense_top(pre.detach().masked_fill(~dead, float("-inf")), k_aux) @ sae.W_dec + sae.b_dec
+    return scale * (e_hat - e).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+
+
+@pytest.mark.parametrize("batch_topk", [False, True])
+def test_auxk_reference_reproduces_the_reference_loss_and_gradient(batch_topk):
+    x = torch.randn(20, 16, generator=torch.Generator().manual_seed(3), dtype=torch.double)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[[5, 17, 40]] = True  # 3 dead of d/2 = 8: the loss is scaled by 3/8
+    ours_sae = make_sae(batch_topk=batch_topk).double()
+    ours = ours_sae(x, dead_mask=dead, auxk_reference=True).auxk_loss
+    ours.backward()
+    theirs_sae = make_sae(batch_topk=batch_topk).double()
+    theirs = _reference_auxk(theirs_sae, x, dead, batch_topk)
+    theirs.backward()
+    torch.testing.assert_close(ours, theirs)
+    for (name, a), b in zip(ours_sae.named_parameters(), theirs_sae.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
