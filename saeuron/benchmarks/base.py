@@ -108,21 +108,24 @@ class Benchmark:
         """Prompts whose SAE activations define each concept, as in the reference: for a style, the
         first caption of every object in that style; for an object, all its captions unstyled (with
         ``styled_objects``, also each caption in one style, rotating through the styles, so that the
-        object's latents are found across renderings). Every prompt uses ``seed``."""
+        object's latents are found across renderings). Prompt i is sampled with seed ``seed + i``: fresh noise for
+        every prompt, as the reference draws from one generator, but each image reproducible on its own."""
         check_kind(kind)
         captions = self.training_captions(anchor_prompts_dir)
         rows: list[prompts.PromptRow] = []
         if kind == "style":
             for style in self.styles:
                 for obj in self.objects:
-                    rows.append(prompts.PromptRow(len(rows), prompts.train_prompt(captions[obj][0], style), obj, style, seed))
+                    rows.append(
+                        prompts.PromptRow(len(rows), prompts.train_prompt(captions[obj][0], style), obj, style, seed + len(rows))
+                    )
             return rows
         for obj in self.objects:
             for i, caption in enumerate(captions[obj]):
-                rows.append(prompts.PromptRow(len(rows), prompts.train_prompt(caption, None), obj, None, seed))
+                rows.append(prompts.PromptRow(len(rows), prompts.train_prompt(caption, None), obj, None, seed + len(rows)))
                 if styled_objects:
                     style = self.styles[i % len(self.styles)]
-                    rows.append(prompts.PromptRow(len(rows), prompts.train_prompt(caption, style), obj, style, seed))
+                    rows.append(prompts.PromptRow(len(rows), prompts.train_prompt(caption, style), obj, style, seed + len(rows)))
         return rows
 
 

@@ -35,7 +35,7 @@ class GatherOptions:
     styled_objects: bool = False
     """For objects: also gather each caption in a (rotating) style, not only unstyled as the reference."""
     seed: int = 188
-    """Seed of every statistics prompt."""
+    """Seed of the first statistics prompt; prompt i uses seed + i (recorded with the statistics)."""
     sae_inference: str = ""
     """"topk" or "threshold"; empty: the SAE's learned threshold when it has one."""
     batch_size: int = 8
@@ -181,6 +181,7 @@ def gather(cfg: GatherConfig) -> ConceptStatistics:
                 sae_fingerprint(sae),
                 cfg.kind,
                 sae.inference_mode,
+                [r.seed for r in rows],
             )
         sums = part.column("sum").to_numpy(zero_copy_only=False)
         for concept, timestep, count, latent_sum in zip(

@@ -9,7 +9,7 @@ hookpoint, SAE reference and fingerprint) — a few MB where the reference wrote
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -54,6 +54,8 @@ class ConceptStatistics:
     """"style" or "object": which label of the prompts the concepts are."""
     sae_inference: str = ""
     """The SAE's inference mode the latents were computed in ("topk" or "threshold"; "" if not recorded)."""
+    prompt_seeds: list[int] = field(default_factory=list)
+    """The seed of every prompt summed, in prompt order (empty if not recorded)."""
 
     @classmethod
     def empty(
@@ -66,6 +68,7 @@ class ConceptStatistics:
         fingerprint: str,
         kind: str,
         sae_inference: str = "",
+        prompt_seeds: list[int] | None = None,
     ):
         c, t = len(concepts), len(timesteps)
         return cls(
@@ -78,6 +81,7 @@ class ConceptStatistics:
             fingerprint,
             kind,
             sae_inference,
+            list(prompt_seeds or []),
         )
 
     @property
@@ -104,6 +108,7 @@ class ConceptStatistics:
             "sae_ref": self.sae_ref,
             "sae_fingerprint": self.sae_fingerprint,
             "sae_inference": self.sae_inference,
+            "prompt_seeds": self.prompt_seeds,
         }
         return save_tensors_and_json(folder, TENSORS, tensors, INDEX, index)
 
@@ -124,4 +129,5 @@ class ConceptStatistics:
             index["sae_fingerprint"],
             index.get("kind", "concept"),
             index.get("sae_inference", ""),
+            index.get("prompt_seeds", []),
         )

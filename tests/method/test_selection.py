@@ -154,3 +154,15 @@ def test_patch_mean_latents_densifies_and_averages():
     acts, indices = sae.encode(tokens.reshape(-1, 16))
     dense = torch.zeros(15, 64).scatter(1, indices, acts).reshape(3, 5, 64).mean(1)
     torch.testing.assert_close(patch_mean_latents(sae, tokens), dense)
+
+
+def test_every_statistics_prompt_has_its_own_seed_and_the_statistics_record_them(tmp_path):
+    from saeuron.benchmarks import get_benchmark
+
+    for kind, styled in (("style", False), ("object", False), ("object", True)):
+        rows = get_benchmark("minicanvas").statistics_prompt_rows(kind, seed=188, styled_objects=styled)
+        assert [r.seed for r in rows] == list(range(188, 188 + len(rows)))
+    stats = stats_from_means(torch.rand(2, 2, 8))
+    stats.prompt_seeds = [188, 189, 190]
+    stats.save(tmp_path / "stats")
+    assert ConceptStatistics.load(tmp_path / "stats").prompt_seeds == [188, 189, 190]
