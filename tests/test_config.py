@@ -135,6 +135,32 @@ def test_shipped_example_configs_parse():
     ]
 
 
+def test_the_paper_preset_holds_the_papers_settings_and_differs_from_ours_where_the_readme_says():
+    from saeuron.tuning.config import grid_of
+
+    paper = parse_config(StudyConfig, ["--config", str(CONFIGS / "unlearncanvas" / "paper.yaml")])
+    ours = parse_config(StudyConfig, ["--config", str(CONFIGS / "unlearncanvas" / "study.yaml")])
+    stages = stage_configs(paper, "parent")
+    assert len(paper.search.concepts) == 70 and paper.search.scheduler == "grid"
+    assert grid_of(stages["search"], "style") == ([99.999], [-1.0])
+    assert grid_of(stages["search"], "object") == ([99.99, 99.995, 99.999], [-1.0, -5.0, -10.0, -15.0, -20.0, -25.0, -30.0])
+    assert stages["evaluate"].grid.seeds == [188, 288, 588, 688, 888] and stages["evaluate"].unstyled_weighting == "paper"
+    differs = {
+        "edit.error_mode": ("reference", "correct"),
+        "gather.sae_inference": ("topk", ""),
+        "train.optim.auxk_reference": (True, False),
+        "train.optim.learn_threshold": (False, True),
+        "search.scheduler": ("grid", "asha"),
+    }
+    for path, (in_paper, in_ours) in differs.items():
+        section, *rest = path.split(".")
+        values = [getattr(cfg, section) for cfg in (paper, ours)]
+        for name in rest:
+            values = [getattr(v, name) for v in values]
+        assert tuple(values) == (in_paper, in_ours), path
+    assert paper.model == ours.model  # the same base model, dtype and sampler
+
+
 def test_a_submitted_job_refuses_a_relative_study_folder(monkeypatch):
     from saeuron.evaluation.evaluate import EvaluateConfig
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from saeuron.sae import Sae
+from saeuron.sae.hub import hub_sae_folder, is_hub_ref
 from saeuron.sae.model import CONFIG_FILE
 
 MODELS_SCHEME = "models:/"
@@ -80,8 +81,11 @@ def resolve_sae_folder(
     ref: str | Path, hookpoint: str | None = None, tracking_uri: str | None = None, cache_dir: str | Path | None = None
 ) -> Path:
     """A local SAE folder for ``ref``: a folder (or a folder with a ``<hookpoint>/`` sub-folder),
-    or ``models:/NAME@alias`` / ``models:/NAME/VERSION`` downloaded from the registry."""
+    ``models:/NAME@alias`` / ``models:/NAME/VERSION`` downloaded from the registry, or a published SAE on
+    the Hugging Face Hub, ``hf://OWNER/REPO/<hookpoint>`` (see :mod:`saeuron.sae.hub`)."""
     text = str(ref)
+    if is_hub_ref(text):
+        return hub_sae_folder(text, hookpoint)
     if text.startswith(MODELS_SCHEME):
         folder = download_artifacts(text, tracking_uri, cache_dir, prefix="saeuron-sae-")
     else:
@@ -89,7 +93,7 @@ def resolve_sae_folder(
         if hookpoint and (folder / hookpoint / CONFIG_FILE).is_file():
             return folder / hookpoint
         if not (folder / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{folder} is not an SAE folder (no {CONFIG_FILE}) and not a models:/ URI")
+            raise FileNotFoundError(f"{folder} is not an SAE folder (no {CONFIG_FILE}), a models:/ URI or an hf:// reference")
     # An SAE folder is named after the block it was trained on (training writes <run>/<hookpoint>/, the
     # registry keeps that name): a block of the same width would otherwise pass every other check.
     if hookpoint and folder.name.startswith("unet.") and folder.name != hookpoint:

@@ -21,6 +21,10 @@ class SearchOptions:
     """Percentiles of the grid; empty: the benchmark's (UnlearnCanvas: the reference's 99.99, 99.995, 99.999)."""
     multipliers: list[float] = field(default_factory=list)
     """Multipliers (γ < 0) of the grid; empty: the benchmark's (UnlearnCanvas: the reference's −1, −5, …, −30)."""
+    style_percentiles: list[float] = field(default_factory=list)
+    """Percentiles for style concepts; empty: ``percentiles`` (the paper fixes styles at p = 99.999)."""
+    style_multipliers: list[float] = field(default_factory=list)
+    """Multipliers for style concepts; empty: ``multipliers`` (the paper fixes styles at γ = −1)."""
     scheduler: str = "asha"
     """"grid" scores every (p, γ) on every prompt; "asha" stops poor ones early."""
     prompts_per_cell: int = 1
@@ -70,9 +74,12 @@ class SearchConfig(SearchOptions, WithJudge, WithEdit, WithSampling, WithModel, 
         return Path(self.output_dir or Path(self.tracking.study_dir) / "search" / self.name).expanduser().resolve()
 
 
-def grid_of(cfg: SearchConfig) -> tuple[list[float], list[float]]:
+def grid_of(cfg: SearchConfig, kind: str = "object") -> tuple[list[float], list[float]]:
+    """The (percentiles, multipliers) searched for concepts of ``kind``."""
     percentiles = cfg.percentiles or list(cfg.benchmark.search_percentiles)
     multipliers = cfg.multipliers or list(cfg.benchmark.search_multipliers)
+    if kind == "style":
+        percentiles, multipliers = cfg.style_percentiles or percentiles, cfg.style_multipliers or multipliers
     bad = [p for p in percentiles if not 0 < p < 100]
     if bad:
         raise ValueError(f"percentiles must be in (0, 100), got {bad}")

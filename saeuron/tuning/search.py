@@ -87,7 +87,7 @@ def run_concept_search(
     from ray.air.integrations.mlflow import MLflowLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
-    percentiles, multipliers = grid_of(cfg)
+    percentiles, multipliers = grid_of(cfg, kind)
     budget = len(setup["prompts"][concept])
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     trainable = tune.with_resources(
@@ -222,7 +222,7 @@ def search(cfg: SearchConfig) -> SearchResult:
         raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {cfg.scheduler!r}")
     if cfg.chunk < 3:
         raise ValueError("chunk must be at least 3 so that every report scores the forgotten, retained and other-axis images")
-    grid_of(cfg)
+    grid_of(cfg, "style"), grid_of(cfg, "object")  # a bad grid fails before Ray starts
     kinds = concept_statistics(cfg)
     model_path = cfg.benchmark.resolve_model_path(cfg.model.model_path)
     check_scheduler(model_path, cfg.model.scheduler)
@@ -264,7 +264,7 @@ def search(cfg: SearchConfig) -> SearchResult:
                 ConceptStatistics.load(folder), {concept: (result.percentile, result.multiplier)}, base_model
             )
             recipe.save(out / "recipes" / concept)
-            objective_heatmap(result, *grid_of(cfg), out / f"heatmap_{concept}.png")
+            objective_heatmap(result, *grid_of(cfg, kind), out / f"heatmap_{concept}.png")
             logger.info(
                 f"search: {concept} ({kind}) -> p={result.percentile} γ={result.multiplier} objective {result.objective:.3f} "
                 f"(UA {result.ua:.2f}, IRA {result.ira:.2f}, CRA {result.cra:.2f}); {result.generations} generations"
