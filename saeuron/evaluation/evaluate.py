@@ -20,7 +20,7 @@ import torch
 from saeuron.benchmarks import Benchmark, get_benchmark
 from saeuron.benchmarks.judges import Judge
 from saeuron.console import logger
-from saeuron.evaluation.fid import domain_fid, inception_fid, inception_weights_path
+from saeuron.evaluation.fid import domain_fid, inception_fid, inception_weights_path, real_image_files
 from saeuron.evaluation.judging import judge_images, load_images
 from saeuron.evaluation.metrics import (
     UNSTYLED_WEIGHTINGS,
@@ -54,7 +54,8 @@ class EvaluateOptions:
     inception_dims: int = 2048
     """Inception feature dimension of the FID (2048: the standard pool3 features)."""
     real_images_per_cell: int = 5
-    """MiniCanvas: real renders per (style, object) for domain FID."""
+    """Real images per (style, object): MiniCanvas renders that many for domain FID; UnlearnCanvas takes the
+    reference's fixed subset <Style>/<Object>/1.jpg … n.jpg (0: every JPG of the cell)."""
 
 
 @dataclass
@@ -172,7 +173,7 @@ def compute_fid(cfg: EvaluateConfig, mode: str, judge: Judge, images_dir: Path, 
     if mode == "domain":
         real_images = cfg.benchmark.domain_real_images(cells, cfg.real_images_per_cell)
         return domain_fid(judge.features(), real_images, load_images(fake))  # type: ignore[attr-defined]
-    real = [p for s, o in sorted(set(cells)) for p in sorted((Path(cfg.real_images_dir) / s / o).glob("*.jpg"))]
+    real = real_image_files(Path(cfg.real_images_dir), sorted(set(cells)), cfg.real_images_per_cell)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return inception_fid(real, fake, cfg.inception_weights, cfg.inception_dims, device)
 

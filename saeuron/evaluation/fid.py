@@ -55,6 +55,26 @@ def load_fid_inception(weights: str = "", dims: int = 2048, device: str | torch.
     return model.to(device).eval()
 
 
+def real_image_files(root: Path, cells: Sequence[tuple[str, str]], per_cell: int) -> list[Path]:
+    """The real images of each (style, object) cell, ``root/<Style>/<Object>/``: ``1.jpg`` … ``<per_cell>.jpg``
+    as the reference takes them (else the first ``per_cell`` in numeric order), every JPG when ``per_cell`` is 0.
+    A cell with too few images fails naming it."""
+    files: list[Path] = []
+    for style, obj in cells:
+        folder = root / style / obj
+        found = sorted(folder.glob("*.jpg"), key=lambda p: (not p.stem.isdigit(), int(p.stem) if p.stem.isdigit() else 0, p.name))
+        if per_cell:
+            numbered = [folder / f"{i}.jpg" for i in range(1, per_cell + 1)]
+            found = numbered if all(p.is_file() for p in numbered) else found[:per_cell]
+        if not found or (per_cell and len(found) < per_cell):
+            raise FileNotFoundError(
+                f"{folder} holds {len(found)} JPG images, FID needs {per_cell or 'at least one'} per cell "
+                f"(evaluate.real_images_per_cell; 0 takes every image)"
+            )
+        files.extend(found)
+    return files
+
+
 def inception_fid(
     real_files: Sequence[str | Path],
     fake_files: Sequence[str | Path],

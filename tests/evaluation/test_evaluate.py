@@ -62,6 +62,23 @@ def test_unlearncanvas_classifier_loads_the_benchmarks_checkpoint_layout(tmp_pat
         UnlearnCanvasJudge.from_checkpoints(str(tmp_path / "s.pth"), str(tmp_path / "nothing.pth"), arch="vit_tiny_patch16_224")
 
 
+def test_real_images_are_the_references_numbered_subset_per_cell(tmp_path):
+    from saeuron.evaluation.fid import real_image_files
+
+    for style, obj, names in (("Van_Gogh", "Dogs", range(1, 13)), ("Monet", "Dogs", (3, 10, 20, 1, 2))):
+        (tmp_path / style / obj).mkdir(parents=True)
+        for n in names:
+            (tmp_path / style / obj / f"{n}.jpg").write_bytes(b"")
+    cells = [("Van_Gogh", "Dogs"), ("Monet", "Dogs")]
+    picked = [f"{p.parent.parent.name}/{p.name}" for p in real_image_files(tmp_path, cells, 3)]
+    # 1..3.jpg as the reference reads them; numeric order, not 1, 10, 11, … as a plain sort gives.
+    assert picked == ["Van_Gogh/1.jpg", "Van_Gogh/2.jpg", "Van_Gogh/3.jpg", "Monet/1.jpg", "Monet/2.jpg", "Monet/3.jpg"]
+    assert len(real_image_files(tmp_path, cells, 0)) == 12 + 5
+    assert [p.name for p in real_image_files(tmp_path, cells[1:], 5)] == ["1.jpg", "2.jpg", "3.jpg", "10.jpg", "20.jpg"]
+    with pytest.raises(FileNotFoundError, match="Monet/Dogs holds 5 JPG images, FID needs 6 per cell"):
+        real_image_files(tmp_path, cells, 6)
+
+
 def test_inception_fid_runs_pytorch_fid_on_a_weights_file_and_names_the_missing_one(tmp_path, monkeypatch):
     from pytorch_fid import inception as pi
 
