@@ -27,10 +27,12 @@ if [ -n "${QUICK:-}" ]; then
     sae_args=(--shape tiny --quality_steps 20 --rounds 1)
     overhead_args=(--setting minicanvas --steps 3 --rounds 1 --dtype float32)
     precision_args=(--dtypes float32 bfloat16 --seeds 1001)
+    sd15_args=(--shape tiny --steps 5 --prompts 8 --train_steps 20)
 else
     sae_args=(--profile)
     overhead_args=(--setting sd15 --setting minicanvas --dtype float16)
     precision_args=(--dtypes float32 float16 bfloat16 --seeds 1001 1002 1003 1004 1005)
+    sd15_args=()
 fi
 status=0
 run() {
@@ -44,6 +46,7 @@ run() {
     [ "$rc" -eq 0 ] || status=1
 }
 run sae_step $PY benchmarks/sae_step.py --device "$DEVICE" --out "$OUT/sae_step.json" "${sae_args[@]}"
+run sd15_shape $PY benchmarks/sd15_shape.py --device "$DEVICE" --out "$OUT/sd15_shape.json" "${sd15_args[@]}"
 run unlearn_overhead $PY benchmarks/unlearn_overhead.py --device "$DEVICE" --out "$OUT/unlearn_overhead.json" "${overhead_args[@]}"
 if [ -d .gpu/saes ] && [ -d .gpu/recipes ]; then
     run edit_precision $PY benchmarks/edit_precision.py --device "$DEVICE" --saes .gpu/saes --recipes .gpu/recipes \
