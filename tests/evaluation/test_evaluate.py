@@ -12,6 +12,7 @@ import pytest
 import torch
 from helpers import STEPS
 from PIL import Image
+from unlearncanvas_layout import write_fid_inception
 
 from saeuron.benchmarks import get_benchmark
 from saeuron.benchmarks.judges import MiniCanvasJudge, UnlearnCanvasJudge, load_unlearncanvas_vit
@@ -80,28 +81,10 @@ def test_real_images_are_the_references_numbered_subset_per_cell(tmp_path):
 
 
 def test_inception_fid_runs_pytorch_fid_on_a_weights_file_and_names_the_missing_one(tmp_path, monkeypatch):
-    from pytorch_fid import inception as pi
-
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05-6726825d.pth"):
         inception_fid(["a.png", "b.png"], ["c.png", "d.png"])
-    # No real Inception weights exist offline: random weights of pytorch-fid's FID Inception layout
-    # check the plumbing (files → activations → Fréchet distance).
-    torch.manual_seed(0)
-    net = pi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
-    for name, block in [
-        ("Mixed_5b", pi.FIDInceptionA(192, pool_features=32)),
-        ("Mixed_5c", pi.FIDInceptionA(256, pool_features=64)),
-        ("Mixed_5d", pi.FIDInceptionA(288, pool_features=64)),
-        ("Mixed_6b", pi.FIDInceptionC(768, channels_7x7=128)),
-        ("Mixed_6c", pi.FIDInceptionC(768, channels_7x7=160)),
-        ("Mixed_6d", pi.FIDInceptionC(768, channels_7x7=160)),
-        ("Mixed_6e", pi.FIDInceptionC(768, channels_7x7=192)),
-        ("Mixed_7b", pi.FIDInceptionE_1(1280)),
-        ("Mixed_7c", pi.FIDInceptionE_2(2048)),
-    ]:
-        setattr(net, name, block)
-    torch.save(net.state_dict(), tmp_path / "inception.pth")
+    write_fid_inception(tmp_path / "inception.pth")  # random weights: the plumbing, files → activations → distance
     rng = np.random.default_rng(0)
     files = []
     for i in range(8):
