@@ -125,7 +125,9 @@ def write_unlearncanvas(root: Path) -> dict[str, Path]:
 
     style, obj = write_classifiers(root / "classifiers")
     return {
-        "model_path": write_pipeline(root / "diffusers" / "style50", write_clip_tokenizer(root / "tokenizer", model_max_length=77)),
+        "model_path": write_pipeline(
+            root / "diffusers" / "style50", write_clip_tokenizer(root / "tokenizer", model_max_length=77)
+        ),
         "anchor_prompts_dir": write_anchor_prompts(root / "anchor_prompts" / "finetune_prompts"),
         "style_classifier": style,
         "object_classifier": obj,

@@ -78,9 +78,13 @@ def check_pipeline_folder(path: str | Path) -> dict:
             f"local folder written by StableDiffusionPipeline.save_pretrained"
         )
     model_index = json.loads(index.read_text())
-    missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if c not in model_index]
+    needed = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+    missing = [c for c in needed if c not in model_index or not (folder / c).is_dir()]
     if missing:
-        raise ValueError(f"{folder} lacks pipeline components {missing}: not a Stable Diffusion pipeline")
+        raise ValueError(
+            f"{folder} lacks pipeline components {missing} (in model_index.json or as folders): "
+            f"not a complete Stable Diffusion pipeline folder"
+        )
     return model_index
 
 

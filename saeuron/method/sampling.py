@@ -207,6 +207,12 @@ def unlearn(cfg: UnlearnConfig) -> pa.Table:
             cfg.resources.num_actors,
             cfg.resources.cpu_threads_per_actor,
         ).materialize()
+    missing = [image_name(r, cfg.grid.image_format) for r in rows if not (out / image_name(r, cfg.grid.image_format)).is_file()]
+    if missing:
+        raise RuntimeError(
+            f"unlearn: {len(missing)} of {len(rows)} images were not written to {out} ({missing[:3]}…) although no actor "
+            f"failed; run again to generate them (the images already written are kept)"
+        )
     index = pa.Table.from_pylist(
         [
             {**r, "file": image_name(r, cfg.grid.image_format), "recipe": cfg.recipe, "error_mode": cfg.edit.error_mode}

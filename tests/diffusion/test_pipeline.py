@@ -1,6 +1,7 @@
 """Loading a pipeline folder: DDIM by default whatever scheduler the folder holds, as the reference samples."""
 
 import json
+import shutil
 
 import pytest
 from diffusers import DDIMScheduler, PNDMScheduler
@@ -35,8 +36,7 @@ def test_a_scheduler_without_a_ddim_equivalent_or_an_unknown_choice_is_refused(p
     with pytest.raises(ValueError, match="model.scheduler must be one of"):
         load_pipeline(pndm_folder, scheduler="plms")
     flow = tmp_path / "flow"
-    (flow / "scheduler").mkdir(parents=True)
-    (flow / "model_index.json").write_text((pndm_folder / "model_index.json").read_text())
+    shutil.copytree(pndm_folder, flow)
     (flow / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "FlowMatchEulerDiscreteScheduler"}))
     with pytest.raises(ValueError, match="FlowMatchEulerDiscreteScheduler has no DDIM equivalent.*--model.scheduler folder"):
         load_pipeline(flow)
@@ -54,3 +54,10 @@ def test_a_collector_refuses_a_scheduler_that_does_not_call_the_unet_once_per_st
     # PNDM's PLMS warm-up calls the UNet once more than there are steps (the repeated first timestep).
     with pytest.raises(ValueError, match=r"kept 5 UNet calls per prompt.*PNDMScheduler.*--model.scheduler ddim"):
         collector(pndm_folder, "folder")(batch)
+
+
+def test_a_folder_without_its_unet_is_refused_before_loading(pndm_folder, tmp_path):
+    broken = tmp_path / "no-unet"
+    shutil.copytree(pndm_folder, broken, ignore=shutil.ignore_patterns("unet"))
+    with pytest.raises(ValueError, match=r"lacks pipeline components \['unet'\]"):
+        load_pipeline(broken)
