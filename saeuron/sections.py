@@ -44,7 +44,7 @@ class ModelConfig:
     """UnlearnCanvas's anchor_prompts/finetune_prompts folder (sd_prompt_<Object>.txt); unused by MiniCanvas."""
     dtype: str = "auto"
     """"auto" (float16 on GPU, float32 on CPU), "float16", "bfloat16" or "float32"."""
-    scheduler: str = "ddim"
+    sampler: str = "ddim"
     """"ddim": DDIM built from the folder's scheduler config, as the reference samples; "folder": the folder's own."""
 
 

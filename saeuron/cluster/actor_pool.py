@@ -11,7 +11,7 @@ import torch
 from saeuron.diffusion.pipeline import load_pipeline, resolve_dtype
 
 
-def load_pipeline_in_actor(model_path: str, dtype: str, cpu_threads: int, scheduler: str = "ddim"):
+def load_pipeline_in_actor(model_path: str, dtype: str, cpu_threads: int, sampler: str = "ddim"):
     """Inside an actor: (pipeline, device, torch dtype), on the GPU Ray gave this actor if any."""
     import ray
 
@@ -19,7 +19,7 @@ def load_pipeline_in_actor(model_path: str, dtype: str, cpu_threads: int, schedu
     if device == "cpu":
         torch.set_num_threads(cpu_threads)
     torch_dtype = resolve_dtype(dtype, device)
-    return load_pipeline(model_path, device, torch_dtype, scheduler), device, torch_dtype
+    return load_pipeline(model_path, device, torch_dtype, sampler), device, torch_dtype
 
 
 def ensure_ray() -> None:

@@ -27,7 +27,7 @@ from saeuron.cluster.actor_pool import load_pipeline_in_actor, map_with_actor_po
 from saeuron.collection import activations
 from saeuron.console import logger
 from saeuron.diffusion.hooks import CAPTURE_HALVES, HookedPipeline
-from saeuron.diffusion.pipeline import block_channels, check_scheduler, resolve_dtype
+from saeuron.diffusion.pipeline import block_channels, check_sampler, resolve_dtype
 from saeuron.sections import SamplingConfig, WithModel, WithResources, WithTracking
 
 
@@ -89,8 +89,8 @@ class CollectConfig(CollectOptions, WithResources, WithModel, WithTracking):
             {key: getattr(self, key) for key in ("capture_half", "every_k_steps", "patches_per_map", "seeds_per_prompt", "seed")}
         )
         identity["dtype"] = self.model.dtype
-        if self.model.scheduler != "ddim":  # so the identity of every DDIM dataset collected before this field stays
-            identity["scheduler"] = self.model.scheduler
+        if self.model.sampler != "ddim":  # so the identity of every DDIM dataset collected before this field stays
+            identity["sampler"] = self.model.sampler
         identity["model_path"] = self.benchmark.model_identity(self.model.model_path)
         return identity
 
@@ -115,7 +115,7 @@ def _check(cfg: CollectConfig) -> tuple[Path, dict[str, int], list]:
         raise ValueError("patches_per_map and max_prompts must be >= 0 (0 means all)")
     resolve_dtype(cfg.model.dtype, "cpu")
     model_path = cfg.benchmark.resolve_model_path(cfg.model.model_path)
-    check_scheduler(model_path, cfg.model.scheduler)
+    check_sampler(model_path, cfg.model.sampler)
     channels = block_channels(model_path, cfg.resolved_hookpoints)
     rows = cfg.benchmark.training_prompt_rows(
         cfg.model.anchor_prompts_dir, cfg.seed, cfg.seeds_per_prompt, cfg.max_prompts or None
@@ -145,10 +145,10 @@ class ActivationCollector:
         every_k_steps: int,
         patches_per_map: int,
         dtype: str,
-        scheduler: str,
+        sampler: str,
         cpu_threads: int,
     ):
-        pipe, _, _ = load_pipeline_in_actor(model_path, dtype, cpu_threads, scheduler)
+        pipe, _, _ = load_pipeline_in_actor(model_path, dtype, cpu_threads, sampler)
         self.hooked = HookedPipeline(pipe)
         self.hookpoints = hookpoints
         self.num_inference_steps, self.guidance_scale, self.capture_half = num_inference_steps, guidance_scale, capture_half
@@ -174,7 +174,7 @@ class ActivationCollector:
                 raise ValueError(
                     f"{hp}: kept {len(cap.timesteps)} UNet calls per prompt at step indices {sorted(set(cap.step_indices))}, "
                     f"expected {expected} ({self.num_inference_steps} steps, every {self.every_k_steps}): {scheduler} does not "
-                    f"call the UNet once per step; collect with --model.scheduler ddim"
+                    f"call the UNet once per step; collect with --model.sampler ddim"
                 )
         return pa.concat_tables(
             [
@@ -222,7 +222,7 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
                 every_k_steps=cfg.every_k_steps,
                 patches_per_map=cfg.patches_per_map,
                 dtype=cfg.model.dtype,
-                scheduler=cfg.model.scheduler,
+                sampler=cfg.model.sampler,
                 cpu_threads=cfg.resources.cpu_threads_per_actor,
             ),
             cfg.batch_size,

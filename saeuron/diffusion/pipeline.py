@@ -23,47 +23,47 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return DTYPES[name]
 
 
-SCHEDULERS = ("ddim", "folder")
+SAMPLERS = ("ddim", "folder")
 
 
 def load_pipeline(
-    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32, scheduler: str = "ddim"
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32, sampler: str = "ddim"
 ):
     """The one way a diffusers folder is loaded: a ``StableDiffusionPipeline`` from local files only
     (nothing is downloaded), without the safety checker, progress bars off, on ``device``.
 
-    ``scheduler="ddim"`` samples with DDIM built from the folder's scheduler config, as the reference does
+    ``sampler="ddim"`` samples with DDIM built from the folder's scheduler config, as the reference does
     whatever the folder holds (SD v1.5 and UnlearnCanvas ship PNDM, whose PLMS calls the UNet once more than
     there are steps); ``"folder"`` keeps the folder's own.
     """
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    check_scheduler(path, scheduler)
+    check_sampler(path, sampler)
     if isinstance(dtype, str):
         dtype = resolve_dtype(dtype, torch.device(device).type)
     pipe = StableDiffusionPipeline.from_pretrained(
         str(path), dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False, local_files_only=True
     ).to(device)
-    if scheduler == "ddim":
+    if sampler == "ddim":
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def check_scheduler(path: str | Path, scheduler: str) -> str:
-    """The folder's scheduler class; fails when ``scheduler`` is unknown or DDIM cannot stand in for it."""
+def check_sampler(path: str | Path, sampler: str) -> str:
+    """The folder's scheduler class; fails when ``sampler`` is unknown or DDIM cannot stand in for it."""
     from diffusers import DDIMScheduler
 
-    if scheduler not in SCHEDULERS:
-        raise ValueError(f"model.scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"model.sampler must be one of {SAMPLERS}, got {sampler!r}")
     check_pipeline_folder(path)
     config = DDIMScheduler.load_config(Path(path) / "scheduler")
     name = str(config.get("_class_name", ""))
     compatible = {c if isinstance(c, str) else c.__name__ for c in DDIMScheduler._compatibles}
-    if scheduler == "ddim" and name not in compatible:
+    if sampler == "ddim" and name not in compatible:
         raise ValueError(
             f"{path}: its scheduler {name or '(unnamed)'} has no DDIM equivalent (DDIM replaces {sorted(compatible)}); "
-            f"pass --model.scheduler folder to sample with it as it is"
+            f"pass --model.sampler folder to sample with it as it is"
         )
     return name
 

@@ -23,7 +23,7 @@ from saeuron.cluster.registry import load_sae
 from saeuron.cluster.tracking import tracking_uri_of
 from saeuron.console import logger
 from saeuron.diffusion.hooks import HookedPipeline
-from saeuron.diffusion.pipeline import block_channels, check_scheduler
+from saeuron.diffusion.pipeline import block_channels, check_sampler
 from saeuron.method.statistics import ConceptStatistics, patch_mean_latents, sae_fingerprint
 from saeuron.sections import WithModel, WithResources, WithSampling, WithTracking
 
@@ -77,12 +77,12 @@ class StatisticsActor:
         num_inference_steps: int,
         guidance_scale: float,
         dtype: str,
-        scheduler: str,
+        sampler: str,
         sae_inference: str,
         tracking_uri: str,
         cpu_threads: int,
     ):
-        pipe, device, torch_dtype = load_pipeline_in_actor(model_path, dtype, cpu_threads, scheduler)
+        pipe, device, torch_dtype = load_pipeline_in_actor(model_path, dtype, cpu_threads, sampler)
         self.hooked = HookedPipeline(pipe)
         self.sae = load_sae(
             sae_ref,
@@ -130,7 +130,7 @@ def _check(cfg: GatherConfig):
         raise ValueError(f"kind must be 'style' or 'object', got {cfg.kind!r}")
     benchmark = get_benchmark(cfg.model.benchmark)
     model_path = benchmark.resolve_model_path(cfg.model.model_path)
-    check_scheduler(model_path, cfg.model.scheduler)
+    check_sampler(model_path, cfg.model.sampler)
     d_in = block_channels(model_path, [cfg.resolved_hookpoint])[cfg.resolved_hookpoint]
     registry_uri = tracking_uri_of(cfg.tracking)  # where models:/ SAE references resolve
     sae = load_sae(cfg.sae, cfg.resolved_hookpoint, inference=cfg.sae_inference or None, tracking_uri=registry_uri)
@@ -158,7 +158,7 @@ def gather(cfg: GatherConfig) -> ConceptStatistics:
             num_inference_steps=cfg.sampling.num_inference_steps,
             guidance_scale=cfg.sampling.guidance_scale,
             dtype=cfg.model.dtype,
-            scheduler=cfg.model.scheduler,
+            sampler=cfg.model.sampler,
             sae_inference=cfg.sae_inference,
             tracking_uri=tracking_uri_of(cfg.tracking),
             cpu_threads=cfg.resources.cpu_threads_per_actor,

@@ -24,7 +24,7 @@ from saeuron.benchmarks.prompts import PromptRow, rows_from_batch
 from saeuron.cluster.actor_pool import load_pipeline_in_actor, map_with_actor_pool
 from saeuron.cluster.tracking import tracking_uri_of
 from saeuron.console import logger
-from saeuron.diffusion.pipeline import check_scheduler
+from saeuron.diffusion.pipeline import check_sampler
 from saeuron.method.recipe import Recipe
 from saeuron.sections import ImageGridConfig, WithEdit, WithModel, WithResources, WithSampling, WithTracking
 
@@ -84,7 +84,7 @@ class UnlearningSampler:
         num_inference_steps: int,
         guidance_scale: float,
         dtype: str,
-        scheduler: str,
+        sampler: str,
         image_format: str,
         out_dir: str,
         tracking_uri: str,
@@ -94,7 +94,7 @@ class UnlearningSampler:
         from saeuron.diffusion.hooks import HookedPipeline
         from saeuron.method.unlearned_pipeline import UnlearnedPipeline
 
-        pipe, device, torch_dtype = load_pipeline_in_actor(model_path, dtype, cpu_threads, scheduler)
+        pipe, device, torch_dtype = load_pipeline_in_actor(model_path, dtype, cpu_threads, sampler)
         if recipe:
             loaded = Recipe.load(recipe)
             sae_model = load_sae(
@@ -177,7 +177,7 @@ def unlearn(cfg: UnlearnConfig) -> pa.Table:
         UnlearningEdit(sae, recipe)
     benchmark = get_benchmark(cfg.model.benchmark)
     model_path = benchmark.resolve_model_path(cfg.model.model_path)
-    check_scheduler(model_path, cfg.model.scheduler)
+    check_sampler(model_path, cfg.model.sampler)
     rows = [r.as_dict() for r in prompt_rows(cfg)]
     out = cfg.images_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -197,7 +197,7 @@ def unlearn(cfg: UnlearnConfig) -> pa.Table:
                 num_inference_steps=cfg.sampling.num_inference_steps,
                 guidance_scale=cfg.sampling.guidance_scale,
                 dtype=cfg.model.dtype,
-                scheduler=cfg.model.scheduler,
+                sampler=cfg.model.sampler,
                 image_format=cfg.grid.image_format,
                 out_dir=str(out),
                 tracking_uri=registry_uri,

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 from saeuron.atomic_files import write_text_atomic
 from saeuron.benchmarks.tuning_prompts import tuning_prompt_rows
 from saeuron.console import logger, tune_verbosity
-from saeuron.diffusion.pipeline import check_scheduler
+from saeuron.diffusion.pipeline import check_sampler
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.tuning.config import SCHEDULERS, SearchConfig, grid_of
 from saeuron.tuning.trial import tuning_trial
@@ -225,7 +225,7 @@ def search(cfg: SearchConfig) -> SearchResult:
     grid_of(cfg, "style"), grid_of(cfg, "object")  # a bad grid fails before Ray starts
     kinds = concept_statistics(cfg)
     model_path = cfg.benchmark.resolve_model_path(cfg.model.model_path)
-    check_scheduler(model_path, cfg.model.scheduler)
+    check_sampler(model_path, cfg.model.sampler)
     check_judge(cfg.benchmark, cfg.benchmark.load_judge(cfg.judge))
     tracking_uri = tracking_uri_of(cfg.tracking)
     prompts = {
@@ -241,7 +241,7 @@ def search(cfg: SearchConfig) -> SearchResult:
     setup: dict[str, Any] = dict(  # what every trial needs (saeuron.tuning.trial.tuning_trial reads it)
         model_path=str(model_path),
         dtype=cfg.model.dtype,
-        scheduler=cfg.model.scheduler,
+        sampler=cfg.model.sampler,
         cpu_threads=cfg.cpu_threads_per_trial,
         benchmark=cfg.model.benchmark,
         judge=asdict(cfg.judge),

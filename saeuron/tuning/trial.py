@@ -39,8 +39,8 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     from saeuron.method.unlearned_pipeline import UnlearnedPipeline
 
     pipe, device, dtype = _cached(
-        ("pipeline", setup["model_path"], setup["dtype"], setup["scheduler"]),
-        lambda: load_pipeline_in_actor(setup["model_path"], setup["dtype"], setup["cpu_threads"], setup["scheduler"]),
+        ("pipeline", setup["model_path"], setup["dtype"], setup["sampler"]),
+        lambda: load_pipeline_in_actor(setup["model_path"], setup["dtype"], setup["cpu_threads"], setup["sampler"]),
     )
     judge = _cached(
         ("judge", setup["benchmark"], json.dumps(setup["judge"])),

@@ -29,21 +29,21 @@ def test_ddim_replaces_the_folders_scheduler_unless_asked_to_keep_it(pndm_folder
     ddim = load_pipeline(pndm_folder)
     assert isinstance(ddim.scheduler, DDIMScheduler)
     assert ddim.scheduler.config.beta_schedule == "scaled_linear" and ddim.scheduler.config.steps_offset == 1
-    assert isinstance(load_pipeline(pndm_folder, scheduler="folder").scheduler, PNDMScheduler)
+    assert isinstance(load_pipeline(pndm_folder, sampler="folder").scheduler, PNDMScheduler)
 
 
 def test_a_scheduler_without_a_ddim_equivalent_or_an_unknown_choice_is_refused(pndm_folder, tmp_path):
-    with pytest.raises(ValueError, match="model.scheduler must be one of"):
-        load_pipeline(pndm_folder, scheduler="plms")
+    with pytest.raises(ValueError, match="model.sampler must be one of"):
+        load_pipeline(pndm_folder, sampler="plms")
     flow = tmp_path / "flow"
     shutil.copytree(pndm_folder, flow)
     (flow / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "FlowMatchEulerDiscreteScheduler"}))
-    with pytest.raises(ValueError, match="FlowMatchEulerDiscreteScheduler has no DDIM equivalent.*--model.scheduler folder"):
+    with pytest.raises(ValueError, match="FlowMatchEulerDiscreteScheduler has no DDIM equivalent.*--model.sampler folder"):
         load_pipeline(flow)
 
 
-def collector(folder, scheduler):
-    return ActivationCollector(str(folder), [HOOK], 4, 7.5, "cond", 1, 0, "float32", scheduler, 1)
+def collector(folder, sampler):
+    return ActivationCollector(str(folder), [HOOK], 4, 7.5, "cond", 1, 0, "float32", sampler, 1)
 
 
 def test_a_collector_refuses_a_scheduler_that_does_not_call_the_unet_once_per_step(pndm_folder):
@@ -52,7 +52,7 @@ def test_a_collector_refuses_a_scheduler_that_does_not_call_the_unet_once_per_st
     table = collector(pndm_folder, "ddim")(batch)
     assert table.num_rows == 2 * 4 and sorted(set(table.column("step_index").to_pylist())) == [0, 1, 2, 3]
     # PNDM's PLMS warm-up calls the UNet once more than there are steps (the repeated first timestep).
-    with pytest.raises(ValueError, match=r"kept 5 UNet calls per prompt.*PNDMScheduler.*--model.scheduler ddim"):
+    with pytest.raises(ValueError, match=r"kept 5 UNet calls per prompt.*PNDMScheduler.*--model.sampler ddim"):
         collector(pndm_folder, "folder")(batch)
 
 
