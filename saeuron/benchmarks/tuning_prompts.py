@@ -14,7 +14,8 @@ and still score UA, IRA and CRA.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from saeuron.benchmarks.base import Benchmark, check_kind
 from saeuron.benchmarks.prompts import PromptRow
@@ -43,6 +44,24 @@ _Cell = tuple[str | None, str, str]
 FORGET_SHARE, RETAIN_SHARE, OTHER_AXIS_SHARE = 0.4, 0.5, 0.1
 """Order of the tuning prompts: the concept's own images come early (40 % of each prefix until they
 run out) so that UA, half of the objective, is measured on several images at the first rungs."""
+
+
+def scorable_prefix(rows: Sequence[Mapping[str, Any]], concept: str, kind: str) -> int:
+    """How many of the first tuning prompts a trial needs before it can report: one image of the concept (UA),
+    one of another concept of its kind (IRA) and one of the other axis (CRA: an unstyled image for a style, a
+    styled one for an object). ``len(rows) + 1`` when the rows never hold all three."""
+    seen = set()
+    for n, row in enumerate(rows, 1):
+        label = row["style"] if kind == "style" else row["object"]
+        if label == concept:
+            seen.add("ua")
+        elif label is not None:
+            seen.add("ira")
+        if (row["style"] is None) == (kind == "style"):
+            seen.add("cra")
+        if len(seen) == 3:
+            return n
+    return len(rows) + 1
 
 
 def tuning_prompt_rows(

@@ -38,6 +38,8 @@ class GatherOptions:
     """Seed of the first statistics prompt; prompt i uses seed + i (recorded with the statistics)."""
     sae_inference: str = ""
     """"topk" or "threshold"; empty: the SAE's learned threshold when it has one."""
+    max_prompts_per_concept: int = 0
+    """Statistics prompts per concept, the first in order (0: all of them, as the reference)."""
     batch_size: int = 8
     """Prompts per actor call."""
 
@@ -139,6 +141,17 @@ def _check(cfg: GatherConfig):
             f"the SAE reads {sae.d_in}-dim vectors but {cfg.resolved_hookpoint} outputs {d_in}: wrong SAE for this hookpoint"
         )
     rows = benchmark.statistics_prompt_rows(cfg.kind, cfg.model.anchor_prompts_dir, cfg.seed, cfg.styled_objects)
+    if cfg.max_prompts_per_concept < 0:
+        raise ValueError(f"max_prompts_per_concept must be >= 0 (0: all), got {cfg.max_prompts_per_concept}")
+    if cfg.max_prompts_per_concept:
+        taken: dict[str, int] = {}
+        kept = []
+        for row in rows:
+            concept = getattr(row, cfg.kind)
+            if taken.get(concept, 0) < cfg.max_prompts_per_concept:
+                taken[concept] = taken.get(concept, 0) + 1
+                kept.append(row)
+        rows = kept
     if not rows:
         raise ValueError(f"no statistics prompts for {cfg.model.benchmark!r}")
     return model_path, sae, rows

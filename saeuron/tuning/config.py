@@ -32,7 +32,8 @@ class SearchOptions:
     max_prompts: int = 0
     """Cap on tuning prompts per concept (every prefix is balanced); 0: all of them."""
     chunk: int = 8
-    """Prompts generated between two reports (ASHA's unit of resource)."""
+    """Prompts generated between two reports (ASHA's unit of resource); at least as many as a trial needs to score
+    UA, IRA and CRA (its first unstyled image comes 6th for a MiniCanvas style: checked before the search)."""
     grace_prompts: int = 8
     """ASHA: prompts every trial scores before it can be stopped (then rungs at grace × reduction_factor^k)."""
     reduction_factor: float = 4

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from saeuron.atomic_files import write_text_atomic
-from saeuron.benchmarks.tuning_prompts import tuning_prompt_rows
+from saeuron.benchmarks.tuning_prompts import scorable_prefix, tuning_prompt_rows
 from saeuron.console import logger, tune_verbosity
 from saeuron.diffusion.pipeline import check_sampler
 from saeuron.method.statistics import ConceptStatistics
@@ -220,8 +220,8 @@ def search(cfg: SearchConfig) -> SearchResult:
 
     if cfg.scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {cfg.scheduler!r}")
-    if cfg.chunk < 3:
-        raise ValueError("chunk must be at least 3 so that every report scores the forgotten, retained and other-axis images")
+    if cfg.chunk < 1:
+        raise ValueError(f"chunk must be at least 1, got {cfg.chunk}")
     grid_of(cfg, "style"), grid_of(cfg, "object")  # a bad grid fails before Ray starts
     kinds = concept_statistics(cfg)
     model_path = cfg.benchmark.resolve_model_path(cfg.model.model_path)
@@ -237,6 +237,16 @@ def search(cfg: SearchConfig) -> SearchResult:
         ][: cfg.max_prompts or None]
         for c, (kind, _) in kinds.items()
     }
+    for concept, (kind, _) in kinds.items():
+        needed, rows = scorable_prefix(prompts[concept], concept, kind), prompts[concept]
+        what = f"its own images, retained ones and {'unstyled' if kind == 'style' else 'styled'} ones"
+        if needed > len(rows):
+            raise ValueError(f"search.max_prompts keeps {len(rows)} tuning prompts of {concept}: too few to hold {what}")
+        if cfg.chunk < needed:
+            raise ValueError(
+                f"search.chunk is {cfg.chunk}, but a trial of {concept} can first report after {needed} tuning prompts "
+                f"({what}): raise --search.chunk to at least {needed}"
+            )
     base_model = cfg.benchmark.model_identity(cfg.model.model_path)
     setup: dict[str, Any] = dict(  # what every trial needs (saeuron.tuning.trial.tuning_trial reads it)
         model_path=str(model_path),

@@ -66,3 +66,15 @@ def test_minicanvas_prompt_sets_carry_labels():
     assert len(evaluation) == (len(spec.styles) + 1) * len(spec.objects) * 2
     assert evaluation[0].prompt == "An image of Circles in Diagonal Stripes style."
     assert evaluation[-1].prompt == "An image of Diamonds." and evaluation[-1].style is None
+
+
+def test_a_trial_can_first_report_once_its_prompts_hold_all_three_groups():
+    from saeuron.benchmarks.tuning_prompts import scorable_prefix, tuning_prompt_rows
+
+    minicanvas = get_benchmark("minicanvas")
+    style = [r.as_dict() for r in tuning_prompt_rows(minicanvas, "Neon_Glow", "style")]
+    # Measured: the first unstyled image (a style's CRA) is the 6th tuning prompt; an object's first 2 suffice.
+    assert scorable_prefix(style, "Neon_Glow", "style") == 6
+    assert style[5]["style"] is None and all(r["style"] is not None for r in style[:5])
+    assert scorable_prefix([r.as_dict() for r in tuning_prompt_rows(minicanvas, "Stars", "object")], "Stars", "object") == 2
+    assert scorable_prefix(style[:5], "Neon_Glow", "style") == 6  # never: one more than there are
