@@ -43,8 +43,9 @@ class SaeTrainConfig:
     b_dec_init: str = "geometric_median"
     """Decoder bias before the first step: "geometric_median" of the first batch (the reference) or "zero" (sparsify)."""
     mixed_precision: str = "auto"
-    """Forward pass under autocast: "bf16", "fp16", "none", or "auto" (bf16 on a GPU that has it, none
-    elsewhere). Parameters, gradients and Adam's state stay in the SAE's dtype either way."""
+    """Forward pass under autocast: "bf16", "none", or "auto" (bf16 on a GPU that has it, none elsewhere).
+    Parameters, gradients and Adam's state stay in the SAE's dtype either way. (No fp16: without loss scaling
+    its small gradients underflow, and bf16 needs none.)"""
     kernels: str = "auto"
     """"sparse" (gathers: fastest on a CPU), "dense" (bf16 matrix products: fastest on a GPU) or "auto"."""
 
@@ -67,7 +68,7 @@ class SaeTrainConfig:
 
 
 B_DEC_INITS = ("geometric_median", "zero")
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16}
 KERNELS = ("sparse", "dense", "auto")
 
 
