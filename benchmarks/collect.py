@@ -47,7 +47,7 @@ def bare_loop(rows, out: Path, steps: int, batch_size: int) -> float:
         )
         for hookpoint, cap in result.captures.items():
             table = activations.activation_table(hookpoint, batch, cap.stacked(), cap.timesteps, cap.step_indices)
-            folder = activations.hookpoint_dir(out, hookpoint)
+            folder = activations.hookpoint_dir(out, hookpoint).local_path
             folder.mkdir(parents=True, exist_ok=True)
             pq.write_table(
                 table.drop_columns([activations.PARTITION]), folder / f"{start:06d}.parquet", **activations.PARQUET_OPTIONS
@@ -126,9 +126,9 @@ def main() -> None:
         started = time.perf_counter()
         manifest = collect(cfg)
         job = time.perf_counter() - started
-        stored = sum(p.stat().st_size for p in cfg.dataset_dir.rglob("*.parquet"))
+        stored = sum(p.stat().st_size for p in cfg.dataset_dir.local_path.rglob("*.parquet"))
         values = sum(manifest["rows"][h] * 64 * manifest["d_in"][h] for h in HOOKS)
-        shutil.rmtree(cfg.dataset_dir)
+        shutil.rmtree(cfg.dataset_dir.local_path)
     print(
         f"bare loop: {len(rows) / bare:.2f} images/s   ray job (1 actor): {len(rows) / job:.2f} images/s   "
         f"ratio job/bare: {bare / job:.2f}"

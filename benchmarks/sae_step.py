@@ -134,13 +134,12 @@ def real_stream(root: Path, hookpoint: str, n: int, count: int, device: str) -> 
     """``count`` training batches of [n, d] vectors (cycling, shuffled once) and the held-out batches, from a
     collected dataset; one prompt in ten is held out (the split ``jobs/train.py`` uses)."""
     import numpy as np
-    import pyarrow.parquet as pq
 
     from saeuron.collection import activations
     from saeuron.collection.dataset import in_validation
 
     d_in = activations.read_manifest(root)["d_in"][hookpoint]
-    table = pq.read_table(activations.hookpoint_dir(root, hookpoint), columns=["prompt_id", "activations"])
+    table = activations.read_hookpoint(root, hookpoint, ["prompt_id", "step_index", "activations"])
     vectors = torch.from_numpy(activations.binary_to_vectors(table.column("activations"), d_in).astype(np.float32))
     held = torch.from_numpy(in_validation(table.column("prompt_id").to_numpy(), 0.1)).repeat_interleave(
         len(vectors) // len(table)

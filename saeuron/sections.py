@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from saeuron.storage import Location
 
 
 @dataclass
@@ -17,19 +21,39 @@ class TrackingConfig:
 
     study_dir: str = "runs/minicanvas"
     """Storage root: activations, SAEs, statistics, recipes, images, reports, stage records, and the
-    MLflow SQLite store when tracking_uri is empty. Absolute (on shared storage) for submitted Ray jobs."""
+    MLflow SQLite store when tracking_uri is empty. Absolute (on shared storage) for submitted Ray jobs;
+    collection and training also take an object-store URI (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX)."""
     tracking_uri: str = ""
     """MLflow tracking URI; empty: SQLite in study_dir. A cluster needs a server every node reaches (http://...)."""
     experiment: str = "saeuron"
     """MLflow experiment of the runs."""
     parent_run_id: str = ""
     """Log this job's run as a child of this MLflow run (a study's run for its stages)."""
+    lease_seconds: float = 60.0
+    """How long a run's lease on what it writes lasts unrenewed (renewed every third of it): a killed run's
+    output can be taken over this long after it died."""
     verbose: bool = False
     """Show Ray's full console output (every dataset's progress bars, Tune's trial tables, workers' step lines)."""
 
     @property
+    def storage(self) -> Location:
+        from saeuron.storage import Location  # pyarrow: not on the GPU machine, which imports the sections
+
+        return Location.parse(self.study_dir)
+
+    @property
     def root(self) -> Path:
-        return Path(self.study_dir).expanduser().resolve()
+        """The study folder on this machine, for the stages that still write through local paths."""
+        from saeuron.storage import StorageError
+
+        storage = self.storage
+        if not storage.is_local:
+            raise StorageError(
+                f"tracking.study_dir {storage.uri} is object storage; statistics, search, evaluation and the study's "
+                f"records still need a local or shared folder: pass --study_dir /shared/folder and put the activations "
+                f"in the bucket with --output_dir / --activations_dir"
+            )
+        return storage.local_path
 
 
 @dataclass

@@ -10,6 +10,11 @@ for _name, _value in {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # For the S3 emulator (any key works); set before Ray starts so its workers inherit them.
+    "AWS_ACCESS_KEY_ID": "saeuron-test",
+    "AWS_SECRET_ACCESS_KEY": "saeuron-test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
 }.items():
     os.environ.setdefault(_name, _value)
 
@@ -97,3 +102,17 @@ def object_sae(minicanvas_activations, tmp_path_factory):
 @pytest.fixture(scope="session")
 def object_statistics(object_sae, minicanvas_activations, tmp_path_factory):
     return fixture_statistics(object_sae, OBJECT_HOOK, "object", tmp_path_factory.mktemp("stats"))
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """An S3-compatible server on 127.0.0.1. It is moto's server, an emulator (no S3 server installs here):
+    real S3's API and consistency, not its authentication (any key works, and so do anonymous requests)."""
+    from helpers import S3Emulator
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield S3Emulator(f"{host}:{port}")
+    server.stop()

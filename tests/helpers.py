@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,3 +113,27 @@ def fixture_statistics(sae: Path, hookpoint: str, kind: str, folder: Path) -> Pa
     )
     gather(cfg)
     return cfg.statistics_dir
+
+
+@dataclass
+class S3Emulator:
+    """The test S3 server: URIs that reach it and a client to create buckets and damage objects."""
+
+    endpoint: str
+
+    def uri(self, bucket: str, prefix: str = "") -> str:
+        return f"s3://{bucket}/{prefix}?endpoint_override={self.endpoint}&scheme=http&region=us-east-1"
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=f"http://{self.endpoint}", region_name="us-east-1")
+
+    def bucket(self, name: str) -> str:
+        """A fresh, empty bucket."""
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))

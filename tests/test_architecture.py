@@ -11,7 +11,7 @@ import saeuron
 
 PACKAGE = Path(saeuron.__file__).parent
 LAYERS = [
-    ("saeuron.config", "saeuron.console", "saeuron.atomic_files", "saeuron.sections", "saeuron.sae"),
+    ("saeuron.config", "saeuron.console", "saeuron.atomic_files", "saeuron.storage", "saeuron.sections", "saeuron.sae"),
     ("saeuron.diffusion",),
     ("saeuron.benchmarks",),
     ("saeuron.cluster",),

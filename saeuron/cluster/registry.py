@@ -18,6 +18,8 @@ import torch
 from saeuron.sae import Sae
 from saeuron.sae.hub import hub_sae_folder, is_hub_ref
 from saeuron.sae.model import CONFIG_FILE
+from saeuron.storage import Location, is_uri
+from saeuron.storage.mirror import pull
 
 MODELS_SCHEME = "models:/"
 RUNS_SCHEME = "runs:/"
@@ -88,6 +90,13 @@ def resolve_sae_folder(
         return hub_sae_folder(text, hookpoint)
     if text.startswith(MODELS_SCHEME):
         folder = download_artifacts(text, tracking_uri, cache_dir, prefix="saeuron-sae-")
+    elif is_uri(text):  # an SAE folder in a bucket (a training run's under an object-store study_dir)
+        location = Location.parse(text)
+        if hookpoint and (location / hookpoint / CONFIG_FILE).is_file():
+            location = location / hookpoint
+        if not (location / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{text} is not an SAE folder (no {CONFIG_FILE})")
+        folder = pull(location)
     else:
         folder = Path(text).expanduser()
         if hookpoint and (folder / hookpoint / CONFIG_FILE).is_file():

@@ -20,11 +20,17 @@ import mlflow
 
 from saeuron.config import config_to_yaml, to_dict
 from saeuron.sections import TrackingConfig
+from saeuron.storage import StorageError, is_uri
 
 
 def resolve_tracking_uri(tracking_uri: str | None, study_dir: str | Path) -> str:
     if tracking_uri:
         return tracking_uri
+    if is_uri(str(study_dir)):
+        raise StorageError(
+            f"tracking.study_dir {study_dir} is object storage, where MLflow's SQLite store cannot live; pass "
+            f"--tracking_uri http://HOST:5000 (a tracking server every node reaches) or sqlite:////local/folder/mlflow.db"
+        )
     study = Path(study_dir).expanduser().resolve()
     study.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{study / 'mlflow.db'}"
@@ -38,7 +44,9 @@ def ensure_experiment(tracking_uri: str, name: str, study_dir: str | Path) -> st
     if experiment is not None:
         return experiment.experiment_id
     location = None
-    if tracking_uri.startswith("sqlite:"):
+    if tracking_uri.startswith("sqlite:") and is_uri(str(study_dir)):  # beside the database, not in the bucket
+        location = (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    elif tracking_uri.startswith("sqlite:"):
         location = (Path(study_dir).expanduser().resolve() / "mlartifacts").as_uri()
     return mlflow.create_experiment(name, artifact_location=location)
 

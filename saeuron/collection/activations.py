@@ -10,14 +10,20 @@ fixed-size binary (schema 1) still read. Rows are feature maps, not
 patches, because the labels are then stored once per map instead of once per vector, and a batch
 of rows decodes to ``[n, d_in]`` vectors with one zero-copy buffer view.
 
-Layout::
+Layout (``<root>`` a local folder or an object-store prefix, see :mod:`saeuron.storage`)::
 
-    <root>/manifest.json                          config, counts, d_in, schema version
+    <root>/manifest.json                          config, counts, d_in, schema version, committed files
     <root>/hookpoint=<hookpoint>/*.parquet        the rows of that hookpoint
+    <root>/_lease.json                            while a collection runs: who is writing
+
+Every file is committed through the manifest, which records its rows, size and SHA-256: object stores
+have no atomic rename, so a file is data only once the manifest lists it, and a reader checks each file
+it reads against its record (Parquet pages also carry CRCs), so a damaged shard is named, never trained on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,18 +35,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from saeuron.atomic_files import atomic_path, write_text_atomic
+from saeuron.storage import Location
 
 SCHEMA_VERSION = 2
-PARQUET_OPTIONS = {"use_dictionary": ["object", "style"], "write_statistics": ["prompt_id", "seed", "timestep", "step_index"]}
+PARQUET_OPTIONS = {
+    "use_dictionary": ["object", "style"],
+    "write_statistics": ["prompt_id", "seed", "timestep", "step_index"],
+    "write_page_checksum": True,
+}
 """``pq.write_table`` options: dictionary-encoding or min/max statistics on the 8 KB+ activation values
-only cost time (Parquet tries a dictionary, gives up, and reading back runs 2.5× slower)."""
+only cost time (Parquet tries a dictionary, gives up, and reading back runs 2.5× slower); page CRCs let a
+reader tell a damaged page from data."""
 MANIFEST = "manifest.json"
 PARTITION = "hookpoint"
 
 
-def hookpoint_dir(root: str | Path, hookpoint: str) -> Path:
-    return Path(root) / f"{PARTITION}={hookpoint}"
+def hookpoint_dir(root: str | Path | Location, hookpoint: str) -> Location:
+    return Location.parse(root) / f"{PARTITION}={hookpoint}"
 
 
 def maps_to_binary(maps: np.ndarray) -> pa.LargeBinaryArray:
@@ -125,68 +136,98 @@ def activation_table(
 
 
 # ------------------------------------------------------------------------------ manifest
-def read_manifest(root: str | Path) -> dict[str, Any] | None:
-    path = Path(root) / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+def read_manifest(root: str | Path | Location) -> dict[str, Any] | None:
+    location = Location.parse(root) / MANIFEST
+    return json.loads(location.read_text()) if location.is_file() else None
 
 
-def write_manifest(root: str | Path, manifest: dict[str, Any]) -> None:
-    path = Path(root) / MANIFEST
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+def write_manifest(root: str | Path | Location, manifest: dict[str, Any]) -> None:
+    (Location.parse(root) / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
-# ------------------------------------------------------------------------------ resume
-@dataclass
-class ExistingRows:
-    done: set[int]
-    """Prompt ids whose rows are complete, exactly once, in every hookpoint."""
-    removed_files: list[str]
-    rewritten_files: list[str]
+class DamagedShard(OSError):
+    """A committed Parquet file whose bytes are not what was written."""
 
 
-def reconcile(root: str | Path, hookpoints: Sequence[str], rows_per_prompt: int) -> ExistingRows:
-    """Make the folder hold only complete prompts, each exactly once, and say which those are.
+@dataclass(frozen=True)
+class Shard:
+    """One committed file of a hookpoint and what the manifest says it holds."""
 
-    A file that cannot be opened (a write that was killed) is removed. A prompt counts as done
-    only when every hookpoint has exactly ``rows_per_prompt`` rows of it; rows of any other
-    prompt (half-written, or duplicated) are taken out by rewriting their files atomically, so
-    that the prompt is generated again and nothing is ever counted twice.
-    """
-    removed, rewritten = [], []
-    counts: dict[str, dict[int, int]] = {}
-    files: dict[str, dict[Path, np.ndarray]] = {}
-    for hookpoint in hookpoints:
-        folder = hookpoint_dir(root, hookpoint)
-        counts[hookpoint], files[hookpoint] = {}, {}
-        for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
-            try:
-                ids = pq.read_table(path, columns=["prompt_id"]).column("prompt_id").to_numpy()
-            except (pa.ArrowInvalid, OSError):
-                path.unlink()
-                removed.append(str(path))
-                continue
-            files[hookpoint][path] = ids
-            for prompt_id, n in zip(*np.unique(ids, return_counts=True)):
-                counts[hookpoint][int(prompt_id)] = counts[hookpoint].get(int(prompt_id), 0) + int(n)
-    candidates = set.union(*(set(c) for c in counts.values())) if counts else set()
-    done = {p for p in candidates if all(counts[h].get(p, 0) == rows_per_prompt for h in hookpoints)}
-    done_ids = np.fromiter(done, dtype=np.int64, count=len(done))
-    for hookpoint in hookpoints:
-        for path, ids in files[hookpoint].items():
-            keep = np.isin(ids, done_ids)
-            if keep.all():
-                continue
-            if not keep.any():
-                path.unlink()
-                removed.append(str(path))
-                continue
-            with atomic_path(path) as tmp:
-                pq.write_table(pq.read_table(path).filter(pa.array(keep)), tmp, **PARQUET_OPTIONS)
-            rewritten.append(str(path))
-    return ExistingRows(done, removed, rewritten)
+    location: Location
+    rows: int
+    bytes: int
+    sha256: str | None
+    """None for datasets committed before files were hashed (their pages carry no CRC either)."""
 
 
-def count_rows(root: str | Path, hookpoint: str) -> int:
+def shard_record(data: bytes, rows: int) -> dict[str, Any]:
+    return {"rows": rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def committed_shards(root: str | Path | Location, hookpoint: str, manifest: dict[str, Any] | None = None) -> list[Shard]:
+    """The files of a hookpoint that the manifest committed; a dataset written before commits were recorded
+    lists its folder (unverified)."""
+    root = Location.parse(root)
+    manifest = manifest if manifest is not None else read_manifest(root)
     folder = hookpoint_dir(root, hookpoint)
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in folder.glob("*.parquet")) if folder.is_dir() else 0
+    if manifest is None or "files" not in manifest:
+        return [
+            Shard(f, pq.ParquetFile(f.path, filesystem=f.fs).metadata.num_rows, f.size(), None) for f in folder.files(".parquet")
+        ]
+    return [
+        Shard(folder / name, entry["rows"], entry["bytes"], entry["sha256"])
+        for name, entry in sorted(manifest["files"].get(hookpoint, {}).items())
+    ]
+
+
+def read_shard(shard: Shard, columns: Sequence[str] | None = None) -> pa.Table:
+    """The file's rows, after checking its size and SHA-256 against the manifest and its pages' CRCs."""
+    try:
+        data = shard.location.read_bytes()
+    except FileNotFoundError as error:
+        raise DamagedShard(f"{shard.location.uri} is committed in the manifest but missing; {_REGENERATE}") from error
+    if shard.sha256 is not None and (len(data) != shard.bytes or hashlib.sha256(data).hexdigest() != shard.sha256):
+        raise DamagedShard(
+            f"{shard.location.uri} is damaged: {len(data)} bytes whose SHA-256 differs from the {shard.bytes} bytes "
+            f"committed; {_REGENERATE}"
+        )
+    return parse_shard(data, shard.location, columns)
+
+
+_REGENERATE = "run jobs/collect.py again with the same config: it drops the file and collects its prompts again"
+
+
+def parse_shard(data: bytes, location: Location, columns: Sequence[str] | None = None) -> pa.Table:
+    try:
+        return pq.read_table(pa.BufferReader(data), columns=columns, page_checksum_verification=True)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise DamagedShard(f"{location.uri} cannot be read as Parquet ({error}); {_REGENERATE}") from error
+
+
+def parse_shard_file(location: Location, columns: Sequence[str]) -> pa.Table:
+    try:
+        return pq.read_table(location.path, filesystem=location.fs, columns=columns, page_checksum_verification=True)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise DamagedShard(f"{location.uri} cannot be read as Parquet ({error}); {_REGENERATE}") from error
+
+
+def read_hookpoint(root: str | Path | Location, hookpoint: str, columns: Sequence[str] | None = None) -> pa.Table:
+    """Every committed row of a hookpoint, verified, sorted by prompt and step (file order is the writer's)."""
+    tables = [read_shard(s, columns) for s in committed_shards(root, hookpoint)]
+    table = pa.concat_tables(tables) if tables else pa.table({})
+    keys = [k for k in ("prompt_id", "step_index") if k in table.column_names]
+    return table.sort_by([(k, "ascending") for k in keys]) if keys else table
+
+
+def write_table(location: Location, table: pa.Table) -> bytes:
+    """One Parquet file, written whole (see :meth:`Location.write_bytes`); returns its bytes for the record."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **PARQUET_OPTIONS)
+    data = sink.getvalue().to_pybytes()
+    location.write_bytes(data)
+    return data
+
+
+def count_rows(files: dict[str, dict[str, Any]]) -> int:
+    """Rows of a hookpoint's committed files (the manifest's ``files[hookpoint]``)."""
+    return sum(entry["rows"] for entry in files.values())

@@ -5,17 +5,18 @@ each hold one pipeline (one GPU per actor when the cluster has GPUs, CPU otherwi
 with the capture hook, and the stream is written with ``write_parquet`` partitioned by hookpoint.
 
 Resume is exactly-once: before writing, :func:`saeuron.collection.activations.reconcile` drops files that a
-killed write left unreadable and rows of prompts that are not complete in every hookpoint, so a
-prompt is either present once with all its rows or generated again.
+killed write left unreadable, committed files whose bytes changed, and rows of prompts that are not
+complete in every hookpoint, so a prompt is either present once with all its rows or generated again;
+what it keeps is committed in the manifest. The dataset folder may be a local or shared folder or an
+``s3://``/``gs://`` prefix, and a collection holds its lease (:mod:`saeuron.storage.leases`) while it runs,
+so a second collection into the same folder is refused instead of deleting the first one's files.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,11 +25,12 @@ import pyarrow as pa
 from saeuron.benchmarks import Benchmark, get_benchmark
 from saeuron.benchmarks.prompts import rows_from_batch
 from saeuron.cluster.actor_pool import load_pipeline_in_actor, map_with_actor_pool
-from saeuron.collection import activations
+from saeuron.collection import activations, resume
 from saeuron.console import logger
 from saeuron.diffusion.hooks import CAPTURE_HALVES, HookedPipeline
 from saeuron.diffusion.pipeline import block_channels, check_sampler, resolve_dtype
 from saeuron.sections import SamplingConfig, WithModel, WithResources, WithTracking
+from saeuron.storage import Location, check_writable, holding_lease
 
 
 @dataclass
@@ -62,7 +64,7 @@ class CollectConfig(CollectOptions, WithResources, WithModel, WithTracking):
     """Blocks to record; empty means the benchmark's object and style hookpoints (UnlearnCanvas: the
     paper's up_blocks.1.attentions.1 and .2; MiniCanvas: mid_block.attentions.0 and up_blocks.1.attentions.2)."""
     output_dir: str = ""
-    """Activation dataset folder; empty means <study_dir>/activations."""
+    """Activation dataset folder or s3:// / gs:// prefix; empty means <study_dir>/activations."""
 
     @property
     def benchmark(self) -> Benchmark:
@@ -73,8 +75,8 @@ class CollectConfig(CollectOptions, WithResources, WithModel, WithTracking):
         return self.hookpoints or self.benchmark.hookpoints
 
     @property
-    def dataset_dir(self) -> Path:
-        return Path(self.output_dir or Path(self.tracking.study_dir) / "activations").expanduser().resolve()
+    def dataset_dir(self) -> Location:
+        return Location.parse(self.output_dir) if self.output_dir else self.tracking.storage / "activations"
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide what the data is; a dataset is resumed only under the same."""
@@ -98,7 +100,7 @@ class CollectConfig(CollectOptions, WithResources, WithModel, WithTracking):
         return math.ceil(self.sampling.num_inference_steps / self.every_k_steps)
 
 
-def _check(cfg: CollectConfig) -> tuple[Path, dict[str, int], list]:
+def _check(cfg: CollectConfig) -> tuple[Any, dict[str, int], list]:
     """Every check that can fail, before Ray or a model is touched."""
     if cfg.capture_half not in CAPTURE_HALVES:
         raise ValueError(f"capture_half must be one of {CAPTURE_HALVES}, got {cfg.capture_half!r}")
@@ -122,11 +124,12 @@ def _check(cfg: CollectConfig) -> tuple[Path, dict[str, int], list]:
     )
     if not rows:
         raise ValueError(f"the prompt set of {cfg.model.benchmark!r} is empty; check anchor_prompts_dir and max_prompts")
+    check_writable(cfg.dataset_dir, "the activation dataset")
     manifest = activations.read_manifest(cfg.dataset_dir)
     if manifest is not None and manifest.get("identity") != cfg.identity() and not cfg.overwrite:
         differing = sorted(k for k in cfg.identity() if manifest.get("identity", {}).get(k) != cfg.identity()[k])
         raise ValueError(
-            f"{cfg.dataset_dir} holds activations collected with a different config (differs in {differing}); "
+            f"{cfg.dataset_dir.uri} holds activations collected with a different config (differs in {differing}); "
             f"choose another output_dir or pass --overwrite true to replace them"
         )
     return model_path, channels, rows
@@ -188,65 +191,76 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
     """Run (or resume) a collection; returns the final manifest."""
     model_path, channels, rows = _check(cfg)
     root = cfg.dataset_dir
-    previous = activations.read_manifest(root)
-    if cfg.overwrite and previous is not None and previous.get("identity") != cfg.identity():
-        for hookpoint_folder in root.glob(f"{activations.PARTITION}=*"):
-            shutil.rmtree(hookpoint_folder)
-    existing = activations.reconcile(root, cfg.resolved_hookpoints, cfg.kept_steps())
-    pending = [row.as_dict() for row in rows if row.prompt_id not in existing.done]
-    logger.info(
-        f"collect: {len(rows)} prompts, {len(rows) - len(pending)} already collected, {len(pending)} to go "
-        f"({len(existing.removed_files)} partial files removed, {len(existing.rewritten_files)} rewritten)"
-    )
-    manifest = {
-        "schema_version": activations.SCHEMA_VERSION,
-        "identity": cfg.identity(),
-        "d_in": channels,
-        "rows_per_prompt": cfg.kept_steps(),
-        "prompts_requested": len(rows),
-        "complete": False,
-    }
-    activations.write_manifest(root, manifest)
-
-    started = time.perf_counter()
-    if pending:
-        dataset = map_with_actor_pool(
-            pending,
-            ActivationCollector,
-            dict(
-                model_path=str(model_path),
-                hookpoints=cfg.resolved_hookpoints,
-                num_inference_steps=cfg.sampling.num_inference_steps,
-                guidance_scale=cfg.sampling.guidance_scale,
-                capture_half=cfg.capture_half,
-                every_k_steps=cfg.every_k_steps,
-                patches_per_map=cfg.patches_per_map,
-                dtype=cfg.model.dtype,
-                sampler=cfg.model.sampler,
-                cpu_threads=cfg.resources.cpu_threads_per_actor,
-            ),
-            cfg.batch_size,
-            cfg.resources.num_actors,
-            cfg.resources.cpu_threads_per_actor,
+    with holding_lease(root, "collect", ttl_s=cfg.tracking.lease_seconds) as lease:
+        previous = activations.read_manifest(root)
+        if cfg.overwrite and previous is not None and previous.get("identity") != cfg.identity():
+            for hookpoint in previous.get("d_in", {}):
+                activations.hookpoint_dir(root, hookpoint).delete_folder()
+            previous = None
+        existing = resume.reconcile(root, cfg.resolved_hookpoints, cfg.kept_steps(), (previous or {}).get("files"))
+        pending = [row.as_dict() for row in rows if row.prompt_id not in existing.done]
+        logger.info(
+            f"collect: {len(rows)} prompts, {len(rows) - len(pending)} already collected, {len(pending)} to go "
+            f"({len(existing.removed_files)} partial files removed, {len(existing.rewritten_files)} rewritten"
+            + (f", {len(existing.damaged_files)} damaged files dropped" if existing.damaged_files else "")
+            + ")"
         )
-        dataset.write_parquet(str(root), partition_cols=[activations.PARTITION], **activations.PARQUET_OPTIONS)
-    seconds = time.perf_counter() - started
+        manifest = {
+            "schema_version": activations.SCHEMA_VERSION,
+            "identity": cfg.identity(),
+            "d_in": channels,
+            "rows_per_prompt": cfg.kept_steps(),
+            "prompts_requested": len(rows),
+            "files": existing.files,
+            "complete": False,
+        }
+        if existing.damaged_files:
+            manifest["damaged_files"] = existing.damaged_files
+        activations.write_manifest(root, manifest)
 
-    final = activations.reconcile(root, cfg.resolved_hookpoints, cfg.kept_steps())
-    manifest.update(
-        prompts_collected=len(final.done),
-        rows={hp: activations.count_rows(root, hp) for hp in cfg.resolved_hookpoints},
-        complete={row.prompt_id for row in rows} <= final.done,
-        bytes_per_value=2,
-    )
-    activations.write_manifest(root, manifest)
+        started = time.perf_counter()
+        if pending:
+            dataset = map_with_actor_pool(
+                pending,
+                ActivationCollector,
+                dict(
+                    model_path=str(model_path),
+                    hookpoints=cfg.resolved_hookpoints,
+                    num_inference_steps=cfg.sampling.num_inference_steps,
+                    guidance_scale=cfg.sampling.guidance_scale,
+                    capture_half=cfg.capture_half,
+                    every_k_steps=cfg.every_k_steps,
+                    patches_per_map=cfg.patches_per_map,
+                    dtype=cfg.model.dtype,
+                    sampler=cfg.model.sampler,
+                    cpu_threads=cfg.resources.cpu_threads_per_actor,
+                ),
+                cfg.batch_size,
+                cfg.resources.num_actors,
+                cfg.resources.cpu_threads_per_actor,
+            )
+            dataset.write_parquet(
+                root.path, filesystem=root.fs, partition_cols=[activations.PARTITION], **activations.PARQUET_OPTIONS
+            )
+        seconds = time.perf_counter() - started
+
+        lease.check()
+        final = resume.reconcile(root, cfg.resolved_hookpoints, cfg.kept_steps(), existing.files, verify_committed=False)
+        manifest.update(
+            files=final.files,
+            prompts_collected=len(final.done),
+            rows={hp: activations.count_rows(final.files[hp]) for hp in cfg.resolved_hookpoints},
+            complete={row.prompt_id for row in rows} <= final.done,
+            bytes_per_value=2,
+        )
+        activations.write_manifest(root, manifest)
     logger.info(
         f"collect: {manifest['prompts_collected']} prompts, rows per hookpoint {manifest['rows']}, "
-        f"{seconds:.1f}s this run -> {root}"
+        f"{seconds:.1f}s this run -> {root.uri}"
     )
     if not manifest["complete"]:
         raise RuntimeError(
-            f"collect: only {manifest['prompts_collected']} of {len(rows)} prompts have all their rows in {root}; "
+            f"collect: only {manifest['prompts_collected']} of {len(rows)} prompts have all their rows in {root.uri}; "
             f"the run ended without an error from Ray, so the missing prompts' rows were never written "
             f"(run again to collect them; the rows already written are kept)"
         )

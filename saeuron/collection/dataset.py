@@ -3,18 +3,23 @@
 Each stored row is a feature map; the dataset returned here has one row per vector, in a column
 ``x`` of shape ``[d_in]`` (float32), so ``iter_torch_batches(batch_size=4096)`` yields the
 ``[4096, d_in]`` training batches. The validation split is by prompt id, so validation prompts
-are never seen in training.
+are never seen in training. Only files the manifest committed are read, each checked against its
+recorded SHA-256 by the task that reads it (:func:`saeuron.collection.activations.read_shard`), so a damaged
+shard fails the read naming itself and is never trained on.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from saeuron.collection import activations
+from saeuron.storage import Location
 
 SPLITS = ("train", "validation", "all")
 
@@ -40,19 +45,40 @@ def _expand(table: pa.Table, d_in: int, split: str, fraction: float, seed: int) 
     return pa.table({"x": ArrowTensorArray.from_numpy(vectors)})
 
 
-def dataset_info(root: str | Path, hookpoint: str, allow_incomplete: bool = False) -> dict:
+def _read_shards(batch: dict[str, np.ndarray], root: Location, columns: list[str]) -> pa.Table:
+    """A Ray Data task: the verified rows of the shards named in ``batch``."""
+    shards = [
+        activations.Shard(root / str(path), int(rows), int(size), str(digest) or None)
+        for path, rows, size, digest in zip(batch["path"], batch["rows"], batch["bytes"], batch["sha256"])
+    ]
+    return pa.concat_tables([activations.read_shard(shard, columns) for shard in shards])
+
+
+def dataset_info(root: str | Path | Location, hookpoint: str, allow_incomplete: bool = False) -> dict:
+    root = Location.parse(root)
     manifest = activations.read_manifest(root)
     if manifest is None:
-        raise FileNotFoundError(f"{root} has no {activations.MANIFEST}: not an activation dataset (run jobs/collect.py first)")
+        raise FileNotFoundError(
+            f"{root.uri} has no {activations.MANIFEST}: not an activation dataset (run jobs/collect.py first)"
+        )
     if hookpoint not in manifest["d_in"]:
-        raise ValueError(f"{root} has no activations for {hookpoint!r}; it has {sorted(manifest['d_in'])}")
+        raise ValueError(f"{root.uri} has no activations for {hookpoint!r}; it has {sorted(manifest['d_in'])}")
     if not manifest.get("complete") and not allow_incomplete:
-        raise ValueError(f"{root} is an unfinished collection; run jobs/collect.py again with the same config to finish it")
+        raise ValueError(f"{root.uri} is an unfinished collection; run jobs/collect.py again with the same config to finish it")
     return manifest
 
 
+def shard_table(root: str | Path | Location, hookpoint: str, manifest: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The committed shards of a hookpoint as rows (path relative to the root, rows, bytes, sha256)."""
+    root = Location.parse(root)
+    return [
+        {"path": s.location.relative_to(root), "rows": s.rows, "bytes": s.bytes, "sha256": s.sha256 or ""}
+        for s in activations.committed_shards(root, hookpoint, manifest)
+    ]
+
+
 def activation_dataset(
-    root: str | Path,
+    root: str | Path | Location,
     hookpoint: str,
     split: str = "all",
     validation_fraction: float = 0.0,
@@ -67,8 +93,14 @@ def activation_dataset(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if not 0 <= validation_fraction < 1:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-    d_in = dataset_info(root, hookpoint, allow_incomplete)["d_in"][hookpoint]
-    maps = ray.data.read_parquet(str(activations.hookpoint_dir(root, hookpoint))).select_columns(["prompt_id", "activations"])
+    root = Location.parse(root)
+    manifest = dataset_info(root, hookpoint, allow_incomplete)
+    d_in = manifest["d_in"][hookpoint]
+    shards = shard_table(root, hookpoint, manifest)
+    # One read task per shard, so shards are read (and verified) in parallel.
+    maps = ray.data.from_items(shards, override_num_blocks=max(len(shards), 1)).map_batches(
+        _read_shards, batch_size=1, batch_format="numpy", fn_kwargs=dict(root=root, columns=["prompt_id", "activations"])
+    )
     if shuffle:
         maps = maps.random_shuffle(seed=seed)
     return maps.map_batches(
@@ -78,13 +110,20 @@ def activation_dataset(
     )
 
 
-def count_vectors(root: str | Path, hookpoint: str, split: str = "all", validation_fraction: float = 0.0, seed: int = 0) -> int:
-    """Vectors in a split, from the small columns only (no activations are read)."""
-    import pyarrow.dataset as ds
-
-    table = ds.dataset(str(activations.hookpoint_dir(root, hookpoint)), format="parquet").to_table(
-        columns=["prompt_id", "patch_index"]
-    )
+def count_vectors(
+    root: str | Path | Location, hookpoint: str, split: str = "all", validation_fraction: float = 0.0, seed: int = 0
+) -> int:
+    """Vectors in a split, from the small columns only (no activations are read; their pages' CRCs are checked)."""
+    shards = activations.committed_shards(root, hookpoint)
+    tables = [
+        pq.read_table(
+            s.location.path, filesystem=s.location.fs, columns=["prompt_id", "patch_index"], page_checksum_verification=True
+        )
+        for s in shards
+    ]
+    if not tables:
+        return 0
+    table = pa.concat_tables(tables)
     patches = pc.list_value_length(table.column("patch_index")).to_numpy()
     if split == "all" or validation_fraction == 0:
         return int(patches.sum()) if split != "validation" else 0

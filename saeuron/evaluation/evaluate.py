@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
-import pyarrow.parquet as pq
 import torch
 
 from saeuron.benchmarks import Benchmark, get_benchmark
@@ -32,8 +31,10 @@ from saeuron.evaluation.metrics import (
 )
 from saeuron.evaluation.report import ConceptSamples, write_report
 from saeuron.method.recipe import Recipe, resolve_recipe_folders
-from saeuron.method.sampling import INDEX, UnlearnConfig, check_recipe, unlearn
+from saeuron.method.sampling import UnlearnConfig, check_recipe, unlearn
 from saeuron.sections import ImageGridConfig, WithEdit, WithJudge, WithModel, WithResources, WithSampling, WithTracking
+from saeuron.storage import Location
+from saeuron.storage.mirror import mirror_path, pull, push
 
 
 @dataclass
@@ -66,7 +67,7 @@ class EvaluateConfig(EvaluateOptions, WithResources, WithJudge, WithEdit, WithSa
     sequential: bool = False
     """The recipes are the steps of one sequential unlearning run, each forgetting more concepts."""
     report_dir: str = ""
-    """Empty: <study_dir>/reports/<run name>-<run id>."""
+    """A folder or s3:// / gs:// prefix; empty: <study_dir>/reports/<run name>-<run id>."""
     run_name: str = "evaluate"
     """Name of the MLflow run (and of the report folder)."""
 
@@ -89,7 +90,10 @@ class Evaluation(NamedTuple):
     fid_extractor: str
     sequential: list[SequentialStep]
     report: Path
+    """The report's index.html on this node."""
     run_id: str
+    report_uri: str = ""
+    """Where the report lives in the study's storage (the same file under a local root)."""
 
 
 def models_to_score(cfg: EvaluateConfig) -> list[ModelToScore]:
@@ -202,11 +206,11 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
 
     def generate_and_judge(recipe: str) -> tuple[Path, list[dict]]:
         gen = generation_config(cfg, recipe, styles)
-        unlearn(gen)
-        index = pq.read_table(gen.images_dir / INDEX)
-        return gen.images_dir, judge_images(
+        index = unlearn(gen)
+        rows = judge_images(
             gen.images_dir, index, judge.identity, judge_kwargs, 64, cfg.resources.num_actors, cfg.resources.cpu_threads_per_actor
         )
+        return pull(gen.images_dir), rows  # this node's copy, for FID and the report's pictures
 
     original_dir, original_rows = generate_and_judge("")
     scores, fid, samples, judged = [], {}, [], {}
@@ -248,9 +252,12 @@ def log_evaluation(cfg: EvaluateConfig, scores, averages, fid, extractor, sample
     from saeuron.cluster.tracking import tracked_run
 
     with tracked_run(cfg, cfg.tracking, run_name=cfg.run_name, tags={"saeuron.stage": "evaluate"}) as run:
-        report_dir = (
-            Path(cfg.report_dir or cfg.tracking.root / "reports" / f"{cfg.run_name}-{run.info.run_id[:8]}").expanduser().resolve()
+        report_location = (
+            Location.parse(cfg.report_dir)
+            if cfg.report_dir
+            else cfg.tracking.storage / "reports" / f"{cfg.run_name}-{run.info.run_id[:8]}"
         )
+        report_dir = mirror_path(report_location)
         notes = [
             f"Benchmark {cfg.model.benchmark}; seeds {cfg.grid.seeds or list(cfg.benchmark.eval_seeds)}; "
             f"{cfg.sampling.num_inference_steps} steps, guidance {cfg.sampling.guidance_scale}; error mode {cfg.edit.error_mode}.",
@@ -275,9 +282,12 @@ def log_evaluation(cfg: EvaluateConfig, scores, averages, fid, extractor, sample
             mlflow.log_metrics({"sequential.UA": step.ua, "sequential.IRA": step.ira, "sequential.CRA": step.cra}, step=step.step)
         mlflow.set_tag("saeuron.fid_extractor", extractor)
         mlflow.log_artifacts(str(report_dir), "report")
+        push(report_dir, report_location)
         log_table(scores, averages, fid, extractor)
         logger.info(f"evaluate: report {report}; MLflow run {run.info.run_id}")
-        return Evaluation(scores, averages, fid, extractor, list(sequential), report, run.info.run_id)
+        return Evaluation(
+            scores, averages, fid, extractor, list(sequential), report, run.info.run_id, (report_location / report.name).uri
+        )
 
 
 def log_table(scores, averages, fid, extractor) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow.dataset as pads
 import torch
 from torch import Tensor
 
@@ -23,9 +22,7 @@ def concept_channels(root: str | Path, hookpoint: str, concept: str, kind: str, 
     if manifest is None:
         raise FileNotFoundError(f"{root} has no {activations.MANIFEST}: not an activation dataset (run jobs/collect.py first)")
     d_in = manifest["d_in"][hookpoint]
-    table = pads.dataset(str(activations.hookpoint_dir(root, hookpoint)), format="parquet").to_table(
-        columns=[kind, "activations", "patch_index"]
-    )
+    table = activations.read_hookpoint(root, hookpoint, ["prompt_id", "step_index", kind, "activations", "patch_index"])
     labels = np.repeat(
         np.array(table.column(kind).to_pylist(), dtype=object), [len(p) for p in table.column("patch_index").to_pylist()]
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +25,8 @@ from saeuron.diffusion.hooks import HookedPipeline
 from saeuron.diffusion.pipeline import block_channels, check_sampler
 from saeuron.method.statistics import ConceptStatistics, patch_mean_latents, sae_fingerprint
 from saeuron.sections import WithModel, WithResources, WithSampling, WithTracking
+from saeuron.storage import Location, check_writable
+from saeuron.storage.mirror import mirror_path, push
 
 
 @dataclass
@@ -54,19 +55,17 @@ class GatherConfig(GatherOptions, WithResources, WithSampling, WithModel, WithTr
     """Empty: the benchmark's hookpoint for ``kind`` (styles: up_blocks.1.attentions.2; objects: the paper's
     up_blocks.1.attentions.1 on UnlearnCanvas, mid_block.attentions.0 on MiniCanvas)."""
     output_dir: str = ""
-    """Where the statistics go; empty means <study_dir>/statistics/<kind>-<hookpoint>."""
+    """Where the statistics go (a folder or an s3:// / gs:// prefix); empty means <study_dir>/statistics/<kind>-<hookpoint>."""
 
     @property
     def resolved_hookpoint(self) -> str:
         return self.hookpoint or get_benchmark(self.model.benchmark).hookpoint(self.kind)
 
     @property
-    def statistics_dir(self) -> Path:
-        return (
-            Path(self.output_dir or Path(self.tracking.study_dir) / "statistics" / f"{self.kind}-{self.resolved_hookpoint}")
-            .expanduser()
-            .resolve()
-        )
+    def statistics_dir(self) -> Location:
+        if self.output_dir:
+            return Location.parse(self.output_dir)
+        return self.tracking.storage / "statistics" / f"{self.kind}-{self.resolved_hookpoint}"
 
 
 class StatisticsActor:
@@ -134,6 +133,7 @@ def _check(cfg: GatherConfig):
     model_path = benchmark.resolve_model_path(cfg.model.model_path)
     check_sampler(model_path, cfg.model.sampler)
     d_in = block_channels(model_path, [cfg.resolved_hookpoint])[cfg.resolved_hookpoint]
+    check_writable(cfg.statistics_dir, "the statistics folder")
     registry_uri = tracking_uri_of(cfg.tracking)  # where models:/ SAE references resolve
     sae = load_sae(cfg.sae, cfg.resolved_hookpoint, inference=cfg.sae_inference or None, tracking_uri=registry_uri)
     if sae.d_in != d_in:
@@ -206,7 +206,15 @@ def gather(cfg: GatherConfig) -> ConceptStatistics:
             f"gather: the actors returned no statistics for {len(rows)} prompts ({cfg.kind} at {cfg.resolved_hookpoint}); "
             "nothing to save"
         )
-    stats.save(cfg.statistics_dir)
+    counted = int(stats.counts.sum(0).min())
+    if counted != len(rows):  # a prompt missing at some timestep would bias its concept's means without a word
+        raise RuntimeError(
+            f"gather: the statistics cover {counted} of {len(rows)} prompts at some timestep although no actor failed; "
+            f"nothing was saved, run again"
+        )
+    local = mirror_path(cfg.statistics_dir)
+    stats.save(local)
+    push(local, cfg.statistics_dir)
     logger.info(
         f"gather: {len(rows)} prompts, {len(concepts)} {cfg.kind} concepts × {len(stats.timesteps)} timesteps × "
         f"{stats.num_latents} latents in {time.perf_counter() - started:.1f}s -> {cfg.statistics_dir}"
@@ -221,7 +229,7 @@ def gather_tracked(cfg: GatherConfig) -> ConceptStatistics:
 
     with tracked_run(cfg, cfg.tracking, run_name=f"gather {cfg.kind} {cfg.resolved_hookpoint}", tags={"saeuron.stage": "gather"}):
         stats = gather(cfg)
-        mlflow.log_artifacts(str(cfg.statistics_dir), "statistics")
+        mlflow.log_artifacts(str(mirror_path(cfg.statistics_dir)), "statistics")
         mlflow.log_metrics(
             {"concepts": len(stats.concepts), "timesteps": len(stats.timesteps), "prompts": float(stats.counts[:, 0].sum())}
         )

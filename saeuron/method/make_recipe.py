@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from saeuron.benchmarks import get_benchmark
 from saeuron.console import logger
 from saeuron.method.recipe import Recipe
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.sections import WithModel
+from saeuron.storage import Location
+from saeuron.storage.mirror import mirror_path, push
 
 
 @dataclass
@@ -23,12 +24,12 @@ class RecipeConfig(WithModel):
     multiplier: float = -5.0
     """γ: a selected latent firing above its threshold becomes γ·μ (negative suppresses)."""
     output_dir: str = ""
-    """Where the recipe goes; empty means <statistics>/../../recipes/<concepts>."""
+    """Where the recipe goes (a folder or an s3:// / gs:// prefix); empty means <statistics>/../../recipes/<concepts>."""
 
-    def recipe_dir(self) -> Path:
+    def recipe_dir(self) -> Location:
         if self.output_dir:
-            return Path(self.output_dir)
-        return Path(self.statistics).resolve().parent.parent / "recipes" / "+".join(self.concepts)
+            return Location.parse(self.output_dir)
+        return Location.parse(self.statistics).parent.parent / "recipes" / "+".join(self.concepts)
 
 
 def make_recipe(cfg: RecipeConfig) -> Recipe:
@@ -42,7 +43,9 @@ def make_recipe(cfg: RecipeConfig) -> Recipe:
         {c: (cfg.percentile, cfg.multiplier) for c in cfg.concepts},
         get_benchmark(cfg.model.benchmark).model_identity(cfg.model.model_path),
     )
-    recipe.save(cfg.recipe_dir())
+    local = mirror_path(cfg.recipe_dir())
+    recipe.save(local)
+    push(local, cfg.recipe_dir())
     logger.info(
         f"recipe: {len(recipe.rules)} rules for {cfg.concepts} over {len(recipe.timesteps)} timesteps -> {cfg.recipe_dir()}"
     )

@@ -83,6 +83,10 @@ class Recipe:
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> Recipe:
+        if "://" in str(folder):  # in a bucket: read this node's mirror of it
+            from saeuron.storage.mirror import local_copy
+
+            folder = local_copy(folder)
         folder = Path(folder)
         if not (folder / JSON).is_file():
             raise FileNotFoundError(f"{folder} holds no {JSON}: not an unlearning recipe")
@@ -108,11 +112,14 @@ def resolve_recipe_folders(refs: list[str], tracking_uri: str | None = None) -> 
 
     folders: list[str] = []
     for ref in refs:
-        local = (
-            download_artifacts(str(ref), tracking_uri, prefix="saeuron-recipes-")
-            if is_artifact_uri(ref)
-            else Path(ref).expanduser()
-        )
+        if is_artifact_uri(ref):
+            local = download_artifacts(str(ref), tracking_uri, prefix="saeuron-recipes-")
+        elif "://" in str(ref):  # recipes in a bucket: this node's mirror of them
+            from saeuron.storage.mirror import local_copy
+
+            local = local_copy(ref)
+        else:
+            local = Path(ref).expanduser()
         if (local / JSON).is_file():
             folders.append(str(local))
             continue

@@ -12,7 +12,6 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +26,8 @@ from saeuron.console import logger
 from saeuron.diffusion.pipeline import check_sampler
 from saeuron.method.recipe import Recipe
 from saeuron.sections import ImageGridConfig, WithEdit, WithModel, WithResources, WithSampling, WithTracking
+from saeuron.storage import Location, check_writable
+from saeuron.storage.mirror import mirror_path, push
 
 INDEX = "images.parquet"
 IMAGE_FORMATS = ("png", "jpg")
@@ -44,21 +45,21 @@ class UnlearnConfig(WithResources, WithEdit, WithSampling, WithModel, WithTracki
     sae: str = ""
     """SAE of the recipe's hookpoint; empty means the SAE the recipe names."""
     output_dir: str = ""
-    """Image folder; empty: <study_dir>/images/<recipe name>-<key of the settings>."""
+    """Image folder or s3:// / gs:// prefix; empty: <study_dir>/images/<recipe name>-<key of the settings>."""
     grid: ImageGridConfig = field(default_factory=ImageGridConfig)
 
     @property
-    def images_dir(self) -> Path:
+    def images_dir(self) -> Location:
         """Default: <study_dir>/images/<recipe name>-<key>, the key fingerprinting everything an image
         depends on besides its prompt and seed, so that resuming reuses only images of the same settings."""
         if self.output_dir:
-            return Path(self.output_dir).expanduser().resolve()
-        name = Path(self.recipe).name if self.recipe else "original"
-        return (Path(self.tracking.study_dir) / "images" / f"{name}-{self.generation_key()}").expanduser().resolve()
+            return Location.parse(self.output_dir)
+        name = Location.parse(self.recipe).name if self.recipe else "original"
+        return self.tracking.storage / "images" / f"{name}-{self.generation_key()}"
 
     def generation_key(self) -> str:
-        recipe = (Path(self.recipe) / "recipe.json").read_text() if self.recipe else ""
-        rules = (Path(self.recipe) / "recipe.safetensors").read_bytes() if self.recipe else b""
+        recipe = (Location.parse(self.recipe) / "recipe.json").read_text() if self.recipe else ""
+        rules = (Location.parse(self.recipe) / "recipe.safetensors").read_bytes() if self.recipe else b""
         settings = json.dumps(
             [
                 get_benchmark(self.model.benchmark).model_identity(self.model.model_path),
@@ -111,7 +112,8 @@ class UnlearningSampler:
         else:
             self.generator = HookedPipeline(pipe)
         self.num_inference_steps, self.guidance_scale = num_inference_steps, guidance_scale
-        self.image_format, self.out_dir = image_format, Path(out_dir)
+        self.image_format, self.out = image_format, Location.parse(out_dir)
+        self.out_dir = mirror_path(self.out)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from PIL import Image
@@ -127,8 +129,10 @@ class UnlearningSampler:
         names = []
         for row, image in zip(rows, images):
             name = image_name(row, self.image_format)
+            self.out_dir.mkdir(parents=True, exist_ok=True)
             with atomic_path(self.out_dir / name, suffix=f".{self.image_format}") as tmp:  # PIL picks the format from the suffix
                 Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(tmp)
+            push(self.out_dir, self.out, [self.out_dir / name])  # in the store as soon as it exists: a resume keeps it
             names.append(name)
         return {**batch, "file": np.array(names)}
 
@@ -180,9 +184,10 @@ def unlearn(cfg: UnlearnConfig) -> pa.Table:
     check_sampler(model_path, cfg.model.sampler)
     rows = [r.as_dict() for r in prompt_rows(cfg)]
     out = cfg.images_dir
-    out.mkdir(parents=True, exist_ok=True)
-    pending = [r for r in rows if not (out / image_name(r, cfg.grid.image_format)).is_file()]
-    logger.info(f"unlearn: {len(rows)} images, {len(rows) - len(pending)} already there -> {out}")
+    check_writable(out, "the image folder")
+    written = {f.name for f in out.files()}
+    pending = [r for r in rows if image_name(r, cfg.grid.image_format) not in written]
+    logger.info(f"unlearn: {len(rows)} images, {len(rows) - len(pending)} already there -> {out.uri}")
     started = time.perf_counter()
     if pending:
         map_with_actor_pool(
@@ -190,7 +195,7 @@ def unlearn(cfg: UnlearnConfig) -> pa.Table:
             UnlearningSampler,
             dict(
                 model_path=str(model_path),
-                recipe=str(Path(cfg.recipe).resolve()) if cfg.recipe else "",
+                recipe=Location.parse(cfg.recipe).uri if cfg.recipe else "",
                 sae=cfg.sae,
                 base_model=benchmark.model_identity(cfg.model.model_path),
                 error_mode=cfg.edit.error_mode,
@@ -199,7 +204,7 @@ def unlearn(cfg: UnlearnConfig) -> pa.Table:
                 dtype=cfg.model.dtype,
                 sampler=cfg.model.sampler,
                 image_format=cfg.grid.image_format,
-                out_dir=str(out),
+                out_dir=out.uri,
                 tracking_uri=registry_uri,
                 cpu_threads=cfg.resources.cpu_threads_per_actor,
             ),
@@ -207,10 +212,11 @@ def unlearn(cfg: UnlearnConfig) -> pa.Table:
             cfg.resources.num_actors,
             cfg.resources.cpu_threads_per_actor,
         ).materialize()
-    missing = [image_name(r, cfg.grid.image_format) for r in rows if not (out / image_name(r, cfg.grid.image_format)).is_file()]
+    written = {f.name for f in out.files()}
+    missing = [image_name(r, cfg.grid.image_format) for r in rows if image_name(r, cfg.grid.image_format) not in written]
     if missing:
         raise RuntimeError(
-            f"unlearn: {len(missing)} of {len(rows)} images were not written to {out} ({missing[:3]}…) although no actor "
+            f"unlearn: {len(missing)} of {len(rows)} images were not written to {out.uri} ({missing[:3]}…) although no actor "
             f"failed; run again to generate them (the images already written are kept)"
         )
     index = pa.Table.from_pylist(
@@ -219,7 +225,10 @@ def unlearn(cfg: UnlearnConfig) -> pa.Table:
             for r in rows
         ]
     )
-    with atomic_path(out / INDEX) as tmp:
+    local = mirror_path(out)
+    local.mkdir(parents=True, exist_ok=True)
+    with atomic_path(local / INDEX) as tmp:
         pq.write_table(index, tmp)
+    push(local, out, [local / INDEX])
     logger.info(f"unlearn: done in {time.perf_counter() - started:.1f}s")
     return index

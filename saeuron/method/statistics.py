@@ -114,6 +114,10 @@ class ConceptStatistics:
 
     @classmethod
     def load(cls, folder: str | Path) -> ConceptStatistics:
+        if "://" in str(folder):  # in a bucket: read this node's mirror of it
+            from saeuron.storage.mirror import local_copy
+
+            folder = local_copy(folder)
         folder = Path(folder)
         if not (folder / INDEX).is_file():
             raise FileNotFoundError(f"{folder} holds no {INDEX}: run jobs/gather.py first")

@@ -1,7 +1,7 @@
 """Stage records: what each finished stage of a study ran with and produced, so a rerun skips it.
 
-A stage whose record (``<study_dir>/stages/<name>/<stage>.json``) holds the same config and whose
-outputs still exist is skipped; a stage that runs again invalidates every stage after it.
+A stage whose record (``<study_dir>/stages/<name>/<stage>.json``, in the study's storage) holds the same
+config and whose outputs still exist is skipped; a stage that runs again invalidates every stage after it.
 """
 
 from __future__ import annotations
@@ -9,20 +9,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from saeuron.atomic_files import write_text_atomic
 from saeuron.config import to_dict
 from saeuron.console import logger
+from saeuron.storage import Location
 
 
 class StageRecords:
     """What each finished stage was run with and produced."""
 
-    def __init__(self, root: Path, name: str):
+    def __init__(self, root: Location, name: str):
         self.folder = root / "stages" / name
-        self.folder.mkdir(parents=True, exist_ok=True)
         self.invalidated = False
 
     def done(self, stage: str, config: Any) -> dict | None:
@@ -36,8 +34,8 @@ class StageRecords:
         return record["outputs"]
 
     def record(self, stage: str, config: Any, outputs: dict) -> None:
-        write_text_atomic(
-            self.folder / f"{stage}.json", json.dumps({"config": _comparable(config), "outputs": outputs}, indent=2, default=str)
+        (self.folder / f"{stage}.json").write_text(
+            json.dumps({"config": _comparable(config), "outputs": outputs}, indent=2, default=str)
         )
 
     def run(

@@ -8,11 +8,11 @@ where it stopped (:mod:`saeuron.study.records`).
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from saeuron.console import logger
 from saeuron.method.gather import GatherConfig
+from saeuron.storage import Location, check_writable
 from saeuron.study.config import StudyConfig, gather_config, search_folder_key, stage_configs
 from saeuron.study.records import StageRecords
 
@@ -29,7 +29,10 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     from saeuron.training.ray_train import train
     from saeuron.tuning.search import search
 
-    records = StageRecords(cfg.tracking.root, cfg.name)
+    storage = cfg.tracking.storage
+    check_writable(storage, "tracking.study_dir")
+    tracking_uri_of(cfg.tracking)  # an object-store study_dir needs a tracking server: said before any stage
+    records = StageRecords(storage, cfg.name)
     # A cluster the caller joined or started is theirs to keep; only one the stages started here is stopped.
     ray_started_here = not ray.is_initialized()
     previous = records.done("study", {"name": cfg.name})
@@ -50,16 +53,14 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         manifest = collect_tracked(collect_cfg)
         return {"dataset_dir": str(collect_cfg.dataset_dir), "prompts": manifest["prompts_collected"]}
 
-    records.run("collect", collect_cfg, run_collection, lambda out: (Path(out["dataset_dir"]) / "manifest.json").is_file())
+    records.run("collect", collect_cfg, run_collection, lambda out: exists(out["dataset_dir"], "manifest.json"))
 
     train_cfg = stages["train"]
 
     def train_saes() -> dict:
         return {t.hookpoint: {"folder": str(t.folder), "version": t.model_version} for t in train(train_cfg)}
 
-    saes = records.run(
-        "train", train_cfg, train_saes, lambda out: all(Path(v["folder"], "cfg.json").is_file() for v in out.values())
-    )
+    saes = records.run("train", train_cfg, train_saes, lambda out: all(exists(v["folder"], "cfg.json") for v in out.values()))
 
     statistics = {}
     for kind, hookpoint in cfg.hookpoints.items():
@@ -69,17 +70,13 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
 
         def run_gather(c: GatherConfig = gather_cfg) -> dict:
             gather_tracked(c)
-            return {"statistics": str(c.statistics_dir)}
+            return {"statistics": c.statistics_dir.uri}
 
-        out = records.run(
-            f"gather-{kind}", gather_cfg, run_gather, lambda out: (Path(out["statistics"]) / "statistics.json").is_file()
-        )
+        out = records.run(f"gather-{kind}", gather_cfg, run_gather, lambda out: exists(out["statistics"], "statistics.json"))
         statistics[kind] = out["statistics"]
 
     search_cfg = replace(stages["search"], style_statistics=statistics["style"], object_statistics=statistics["object"])
-    search_cfg = replace(
-        search_cfg, output_dir=str(cfg.tracking.root / "search" / f"{cfg.search.name}-{search_folder_key(search_cfg)}")
-    )
+    search_cfg = replace(search_cfg, output_dir=(storage / "search" / f"{cfg.search.name}-{search_folder_key(search_cfg)}").uri)
 
     def run_search() -> dict:
         result = search(search_cfg)
@@ -97,13 +94,13 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         result = evaluate(evaluate_cfg)
         return {
             "run_id": result.run_id,
-            "report": str(result.report),
+            "report": result.report_uri,
             "averages": result.averages,
             "fid": result.fid,
             "scores": {name: {"UA": s.ua, "IRA": s.ira, "CRA": s.cra} for name, s in result.scores},
         }
 
-    evaluated = records.run("evaluate", evaluate_cfg, run_evaluation, lambda out: Path(out["report"]).is_file())
+    evaluated = records.run("evaluate", evaluate_cfg, run_evaluation, lambda out: exists(out["report"]))
 
     uri = tracking_uri_of(cfg.tracking)
     client = mlflow.MlflowClient(uri)
@@ -120,6 +117,11 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         ray.shutdown()
     print_summary(cfg, evaluated, searched, uri)
     return {"run_id": parent, "search": searched, "evaluate": evaluated, "saes": saes, "statistics": statistics}
+
+
+def exists(where: str, name: str = "") -> bool:
+    location = Location.parse(where)
+    return (location / name if name else location).is_file()
 
 
 def print_summary(cfg: StudyConfig, evaluated: dict, searched: dict, tracking_uri: str) -> None:

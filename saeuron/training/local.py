@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.dataset as pads
 import torch
 
 from saeuron.collection import activations
@@ -22,11 +21,8 @@ def load_vectors(root: str | Path, hookpoint: str) -> torch.Tensor:
     if manifest is None:
         raise FileNotFoundError(f"{root} has no {activations.MANIFEST}: not an activation dataset (run jobs/collect.py first)")
     d_in = manifest["d_in"][hookpoint]
-    table = pads.dataset(str(activations.hookpoint_dir(root, hookpoint)), format="parquet").to_table(
-        columns=["prompt_id", "step_index", "activations"]
-    )
-    # File order depends on the writer; sort so that the same data always gives the same tensor.
-    table = table.sort_by([("prompt_id", "ascending"), ("step_index", "ascending")])
+    # Sorted by prompt and step: file order depends on the writer, and the same data must give the same tensor.
+    table = activations.read_hookpoint(root, hookpoint, ["prompt_id", "step_index", "activations"])
     return torch.from_numpy(activations.binary_to_vectors(table.column("activations"), d_in).astype(np.float32))
 
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from saeuron.console import is_verbose, logger
 from saeuron.sae import Sae, SaeConfig
 from saeuron.sae.trainer import SaeTrainConfig
 from saeuron.sections import WithTracking
+from saeuron.storage import Location, check_writable, holding_lease
 from saeuron.training.worker import train_loop_per_worker
 
 
@@ -70,13 +74,14 @@ class TrainOptions:
 @dataclass
 class TrainConfig(TrainOptions, WithTracking):
     activations_dir: str = ""
-    """Activation dataset (jobs/collect.py's output); empty means <study_dir>/activations."""
+    """Activation dataset (jobs/collect.py's output; a folder or an s3:// / gs:// prefix); empty means
+    <study_dir>/activations."""
     hookpoints: list[str] = field(default_factory=list)
     """Hookpoints to train an SAE for; empty means every hookpoint in the dataset."""
 
     @property
-    def dataset_dir(self) -> Path:
-        return Path(self.activations_dir or Path(self.tracking.study_dir) / "activations").expanduser().resolve()
+    def dataset_dir(self) -> Location:
+        return Location.parse(self.activations_dir) if self.activations_dir else self.tracking.storage / "activations"
 
     def resolved_run_name(self) -> str:
         if self.run_name:
@@ -98,7 +103,8 @@ class TrainConfig(TrainOptions, WithTracking):
 @dataclass
 class TrainedSae:
     hookpoint: str
-    folder: Path
+    folder: str
+    """The SAE's folder (cfg.json + sae.safetensors): a path, or a URI under an object-store study_dir."""
     steps: int
     metrics: dict[str, float]
     model_version: str | None = None
@@ -140,7 +146,7 @@ def train_hookpoint(cfg: TrainConfig, hookpoint: str, mlflow_run_id: str | None,
     validation = activation_dataset(cfg.dataset_dir, hookpoint, "validation", cfg.validation_fraction, cfg.seed)
     use_gpu = ray.cluster_resources().get("GPU", 0) >= cfg.num_workers
     run_name = cfg.resolved_run_name()
-    storage = (cfg.tracking.root / "ray_train").as_posix()
+    storage = cfg.tracking.storage / "ray_train"
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=dict(
@@ -168,7 +174,8 @@ def train_hookpoint(cfg: TrainConfig, hookpoint: str, mlflow_run_id: str | None,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options=_ordered_ingest()),
         run_config=ray.train.RunConfig(
             name=f"{run_name}-{hookpoint}",
-            storage_path=storage,
+            storage_path=storage.path,
+            storage_filesystem=None if storage.is_local else storage.fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
         ),
@@ -179,28 +186,63 @@ def train_hookpoint(cfg: TrainConfig, hookpoint: str, mlflow_run_id: str | None,
     )
     started = time.perf_counter()
     result = trainer.fit()
-    folder = cfg.tracking.root / "saes" / run_name
+    folder = cfg.tracking.storage / "saes" / run_name / hookpoint
     with result.checkpoint.as_directory() as checkpoint_dir:
         sae = Sae.load_from_disk(Path(checkpoint_dir) / hookpoint)
-    sae.save_to_disk(folder / hookpoint)
+    save_sae(sae, folder)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     logger.info(
         f"train {hookpoint}: {int(metrics.get('steps', 0))} steps in {time.perf_counter() - started:.0f}s, validation "
         + ", ".join(f"{k[4:]} {metrics[k]:.4g}" for k in ("val_fvu", "val_l0", "val_dead_fraction") if k in metrics)
     )
-    return TrainedSae(hookpoint, folder / hookpoint, int(metrics.get("steps", 0)), metrics)
+    return TrainedSae(hookpoint, folder.uri, int(metrics.get("steps", 0)), metrics)
+
+
+def save_sae(sae: Sae, folder: Location) -> None:
+    """The published layout in ``folder``; on an object store each file is one whole upload, the JSON last."""
+    if folder.is_local:
+        sae.save_to_disk(folder.local_path)
+        return
+    with tempfile.TemporaryDirectory() as local:
+        sae.save_to_disk(local)
+        for name in ("sae.safetensors", "cfg.json"):
+            (folder / name).write_bytes((Path(local) / name).read_bytes())
+
+
+@contextmanager
+def local_copy(folder: str) -> Iterator[Path]:
+    """A folder on this machine holding ``folder``'s files (itself, when it is one)."""
+    location = Location.parse(folder)
+    if location.is_local:
+        yield location.local_path
+        return
+    with tempfile.TemporaryDirectory() as local:
+        for file in location.files():
+            (Path(local) / file.name).write_bytes(file.read_bytes())
+        yield Path(local)
 
 
 def train(cfg: TrainConfig) -> list[TrainedSae]:
-    """Train (or resume) one SAE per hookpoint inside one MLflow run; register each."""
+    """Train (or resume) one SAE per hookpoint inside one MLflow run; register each. The run holds the lease
+    of its SAE folder: the same config trained twice at once would share (and corrupt) Ray Train's state."""
+    from saeuron.cluster.tracking import tracking_uri_of
+
+    hookpoints = cfg.hookpoints or _manifest_hookpoints(cfg)
+    manifest = [dataset_info(cfg.dataset_dir, hookpoint) for hookpoint in hookpoints][0]
+    run_folder = cfg.tracking.storage / "saes" / cfg.resolved_run_name()
+    check_writable(run_folder, "the SAE folder")
+    tracking_uri_of(cfg.tracking)  # a study_dir that cannot hold the tracking store fails here, before Ray starts
+    with holding_lease(run_folder, "train", ttl_s=cfg.tracking.lease_seconds):
+        return _train(cfg, hookpoints, manifest)
+
+
+def _train(cfg: TrainConfig, hookpoints: list[str], manifest: dict) -> list[TrainedSae]:
     import mlflow
 
     from saeuron.cluster.actor_pool import ensure_ray
     from saeuron.cluster.registry import register_folder, registered_name
     from saeuron.cluster.tracking import tracked_run, tracking_uri_of
 
-    hookpoints = cfg.hookpoints or _manifest_hookpoints(cfg)
-    manifest = [dataset_info(cfg.dataset_dir, hookpoint) for hookpoint in hookpoints][0]
     ensure_ray()
     tracking_uri = tracking_uri_of(cfg.tracking)
     benchmark = manifest["identity"]["benchmark"]
@@ -211,18 +253,19 @@ def train(cfg: TrainConfig) -> list[TrainedSae]:
             trained = train_hookpoint(cfg, hookpoint, run.info.run_id, tracking_uri)
             mlflow.log_metrics({f"{hookpoint}/final_{k}": v for k, v in trained.metrics.items()})
             if cfg.register:
-                trained.model_version = register_folder(
-                    trained.folder,
-                    name=registered_name(benchmark, hookpoint),
-                    run_id=run.info.run_id,
-                    artifact_path=f"sae/{hookpoint}",
-                    alias=cfg.alias,
-                    tags={
-                        "hookpoint": hookpoint,
-                        "activations_manifest": json.dumps(manifest)[:5000],
-                        **{f"metric.{k}": f"{v:.6g}" for k, v in trained.metrics.items()},
-                    },
-                )
+                with local_copy(trained.folder) as folder:
+                    trained.model_version = register_folder(
+                        folder,
+                        name=registered_name(benchmark, hookpoint),
+                        run_id=run.info.run_id,
+                        artifact_path=f"sae/{hookpoint}",
+                        alias=cfg.alias,
+                        tags={
+                            "hookpoint": hookpoint,
+                            "activations_manifest": json.dumps(manifest)[:5000],
+                            **{f"metric.{k}": f"{v:.6g}" for k, v in trained.metrics.items()},
+                        },
+                    )
                 logger.info(
                     f"train {hookpoint}: registered models:/{registered_name(benchmark, hookpoint)}/{trained.model_version}"
                     f"{f' (alias @{cfg.alias})' if cfg.alias else ''}"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from saeuron.benchmarks import Benchmark, get_benchmark
 from saeuron.sections import WithEdit, WithJudge, WithModel, WithSampling, WithTracking
+from saeuron.storage import Location
 
 SCHEDULERS = ("grid", "asha")
 
@@ -60,7 +60,7 @@ class SearchConfig(SearchOptions, WithJudge, WithEdit, WithSampling, WithModel, 
     object_statistics: str = ""
     """Statistics folder of the object hookpoint (jobs/gather.py --kind object)."""
     output_dir: str = ""
-    """The search's folder (Tune state, recipes, heat maps); empty: <study_dir>/search/<name>."""
+    """The search's folder or s3:// / gs:// prefix (Tune state, recipes, heat maps); empty: <study_dir>/search/<name>."""
 
     @property
     def benchmark(self) -> Benchmark:
@@ -71,8 +71,8 @@ class SearchConfig(SearchOptions, WithJudge, WithEdit, WithSampling, WithModel, 
         return self.register_as.replace("{benchmark}", self.model.benchmark)
 
     @property
-    def search_dir(self) -> Path:
-        return Path(self.output_dir or Path(self.tracking.study_dir) / "search" / self.name).expanduser().resolve()
+    def search_dir(self) -> Location:
+        return Location.parse(self.output_dir) if self.output_dir else self.tracking.storage / "search" / self.name
 
 
 def grid_of(cfg: SearchConfig, kind: str = "object") -> tuple[list[float], list[float]]:

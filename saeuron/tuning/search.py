@@ -27,6 +27,8 @@ from saeuron.benchmarks.tuning_prompts import scorable_prefix, tuning_prompt_row
 from saeuron.console import logger, tune_verbosity
 from saeuron.diffusion.pipeline import check_sampler
 from saeuron.method.statistics import ConceptStatistics
+from saeuron.storage import Location, check_writable
+from saeuron.storage.mirror import mirror_path, push
 from saeuron.tuning.config import SCHEDULERS, SearchConfig, grid_of
 from saeuron.tuning.trial import tuning_trial
 
@@ -68,7 +70,7 @@ def concept_statistics(cfg: SearchConfig) -> dict[str, tuple[str, str]]:
         stats = ConceptStatistics.load(folder)
         if concept not in stats.concepts:
             raise ValueError(f"the statistics in {folder} do not cover {concept}; they have {stats.concepts}")
-        out[concept] = (kind, str(Path(folder).expanduser().resolve()))
+        out[concept] = (kind, Location.parse(folder).uri)
     return out
 
 
@@ -113,6 +115,7 @@ def run_concept_search(
     }
     storage = cfg.search_dir / "tune"
     path = storage / concept
+    filesystem = None if storage.is_local else storage.fs
     signature = json.dumps(
         {
             "space": {k: v for k, v in space.items()},
@@ -129,19 +132,20 @@ def run_concept_search(
     marker = storage / f"{concept}.search.json"
     if marker.is_file() and marker.read_text() != signature:
         raise ValueError(
-            f"{path} holds a search of {concept} with other settings; resume it with the same config, "
+            f"{path.uri} holds a search of {concept} with other settings; resume it with the same config, "
             f"or pick another --name (or delete that folder) to start a new one"
         )
-    storage.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(marker, signature)
+    marker.write_text(signature)
     logger.info(
         f"search: {concept} ({kind}): {len(percentiles) * len(multipliers)} (p, γ) trials, {cfg.scheduler}, "
         f"up to {budget} tuning prompts each"
     )
     verbosity = tune_verbosity()
-    if tune.Tuner.can_restore(str(path)):
-        logger.info(f"search: resuming {concept} from {path}")
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    if tune.Tuner.can_restore(path.path, storage_filesystem=filesystem):
+        logger.info(f"search: resuming {concept} from {path.uri}")
+        tuner = tune.Tuner.restore(
+            path.path, trainable=trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem
+        )
     else:
         tuner = tune.Tuner(
             trainable,
@@ -155,7 +159,8 @@ def run_concept_search(
             ),
             run_config=tune.RunConfig(
                 name=concept,
-                storage_path=str(storage),
+                storage_path=storage.path,
+                storage_filesystem=filesystem,
                 failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                 callbacks=[
                     MLflowLoggerCallback(
@@ -170,7 +175,7 @@ def run_concept_search(
     started = time.perf_counter()
     grid = tuner.fit()
     if grid.errors:  # a trial that failed more than max_failures times: its numbers are partial
-        raise RuntimeError(f"{len(grid.errors)} trials of {concept} failed for good (see {path}): {grid.errors[0]}")
+        raise RuntimeError(f"{len(grid.errors)} trials of {concept} failed for good (see {path.uri}): {grid.errors[0]}")
     trials = []
     for result in grid:
         if result.metrics is None or "objective" not in result.metrics:
@@ -263,8 +268,9 @@ def search(cfg: SearchConfig) -> SearchResult:
         tracking_uri=tracking_uri,
         prompts=prompts,
     )
+    check_writable(cfg.search_dir, "the search folder")
     ensure_ray()
-    out = cfg.search_dir
+    out = mirror_path(cfg.search_dir)  # recipes, heat maps and the summary, uploaded at the end
     with tracked_run(cfg, cfg.tracking, run_name=cfg.name, tags={"saeuron.stage": "search"}) as run:
         results = []
         for concept, (kind, folder) in kinds.items():
@@ -290,6 +296,7 @@ def search(cfg: SearchConfig) -> SearchResult:
         mlflow.log_artifact(str(out / "search.json"))
         mlflow.log_artifacts(str(out / "recipes"), "recipes")
         mlflow.set_tag("saeuron.recipes", f"runs:/{run.info.run_id}/recipes")
+        push(out, cfg.search_dir, [p for p in out.rglob("*") if p.is_file() and "tune" not in p.relative_to(out).parts])
         if cfg.registered_name:
             from saeuron.cluster.registry import register_folder
 
@@ -304,7 +311,7 @@ def search(cfg: SearchConfig) -> SearchResult:
             )
             logger.info(f"search: recipes registered as models:/{cfg.registered_name}@current (version {version})")
         logger.info(
-            f"search: recipes in {out / 'recipes'}; MLflow run {run.info.run_id}; "
-            f"trials in TensorBoard: tensorboard --logdir {out / 'tune'}"
+            f"search: recipes in {cfg.search_dir / 'recipes'}; MLflow run {run.info.run_id}; "
+            f"trials in TensorBoard: tensorboard --logdir {cfg.search_dir / 'tune'}"
         )
         return SearchResult(results, out / "recipes", run.info.run_id)

@@ -1,5 +1,6 @@
 import json
 import subprocess
+from hashlib import sha256 as _sha256
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +12,17 @@ import torch
 from helpers import KillWhen, driver_env, job_command, kill_driver, start_driver, wait_until
 
 from saeuron.benchmarks import get_benchmark
-from saeuron.collection import activations
+from saeuron.collection import activations, resume
 from saeuron.collection.collect import CollectConfig, collect, collect_tracked
 from saeuron.collection.dataset import activation_dataset, count_vectors, in_validation
 from saeuron.config import build_config
 from saeuron.diffusion.hooks import HookedPipeline
 
 HOOKS = ["unet.up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"]
+
+
+def sha256(data: bytes) -> str:
+    return _sha256(data).hexdigest()
 
 
 def small_config(tmp_path, **overrides):
@@ -36,7 +41,7 @@ def small_config(tmp_path, **overrides):
 
 
 def read_hookpoint(cfg, hookpoint):
-    return pads.dataset(str(activations.hookpoint_dir(cfg.dataset_dir, hookpoint)), format="parquet").to_table()
+    return activations.read_hookpoint(cfg.dataset_dir, hookpoint)
 
 
 def assert_exactly_once(cfg):
@@ -95,20 +100,50 @@ def write_rows(folder: Path, name: str, prompt_ids: list[int], steps: int = 2):
 
 
 def test_reconcile_keeps_only_complete_prompts_exactly_once(tmp_path):
-    a, b = (activations.hookpoint_dir(tmp_path, h) for h in ("a", "b"))
+    a, b = (activations.hookpoint_dir(tmp_path, h).local_path for h in ("a", "b"))
     write_rows(a, "1.parquet", [0, 1, 2])
     write_rows(b, "1.parquet", [0, 1])  # prompt 2 missing in b: redo it
     write_rows(a, "2.parquet", [3])
     write_rows(b, "2.parquet", [3, 3])  # prompt 3 twice in b: redo it
     write_rows(b, "3.parquet", [4])
     (a / "partial.parquet").write_bytes((a / "2.parquet").read_bytes()[:100])  # a killed write
-    result = activations.reconcile(tmp_path, ["a", "b"], rows_per_prompt=2)
+    result = resume.reconcile(tmp_path, ["a", "b"], rows_per_prompt=2)
     assert result.done == {0, 1}
     assert not (a / "partial.parquet").exists() and not (b / "3.parquet").exists()
     for folder in (a, b):
         ids = pads.dataset(str(folder), format="parquet").to_table().column("prompt_id").to_pylist()
         assert sorted(ids) == [0, 0, 1, 1]
-    assert activations.reconcile(tmp_path, ["a", "b"], rows_per_prompt=2).done == {0, 1}
+    # What is committed is exactly what is left, each file with its rows, size and hash.
+    for hookpoint, folder in (("a", a), ("b", b)):
+        assert set(result.files[hookpoint]) == {p.name for p in folder.glob("*.parquet")}
+        for name, entry in result.files[hookpoint].items():
+            data = (folder / name).read_bytes()
+            assert entry == {"rows": pq.ParquetFile(folder / name).metadata.num_rows, "bytes": len(data), "sha256": sha256(data)}
+    assert resume.reconcile(tmp_path, ["a", "b"], rows_per_prompt=2, committed=result.files).done == {0, 1}
+
+
+def test_a_damaged_committed_shard_is_named_dropped_and_its_prompts_redone(tmp_path, caplog):
+    a, b = (activations.hookpoint_dir(tmp_path, h).local_path for h in ("a", "b"))
+    for folder in (a, b):
+        write_rows(folder, "1.parquet", list(range(0, 40)), steps=2)
+        write_rows(folder, "2.parquet", list(range(40, 80)), steps=2)
+    committed = resume.reconcile(tmp_path, ["a", "b"], rows_per_prompt=2).files
+    data = bytearray((a / "2.parquet").read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(64)  # what a bad disk or an interrupted copy leaves
+    (a / "2.parquet").write_bytes(bytes(data))
+    shard = activations.Shard(
+        activations.hookpoint_dir(tmp_path, "a") / "2.parquet", 80, len(data), committed["a"]["2.parquet"]["sha256"]
+    )
+    with pytest.raises(activations.DamagedShard, match=r"2\.parquet is damaged.*run jobs/collect.py again"):
+        activations.read_shard(shard)
+
+    result = resume.reconcile(tmp_path, ["a", "b"], rows_per_prompt=2, committed=committed)
+    assert result.damaged_files == [(activations.hookpoint_dir(tmp_path, "a") / "2.parquet").uri]
+    assert "2.parquet: its bytes differ from those committed" in caplog.text
+    assert result.done == set(range(40))  # prompts 40..79 are collected again
+    assert not (a / "2.parquet").exists() and (b / "2.parquet").exists() is False
+    assert sorted(pq.read_table(b).column("prompt_id").to_pylist()) == sorted(list(range(40)) * 2)
 
 
 def test_validation_split_is_by_prompt_id_and_stable():
@@ -198,7 +233,7 @@ def test_collect_writes_readable_parquet_equal_to_a_direct_capture(tmp_path, ray
 def test_killed_actor_is_replaced_and_every_row_is_written_exactly_once(tmp_path, ray_cluster):
     cfg = small_config(tmp_path, max_prompts=16, batch_size=2, num_inference_steps=12)
     # Ray titles the actor's worker process after its class: ray::MapWorker(MapBatches(ActivationCollector)).
-    killer = KillWhen("ActivationCollector", lambda: cfg.dataset_dir.exists() and any(cfg.dataset_dir.rglob("*.parquet")), 120)
+    killer = KillWhen("ActivationCollector", lambda: any(cfg.dataset_dir.local_path.rglob("*.parquet")), 120)
     killer.start()
     manifest = collect(cfg)
     killer.join()
@@ -216,7 +251,7 @@ def test_stopped_driver_resumes_to_exactly_once(tmp_path, ray_cluster):
     config_file.write_text(config_to_yaml(cfg))
     env, command, log = driver_env(ray_cluster), job_command("jobs/collect.py", config_file), tmp_path / "driver.log"
     driver = start_driver(command, env, log)
-    wait_until(lambda: cfg.dataset_dir.exists() and any(cfg.dataset_dir.rglob("*.parquet")), driver, log, 180)
+    wait_until(lambda: any(cfg.dataset_dir.local_path.rglob("*.parquet")), driver, log, 180)
     kill_driver(driver)
     partial = json.loads((cfg.dataset_dir / "manifest.json").read_text())
     assert not partial["complete"]

@@ -1,0 +1,131 @@
+"""Storage locations, access checks and leases, on a local folder and on the S3 emulator."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+from helpers import REPO
+
+from saeuron.storage import LeaseHeld, Location, StorageError, check_readable, check_writable, holding_lease
+from saeuron.storage.leases import LEASE_FILE, read_lease, take_lease, this_machine
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path):
+    """A fresh storage root: a local folder, or a prefix in a fresh bucket of the S3 emulator."""
+    if request.param == "local":
+        return Location.parse(tmp_path / "root")
+    s3 = request.getfixturevalue("s3")
+    return Location.parse(s3.uri(s3.bucket(f"saeuron-unit-{uuid.uuid4().hex[:8]}"), "root"))
+
+
+def test_a_location_writes_reads_lists_and_deletes(root):
+    assert Location.parse(root.uri) == root and not (root / "a.txt").exists()
+    (root / "a.txt").write_text("hello")
+    (root / "sub" / "b.parquet").write_bytes(b"\x00" * 10)
+    (root / "sub" / "_lease.json").write_text("{}")  # hidden names are locks and temporaries, never data
+    assert (root / "a.txt").read_text() == "hello" and (root / "a.txt").size() == 5
+    assert [f.name for f in (root / "sub").files()] == ["b.parquet"]
+    assert (root / "sub" / "b.parquet").sha256() == "01d448afd928065458cf670b60f5a594d735af0172c8d67f22a81680132681ca"
+    assert (root / "sub" / "b.parquet").relative_to(root) == "sub/b.parquet"
+    (root / "a.txt").delete()
+    (root / "a.txt").delete()  # already gone: not an error
+    assert not (root / "a.txt").exists() and (root / "missing").files() == []
+
+
+def test_bad_storage_is_refused_naming_the_fix(s3, tmp_path, monkeypatch):
+    with pytest.raises(StorageError, match="bucket 'saeuron-no-such-bucket' does not exist; create it"):
+        check_writable(Location.parse(s3.uri("saeuron-no-such-bucket", "study")), "the activation dataset")
+    with pytest.raises(StorageError, match="unknown storage scheme 'ftp'"):
+        Location.parse("ftp://host/folder")
+    with pytest.raises(StorageError, match=r"model folder .*/nowhere does not exist"):
+        check_readable(Location.parse(tmp_path / "nowhere"), "model folder")
+    (tmp_path / "a-file").write_text("")  # a folder cannot be made under a file, even by root
+    with pytest.raises(StorageError, match="a-file/x is not writable here"):
+        check_writable(Location.parse(tmp_path / "a-file" / "x"), "the activation dataset")
+
+    bucket = s3.bucket("saeuron-credentials")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.aws files
+    with pytest.raises(StorageError, match="no AWS credentials found .* or add \\?anonymous=true"):
+        check_writable(Location.parse(s3.uri(bucket, "study")), "the activation dataset")
+    # Anonymous access passes the credential check and is then refused by the store itself, before any work.
+    with pytest.raises(StorageError, match="is not writable here: .*ACCESS_DENIED"):
+        check_writable(Location.parse(s3.uri(bucket, "study") + "&anonymous=true"), "the activation dataset")
+
+
+def test_a_second_writer_is_refused_naming_the_first(root):
+    with holding_lease(root, "collect", ttl_s=30, settle_s=0.1) as lease:
+        record = read_lease(root / LEASE_FILE)
+        assert record["owner"] == lease.owner and record["purpose"] == "collect"
+        with pytest.raises(LeaseHeld, match=r"is being written by another run: collect on .* \(pid \d+"):
+            take_lease(root, "collect", ttl_s=30, settle_s=0.1)
+    assert read_lease(root / LEASE_FILE) is None  # released
+    with holding_lease(root, "collect", ttl_s=30, settle_s=0.1):
+        pass
+
+
+def test_of_two_runs_that_start_together_exactly_one_takes_the_lease(root):
+    outcomes: list[str] = []
+
+    def attempt() -> None:
+        try:
+            take_lease(root, "collect", ttl_s=30, settle_s=0.5)
+            outcomes.append("took")
+        except LeaseHeld:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["refused", "took"]
+
+
+def test_a_killed_owners_lease_expires_and_the_next_run_takes_it(root):
+    code = (
+        "import sys, time; from saeuron.storage import Location, holding_lease\n"
+        "with holding_lease(Location.parse(sys.argv[1]), 'collect', ttl_s=3, settle_s=0.1):\n"
+        "    print('holding', flush=True); time.sleep(600)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", code, root.uri], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert owner.stdout is not None and owner.stdout.readline().strip() == "holding"
+    time.sleep(1.5)  # at least one renewal
+    renewed = json.loads((root / LEASE_FILE).read_text())
+    owner.kill()
+    owner.wait()
+    # As another node would see it: the owner's process cannot be looked at, only its lease's expiry.
+    (root / LEASE_FILE).write_text(json.dumps({**renewed, "machine": "another-node"}))
+    with pytest.raises(LeaseHeld, match=rf"pid {owner.pid}.*expires in \d+s"):
+        take_lease(root, "collect", ttl_s=3, settle_s=0.1)
+    time.sleep(max(renewed["expires"] - time.time(), 0) + 0.2)
+    lease = take_lease(root, "collect", ttl_s=3, settle_s=0.1)
+    assert read_lease(root / LEASE_FILE)["owner"] == lease.owner
+
+
+def test_on_the_owners_machine_a_dead_owners_lease_is_taken_at_once(root):
+    owner = subprocess.Popen([sys.executable, "-c", "pass"])
+    owner.wait()
+    dead = {"owner": "x", "purpose": "collect", "machine": this_machine(), "pid": owner.pid, "expires": time.time() + 600}
+    (root / LEASE_FILE).write_text(json.dumps(dead))
+    lease = take_lease(root, "collect", ttl_s=3, settle_s=0.1)
+    assert read_lease(root / LEASE_FILE)["owner"] == lease.owner
+    (root / LEASE_FILE).write_text(json.dumps({**dead, "pid": os.getpid()}))  # alive: refused
+    with pytest.raises(LeaseHeld):
+        take_lease(root, "collect", ttl_s=3, settle_s=0.1)
+
+
+def test_a_run_whose_lease_was_taken_over_refuses_to_commit(root):
+    with holding_lease(root, "collect", ttl_s=0.6, settle_s=0.05) as lease:
+        (root / LEASE_FILE).write_text(json.dumps({"owner": "someone-else", "purpose": "collect", "expires": time.time() + 60}))
+        time.sleep(0.5)  # the next renewal reads the lease back
+        with pytest.raises(LeaseHeld, match="this run lost its lease"):
+            lease.check()
+    assert read_lease(root / LEASE_FILE)["owner"] == "someone-else"  # not released: it is not ours
