@@ -154,10 +154,11 @@ def check_study_dir_for_ray_jobs(config: Any) -> None:
     folder would be written there and lost when the job ends."""
     tracking = getattr(config, "tracking", None)
     study_dir = getattr(tracking, "study_dir", None)
-    if study_dir and "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ and not Path(study_dir).expanduser().is_absolute():
+    relative = study_dir and "://" not in study_dir and not Path(study_dir).expanduser().is_absolute()
+    if relative and "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
         raise SystemExit(
             f"tracking.study_dir {study_dir!r} is relative, but this runs as a submitted Ray job inside a temporary "
-            f"copy of the working directory; pass --study_dir /absolute/path (on storage every node sees)"
+            f"copy of the working directory; pass --study_dir /absolute/path (on storage every node sees) or s3://BUCKET/PREFIX"
         )
 
 

@@ -8,7 +8,6 @@ evaluation sample with the same steps by construction.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -20,9 +19,10 @@ class TrackingConfig:
     """Where a run's artefacts and records go, and how much of its progress is shown."""
 
     study_dir: str = "runs/minicanvas"
-    """Storage root: activations, SAEs, statistics, recipes, images, reports, stage records, and the
-    MLflow SQLite store when tracking_uri is empty. Absolute (on shared storage) for submitted Ray jobs;
-    collection and training also take an object-store URI (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX)."""
+    """Storage root: activations, SAEs, Ray Train and Tune state, statistics, recipes, images, reports, stage
+    records, and the MLflow SQLite store when tracking_uri is empty. A folder (absolute, on shared storage, for
+    submitted Ray jobs) or an object-store URI, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX (then tracking_uri is
+    needed: MLflow's SQLite store cannot live in a bucket)."""
     tracking_uri: str = ""
     """MLflow tracking URI; empty: SQLite in study_dir. A cluster needs a server every node reaches (http://...)."""
     experiment: str = "saeuron"
@@ -40,20 +40,6 @@ class TrackingConfig:
         from saeuron.storage import Location  # pyarrow: not on the GPU machine, which imports the sections
 
         return Location.parse(self.study_dir)
-
-    @property
-    def root(self) -> Path:
-        """The study folder on this machine, for the stages that still write through local paths."""
-        from saeuron.storage import StorageError
-
-        storage = self.storage
-        if not storage.is_local:
-            raise StorageError(
-                f"tracking.study_dir {storage.uri} is object storage; statistics, search, evaluation and the study's "
-                f"records still need a local or shared folder: pass --study_dir /shared/folder and put the activations "
-                f"in the bucket with --output_dir / --activations_dir"
-            )
-        return storage.local_path
 
 
 @dataclass

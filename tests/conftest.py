@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 for _name, _value in {
     "OMP_NUM_THREADS": "1",
@@ -15,6 +16,8 @@ for _name, _value in {
     "AWS_SECRET_ACCESS_KEY": "saeuron-test",
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_EC2_METADATA_DISABLED": "true",
+    # The node cache (mirrors, registry copies, FID statistics) of this test session only.
+    "SAEURON_CACHE": tempfile.mkdtemp(prefix="saeuron-test-cache-"),
 }.items():
     os.environ.setdefault(_name, _value)
 

@@ -112,7 +112,7 @@ def fixture_statistics(sae: Path, hookpoint: str, kind: str, folder: Path) -> Pa
         batch_size=20,
     )
     gather(cfg)
-    return cfg.statistics_dir
+    return cfg.statistics_dir.local_path
 
 
 @dataclass

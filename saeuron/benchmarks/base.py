@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from saeuron.benchmarks import prompts
+from saeuron.storage.inputs import is_remote, local_input
 
 if TYPE_CHECKING:
     from saeuron.benchmarks.judges import Judge
@@ -61,7 +62,7 @@ class Benchmark:
     def resolve_model_path(self, model_path: str | None) -> Path:
         """The base model folder: the given one (a benchmark may ship its own)."""
         if model_path:
-            return Path(model_path).expanduser().resolve()
+            return local_input(model_path, "model_path")
         raise ValueError(
             f"benchmark {self.name!r} needs model_path: a local diffusers folder of its Stable Diffusion "
             f"model (nothing is downloaded)"
@@ -70,6 +71,8 @@ class Benchmark:
     def model_identity(self, model_path: str | None) -> str:
         """How a base model is named in manifests and recipes: by path, or an embedded model by name (its
         folder moves with the package and with every `ray job submit --working-dir` copy)."""
+        if model_path and is_remote(model_path):
+            return model_path  # the URI: every node's cache holds it elsewhere
         return str(Path(model_path).expanduser().resolve()) if model_path else f"embedded:{self.name}"
 
     def training_captions(self, anchor_prompts_dir: str | None) -> dict[str, list[str]]:

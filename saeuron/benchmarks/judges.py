@@ -23,6 +23,7 @@ from torchvision.transforms.v2.functional import normalize, resize
 
 from saeuron.benchmarks.minicanvas.classifier import ClassifierOutput, MiniCanvasClassifier
 from saeuron.benchmarks.prompts import UNLEARNCANVAS_OBJECTS, UNLEARNCANVAS_THEMES
+from saeuron.storage.inputs import is_remote, local_input
 
 UNLEARNCANVAS_ARCH = "vit_large_patch16_224"
 
@@ -92,13 +93,17 @@ class ClassifierFeatures(nn.Module):
         return self.classifier.features(images)
 
 
+def _input_identity(ref: str) -> str:
+    return ref if is_remote(ref) else str(Path(ref).resolve())
+
+
 def load_unlearncanvas_vit(
     path: str | Path, classes: tuple[str, ...], what: str, arch: str = UNLEARNCANVAS_ARCH, device: str | torch.device = "cpu"
 ) -> nn.Module:
     """One UnlearnCanvas classifier checkpoint (state dict under ``model_state_dict``)."""
     import timm
 
-    path = Path(path).expanduser()
+    path = local_input(path, f"the {what} classifier checkpoint")
     if not path.is_file():
         raise FileNotFoundError(
             f"{what} classifier checkpoint {path} does not exist; give the UnlearnCanvas "
@@ -133,7 +138,7 @@ class UnlearnCanvasJudge:
     ) -> UnlearnCanvasJudge:
         style = load_unlearncanvas_vit(style_checkpoint, UNLEARNCANVAS_THEMES, "style", arch, device)
         obj = load_unlearncanvas_vit(object_checkpoint, UNLEARNCANVAS_OBJECTS, "object", arch, device)
-        identity = f"unlearncanvas:{Path(style_checkpoint).resolve()}:{Path(object_checkpoint).resolve()}"
+        identity = f"unlearncanvas:{_input_identity(style_checkpoint)}:{_input_identity(object_checkpoint)}"
         return cls(style, obj, identity)
 
     @torch.no_grad()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from saeuron.benchmarks.templates import eval_prompt, train_prompt  # noqa: F401 (re-exported)
+from saeuron.storage.inputs import local_input
 
 # ---------------------------------------------------------------------------------- UnlearnCanvas
 UNLEARNCANVAS_STYLES = (
@@ -114,7 +115,7 @@ class PromptRow:
 def read_anchor_captions(anchor_dir: str | Path, objects: Sequence[str] = UNLEARNCANVAS_OBJECTS) -> dict[str, list[str]]:
     """UnlearnCanvas's anchor prompts (``sd_prompt_<Object>.txt``, 80 lines each): stripped, one
     trailing "." dropped, as the reference does."""
-    folder = Path(anchor_dir)
+    folder = local_input(anchor_dir, "anchor_prompts_dir")
     missing = [ANCHOR_FILE.format(object=o) for o in objects if not (folder / ANCHOR_FILE.format(object=o)).is_file()]
     if missing:
         raise FileNotFoundError(

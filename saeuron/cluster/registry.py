@@ -8,7 +8,9 @@ are the published SAE layout (``cfg.json`` + ``sae.safetensors``) and moves the 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from saeuron.sae import Sae
 from saeuron.sae.hub import hub_sae_folder, is_hub_ref
 from saeuron.sae.model import CONFIG_FILE
 from saeuron.storage import Location, is_uri
-from saeuron.storage.mirror import pull
+from saeuron.storage.mirror import cache_root, pull
 
 MODELS_SCHEME = "models:/"
 RUNS_SCHEME = "runs:/"
@@ -70,13 +72,49 @@ def is_artifact_uri(ref: str | Path) -> bool:
 def download_artifacts(
     uri: str, tracking_uri: str | None = None, cache_dir: str | Path | None = None, prefix: str = "saeuron-"
 ) -> Path:
-    """A local copy of ``models:/...`` or ``runs:/...`` artifacts."""
+    """A local copy of ``models:/...`` or ``runs:/...`` artifacts, in this node's cache.
+
+    What a reference names is fixed once it is resolved: a model version's files do not change, nor do a
+    finished run's. So ``models:/NAME@alias`` is resolved to its version and the copy is kept under
+    ``<cache>/mlflow/<store>/<name>/<version>`` (``runs:/`` under the run id and path) and reused by every
+    later load; an alias moved to another version resolves to another folder."""
     import mlflow
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-    target = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix=prefix))
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
+    if cache_dir:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(cache_dir)))
+    store = hashlib.sha1(mlflow.get_tracking_uri().encode()).hexdigest()[:8]
+    target = cache_root() / "mlflow" / store / _pinned(uri)
+    if not (target / ".complete").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{prefix}", dir=target.parent))
+        downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging)))
+        (staging / ".complete").write_text(downloaded.relative_to(staging).as_posix())
+        if target.exists():  # a half-made copy of a killed download
+            shutil.rmtree(target)
+        try:
+            staging.rename(target)
+        except OSError:  # another process on this node finished the same copy first
+            shutil.rmtree(staging, ignore_errors=True)
+    return target / (target / ".complete").read_text()  # where MLflow put the files inside the copy
+
+
+def _pinned(uri: str) -> str:
+    """The immutable version an artifact URI names, as a relative folder."""
+    import mlflow
+
+    if uri.startswith(RUNS_SCHEME):
+        return "runs/" + uri[len(RUNS_SCHEME) :].strip("/")
+    name, _, rest = uri[len(MODELS_SCHEME) :].partition("@")
+    client = mlflow.MlflowClient()
+    if rest:
+        version = client.get_model_version_by_alias(name, rest).version
+    else:
+        name, _, version = name.rpartition("/")
+        if not version.isdigit():
+            raise ValueError(f"{uri}: write models:/NAME/VERSION or models:/NAME@ALIAS")
+    return f"models/{name}/{version}"
 
 
 def resolve_sae_folder(

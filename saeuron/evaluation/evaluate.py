@@ -34,6 +34,7 @@ from saeuron.method.recipe import Recipe, resolve_recipe_folders
 from saeuron.method.sampling import UnlearnConfig, check_recipe, unlearn
 from saeuron.sections import ImageGridConfig, WithEdit, WithJudge, WithModel, WithResources, WithSampling, WithTracking
 from saeuron.storage import Location
+from saeuron.storage.inputs import local_input
 from saeuron.storage.mirror import mirror_path, pull, push
 
 
@@ -49,9 +50,9 @@ class EvaluateOptions:
     """"domain" (MiniCanvas classifier features), "inception" (pytorch-fid), "none"; auto: domain on MiniCanvas,
     inception on UnlearnCanvas when real_images_dir is given."""
     real_images_dir: str = ""
-    """UnlearnCanvas real images, <dir>/<Style>/<Object>/<n>.jpg."""
+    """UnlearnCanvas real images, <dir>/<Style>/<Object>/<n>.jpg (a folder, or a URI fetched to the node's cache)."""
     inception_weights: str = ""
-    """pytorch-fid's pt_inception-2015-12-05-6726825d.pth; empty: the torch hub cache."""
+    """pytorch-fid's pt_inception-2015-12-05-6726825d.pth (a file or a URI); empty: the torch hub cache."""
     inception_dims: int = 2048
     """Inception feature dimension of the FID (2048: the standard pool3 features)."""
     real_images_per_cell: int = 5
@@ -151,8 +152,8 @@ def check_inputs(cfg: EvaluateConfig, judge: Judge) -> tuple[list[ModelToScore],
     check_judge(cfg.benchmark, judge)
     mode = cfg.benchmark.fid_mode(cfg.fid, cfg.real_images_dir)
     if mode == "inception":
-        inception_weights_path(cfg.inception_weights)
-        if not cfg.real_images_dir or not Path(cfg.real_images_dir).is_dir():
+        inception_weights_path(str(local_input(cfg.inception_weights, "inception_weights")) if cfg.inception_weights else "")
+        if not cfg.real_images_dir or not local_input(cfg.real_images_dir, "real_images_dir").is_dir():
             raise ValueError(f"fid=inception needs real_images_dir (<dir>/<Style>/<Object>/*.jpg), got {cfg.real_images_dir!r}")
     return models, mode
 
@@ -177,9 +178,10 @@ def compute_fid(cfg: EvaluateConfig, mode: str, judge: Judge, images_dir: Path, 
     if mode == "domain":
         real_images = cfg.benchmark.domain_real_images(cells, cfg.real_images_per_cell)
         return domain_fid(judge.features(), real_images, load_images(fake))  # type: ignore[attr-defined]
-    real = real_image_files(Path(cfg.real_images_dir), sorted(set(cells)), cfg.real_images_per_cell)
+    real = real_image_files(local_input(cfg.real_images_dir, "real_images_dir"), sorted(set(cells)), cfg.real_images_per_cell)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return inception_fid(real, fake, cfg.inception_weights, cfg.inception_dims, device)
+    weights = str(local_input(cfg.inception_weights, "inception_weights")) if cfg.inception_weights else ""
+    return inception_fid(real, fake, weights, cfg.inception_dims, device)
 
 
 def sample_rows(model: ModelToScore, rows: list[dict], spec, columns: int = 8) -> list[tuple[str, list[str]]]:

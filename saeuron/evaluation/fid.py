@@ -9,13 +9,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+
+from saeuron.atomic_files import atomic_path
+from saeuron.storage.mirror import cache_root
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_DIMS = (64, 192, 768, 2048)
@@ -89,11 +96,36 @@ def inception_fid(
         if len(files) < 2:
             raise ValueError(f"FID needs at least 2 {name} images, got {len(files)}")
     model = load_fid_inception(weights, dims, device)
-    stats = [
-        calculate_activation_statistics([str(f) for f in files], model, min(batch_size, len(files)), dims, device, num_workers=0)
-        for files in (real_files, fake_files)
-    ]
-    return float(calculate_frechet_distance(*stats[0], *stats[1]))
+
+    def statistics(files: Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray]:
+        return calculate_activation_statistics(
+            [str(f) for f in files], model, min(batch_size, len(files)), dims, device, num_workers=0
+        )
+
+    real = cached_statistics(real_files, inception_weights_path(weights), dims, lambda: statistics(real_files))
+    return float(calculate_frechet_distance(*real, *statistics(fake_files)))
+
+
+def cached_statistics(
+    files: Sequence[str | Path], weights: Path, dims: int, compute: Callable[[], tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The real images' (μ, Σ), computed once per node: every model of a study is scored against the same real
+    images, and UnlearnCanvas's take minutes through Inception. Keyed by each file's path, size and modification
+    time and by the weights and feature size, so a changed image or other weights compute them anew."""
+    from safetensors.numpy import load_file, save_file
+
+    versions = [(str(Path(f).resolve()), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+    versions.append((str(weights.resolve()), weights.stat().st_size, weights.stat().st_mtime_ns))
+    key = hashlib.sha256(json.dumps([versions, dims]).encode()).hexdigest()[:24]
+    path = cache_root() / "fid" / f"inception{dims}-{key}.safetensors"
+    if path.is_file():
+        saved = load_file(str(path))
+        return saved["mu"], saved["sigma"]
+    mu, sigma = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file({"mu": np.ascontiguousarray(mu), "sigma": np.ascontiguousarray(sigma)}, str(tmp))
+    return mu, sigma
 
 
 def domain_fid(features: nn.Module, real: Tensor, fake: Tensor, batch_size: int = 256) -> float:

@@ -87,7 +87,7 @@ class Recipe:
             from saeuron.storage.mirror import local_copy
 
             folder = local_copy(folder)
-        folder = Path(folder)
+        folder = Path(str(folder))  # a path, or a local Location
         if not (folder / JSON).is_file():
             raise FileNotFoundError(f"{folder} holds no {JSON}: not an unlearning recipe")
         meta = json.loads((folder / JSON).read_text())

@@ -118,7 +118,7 @@ class ConceptStatistics:
             from saeuron.storage.mirror import local_copy
 
             folder = local_copy(folder)
-        folder = Path(folder)
+        folder = Path(str(folder))  # a path, or a local Location
         if not (folder / INDEX).is_file():
             raise FileNotFoundError(f"{folder} holds no {INDEX}: run jobs/gather.py first")
         index = json.loads((folder / INDEX).read_text())

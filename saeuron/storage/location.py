@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -168,11 +169,16 @@ class Location:
     def write_bytes(self, data: bytes) -> None:
         """The whole file or nothing: one upload on an object store, a renamed temporary file locally."""
         if self.is_local:
-            from saeuron.atomic_files import atomic_path
-
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(self.path) as tmp:
+            destination = Path(self.path)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            # A temporary name of this writer's own: two writers of one file (two runs taking a lease) must not
+            # rename each other's half-written bytes into place.
+            tmp = destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:12]}.tmp")
+            try:
                 tmp.write_bytes(data)
+                os.replace(tmp, destination)
+            finally:
+                tmp.unlink(missing_ok=True)
             return
         with self.fs.open_output_stream(self.path) as stream:
             stream.write(data)

@@ -27,7 +27,7 @@ from saeuron.benchmarks.tuning_prompts import scorable_prefix, tuning_prompt_row
 from saeuron.console import logger, tune_verbosity
 from saeuron.diffusion.pipeline import check_sampler
 from saeuron.method.statistics import ConceptStatistics
-from saeuron.storage import Location, check_writable
+from saeuron.storage import Location, check_writable, holding_lease
 from saeuron.storage.mirror import mirror_path, push
 from saeuron.tuning.config import SCHEDULERS, SearchConfig, grid_of
 from saeuron.tuning.trial import tuning_trial
@@ -218,6 +218,7 @@ def search(cfg: SearchConfig) -> SearchResult:
     import mlflow
 
     from saeuron.cluster.actor_pool import ensure_ray
+    from saeuron.cluster.registry import register_folder
     from saeuron.cluster.tracking import tracked_run, tracking_uri_of
     from saeuron.evaluation.evaluate import check_judge
     from saeuron.evaluation.report import objective_heatmap
@@ -271,7 +272,11 @@ def search(cfg: SearchConfig) -> SearchResult:
     check_writable(cfg.search_dir, "the search folder")
     ensure_ray()
     out = mirror_path(cfg.search_dir)  # recipes, heat maps and the summary, uploaded at the end
-    with tracked_run(cfg, cfg.tracking, run_name=cfg.name, tags={"saeuron.stage": "search"}) as run:
+    # Two searches in one folder would restore and overwrite each other's Tune state.
+    with (
+        holding_lease(cfg.search_dir, "search", ttl_s=cfg.tracking.lease_seconds),
+        tracked_run(cfg, cfg.tracking, run_name=cfg.name, tags={"saeuron.stage": "search"}) as run,
+    ):
         results = []
         for concept, (kind, folder) in kinds.items():
             result = run_concept_search(cfg, concept, kind, folder, setup, run.info.run_id, tracking_uri)
@@ -296,10 +301,8 @@ def search(cfg: SearchConfig) -> SearchResult:
         mlflow.log_artifact(str(out / "search.json"))
         mlflow.log_artifacts(str(out / "recipes"), "recipes")
         mlflow.set_tag("saeuron.recipes", f"runs:/{run.info.run_id}/recipes")
-        push(out, cfg.search_dir, [p for p in out.rglob("*") if p.is_file() and "tune" not in p.relative_to(out).parts])
+        push(out, cfg.search_dir)  # Tune keeps its own state in the store
         if cfg.registered_name:
-            from saeuron.cluster.registry import register_folder
-
             version = register_folder(
                 out / "recipes",
                 name=cfg.registered_name,

@@ -1,6 +1,7 @@
 """Evaluation: the judges, FID, the evaluate job on MiniCanvas, its report in a real browser."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ from saeuron.benchmarks.minicanvas.classifier import ClassifierConfig, MiniCanva
 from saeuron.benchmarks.prompts import UNLEARNCANVAS_OBJECTS, UNLEARNCANVAS_THEMES
 from saeuron.config import build_config
 from saeuron.evaluation.evaluate import EvaluateConfig, check_judge, evaluate
-from saeuron.evaluation.fid import inception_fid
+from saeuron.evaluation.fid import cached_statistics, inception_fid
 from saeuron.evaluation.judging import judge_images
 from saeuron.method.make_recipe import RecipeConfig, make_recipe
 
@@ -90,9 +91,24 @@ def test_inception_fid_runs_pytorch_fid_on_a_weights_file_and_names_the_missing_
     for i in range(8):
         files.append(tmp_path / f"{i}.png")
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(files[-1])
+    monkeypatch.setenv("SAEURON_CACHE", str(tmp_path / "cache"))
     same = inception_fid(files[:4], files[:4], str(tmp_path / "inception.pth"), dims=64)
     other = inception_fid(files[:4], files[4:], str(tmp_path / "inception.pth"), dims=64)
     assert abs(same) < 1e-3 and other > same
+
+    # The real images' statistics were computed once and are read back from the node's cache until an image changes.
+    assert len(list((tmp_path / "cache" / "fid").glob("inception64-*.safetensors"))) == 1
+
+    def never() -> tuple:
+        raise AssertionError("computed again")
+
+    weights = tmp_path / "inception.pth"
+    mu, _ = cached_statistics(files[:4], weights, 64, never)
+    assert mu.shape == (64,)
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(files[0])
+    os.utime(files[0], ns=(1, 1))  # another version of the file, whatever the clock's resolution
+    mu, _ = cached_statistics(files[:4], weights, 64, lambda: (np.zeros(64), np.eye(64)))
+    assert not mu.any()
 
 
 def browser_check(report):

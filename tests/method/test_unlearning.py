@@ -141,9 +141,9 @@ def test_unlearn_job_and_unlearned_pipeline_round_trip(style_sae, style_statisti
     )
     index = unlearn(cfg)
     assert index.num_rows == 16 and set(index.column("style").to_pylist()) == {"Neon_Glow", None}
-    files = sorted(p.name for p in cfg.images_dir.glob("*.png"))
+    files = sorted(p.name for p in cfg.images_dir.local_path.glob("*.png"))
     assert "Neon_Glow_Stars_seed188.png" in files and "Stars_seed188.png" in files and len(files) == 16
-    assert pq.read_table(cfg.images_dir / "images.parquet").num_rows == 16
+    assert pq.read_table(cfg.images_dir.local_path / "images.parquet").num_rows == 16
     assert unlearn(cfg).num_rows == 16  # resumed: nothing left to generate
 
     import json
@@ -183,7 +183,7 @@ def test_unlearn_job_and_unlearned_pipeline_round_trip(style_sae, style_statisti
     )
     from PIL import Image
 
-    from_job = np.asarray(Image.open(cfg.images_dir / "Neon_Glow_Stars_seed188.png"), dtype=np.float32) / 255
+    from_job = np.asarray(Image.open(cfg.images_dir.local_path / "Neon_Glow_Stars_seed188.png"), dtype=np.float32) / 255
     assert np.abs(from_job - a[0]).max() <= 1 / 255 + 1e-6
     plain = (
         HookedPipeline(minicanvas_pipeline)

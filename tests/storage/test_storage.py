@@ -12,6 +12,7 @@ import pytest
 from helpers import REPO
 
 from saeuron.storage import LeaseHeld, Location, StorageError, check_readable, check_writable, holding_lease
+from saeuron.storage.inputs import local_input
 from saeuron.storage.leases import LEASE_FILE, read_lease, take_lease, this_machine
 
 
@@ -129,3 +130,28 @@ def test_a_run_whose_lease_was_taken_over_refuses_to_commit(root):
         with pytest.raises(LeaseHeld, match="this run lost its lease"):
             lease.check()
     assert read_lease(root / LEASE_FILE)["owner"] == "someone-else"  # not released: it is not ours
+
+
+def test_an_input_uri_is_fetched_once_per_node_and_again_when_it_changes(s3, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAEURON_CACHE", str(tmp_path / "cache"))
+    bucket = s3.bucket(f"saeuron-inputs-{uuid.uuid4().hex[:6]}")
+    for key, body in (("model/unet/config.json", b"{}"), ("model/model_index.json", b'{"a": 1}')):
+        s3.client().put_object(Bucket=bucket, Key=key, Body=body)
+    local = local_input(s3.uri(bucket, "model"), "model_path")
+    assert local.is_relative_to(tmp_path / "cache") and (local / "unet" / "config.json").read_bytes() == b"{}"
+    stamp = (local / "model_index.json").stat().st_mtime_ns
+    assert local_input(s3.uri(bucket, "model"), "model_path") == local
+    assert (local / "model_index.json").stat().st_mtime_ns == stamp  # not fetched again
+    s3.client().put_object(Bucket=bucket, Key="model/model_index.json", Body=b'{"a": 22}')
+    assert (local_input(s3.uri(bucket, "model"), "model_path") / "model_index.json").read_bytes() == b'{"a": 22}'
+    assert local_input(tmp_path / "plain", "model_path") == tmp_path / "plain"  # a path is used as it is
+
+    with pytest.raises(StorageError, match=r"model_path s3://.*/no-such-model\?.* does not exist; check the path"):
+        local_input(s3.uri(bucket, "no-such-model"), "model_path")
+    # Before any model or Ray: a collection whose model_path URI is wrong stops at its checks.
+    from saeuron.collection.collect import CollectConfig, collect
+    from saeuron.config import build_config
+
+    with pytest.raises(StorageError, match="no-such-model"):
+        collect(build_config(CollectConfig, study_dir=str(tmp_path / "study"), model_path=s3.uri(bucket, "no-such-model")))
+    assert not (tmp_path / "study").exists()

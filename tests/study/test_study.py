@@ -6,13 +6,15 @@ import mlflow
 import pytest
 
 from saeuron.config import parse_config
+from saeuron.storage import StorageError
 from saeuron.study import StudyConfig, run_study
 
 
-def tiny_study(study_dir, concepts=("Neon_Glow", "Stars"), multipliers=("-1", "-5")):
+def tiny_study(study_dir, concepts=("Neon_Glow", "Stars"), multipliers=("-1", "-5"), extra=()):
     return parse_config(
         StudyConfig,
         [
+            *extra,
             "--study_dir",
             str(study_dir),
             "--name",
@@ -41,6 +43,17 @@ def tiny_study(study_dir, concepts=("Neon_Glow", "Stars"), multipliers=("-1", "-
     )
 
 
+# Measured (deterministic: seeded prompts, training on the committed shards in the manifest's order, a grid
+# search): 40 prompts at 6 steps make too small an SAE to forget a style on 11 tuning prompts (Neon_Glow's
+# choice, γ −1, leaves it drawn), while Stars is forgotten on 7 of its 11 evaluation images (10 before the
+# reader read one shard per block: a tiny SAE moves with the order it sees) and every other concept kept.
+TINY_SCORES = {
+    "Neon_Glow": {"UA": 0.0, "IRA": 1.0, "CRA": 1.0},
+    "Stars": {"UA": pytest.approx(7 / 11), "IRA": 1.0, "CRA": 1.0},
+}
+TINY_CHOSEN = {"Neon_Glow": [99.0, -1.0, 0.5], "Stars": [99.0, -5.0, pytest.approx(0.7)]}
+
+
 @pytest.mark.slow
 def test_the_study_runs_every_stage_once_and_resumes_by_skipping_them(tmp_path, ray_cluster, capsys):
     cfg = tiny_study(tmp_path / "study")  # parsing sets up the console: the saeuron logger writes to stdout
@@ -48,14 +61,8 @@ def test_the_study_runs_every_stage_once_and_resumes_by_skipping_them(tmp_path, 
     printed = capsys.readouterr().out
     assert "UA" in printed and "report:" in printed and "MLflow UI: mlflow ui --backend-store-uri sqlite:///" in printed
     scores = first["evaluate"]["scores"]
-    # Measured (deterministic: seeded prompts, training in the dataset's order, a grid search): 40 prompts at
-    # 6 steps make too small an SAE to forget a style on 11 tuning prompts (Neon_Glow's choice, γ −1, leaves
-    # it drawn), while Stars is forgotten on 10 of its 11 evaluation images and every other concept kept.
-    assert scores == {
-        "Neon_Glow": {"UA": 0.0, "IRA": 1.0, "CRA": 1.0},
-        "Stars": {"UA": pytest.approx(10 / 11), "IRA": 1.0, "CRA": 1.0},
-    }
-    assert first["search"]["chosen"] == {"Neon_Glow": [99.0, -1.0, 0.5], "Stars": [99.0, -5.0, pytest.approx(0.9)]}
+    assert scores == TINY_SCORES
+    assert first["search"]["chosen"] == TINY_CHOSEN
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'study' / 'mlflow.db'}")
     client = mlflow.MlflowClient()
@@ -84,3 +91,30 @@ def test_the_study_runs_every_stage_once_and_resumes_by_skipping_them(tmp_path, 
     import ray
 
     assert ray.is_initialized() and ray.get_runtime_context().gcs_address == ray_cluster
+
+
+@pytest.mark.slow
+def test_the_study_with_its_storage_root_in_a_bucket_gives_the_same_scores(tmp_path, ray_cluster, s3, monkeypatch):
+    """Every artefact in the S3 emulator (an emulator: moto's server); on local disk only the MLflow store and
+    the node's cache."""
+    monkeypatch.setenv("SAEURON_CACHE", str(tmp_path / "cache"))  # this driver's; the workers' is the session's
+    bucket = s3.bucket("saeuron-quick-study")
+    tracking = f"sqlite:///{tmp_path / 'tracking' / 'mlflow.db'}"
+    with pytest.raises(StorageError, match="MLflow's SQLite store cannot live; pass --tracking_uri"):
+        run_study(tiny_study(s3.uri(bucket, "study")))
+    result = run_study(tiny_study(s3.uri(bucket, "study"), extra=["--tracking_uri", tracking]))
+    assert result["evaluate"]["scores"] == TINY_SCORES and result["search"]["chosen"] == TINY_CHOSEN
+    keys = s3.keys(bucket)
+    for prefix in (
+        "study/activations/manifest.json",
+        "study/ray_train/",
+        "study/saes/",
+        "study/statistics/style-unet.up_blocks.1.attentions.2/statistics.safetensors",
+        "study/search/",
+        "study/images/",
+        "study/reports/",
+        "study/stages/tiny/evaluate.json",
+    ):
+        assert any(key.startswith(prefix) for key in keys), f"nothing under {prefix} in the bucket"
+    assert {p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*") if p.is_file()} == {"tracking", "cache"}
+    assert result["evaluate"]["report"].startswith("s3://saeuron-quick-study/study/reports/")

@@ -7,10 +7,11 @@ import pytest
 import torch
 from helpers import OBJECT_HOOK, STYLE_HOOK, KillWhen, driver_env, job_command, kill_driver, start_driver, wait_until
 
-from saeuron.cluster.registry import load_sae, registered_name
+from saeuron.cluster.registry import load_sae, registered_name, resolve_sae_folder
 from saeuron.config import build_config
 from saeuron.sae import SaeConfig
 from saeuron.sae.trainer import SaeTrainConfig
+from saeuron.storage.mirror import cache_root
 from saeuron.training.ray_train import TrainConfig, train, train_hookpoint
 
 HOOKS = [OBJECT_HOOK, STYLE_HOOK]  # the fixture collection's
@@ -59,6 +60,12 @@ def test_train_registers_saes_that_load_by_alias_and_folder_bit_identical(minica
     assert len(history) >= 3 and history[-1].value < history[0].value
     version = mlflow.MlflowClient().get_model_version(registered_name("minicanvas", HOOKS[0]), results[0].model_version)
     assert version.tags["hookpoint"] == HOOKS[0] and "num_inference_steps" in version.tags["activations_manifest"]
+
+    # A registry reference is downloaded once per node: the alias resolves to its version, whose copy is reused.
+    name = registered_name("minicanvas", HOOKS[0])
+    first = resolve_sae_folder(f"models:/{name}@current", tracking_uri=tracking)
+    assert first == resolve_sae_folder(f"models:/{name}/{results[0].model_version}", tracking_uri=tracking)
+    assert first.is_relative_to(cache_root() / "mlflow") and f"models/{name}/{results[0].model_version}" in str(first)
 
 
 @pytest.mark.slow

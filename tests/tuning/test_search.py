@@ -153,7 +153,7 @@ def _finished(experiment: Path, budget: int) -> list[str]:
 def test_a_stopped_search_resumes_and_a_killed_trial_is_retried(style_statistics, ray_cluster, tmp_path):
     study = tmp_path / "study"
     cfg = small_search(style_statistics, study, scheduler="grid", max_concurrent_trials=1, max_failures=2)
-    experiment = cfg.search_dir / "tune" / "Neon_Glow"
+    experiment = cfg.search_dir.local_path / "tune" / "Neon_Glow"
     config_file = tmp_path / "search.yaml"
     config_file.write_text(config_to_yaml(cfg))
     # The driver copies Tune's experiment state and result.json to storage every 10 s or more by default; four
