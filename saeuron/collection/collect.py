@@ -4,7 +4,7 @@ Ray Data reads the pending prompt rows, ``map_batches`` sends batches to a pool 
 each hold one pipeline (one GPU per actor when the cluster has GPUs, CPU otherwise) and sample
 with the capture hook, and the stream is written with ``write_parquet`` partitioned by hookpoint.
 
-Resume is exactly-once: before writing, :func:`saeuron.collection.activations.reconcile` drops files that a
+Resume is exactly-once: before writing, :func:`saeuron.collection.resume.reconcile` drops files that a
 killed write left unreadable, committed files whose bytes changed, and rows of prompts that are not
 complete in every hookpoint, so a prompt is either present once with all its rows or generated again;
 what it keeps is committed in the manifest. The dataset folder may be a local or shared folder or an
@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -100,7 +101,7 @@ class CollectConfig(CollectOptions, WithResources, WithModel, WithTracking):
         return math.ceil(self.sampling.num_inference_steps / self.every_k_steps)
 
 
-def _check(cfg: CollectConfig) -> tuple[Any, dict[str, int], list]:
+def _check(cfg: CollectConfig) -> tuple[Path, dict[str, int], list]:
     """Every check that can fail, before Ray or a model is touched."""
     if cfg.capture_half not in CAPTURE_HALVES:
         raise ValueError(f"capture_half must be one of {CAPTURE_HALVES}, got {cfg.capture_half!r}")
