@@ -51,8 +51,16 @@ def test_bad_storage_is_refused_naming_the_fix(s3, tmp_path, monkeypatch):
         check_writable(Location.parse(tmp_path / "a-file" / "x"), "the activation dataset")
 
     bucket = s3.bucket("saeuron-credentials")
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_PROFILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    ):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # a CI machine in a cloud may have an instance role
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.aws files
     with pytest.raises(StorageError, match="no AWS credentials found .* or add \\?anonymous=true"):
         check_writable(Location.parse(s3.uri(bucket, "study")), "the activation dataset")
