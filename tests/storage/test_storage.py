@@ -134,7 +134,7 @@ def test_on_the_owners_machine_a_dead_owners_lease_is_taken_at_once(root):
 def test_a_run_whose_lease_was_taken_over_refuses_to_commit(root):
     with holding_lease(root, "collect", ttl_s=0.6, settle_s=0.05) as lease:
         (root / LEASE_FILE).write_text(json.dumps({"owner": "someone-else", "purpose": "collect", "expires": time.time() + 60}))
-        time.sleep(0.5)  # the next renewal reads the lease back
+        time.sleep(1.0)  # the next renewal (every 0.2 s) reads the lease back
         with pytest.raises(LeaseHeld, match="this run lost its lease"):
             lease.check()
     assert read_lease(root / LEASE_FILE)["owner"] == "someone-else"  # not released: it is not ours
