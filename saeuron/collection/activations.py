@@ -186,12 +186,18 @@ def read_shard(shard: Shard, columns: Sequence[str] | None = None) -> pa.Table:
         data = shard.location.read_bytes()
     except FileNotFoundError as error:
         raise DamagedShard(f"{shard.location.uri} is committed in the manifest but missing; {_REGENERATE}") from error
-    if shard.sha256 is not None and (len(data) != shard.bytes or hashlib.sha256(data).hexdigest() != shard.sha256):
+    if shard.sha256 is not None:
+        check_record(data, shard.location, {"bytes": shard.bytes, "sha256": shard.sha256})
+    return parse_shard(data, shard.location, columns)
+
+
+def check_record(data: bytes, location: Location, record: dict[str, Any]) -> None:
+    """Raise :class:`DamagedShard` unless ``data`` has the size and SHA-256 the manifest committed."""
+    if len(data) != record["bytes"] or hashlib.sha256(data).hexdigest() != record["sha256"]:
         raise DamagedShard(
-            f"{shard.location.uri} is damaged: {len(data)} bytes whose SHA-256 differs from the {shard.bytes} bytes "
+            f"{location.uri} is damaged: {len(data)} bytes whose SHA-256 differs from the {record['bytes']} bytes "
             f"committed; {_REGENERATE}"
         )
-    return parse_shard(data, shard.location, columns)
 
 
 _REGENERATE = "run jobs/collect.py again with the same config: it drops the file and collects its prompts again"

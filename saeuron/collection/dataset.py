@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from saeuron.collection import activations
 from saeuron.storage import Location
@@ -115,12 +114,7 @@ def count_vectors(
 ) -> int:
     """Vectors in a split, from the small columns only (no activations are read; their pages' CRCs are checked)."""
     shards = activations.committed_shards(root, hookpoint)
-    tables = [
-        pq.read_table(
-            s.location.path, filesystem=s.location.fs, columns=["prompt_id", "patch_index"], page_checksum_verification=True
-        )
-        for s in shards
-    ]
+    tables = [activations.parse_shard_file(s.location, ["prompt_id", "patch_index"]) for s in shards]
     if not tables:
         return 0
     table = pa.concat_tables(tables)

@@ -7,7 +7,6 @@ before the old one is deleted.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +16,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from saeuron.collection.activations import DamagedShard, hookpoint_dir, parse_shard, parse_shard_file, shard_record, write_table
+from saeuron.collection.activations import (
+    DamagedShard,
+    check_record,
+    hookpoint_dir,
+    parse_shard,
+    parse_shard_file,
+    shard_record,
+    write_table,
+)
 from saeuron.console import logger
 from saeuron.storage import Location
 
@@ -72,15 +79,15 @@ def reconcile(
                     record = entry
                 else:
                     data = location.read_bytes()
-                    if entry is not None and (len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]):
-                        raise DamagedShard(f"{location.uri}: its bytes differ from those committed")
+                    if entry is not None:
+                        check_record(data, location, entry)
                     table = parse_shard(data, location)
                     ids, record = table.column("prompt_id").to_numpy(), entry or shard_record(data, len(table))
             except DamagedShard as error:
                 location.delete()
                 (damaged if entry is not None else removed).append(location.uri)
-                if entry is not None:
-                    logger.warning(f"collect: {error}; removed, its prompts are collected again")
+                if entry is not None:  # this run is the fix the error's own advice names
+                    logger.warning(f"collect: {str(error).split('; ')[0]}; removed, its prompts are collected now")
                 continue
             files[hookpoint][location] = (ids, record)
             for prompt_id, n in zip(*np.unique(ids, return_counts=True)):

@@ -84,9 +84,9 @@ class Recipe:
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> Recipe:
         if "://" in str(folder):  # in a bucket: read this node's mirror of it
-            from saeuron.storage.mirror import local_copy
+            from saeuron.storage.inputs import local_input
 
-            folder = local_copy(folder)
+            folder = local_input(folder, "the folder")
         folder = Path(str(folder))  # a path, or a local Location
         if not (folder / JSON).is_file():
             raise FileNotFoundError(f"{folder} holds no {JSON}: not an unlearning recipe")
@@ -115,9 +115,9 @@ def resolve_recipe_folders(refs: list[str], tracking_uri: str | None = None) -> 
         if is_artifact_uri(ref):
             local = download_artifacts(str(ref), tracking_uri, prefix="saeuron-recipes-")
         elif "://" in str(ref):  # recipes in a bucket: this node's mirror of them
-            from saeuron.storage.mirror import local_copy
+            from saeuron.storage.inputs import local_input
 
-            local = local_copy(ref)
+            local = local_input(ref, "the recipes")
         else:
             local = Path(ref).expanduser()
         if (local / JSON).is_file():

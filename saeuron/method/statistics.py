@@ -115,9 +115,9 @@ class ConceptStatistics:
     @classmethod
     def load(cls, folder: str | Path) -> ConceptStatistics:
         if "://" in str(folder):  # in a bucket: read this node's mirror of it
-            from saeuron.storage.mirror import local_copy
+            from saeuron.storage.inputs import local_input
 
-            folder = local_copy(folder)
+            folder = local_input(folder, "the folder")
         folder = Path(str(folder))  # a path, or a local Location
         if not (folder / INDEX).is_file():
             raise FileNotFoundError(f"{folder} holds no {INDEX}: run jobs/gather.py first")

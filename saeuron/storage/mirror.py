@@ -77,9 +77,3 @@ def push(local: Path, location: Location, files: Iterable[Path] | None = None) -
         if any(part.startswith(".") for part in relative.parts):
             continue
         (location / relative.as_posix()).write_bytes(path.read_bytes())
-
-
-def local_copy(ref: str | os.PathLike[str]) -> Path:
-    """A path on this node for ``ref``: the mirror of an s3:// / gs:// URI (pulled), else the path itself."""
-    location = Location.parse(ref)
-    return pull(location) if not location.is_local else location.local_path

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +22,7 @@ from saeuron.sae import Sae, SaeConfig
 from saeuron.sae.trainer import SaeTrainConfig
 from saeuron.sections import WithTracking
 from saeuron.storage import Location, check_writable, holding_lease
+from saeuron.storage.mirror import mirror_path, push
 from saeuron.training.worker import train_loop_per_worker
 
 
@@ -199,27 +197,11 @@ def train_hookpoint(cfg: TrainConfig, hookpoint: str, mlflow_run_id: str | None,
 
 
 def save_sae(sae: Sae, folder: Location) -> None:
-    """The published layout in ``folder``; on an object store each file is one whole upload, the JSON last."""
-    if folder.is_local:
-        sae.save_to_disk(folder.local_path)
-        return
-    with tempfile.TemporaryDirectory() as local:
-        sae.save_to_disk(local)
-        for name in ("sae.safetensors", "cfg.json"):
-            (folder / name).write_bytes((Path(local) / name).read_bytes())
-
-
-@contextmanager
-def local_copy(folder: str) -> Iterator[Path]:
-    """A folder on this machine holding ``folder``'s files (itself, when it is one)."""
-    location = Location.parse(folder)
-    if location.is_local:
-        yield location.local_path
-        return
-    with tempfile.TemporaryDirectory() as local:
-        for file in location.files():
-            (Path(local) / file.name).write_bytes(file.read_bytes())
-        yield Path(local)
+    """The published layout in ``folder`` (through this node's mirror under an object store), the JSON uploaded
+    last: a reader that finds cfg.json finds the weights."""
+    local = mirror_path(folder)
+    sae.save_to_disk(local)
+    push(local, folder, [local / "sae.safetensors", local / "cfg.json"])
 
 
 def train(cfg: TrainConfig) -> list[TrainedSae]:
@@ -253,19 +235,18 @@ def _train(cfg: TrainConfig, hookpoints: list[str], manifest: dict) -> list[Trai
             trained = train_hookpoint(cfg, hookpoint, run.info.run_id, tracking_uri)
             mlflow.log_metrics({f"{hookpoint}/final_{k}": v for k, v in trained.metrics.items()})
             if cfg.register:
-                with local_copy(trained.folder) as folder:
-                    trained.model_version = register_folder(
-                        folder,
-                        name=registered_name(benchmark, hookpoint),
-                        run_id=run.info.run_id,
-                        artifact_path=f"sae/{hookpoint}",
-                        alias=cfg.alias,
-                        tags={
-                            "hookpoint": hookpoint,
-                            "activations_manifest": json.dumps(manifest)[:5000],
-                            **{f"metric.{k}": f"{v:.6g}" for k, v in trained.metrics.items()},
-                        },
-                    )
+                trained.model_version = register_folder(
+                    mirror_path(Location.parse(trained.folder)),
+                    name=registered_name(benchmark, hookpoint),
+                    run_id=run.info.run_id,
+                    artifact_path=f"sae/{hookpoint}",
+                    alias=cfg.alias,
+                    tags={
+                        "hookpoint": hookpoint,
+                        "activations_manifest": json.dumps(manifest)[:5000],
+                        **{f"metric.{k}": f"{v:.6g}" for k, v in trained.metrics.items()},
+                    },
+                )
                 logger.info(
                     f"train {hookpoint}: registered models:/{registered_name(benchmark, hookpoint)}/{trained.model_version}"
                     f"{f' (alias @{cfg.alias})' if cfg.alias else ''}"
