@@ -69,13 +69,55 @@ class SamplingConfig:
 
 
 @dataclass
-class ResourcesConfig:
-    """How many Ray Data actors sample, and how many CPU threads each uses when it has no GPU."""
+class Placement:
+    """What one unit of a stage (a Ray Data actor, a Ray Train worker, a Tune trial) reserves, and where it runs."""
 
+    gpus: float = 1.0
+    """GPUs of one unit when the study runs on GPU (resources.device); a fraction lets units share a GPU (Tune
+    trials of a small model)."""
+    cpus: int = 1
+    """CPUs of one unit on CPU: its torch threads, reserved from Ray (a unit on GPU reserves none)."""
+    accelerator_type: str = ""
+    """Ray accelerator type the unit needs (e.g. A100, A10G, L4); empty: any."""
+    node_resource: str = ""
+    """A custom resource the node type advertises (cluster.yaml: resources: {gpu_trainer: 8}): the unit runs only on
+    such nodes. Empty: on any node."""
+
+
+def _trial_placement() -> Placement:
+    return Placement(gpus=1.0)
+
+
+@dataclass
+class ResourcesConfig:
+    """Where the stages run: the device, the size of the Ray Data actor pools, and each stage's placement."""
+
+    device: str = "auto"
+    """"auto": GPUs when the cluster has some as a stage starts, else CPU (a laptop); "gpu": every unit asks for its
+    GPUs and waits for them (an autoscaling cluster brings them up), never falling back to CPU; "cpu": no GPU."""
     num_actors: int = 1
-    """Actors in the pool, each holding one pipeline (one GPU each when the cluster has GPUs)."""
-    cpu_threads_per_actor: int = 1
-    """torch threads of a CPU actor (and the CPUs it reserves from Ray)."""
+    """Actors in each Ray Data pool (collection, statistics, sampling, judging), each holding one pipeline."""
+    actor: Placement = field(default_factory=Placement)
+    """One actor of the pools."""
+    trainer: Placement = field(default_factory=Placement)
+    """One Ray Train worker (train.num_workers of them)."""
+    trial: Placement = field(default_factory=_trial_placement)
+    """One Tune trial of the search."""
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"resources.device is {self.device!r}; use one of {', '.join(DEVICES)}")
+        if self.num_actors < 1:
+            raise ValueError(f"resources.num_actors is {self.num_actors}; a pool needs at least one actor")
+        for name in ("actor", "trainer", "trial"):
+            placement = getattr(self, name)
+            if placement.gpus < 0 or placement.cpus < 1:
+                raise ValueError(f"resources.{name}: gpus must be >= 0 and cpus >= 1, got {placement}")
+            if self.device == "gpu" and placement.gpus == 0:
+                raise ValueError(f"resources.device is gpu but resources.{name}.gpus is 0: give it a GPU share or use auto")
+
+
+DEVICES = ("auto", "gpu", "cpu")
 
 
 @dataclass

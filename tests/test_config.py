@@ -129,6 +129,10 @@ def test_shipped_example_configs_parse():
     assert stages["collect"].model is stages["evaluate"].model is study.model
     assert stages["search"].sampling.num_inference_steps == stages["evaluate"].sampling.num_inference_steps == 100
     assert stages["collect"].sampling.num_inference_steps == 50 and stages["collect"].tracking.parent_run_id == "parent"
+    # Placed on cluster.yaml's node types, tracked by the head's server, stored in the bucket.
+    assert stages["train"].resources is stages["search"].resources is study.resources and study.resources.device == "gpu"
+    assert (study.resources.actor.node_resource, study.resources.trainer.node_resource) == ("gpu_sampler", "gpu_trainer")
+    assert study.tracking.tracking_uri == "http://{head}:5000" and study.tracking.study_dir.startswith("s3://")
     assert study.train.sae.k == 32 and stages["train"].hookpoints == [
         "unet.up_blocks.1.attentions.2",
         "unet.up_blocks.1.attentions.1",

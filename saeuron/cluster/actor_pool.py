@@ -1,6 +1,6 @@
 """What every Ray Data stage of the study shares: a pool of actors that each hold one pipeline.
 
-One GPU per actor when the cluster has GPUs, else CPU actors with a fixed number of threads; the
+Each actor is placed as the config's ``resources.actor`` says (GPUs, or CPU threads; a node type); the
 same code either way.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from saeuron.diffusion.pipeline import load_pipeline, resolve_dtype
+from saeuron.sections import ResourcesConfig
 
 
 def load_pipeline_in_actor(model_path: str, dtype: str, cpu_threads: int, sampler: str = "ddim"):
@@ -40,17 +41,21 @@ def ensure_ray() -> None:
     quiet_ray_data()
 
 
-def map_with_actor_pool(rows: list[dict], actor_class, actor_kwargs: dict, batch_size: int, num_actors: int, cpu_threads: int):
-    """``ray.data.from_items(rows).map_batches(actor_class)`` on a fixed pool of ``num_actors``."""
+def map_with_actor_pool(rows: list[dict], actor_class, actor_kwargs: dict, batch_size: int, resources: ResourcesConfig):
+    """``ray.data.from_items(rows).map_batches(actor_class)`` on a fixed pool of ``resources.num_actors``, each actor
+    placed as ``resources.actor`` says (see :mod:`saeuron.cluster.placement`)."""
     import ray
 
+    from saeuron.cluster.placement import unit_resources
+
     ensure_ray()
-    num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    unit = unit_resources(resources, "actor")
     return ray.data.from_items(rows).map_batches(
         actor_class,
         fn_constructor_kwargs=actor_kwargs,
         batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=num_actors),
-        num_gpus=num_gpus,
-        num_cpus=0 if num_gpus else cpu_threads,
+        compute=ray.data.ActorPoolStrategy(size=resources.num_actors),
+        num_gpus=unit.gpus,
+        num_cpus=unit.cpus,
+        resources=unit.custom or None,
     )

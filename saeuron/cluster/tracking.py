@@ -1,8 +1,8 @@
 """MLflow, thinly: where runs go, and logging a job's config so the run can be repeated.
 
 Default tracking is a SQLite store in the study folder (``<study_dir>/mlflow.db``, artifacts in
-``<study_dir>/mlartifacts``); give ``tracking_uri`` (e.g. ``http://127.0.0.1:5000``) for a tracking
-server, which a cluster needs because workers cannot see a file on the head.
+``<study_dir>/mlartifacts``); give ``tracking_uri`` (e.g. ``http://{head}:5000``) for a tracking server,
+which a cluster needs because workers cannot see a file on the head (:mod:`saeuron.cluster.reach`).
 """
 
 from __future__ import annotations
@@ -18,14 +18,17 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow
 
+from saeuron.cluster.reach import check_tracking_reach, fill_head
 from saeuron.config import config_to_yaml, to_dict
 from saeuron.sections import TrackingConfig
 from saeuron.storage import StorageError, is_uri
 
 
 def resolve_tracking_uri(tracking_uri: str | None, study_dir: str | Path) -> str:
+    """The store ``tracking_uri`` names here: ``{head}`` filled with the Ray head's address; empty: SQLite in the
+    study folder."""
     if tracking_uri:
-        return tracking_uri
+        return fill_head(tracking_uri)
     if is_uri(str(study_dir)):
         raise StorageError(
             f"tracking.study_dir {study_dir} is object storage, where MLflow's SQLite store cannot live; pass "
@@ -70,10 +73,11 @@ def tracked_run(
     """An MLflow run holding the job's config as params and as ``config.yaml``; a child of
     ``tracking.parent_run_id`` when it is set (a study's or a search's run)."""
     uri = tracking_uri_of(tracking)
-    if tracking.parent_run_id:
-        tags = {**(tags or {}), "mlflow.parentRunId": tracking.parent_run_id}
+    check_tracking_reach(tracking.tracking_uri, uri)
     experiment_id = ensure_experiment(uri, tracking.experiment, tracking.study_dir)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested) as run:
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested, parent_run_id=tracking.parent_run_id or None
+    ) as run:
         params: dict[str, Any] = {}
         _flatten("", to_dict(config), params)
         mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
@@ -91,6 +95,7 @@ def parent_run(
     making it the active run: each stage opens its own run, tagged with this one as parent. It is
     itself a child of ``tracking.parent_run_id`` when that is set."""
     uri = tracking_uri_of(tracking)
+    check_tracking_reach(tracking.tracking_uri, uri)
     experiment_id = ensure_experiment(uri, tracking.experiment, tracking.study_dir)
     client = mlflow.MlflowClient(uri)
     if run_id:

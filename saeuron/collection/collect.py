@@ -234,11 +234,10 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
                     patches_per_map=cfg.patches_per_map,
                     dtype=cfg.model.dtype,
                     sampler=cfg.model.sampler,
-                    cpu_threads=cfg.resources.cpu_threads_per_actor,
+                    cpu_threads=cfg.resources.actor.cpus,
                 ),
                 cfg.batch_size,
-                cfg.resources.num_actors,
-                cfg.resources.cpu_threads_per_actor,
+                cfg.resources,
             )
             dataset.write_parquet(
                 root.path, filesystem=root.fs, partition_cols=[activations.PARTITION], **activations.PARQUET_OPTIONS

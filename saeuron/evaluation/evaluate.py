@@ -209,9 +209,7 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
     def generate_and_judge(recipe: str) -> tuple[Path, list[dict]]:
         gen = generation_config(cfg, recipe, styles)
         index = unlearn(gen)
-        rows = judge_images(
-            gen.images_dir, index, judge.identity, judge_kwargs, 64, cfg.resources.num_actors, cfg.resources.cpu_threads_per_actor
-        )
+        rows = judge_images(gen.images_dir, index, judge.identity, judge_kwargs, cfg.resources)
         return pull(gen.images_dir), rows  # this node's copy, for FID and the report's pictures
 
     original_dir, original_rows = generate_and_judge("")

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import torch
 
 from saeuron.benchmarks.prompts import rows_from_batch
+from saeuron.sections import ResourcesConfig
 from saeuron.storage import Location
 
 PREDICTIONS = "predictions.parquet"
@@ -67,9 +68,8 @@ def judge_images(
     index: pa.Table,
     judge_identity: str,
     judge_kwargs: dict,
+    resources: ResourcesConfig,
     batch_size: int = 64,
-    num_actors: int = 1,
-    cpu_threads: int = 1,
 ) -> list[dict]:
     """Rows of ``index`` (one per image file) with ``style_pred`` and ``object_pred`` added."""
     from saeuron.cluster.actor_pool import map_with_actor_pool
@@ -87,10 +87,9 @@ def judge_images(
     judged = map_with_actor_pool(
         rows,
         JudgeActor,
-        dict(**judge_kwargs, images_dir=images_dir.uri, cpu_threads=cpu_threads),
+        dict(**judge_kwargs, images_dir=images_dir.uri, cpu_threads=resources.actor.cpus),
         batch_size,
-        num_actors,
-        cpu_threads,
+        resources,
     ).take_all()
     judged = [{k: (None if k == "style" and isinstance(v, float) else v) for k, v in r.items()} for r in judged]
     judged.sort(key=lambda r: r["file"])

@@ -174,11 +174,10 @@ def gather(cfg: GatherConfig) -> ConceptStatistics:
             sampler=cfg.model.sampler,
             sae_inference=cfg.sae_inference,
             tracking_uri=tracking_uri_of(cfg.tracking),
-            cpu_threads=cfg.resources.cpu_threads_per_actor,
+            cpu_threads=cfg.resources.actor.cpus,
         ),
         cfg.batch_size,
-        cfg.resources.num_actors,
-        cfg.resources.cpu_threads_per_actor,
+        cfg.resources,
     )
     concepts = sorted({getattr(r, cfg.kind) for r in rows}, key=[getattr(r, cfg.kind) for r in rows].index)
     stats: ConceptStatistics | None = None

@@ -206,11 +206,10 @@ def unlearn(cfg: UnlearnConfig) -> pa.Table:
                 image_format=cfg.grid.image_format,
                 out_dir=out.uri,
                 tracking_uri=registry_uri,
-                cpu_threads=cfg.resources.cpu_threads_per_actor,
+                cpu_threads=cfg.resources.actor.cpus,
             ),
             cfg.grid.batch_size,
-            cfg.resources.num_actors,
-            cfg.resources.cpu_threads_per_actor,
+            cfg.resources,
         ).materialize()
     written = {f.name for f in out.files()}
     missing = [image_name(r, cfg.grid.image_format) for r in rows if image_name(r, cfg.grid.image_format) not in written]

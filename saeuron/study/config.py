@@ -111,9 +111,15 @@ def stage_configs(cfg: StudyConfig, parent_run_id: str) -> dict[str, Any]:
         "collect": CollectConfig(
             **_fields(cfg.collect), hookpoints=hookpoints, tracking=tracking, model=cfg.model, resources=cfg.resources
         ),
-        "train": TrainConfig(**_fields(cfg.train), hookpoints=hookpoints, tracking=tracking),
+        "train": TrainConfig(**_fields(cfg.train), hookpoints=hookpoints, tracking=tracking, resources=cfg.resources),
         "search": SearchConfig(
-            **_fields(cfg.search), tracking=tracking, model=cfg.model, sampling=cfg.sampling, edit=cfg.edit, judge=cfg.judge
+            **_fields(cfg.search),
+            tracking=tracking,
+            model=cfg.model,
+            sampling=cfg.sampling,
+            edit=cfg.edit,
+            judge=cfg.judge,
+            resources=cfg.resources,
         ),
         "evaluate": EvaluateConfig(
             **_fields(cfg.evaluate),

@@ -35,6 +35,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     records = StageRecords(storage, cfg.name)
     # A cluster the caller joined or started is theirs to keep; only one the stages started here is stopped.
     ray_started_here = not ray.is_initialized()
+    check_placements(cfg)  # a placement no node can take is refused now, not when its stage comes
     previous = records.done("study", {"name": cfg.name})
     parent = parent_run(
         cfg,
@@ -117,6 +118,16 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         ray.shutdown()
     print_summary(cfg, evaluated, searched, uri)
     return {"run_id": parent, "search": searched, "evaluate": evaluated, "saes": saes, "statistics": statistics}
+
+
+def check_placements(cfg: StudyConfig) -> None:
+    from saeuron.cluster.actor_pool import ensure_ray
+    from saeuron.cluster.placement import check_placement, unit_resources
+
+    ensure_ray()
+    unit_resources(cfg.resources, "actor")
+    unit_resources(cfg.resources, "trial")
+    check_placement(unit_resources(cfg.resources, "trainer"), "resources.trainer", count=cfg.train.num_workers)
 
 
 def exists(where: str, name: str = "") -> bool:

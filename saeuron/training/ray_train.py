@@ -20,7 +20,7 @@ from saeuron.collection.dataset import activation_dataset, count_vectors, datase
 from saeuron.console import is_verbose, logger
 from saeuron.sae import Sae, SaeConfig
 from saeuron.sae.trainer import SaeTrainConfig
-from saeuron.sections import WithTracking
+from saeuron.sections import WithResources, WithTracking
 from saeuron.storage import Location, check_writable, holding_lease
 from saeuron.storage.mirror import mirror_path, push
 from saeuron.training.worker import train_loop_per_worker
@@ -49,9 +49,7 @@ class TrainOptions:
     shuffle: bool = True
     """Shuffle the feature maps (rows) before training."""
     num_workers: int = 1
-    """Ray Train workers (one GPU each when the cluster has that many); more than one trains with DDP."""
-    cpus_per_worker: int = 1
-    """CPUs (and torch threads) of a worker without a GPU."""
+    """Ray Train workers, each placed as resources.trainer says; more than one trains with DDP."""
     checkpoint_every: int = 500
     """Steps between checkpoints (reported to Ray Train, resumed from after a failure)."""
     log_every: int = 50
@@ -70,7 +68,7 @@ class TrainOptions:
 
 
 @dataclass
-class TrainConfig(TrainOptions, WithTracking):
+class TrainConfig(TrainOptions, WithResources, WithTracking):
     activations_dir: str = ""
     """Activation dataset (jobs/collect.py's output; a folder or an s3:// / gs:// prefix); empty means
     <study_dir>/activations."""
@@ -88,8 +86,7 @@ class TrainConfig(TrainOptions, WithTracking):
         identity = {
             k: v
             for k, v in asdict(self).items()
-            if k
-            not in ("num_workers", "cpus_per_worker", "log_every", "max_failures", "register", "alias", "run_name", "tracking")
+            if k not in ("num_workers", "resources", "log_every", "max_failures", "register", "alias", "run_name", "tracking")
         }
         identity["study_dir"] = self.tracking.study_dir
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
@@ -127,6 +124,8 @@ def train_hookpoint(cfg: TrainConfig, hookpoint: str, mlflow_run_id: str | None,
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from saeuron.cluster.placement import check_placement, unit_resources
+
     manifest = dataset_info(cfg.dataset_dir, hookpoint)
     d_in = manifest["d_in"][hookpoint]
     train_vectors = count_vectors(cfg.dataset_dir, hookpoint, "train", cfg.validation_fraction, cfg.seed)
@@ -142,7 +141,8 @@ def train_hookpoint(cfg: TrainConfig, hookpoint: str, mlflow_run_id: str | None,
     if cfg.max_vectors:
         train = train.limit(cfg.max_vectors)
     validation = activation_dataset(cfg.dataset_dir, hookpoint, "validation", cfg.validation_fraction, cfg.seed)
-    use_gpu = ray.cluster_resources().get("GPU", 0) >= cfg.num_workers
+    unit = unit_resources(cfg.resources, "trainer")
+    check_placement(unit, "resources.trainer", count=cfg.num_workers)
     run_name = cfg.resolved_run_name()
     storage = cfg.tracking.storage / "ray_train"
     trainer = TorchTrainer(
@@ -158,15 +158,15 @@ def train_hookpoint(cfg: TrainConfig, hookpoint: str, mlflow_run_id: str | None,
             checkpoint_every=cfg.checkpoint_every,
             log_every=cfg.log_every,
             seed=cfg.seed,
-            cpus_per_worker=cfg.cpus_per_worker,
+            cpus_per_worker=cfg.resources.trainer.cpus,
             mlflow_run_id=mlflow_run_id,
             tracking_uri=tracking_uri,
             verbose=is_verbose(),
         ),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers,
-            use_gpu=use_gpu,
-            resources_per_worker=None if use_gpu else {"CPU": cfg.cpus_per_worker},
+            use_gpu=unit.on_gpu,
+            resources_per_worker={"GPU": unit.gpus, "CPU": unit.cpus, **unit.custom},
         ),
         datasets={"train": train, "validation": validation},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options=_ordered_ingest()),
@@ -180,7 +180,7 @@ def train_hookpoint(cfg: TrainConfig, hookpoint: str, mlflow_run_id: str | None,
     )
     logger.info(
         f"train {hookpoint}: d_in {d_in}, F {cfg.sae.latents_for(d_in)}, {train_vectors:,} training vectors, "
-        f"{steps_per_epoch} steps × {cfg.epochs} epochs, {cfg.num_workers} worker(s){' on GPU' if use_gpu else ''}"
+        f"{steps_per_epoch} steps × {cfg.epochs} epochs, {cfg.num_workers} worker(s){' on GPU' if unit.on_gpu else ''}"
     )
     started = time.perf_counter()
     result = trainer.fit()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from saeuron.benchmarks import Benchmark, get_benchmark
-from saeuron.sections import WithEdit, WithJudge, WithModel, WithSampling, WithTracking
+from saeuron.sections import WithEdit, WithJudge, WithModel, WithResources, WithSampling, WithTracking
 from saeuron.storage import Location
 
 SCHEDULERS = ("grid", "asha")
@@ -41,9 +41,7 @@ class SearchOptions:
     tuning_seed: int = 0
     """Offset of the tuning prompts' seeds (from 10,000 up: never an evaluation seed)."""
     max_concurrent_trials: int = 0
-    """0: as many as the cluster fits (one GPU each, or cpu_threads_per_trial CPUs each)."""
-    cpu_threads_per_trial: int = 1
-    """torch threads (and reserved CPUs) of a trial without a GPU."""
+    """0: as many as the cluster fits (each trial placed as resources.trial says)."""
     max_failures: int = 2
     """Retries of a trial whose worker died; it resumes from its last checkpoint."""
     name: str = "search"
@@ -54,7 +52,7 @@ class SearchOptions:
 
 
 @dataclass
-class SearchConfig(SearchOptions, WithJudge, WithEdit, WithSampling, WithModel, WithTracking):
+class SearchConfig(SearchOptions, WithResources, WithJudge, WithEdit, WithSampling, WithModel, WithTracking):
     style_statistics: str = ""
     """Statistics folder of the style hookpoint (jobs/gather.py --kind style)."""
     object_statistics: str = ""

@@ -4,8 +4,8 @@ Per concept one Tune experiment over the grid. A trial builds the recipe of its 
 concept's tuning prompts (``tuning_prompts``: never the evaluation prompts or seeds) chunk by chunk,
 judges them and reports UA, IRA, CRA and the reference's objective (UA + IRA) / 2 after every chunk,
 with the images judged so far as its checkpoint. ``scheduler="asha"`` stops poor (p, γ) early: the
-resource is the number of tuning prompts scored. Trials take one GPU each when the cluster has GPUs
-and reuse their worker process, whose pipeline, SAE and judge are loaded once.
+resource is the number of tuning prompts scored. Trials are placed as ``resources.trial`` says (a GPU share,
+or CPU threads) and reuse their worker process, whose pipeline, SAE and judge are loaded once.
 
 ASHA ranks trials at its rungs by the graded objective (the judge's probabilities of the true
 classes instead of 0/1 hits): after a few images many (p, γ) tie on accuracy, and tied trials all
@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 from saeuron.atomic_files import write_text_atomic
 from saeuron.benchmarks.tuning_prompts import scorable_prefix, tuning_prompt_rows
+from saeuron.cluster.placement import unit_resources
 from saeuron.console import logger, tune_verbosity
 from saeuron.diffusion.pipeline import check_sampler
 from saeuron.method.statistics import ConceptStatistics
@@ -84,17 +85,14 @@ def choose(trials: list[dict[str, Any]], budget: int) -> dict[str, Any]:
 def run_concept_search(
     cfg: SearchConfig, concept: str, kind: str, statistics: str, setup: dict[str, Any], parent_run_id: str, tracking_uri: str
 ) -> ConceptResult:
-    import ray
     from ray import tune
     from ray.air.integrations.mlflow import MLflowLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
     percentiles, multipliers = grid_of(cfg, kind)
     budget = len(setup["prompts"][concept])
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    trainable = tune.with_resources(
-        tune.with_parameters(tuning_trial, setup=setup), {"cpu": 0 if gpus else cfg.cpu_threads_per_trial, "gpu": gpus}
-    )
+    unit = unit_resources(cfg.resources, "trial")
+    trainable = tune.with_resources(tune.with_parameters(tuning_trial, setup=setup), unit.tune_resources())
     scheduler = None
     if cfg.scheduler == "asha":
         # Ranked on the graded objective: on a few images many (p, γ) tie on accuracy, and ties all survive a rung.
@@ -258,7 +256,7 @@ def search(cfg: SearchConfig) -> SearchResult:
         model_path=str(model_path),
         dtype=cfg.model.dtype,
         sampler=cfg.model.sampler,
-        cpu_threads=cfg.cpu_threads_per_trial,
+        cpu_threads=cfg.resources.trial.cpus,
         benchmark=cfg.model.benchmark,
         judge=asdict(cfg.judge),
         base_model=base_model,

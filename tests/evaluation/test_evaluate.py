@@ -24,6 +24,7 @@ from saeuron.evaluation.evaluate import EvaluateConfig, check_judge, evaluate
 from saeuron.evaluation.fid import cached_statistics, inception_fid
 from saeuron.evaluation.judging import judge_images
 from saeuron.method.make_recipe import RecipeConfig, make_recipe
+from saeuron.sections import ResourcesConfig
 
 
 def write_unlearncanvas_checkpoint(path, num_classes, arch="vit_large_patch16_224", seed=0):
@@ -237,4 +238,4 @@ def test_bad_evaluation_input_fails_before_anything_is_logged(tmp_path, minicanv
         ]
     )
     with pytest.raises(FileNotFoundError, match="1 of 2 images are missing .*Rings_seed188.png"):
-        judge_images(folder, index, "minicanvas-classifier", dict(benchmark="minicanvas", judge={}))
+        judge_images(folder, index, "minicanvas-classifier", dict(benchmark="minicanvas", judge={}), ResourcesConfig())

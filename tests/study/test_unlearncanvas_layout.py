@@ -25,6 +25,10 @@ def test_the_unlearncanvas_study_runs_on_the_checkpoints_real_layout(tmp_path, r
         "--judge.object_classifier": files["object_classifier"],
         "--judge.classifier_arch": CLASSIFIER_ARCH,
         "--resources.num_actors": 1,
+        "--resources.device": "auto",  # the shipped config places stages on cluster.yaml's GPU node types
+        "--resources.actor.node_resource": "",
+        "--resources.trainer.node_resource": "",
+        "--resources.trial.node_resource": "",
         "--collect.max_prompts": 16,
         "--collect.sampling.num_inference_steps": 2,
         "--sampling.num_inference_steps": 2,
