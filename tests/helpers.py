@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 STYLE_HOOK = "unet.up_blocks.1.attentions.2"
 OBJECT_HOOK = "unet.mid_block.attentions.0"
@@ -137,3 +139,46 @@ class S3Emulator:
     def keys(self, bucket: str, prefix: str = "") -> list[str]:
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+
+# --------------------------------------------------------------------------------- the tiny study
+def tiny_study_argv(study_dir, concepts=("Neon_Glow", "Stars"), multipliers=("-1", "-5"), extra=()) -> list[str]:
+    """The tiny study's flags (two minutes on two cores): what the study tests run, locally or on a cluster."""
+    return [
+        *extra,
+        "--study_dir",
+        str(study_dir),
+        "--name",
+        "tiny",
+        "--collect.max_prompts",
+        "40",
+        "--collect.sampling.num_inference_steps",
+        "6",
+        "--sampling.num_inference_steps",
+        "6",
+        "--epochs",
+        "4",
+        "--train.batch_size",
+        "1024",
+        "--concepts",
+        *concepts,
+        "--percentiles",
+        "99",
+        "--multipliers",
+        *multipliers,
+        "--search.max_prompts",
+        "11",
+        "--scheduler",
+        "grid",
+    ]
+
+
+# Measured (deterministic: seeded prompts, training on the committed shards in the manifest's order, a grid
+# search): 40 prompts at 6 steps make too small an SAE to forget a style on 11 tuning prompts (Neon_Glow's
+# choice, γ −1, leaves it drawn), while Stars is forgotten on 7 of its 11 evaluation images (10 before the
+# reader read one shard per block: a tiny SAE moves with the order it sees) and every other concept kept.
+TINY_SCORES = {
+    "Neon_Glow": {"UA": 0.0, "IRA": 1.0, "CRA": 1.0},
+    "Stars": {"UA": pytest.approx(7 / 11), "IRA": 1.0, "CRA": 1.0},
+}
+TINY_CHOSEN = {"Neon_Glow": [99.0, -1.0, 0.5], "Stars": [99.0, -5.0, pytest.approx(0.7)]}

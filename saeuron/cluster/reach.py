@@ -90,10 +90,21 @@ def check_tracking_reach(written: str, resolved: str) -> None:
 
 
 def probe(uri: str, timeout_s: float = _PROBE_TIMEOUT_S) -> str:
-    """'' when the MLflow server at ``uri`` answers its health check, else what went wrong."""
+    """'' when the MLflow server at ``uri`` answers its API from here, else what went wrong. The health check
+    alone is not enough: MLflow's security middleware lets it through whatever the Host header, and then refuses
+    every API call from a host outside ``--allowed-hosts`` (by default: localhost and private networks)."""
+    base = uri.rstrip("/")
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
-            return "" if response.status == 200 else f"HTTP {response.status}"
+        with urllib.request.urlopen(f"{base}/health", timeout=timeout_s) as response:
+            if response.status != 200:
+                return f"HTTP {response.status} from /health"
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=_", timeout=timeout_s):
+            return ""
+    except urllib.error.HTTPError as error:
+        if error.code == 404:  # the API answered: no such experiment
+            return ""
+        allowed = " (the server's --allowed-hosts must admit this host)" if error.code in (400, 403) else ""
+        return f"HTTP {error.code} from its API{allowed}"
     except (urllib.error.URLError, OSError) as error:
         return str(getattr(error, "reason", error))
 

@@ -48,6 +48,8 @@ only cost time (Parquet tries a dictionary, gives up, and reading back runs 2.5Ã
 reader tell a damaged page from data."""
 MANIFEST = "manifest.json"
 PARTITION = "hookpoint"
+NODE = "node_id"
+"""The Ray node that computed a row (a column since the cluster issue; older shards lack it)."""
 
 
 def hookpoint_dir(root: str | Path | Location, hookpoint: str) -> Location:
@@ -232,6 +234,21 @@ def write_table(location: Location, table: pa.Table) -> bytes:
     data = sink.getvalue().to_pybytes()
     location.write_bytes(data)
     return data
+
+
+def rows_per_node(root: str | Path | Location, files: dict[str, dict[str, dict[str, Any]]]) -> dict[str, int]:
+    """{Ray node id: rows it computed} over the committed ``files`` (shards written before the column existed
+    count under "unknown")."""
+    counts: dict[str, int] = {}
+    for hookpoint, entries in files.items():
+        for name, entry in entries.items():
+            try:
+                nodes = parse_shard_file(hookpoint_dir(root, hookpoint) / name, [NODE]).column(NODE).to_pylist()
+            except (pa.ArrowInvalid, KeyError):
+                nodes = ["unknown"] * entry["rows"]
+            for node in nodes:
+                counts[node] = counts.get(node, 0) + 1
+    return counts
 
 
 def count_rows(files: dict[str, dict[str, Any]]) -> int:

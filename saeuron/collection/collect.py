@@ -158,6 +158,9 @@ class ActivationCollector:
         self.num_inference_steps, self.guidance_scale, self.capture_half = num_inference_steps, guidance_scale, capture_half
         self.every_k_steps = every_k_steps
         self.patches_per_map = patches_per_map
+        import ray
+
+        self.node_id = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         rows = rows_from_batch(batch)
@@ -180,12 +183,14 @@ class ActivationCollector:
                     f"expected {expected} ({self.num_inference_steps} steps, every {self.every_k_steps}): {scheduler} does not "
                     f"call the UNet once per step; collect with --model.sampler ddim"
                 )
-        return pa.concat_tables(
+        table = pa.concat_tables(
             [
                 activations.activation_table(hp, rows, cap.stacked(), cap.timesteps, cap.step_indices, self.patches_per_map)
                 for hp, cap in out.captures.items()
             ]
         )
+        # Which node computed each row: the manifest counts them, so a run on a cluster shows where its work went.
+        return table.append_column(activations.NODE, pa.array([self.node_id] * len(table), pa.string()))
 
 
 def collect(cfg: CollectConfig) -> dict[str, Any]:
@@ -252,6 +257,7 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
             rows={hp: activations.count_rows(final.files[hp]) for hp in cfg.resolved_hookpoints},
             complete={row.prompt_id for row in rows} <= final.done,
             bytes_per_value=2,
+            nodes=activations.rows_per_node(root, final.files),
         )
         activations.write_manifest(root, manifest)
     logger.info(
@@ -278,5 +284,6 @@ def collect_tracked(cfg: CollectConfig) -> dict[str, Any]:
         metrics = {"prompts_collected": manifest["prompts_collected"], "prompts_requested": manifest["prompts_requested"]}
         metrics.update({f"rows.{hp}": n for hp, n in manifest["rows"].items()})
         mlflow.log_metrics(metrics)
+        mlflow.set_tag("saeuron.nodes", ",".join(sorted(manifest.get("nodes", {}))))
         mlflow.log_dict(manifest, "manifest.json")
     return manifest

@@ -19,7 +19,8 @@ import torch
 from saeuron.benchmarks import Benchmark, get_benchmark
 from saeuron.benchmarks.judges import Judge
 from saeuron.console import logger
-from saeuron.evaluation.fid import domain_fid, inception_fid, inception_weights_path, real_image_files
+from saeuron.evaluation.fid import domain_fid, inception_weights_path, real_image_files
+from saeuron.evaluation.fid_features import inception_fid_by_actors
 from saeuron.evaluation.judging import judge_images, load_images
 from saeuron.evaluation.metrics import (
     UNSTYLED_WEIGHTINGS,
@@ -172,16 +173,24 @@ def retained_cells(model: ModelToScore, rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["style"] is not None and r[key] not in model.recipe.concepts]
 
 
-def compute_fid(cfg: EvaluateConfig, mode: str, judge: Judge, images_dir: Path, rows: list[dict]) -> float:
+def compute_fid(cfg: EvaluateConfig, mode: str, judge: Judge, images: Location, rows: list[dict]) -> float:
+    """FID of the images ``rows`` name against the real images of their cells. Domain FID (MiniCanvas's small
+    classifier on 32×32 images) runs here; Inception's features are computed by actors where the images are."""
     cells = [(r["style"], r["object"]) for r in rows]
-    fake = [images_dir / r["file"] for r in rows]
     if mode == "domain":
         real_images = cfg.benchmark.domain_real_images(cells, cfg.real_images_per_cell)
-        return domain_fid(judge.features(), real_images, load_images(fake))  # type: ignore[attr-defined]
-    real = real_image_files(local_input(cfg.real_images_dir, "real_images_dir"), sorted(set(cells)), cfg.real_images_per_cell)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+        fake = load_images([pull(images) / r["file"] for r in rows])
+        return domain_fid(judge.features(), real_images, fake)  # type: ignore[attr-defined]
+    root = local_input(cfg.real_images_dir, "real_images_dir")
+    real = real_image_files(root, sorted(set(cells)), cfg.real_images_per_cell)
     weights = str(local_input(cfg.inception_weights, "inception_weights")) if cfg.inception_weights else ""
-    return inception_fid(real, fake, weights, cfg.inception_dims, device)
+    return inception_fid_by_actors(
+        (Location.parse(cfg.real_images_dir).uri, root, real),
+        (images.uri, [r["file"] for r in rows]),
+        (cfg.inception_weights, weights),
+        cfg.inception_dims,
+        cfg.resources,
+    )
 
 
 def sample_rows(model: ModelToScore, rows: list[dict], spec, columns: int = 8) -> list[tuple[str, list[str]]]:
@@ -206,11 +215,10 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
     styles = grid_styles(cfg, models)
     judge_kwargs = dict(benchmark=cfg.model.benchmark, judge=asdict(cfg.judge))
 
-    def generate_and_judge(recipe: str) -> tuple[Path, list[dict]]:
+    def generate_and_judge(recipe: str) -> tuple[Location, list[dict]]:
         gen = generation_config(cfg, recipe, styles)
         index = unlearn(gen)
-        rows = judge_images(gen.images_dir, index, judge.identity, judge_kwargs, cfg.resources)
-        return pull(gen.images_dir), rows  # this node's copy, for FID and the report's pictures
+        return gen.images_dir, judge_images(gen.images_dir, index, judge.identity, judge_kwargs, cfg.resources)
 
     original_dir, original_rows = generate_and_judge("")
     scores, fid, samples, judged = [], {}, [], {}
@@ -220,7 +228,8 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
         scores.append((model.name, forgetting_scores(rows, model.kind, list(model.recipe.concepts), cfg.unstyled_weighting)))
         if mode != "none":
             fid[model.name] = compute_fid(cfg, mode, judge, images_dir, retained_cells(model, rows))
-        samples.append(ConceptSamples(model.name, original_dir, images_dir, sample_rows(model, rows, cfg.benchmark)))
+        # This node's copies, for the report's pictures.
+        samples.append(ConceptSamples(model.name, pull(original_dir), pull(images_dir), sample_rows(model, rows, cfg.benchmark)))
     if mode != "none" and models:
         fid["original"] = compute_fid(cfg, mode, judge, original_dir, [r for r in original_rows if r["style"] is not None])
     averages = {

@@ -90,11 +90,10 @@ def inception_fid(
     device: str | torch.device = "cpu",
     batch_size: int = 50,
 ) -> float:
-    from pytorch_fid.fid_score import calculate_activation_statistics, calculate_frechet_distance
+    """FID of two lists of local image files, computed in this process."""
+    from pytorch_fid.fid_score import calculate_activation_statistics
 
-    for name, files in (("real", real_files), ("generated", fake_files)):
-        if len(files) < 2:
-            raise ValueError(f"FID needs at least 2 {name} images, got {len(files)}")
+    check_counts(real_files, fake_files)
     model = load_fid_inception(weights, dims, device)
 
     def statistics(files: Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +102,24 @@ def inception_fid(
         )
 
     real = cached_statistics(real_files, inception_weights_path(weights), dims, lambda: statistics(real_files))
-    return float(calculate_frechet_distance(*real, *statistics(fake_files)))
+    return frechet_distance(real, statistics(fake_files))
+
+
+def check_counts(real: Sequence, fake: Sequence) -> None:
+    for name, files in (("real", real), ("generated", fake)):
+        if len(files) < 2:
+            raise ValueError(f"FID needs at least 2 {name} images, got {len(files)}")
+
+
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(μ, Σ) of [N, D] features, as pytorch-fid computes them."""
+    return np.mean(features, axis=0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(real: tuple[np.ndarray, np.ndarray], fake: tuple[np.ndarray, np.ndarray]) -> float:
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    return float(calculate_frechet_distance(*real, *fake))
 
 
 def cached_statistics(

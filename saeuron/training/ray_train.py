@@ -222,7 +222,7 @@ def _train(cfg: TrainConfig, hookpoints: list[str], manifest: dict) -> list[Trai
     import mlflow
 
     from saeuron.cluster.actor_pool import ensure_ray
-    from saeuron.cluster.registry import register_folder, registered_name
+    from saeuron.cluster.registry import register_sae, registered_name
     from saeuron.cluster.tracking import tracked_run, tracking_uri_of
 
     ensure_ray()
@@ -235,11 +235,11 @@ def _train(cfg: TrainConfig, hookpoints: list[str], manifest: dict) -> list[Trai
             trained = train_hookpoint(cfg, hookpoint, run.info.run_id, tracking_uri)
             mlflow.log_metrics({f"{hookpoint}/final_{k}": v for k, v in trained.metrics.items()})
             if cfg.register:
-                trained.model_version = register_folder(
+                trained.model_version = register_sae(
                     mirror_path(Location.parse(trained.folder)),
                     name=registered_name(benchmark, hookpoint),
                     run_id=run.info.run_id,
-                    artifact_path=f"sae/{hookpoint}",
+                    hookpoint=hookpoint,
                     alias=cfg.alias,
                     tags={
                         "hookpoint": hookpoint,

@@ -73,10 +73,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
 
     client = None
-    if rank == 0 and config.get("mlflow_run_id"):
+    if config.get("mlflow_run_id"):
         import mlflow
 
-        client = mlflow.MlflowClient(config["tracking_uri"])
+        # Where each worker ran (and, after a failure, where its replacement runs): the run shows it.
+        mlflow.MlflowClient(config["tracking_uri"]).set_tag(
+            config["mlflow_run_id"],
+            f"nodes.{hookpoint}.rank{rank}.from_step{trainer.step_count}",
+            ray.get_runtime_context().get_node_id(),
+        )
+        if rank == 0:
+            client = mlflow.MlflowClient(config["tracking_uri"])
 
     def report(metrics: dict[str, float], with_checkpoint: bool) -> None:
         if client is not None:

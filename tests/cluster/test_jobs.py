@@ -1,44 +1,17 @@
 """The study as Ray jobs, for real: `ray start --head` and `mlflow server` on loopback, each stage
 submitted with `ray job submit --working-dir .`, the registry and the scores checked in MLflow."""
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import mlflow
 import pytest
 from helpers import REPO
-
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url: str, seconds: float) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:  # it answers (e.g. 401 without the cluster's token): it is up
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer in {seconds} s")
+from services import BIN, free_port, ray_start, start_mlflow_server, stop_groups, wait_for
 
 
 @pytest.fixture
@@ -46,64 +19,28 @@ def local_services(tmp_path):
     """A Ray head and an MLflow server bound to 127.0.0.1, each in its own process group."""
     ray_temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
-    ray_port, dashboard, mlflow_port = free_port(), free_port(), free_port()
+    ray_port, dashboard = free_port(), free_port()
     groups = []
     try:
-        head = subprocess.Popen(
-            [
-                str(BIN / "ray"),
-                "start",
-                "--head",
-                "--node-ip-address=127.0.0.1",
-                f"--port={ray_port}",
-                "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={dashboard}",
-                "--num-cpus=2",
-                "--include-dashboard=true",
-                f"--temp-dir={ray_temp}",
-                "--disable-usage-stats",
-            ],
-            env=env,
-            start_new_session=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+        args = [
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={ray_port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            f"--temp-dir={ray_temp}",
+        ]
+        groups.append(ray_start(args, env))
+        group, tracking = start_mlflow_server(
+            "127.0.0.1", f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "artifacts").as_uri(), tmp_path / "mlflow.log", env
         )
-        groups.append(head.pid)
-        out, _ = head.communicate(timeout=120)
-        assert head.returncode == 0, out.decode()[-3000:]
-        with open(tmp_path / "mlflow.log", "w") as mlflow_log:  # the server keeps its own copy of the descriptor
-            server = subprocess.Popen(
-                [
-                    str(BIN / "mlflow"),
-                    "server",
-                    "--workers",
-                    "1",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(mlflow_port),
-                    "--backend-store-uri",
-                    f"sqlite:///{tmp_path / 'mlflow.db'}",
-                    "--artifacts-destination",
-                    (tmp_path / "artifacts").as_uri(),
-                ],
-                env=env,
-                start_new_session=True,
-                stdout=mlflow_log,
-                stderr=subprocess.STDOUT,
-            )
-        groups.append(server.pid)
-        wait_for(f"http://127.0.0.1:{mlflow_port}/health", 90)
+        groups.append(group)
         wait_for(f"http://127.0.0.1:{dashboard}/api/version", 90)
-        yield env, f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{mlflow_port}"
+        yield env, f"http://127.0.0.1:{dashboard}", tracking
     finally:
-        for group in groups:  # the processes this test started, by process group
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGTERM)
-        time.sleep(2)
-        for group in groups:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGKILL)
+        stop_groups(groups)
         shutil.rmtree(ray_temp, ignore_errors=True)
 
 

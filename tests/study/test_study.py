@@ -4,6 +4,7 @@ import json
 
 import mlflow
 import pytest
+from helpers import TINY_CHOSEN, TINY_SCORES, tiny_study_argv
 
 from saeuron.config import parse_config
 from saeuron.storage import StorageError
@@ -11,47 +12,7 @@ from saeuron.study import StudyConfig, run_study
 
 
 def tiny_study(study_dir, concepts=("Neon_Glow", "Stars"), multipliers=("-1", "-5"), extra=()):
-    return parse_config(
-        StudyConfig,
-        [
-            *extra,
-            "--study_dir",
-            str(study_dir),
-            "--name",
-            "tiny",
-            "--collect.max_prompts",
-            "40",
-            "--collect.sampling.num_inference_steps",
-            "6",
-            "--sampling.num_inference_steps",
-            "6",
-            "--epochs",
-            "4",
-            "--train.batch_size",
-            "1024",
-            "--concepts",
-            *concepts,
-            "--percentiles",
-            "99",
-            "--multipliers",
-            *multipliers,
-            "--search.max_prompts",
-            "11",
-            "--scheduler",
-            "grid",
-        ],
-    )
-
-
-# Measured (deterministic: seeded prompts, training on the committed shards in the manifest's order, a grid
-# search): 40 prompts at 6 steps make too small an SAE to forget a style on 11 tuning prompts (Neon_Glow's
-# choice, γ −1, leaves it drawn), while Stars is forgotten on 7 of its 11 evaluation images (10 before the
-# reader read one shard per block: a tiny SAE moves with the order it sees) and every other concept kept.
-TINY_SCORES = {
-    "Neon_Glow": {"UA": 0.0, "IRA": 1.0, "CRA": 1.0},
-    "Stars": {"UA": pytest.approx(7 / 11), "IRA": 1.0, "CRA": 1.0},
-}
-TINY_CHOSEN = {"Neon_Glow": [99.0, -1.0, 0.5], "Stars": [99.0, -5.0, pytest.approx(0.7)]}
+    return parse_config(StudyConfig, tiny_study_argv(study_dir, concepts, multipliers, extra))
 
 
 @pytest.mark.slow
