@@ -107,30 +107,17 @@ def stage_configs(cfg: StudyConfig, parent_run_id: str) -> dict[str, Any]:
     shared sections; only what the study derives (hookpoints, its run as parent, folders) is added."""
     tracking = TrackingConfig(**{**asdict(cfg.tracking), "parent_run_id": parent_run_id})
     hookpoints = list(dict.fromkeys(cfg.hookpoints.values()))
+    # What search and evaluation share with the study: every section, the same objects.
+    shared: dict[str, Any] = dict(
+        tracking=tracking, model=cfg.model, sampling=cfg.sampling, edit=cfg.edit, judge=cfg.judge, resources=cfg.resources
+    )
     return {
         "collect": CollectConfig(
             **_fields(cfg.collect), hookpoints=hookpoints, tracking=tracking, model=cfg.model, resources=cfg.resources
         ),
         "train": TrainConfig(**_fields(cfg.train), hookpoints=hookpoints, tracking=tracking, resources=cfg.resources),
-        "search": SearchConfig(
-            **_fields(cfg.search),
-            tracking=tracking,
-            model=cfg.model,
-            sampling=cfg.sampling,
-            edit=cfg.edit,
-            judge=cfg.judge,
-            resources=cfg.resources,
-        ),
-        "evaluate": EvaluateConfig(
-            **_fields(cfg.evaluate),
-            run_name=f"evaluate-{cfg.name}",
-            tracking=tracking,
-            model=cfg.model,
-            sampling=cfg.sampling,
-            edit=cfg.edit,
-            judge=cfg.judge,
-            resources=cfg.resources,
-        ),
+        "search": SearchConfig(**_fields(cfg.search), **shared),
+        "evaluate": EvaluateConfig(**_fields(cfg.evaluate), run_name=f"evaluate-{cfg.name}", **shared),
     }
 
 
