@@ -73,8 +73,8 @@ class Placement:
     """What one unit of a stage (a Ray Data actor, a Ray Train worker, a Tune trial) reserves, and where it runs."""
 
     gpus: float = 1.0
-    """GPUs of one unit when the study runs on GPU (resources.device); a fraction lets units share a GPU (Tune
-    trials of a small model)."""
+    """GPUs of one unit when the study runs on GPU (resources.device), at most 1; a fraction lets units share a GPU
+    (Tune trials of a small model; not training workers of one DDP run)."""
     cpus: int = 1
     """CPUs of one unit on CPU: its torch threads, reserved from Ray (a unit on GPU reserves none)."""
     accelerator_type: str = ""
@@ -113,6 +113,11 @@ class ResourcesConfig:
             placement = getattr(self, name)
             if placement.gpus < 0 or placement.cpus < 1:
                 raise ValueError(f"resources.{name}: gpus must be >= 0 and cpus >= 1, got {placement}")
+            if placement.gpus > 1:  # a unit computes on one device: the others would sit idle
+                raise ValueError(
+                    f"resources.{name}.gpus is {placement.gpus}, but a unit uses one GPU; ask for more units "
+                    f"(resources.num_actors, train.num_workers) instead"
+                )
             if self.device == "gpu" and placement.gpus == 0:
                 raise ValueError(f"resources.device is gpu but resources.{name}.gpus is 0: give it a GPU share or use auto")
 

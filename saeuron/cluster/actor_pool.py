@@ -46,10 +46,11 @@ def map_with_actor_pool(rows: list[dict], actor_class, actor_kwargs: dict, batch
     placed as ``resources.actor`` says (see :mod:`saeuron.cluster.placement`)."""
     import ray
 
-    from saeuron.cluster.placement import unit_resources
+    from saeuron.cluster.placement import check_placement, unit_resources
 
     ensure_ray()
     unit = unit_resources(resources, "actor")
+    check_placement(unit, "resources.actor", count=resources.num_actors)  # a fixed pool waits for all of them
     return ray.data.from_items(rows).map_batches(
         actor_class,
         fn_constructor_kwargs=actor_kwargs,

@@ -8,13 +8,19 @@ node type of the autoscaler can meet would wait forever; it is refused before an
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import NamedTuple
+
+import yaml
 
 from saeuron.console import logger
 from saeuron.sections import Placement, ResourcesConfig
 
 # A unit asks for this share of a node's label resource or accelerator type, so any number of units fit on the node.
 _LABEL_SHARE = 0.001
+_MANY = 10**6
+LAUNCHER_CONFIG = Path("~/ray_bootstrap_config.yaml")
 
 
 class PlacementError(ValueError):
@@ -62,46 +68,71 @@ def unit_resources(resources: ResourcesConfig, stage: str) -> UnitResources:
 
 
 def check_placement(unit: UnitResources, where: str, count: int = 1) -> None:
-    """Refuse a demand that no live node and no node type of the autoscaler meets (``count`` units in all: the
-    cluster's capacity, live or at its largest, must hold them too)."""
-    live, types, largest = node_capacities()
+    """Refuse a demand that no live node and no node type of the autoscaler meets, or ``count`` units of it that
+    the cluster cannot hold at once even at its largest (each node type at its max_workers)."""
+    live = [dict(node["Resources"]) for node in ray_nodes() if node["Alive"]]
+    types = node_types()
     demand = unit.demand()
-    candidates = live + types
-    if not any(all(node.get(key, 0) >= need for key, need in demand.items()) for node in candidates):
+    if not any(units_on(node, demand) for node in live + [t.resources for t in types]):
         raise PlacementError(
             f"{where} asks each unit for {demand}, which no node of this cluster has"
-            f"{' nor any node type its autoscaler can start' if types else ' (no autoscaler config: the nodes are all there are)'}"
-            f"; nodes offer {_describe(live)}{f', node types {_describe(types)}' if types else ''}. Fix {where} "
-            f"(gpus, node_resource, accelerator_type) or add a node type that has it to cluster.yaml"
+            f"{' nor any node type its autoscaler can start' if types else ' (no autoscaler: the nodes are all there are)'}"
+            f"; nodes offer {_describe(live)}{f', node types {_describe([t.resources for t in types])}' if types else ''}. "
+            f"Fix {where} (gpus, node_resource, accelerator_type) or add a node type that has it to cluster.yaml"
         )
-    short = {key: need * count for key, need in demand.items() if need * count > largest.get(key, 0)}
-    if short:
-        has = {key: largest.get(key, 0) for key in short}
+    live_units = sum(units_on(node, demand) for node in live)
+    type_units = sum(units_on(t.resources, demand) * (t.max_count if t.max_count >= 0 else _MANY) for t in types)
+    capacity = max(live_units, type_units)
+    if count > capacity:
         raise PlacementError(
-            f"{where}: {count} units ask for {short} in all, more than this cluster has at its largest ({has}); "
-            f"ask for fewer units or raise the node types' max_workers"
+            f"{where}: {count} units of {demand} asked for, but this cluster holds at most {capacity} at once, at its "
+            f"largest; ask for fewer (resources.num_actors, train.num_workers) or raise the node types' max_workers"
         )
 
 
-def node_capacities() -> tuple[list[dict[str, float]], list[dict[str, float]], dict[str, float]]:
-    """(each live node's total resources, each autoscaler node type's resources, the cluster's largest total:
-    the live nodes', or what the autoscaler config allows when that is more)."""
+def check_trainer_share(resources: ResourcesConfig, num_workers: int) -> None:
+    """DDP ranks sharing a GPU fail in NCCL ("Duplicate GPU detected") after the collection ran: refused first."""
+    if resources.device != "cpu" and num_workers > 1 and 0 < resources.trainer.gpus < 1:
+        raise PlacementError(
+            f"resources.trainer.gpus is {resources.trainer.gpus} with train.num_workers {num_workers}: DDP ranks cannot "
+            f"share a GPU; give each worker a whole GPU (gpus: 1) or train with one worker"
+        )
+
+
+def units_on(node: dict[str, float], demand: dict[str, float]) -> int:
+    """How many units of ``demand`` one node of these resources holds."""
+    return min((math.floor(node.get(key, 0) / need + 1e-9) for key, need in demand.items()), default=_MANY)
+
+
+class NodeType(NamedTuple):
+    resources: dict[str, float]
+    max_count: int
+    """Nodes of the type the autoscaler may run at once; -1: no bound."""
+
+
+def node_types() -> list[NodeType]:
+    """The node types the autoscaler may start: from the GCS when Ray publishes them there, else from the launcher's
+    config on the head (``ray up`` leaves it at ~/ray_bootstrap_config.yaml; the driver of a submitted job runs on
+    the head). Empty on a cluster without an autoscaler (`ray start` by hand, a laptop)."""
+    config = autoscaler_config()
+    if config is not None and config.node_group_configs:
+        return [NodeType(dict(g.resources), g.max_count) for g in config.node_group_configs if g.max_count != 0]
+    path = LAUNCHER_CONFIG.expanduser()
+    if not path.is_file():
+        return []
+    launcher = yaml.safe_load(path.read_text()) or {}
+    types = []
+    for name, spec in (launcher.get("available_node_types") or {}).items():
+        count = 1 if name == launcher.get("head_node_type") else int(spec.get("max_workers", launcher.get("max_workers", 0)))
+        if count:
+            types.append(NodeType({k: float(v) for k, v in (spec.get("resources") or {}).items()}, count))
+    return types
+
+
+def ray_nodes() -> list[dict]:
     import ray
 
-    live = [dict(node["Resources"]) for node in ray.nodes() if node["Alive"]]
-    largest: dict[str, float] = {}
-    for node in live:
-        for key, value in node.items():
-            largest[key] = largest.get(key, 0) + value
-    types = []
-    config = autoscaler_config()
-    if config is not None:
-        for group in config.node_group_configs:
-            if group.max_count != 0:
-                types.append(dict(group.resources))
-        for key, value in (ray._private.state.state.get_max_resources_from_cluster_config() or {}).items():
-            largest[key] = max(largest.get(key, 0), float(value))
-    return live, types, largest
+    return ray.nodes()
 
 
 def autoscaler_config():
@@ -109,8 +140,8 @@ def autoscaler_config():
 
     try:
         return ray._private.state.state.get_cluster_config()
-    except Exception as error:  # a private API: without it, live nodes are all that is checked
-        logger.debug(f"placement: no autoscaler config ({error})")
+    except Exception as error:  # a private API: without it, the launcher's file or the live nodes are checked
+        logger.debug(f"placement: no autoscaler config in the GCS ({error})")
         return None
 
 

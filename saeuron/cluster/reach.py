@@ -38,7 +38,7 @@ def fill_head(tracking_uri: str) -> str:
 
 
 def is_loopback(host: str | None) -> bool:
-    if not host or host == "localhost":
+    if not host or host in ("localhost", "0.0.0.0"):  # 0.0.0.0 as a destination is this machine too
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -101,9 +101,10 @@ def probe(uri: str, timeout_s: float = _PROBE_TIMEOUT_S) -> str:
         with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=_", timeout=timeout_s):
             return ""
     except urllib.error.HTTPError as error:
-        if error.code == 404:  # the API answered: no such experiment
+        # 404: the API answered (no such experiment); 401: it wants the credentials MLflow's client sends, not ours.
+        if error.code in (401, 404):
             return ""
-        allowed = " (the server's --allowed-hosts must admit this host)" if error.code in (400, 403) else ""
+        allowed = " (its --allowed-hosts must admit this host, or it wants credentials)" if error.code in (400, 403) else ""
         return f"HTTP {error.code} from its API{allowed}"
     except (urllib.error.URLError, OSError) as error:
         return str(getattr(error, "reason", error))
@@ -135,8 +136,7 @@ def _probe_from_nodes(uri: str, nodes: dict[str, str]) -> None:
 
 
 def _autoscales() -> bool:
-    """Whether the autoscaler may start nodes beside the head (more than one node type in its config)."""
-    from saeuron.cluster.placement import autoscaler_config
+    """Whether the autoscaler may start nodes beside the head (node types with room for more than one node)."""
+    from saeuron.cluster.placement import node_types
 
-    config = autoscaler_config()
-    return config is not None and sum(1 for group in config.node_group_configs if group.max_count != 0) > 1
+    return sum(t.max_count if t.max_count >= 0 else 2 for t in node_types()) > 1

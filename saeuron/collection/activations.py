@@ -242,9 +242,10 @@ def rows_per_node(root: str | Path | Location, files: dict[str, dict[str, dict[s
     counts: dict[str, int] = {}
     for hookpoint, entries in files.items():
         for name, entry in entries.items():
-            try:
-                nodes = parse_shard_file(hookpoint_dir(root, hookpoint) / name, [NODE]).column(NODE).to_pylist()
-            except (pa.ArrowInvalid, KeyError):
+            location = hookpoint_dir(root, hookpoint) / name
+            if NODE in pq.read_schema(location.path, filesystem=location.fs).names:
+                nodes = parse_shard_file(location, [NODE]).column(NODE).to_pylist()
+            else:
                 nodes = ["unknown"] * entry["rows"]
             for node in nodes:
                 counts[node] = counts.get(node, 0) + 1

@@ -21,7 +21,8 @@ from saeuron.evaluation.fid import (
     load_fid_inception,
 )
 from saeuron.sections import ResourcesConfig
-from saeuron.storage.inputs import local_input
+from saeuron.storage import Location
+from saeuron.storage.inputs import is_remote, local_input
 
 
 class InceptionFeatures:
@@ -40,15 +41,18 @@ class InceptionFeatures:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from pytorch_fid.fid_score import get_activations
 
-        files = [str(self._folder(str(folder)) / str(name)) for folder, name in zip(batch["folder"], batch["file"], strict=True)]
+        files = [str(self._local(str(folder), str(name))) for folder, name in zip(batch["folder"], batch["file"], strict=True)]
         features = get_activations(files, self.model, len(files), self.dims, self.device, num_workers=0)
         return {"features": features.astype(np.float64)}
 
-    def _folder(self, folder: str) -> Path:
-        """This node's copy of an image folder (fetched once per node from a bucket; a shared path as it is)."""
+    def _local(self, folder: str, name: str) -> Path:
+        """This node's copy of one image: from a bucket, that file alone is fetched (once per node, into its
+        cache), not the whole folder; a local or shared folder is read where it is."""
+        if is_remote(folder):
+            return local_input((Location.parse(folder) / name).uri, "an image FID is computed on")
         if folder not in self.folders:
             self.folders[folder] = local_input(folder, "the images FID is computed on")
-        return self.folders[folder]
+        return self.folders[folder] / name
 
 
 def inception_features(

@@ -29,12 +29,12 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     from saeuron.training.ray_train import train
     from saeuron.tuning.search import search
 
+    # A cluster the caller joined or started is theirs to keep; only one the stages started here is stopped.
+    ray_started_here = not ray.is_initialized()
     storage = cfg.tracking.storage
     check_writable(storage, "tracking.study_dir")
     tracking_uri_of(cfg.tracking)  # an object-store study_dir needs a tracking server: said before any stage
     records = StageRecords(storage, cfg.name)
-    # A cluster the caller joined or started is theirs to keep; only one the stages started here is stopped.
-    ray_started_here = not ray.is_initialized()
     check_placements(cfg)  # a placement no node can take is refused now, not when its stage comes
     previous = records.done("study", {"name": cfg.name})
     parent = parent_run(
@@ -122,11 +122,12 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
 
 def check_placements(cfg: StudyConfig) -> None:
     from saeuron.cluster.actor_pool import ensure_ray
-    from saeuron.cluster.placement import check_placement, unit_resources
+    from saeuron.cluster.placement import check_placement, check_trainer_share, unit_resources
 
     ensure_ray()
-    unit_resources(cfg.resources, "actor")
+    check_placement(unit_resources(cfg.resources, "actor"), "resources.actor", count=cfg.resources.num_actors)
     unit_resources(cfg.resources, "trial")
+    check_trainer_share(cfg.resources, cfg.train.num_workers)
     check_placement(unit_resources(cfg.resources, "trainer"), "resources.trainer", count=cfg.train.num_workers)
 
 

@@ -207,13 +207,15 @@ def save_sae(sae: Sae, folder: Location) -> None:
 def train(cfg: TrainConfig) -> list[TrainedSae]:
     """Train (or resume) one SAE per hookpoint inside one MLflow run; register each. The run holds the lease
     of its SAE folder: the same config trained twice at once would share (and corrupt) Ray Train's state."""
+    from saeuron.cluster.placement import check_trainer_share
     from saeuron.cluster.tracking import tracking_uri_of
 
     hookpoints = cfg.hookpoints or _manifest_hookpoints(cfg)
     manifest = [dataset_info(cfg.dataset_dir, hookpoint) for hookpoint in hookpoints][0]
     run_folder = cfg.tracking.storage / "saes" / cfg.resolved_run_name()
     check_writable(run_folder, "the SAE folder")
-    tracking_uri_of(cfg.tracking)  # a study_dir that cannot hold the tracking store fails here, before Ray starts
+    check_trainer_share(cfg.resources, cfg.num_workers)
+    tracking_uri_of(cfg.tracking)  # a tracking store that cannot be used fails here, before any training
     with holding_lease(run_folder, "train", ttl_s=cfg.tracking.lease_seconds):
         return _train(cfg, hookpoints, manifest)
 

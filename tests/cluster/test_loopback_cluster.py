@@ -23,7 +23,7 @@ WORKER_RESOURCE = "loopback_worker"
 PLACED = [f"--resources.{stage}.node_resource={WORKER_RESOURCE}" for stage in ("actor", "trainer", "trial")]
 STYLE_HOOK = "unet.up_blocks.1.attentions.2"
 STEPS = 56
-"""Training steps of the tiny study's style SAE (14 a epoch × 4), checkpointed every 10 here (only at its end by
+"""Training steps of the tiny study's style SAE (14 a epoch × 4), checkpointed every 5 here (only at its end by
 default) so that a node lost mid-run has a checkpoint to resume from that is not the last one."""
 
 
@@ -153,7 +153,7 @@ def test_the_study_on_three_loopback_nodes_survives_lost_nodes_and_scores_as_on_
     assert not s3.keys(bucket, "refused/activations/"), "a refused study collected"
 
     log = tmp_path / "job.log"
-    argv = [*tiny_study_argv(s3.uri(bucket, "study")), "--tracking_uri", tracking, "--train.checkpoint_every", "10", *PLACED]
+    argv = [*tiny_study_argv(s3.uri(bucket, "study")), "--tracking_uri", tracking, "--train.checkpoint_every", "5", *PLACED]
     job = submit(cluster, log, "jobs/pipeline.py", *argv)
     temp_dirs = [cluster.temp_dirs[ip] for ip in WORKERS]
 
@@ -170,7 +170,7 @@ def test_the_study_on_three_loopback_nodes_survives_lost_nodes_and_scores_as_on_
 
     # Training: once a checkpoint is in the bucket, the node training is lost; Ray Train resumes from it. (The first
     # checkpoint's files appear while it is uploaded; it is Ray Train's once the second one is being written.)
-    wait_for_key(s3, bucket, "study/ray_train/", "/checkpoint_", job, log, folders=2)
+    wait_for_key(s3, bucket, "study/ray_train/", f"{STYLE_HOOK}/checkpoint_", job, log, folders=2)
     training = node_of_process("RayTrainWorker", temp_dirs)
     assert training is not None, "no training worker on a worker node"
     assert kill_node(training) > 0
@@ -201,7 +201,7 @@ def test_the_study_on_three_loopback_nodes_survives_lost_nodes_and_scores_as_on_
     (train,) = client.search_runs([experiment], "tags.`saeuron.stage` = 'train'")
     assert train.data.tags["mlflow.parentRunId"] == study.info.run_id
     assert train.data.metrics[f"{STYLE_HOOK}/final_steps"] == STEPS
-    assert 10 <= train.data.metrics[f"{STYLE_HOOK}/final_resumed_from_step"] < STEPS  # from a checkpoint, not the end
+    assert 5 <= train.data.metrics[f"{STYLE_HOOK}/final_resumed_from_step"] < STEPS  # from a checkpoint, not the end
     trained_on = {v for k, v in train.data.tags.items() if k.startswith(f"nodes.{STYLE_HOOK}.")}
     assert len(trained_on) >= 2 and heads_id not in trained_on  # the lost node, then the one it resumed on
     (collect,) = client.search_runs([experiment], "tags.`saeuron.stage` = 'collect'")

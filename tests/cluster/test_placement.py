@@ -2,8 +2,10 @@
 
 import pytest
 import ray
+from helpers import REPO
 
-from saeuron.cluster.placement import PlacementError, check_placement, unit_resources
+from saeuron.cluster import placement
+from saeuron.cluster.placement import PlacementError, check_placement, check_trainer_share, unit_resources
 from saeuron.cluster.reach import TrackingUnreachable, check_tracking_reach, fill_head, is_loopback
 from saeuron.config import ConfigError, from_dict, to_dict
 from saeuron.sections import Placement, ResourcesConfig
@@ -28,7 +30,9 @@ def test_auto_uses_cpu_threads_on_a_cluster_without_gpus(ray_cluster):
 
 def test_gpu_is_asked_for_not_guessed_and_refused_when_no_node_has_one(ray_cluster):
     # device: gpu never falls back to CPU; on a fixed cluster without GPUs that is a demand nothing meets.
-    with pytest.raises(PlacementError, match=r"resources.trainer asks each unit for \{'GPU': 1.0\}.*no autoscaler config"):
+    with pytest.raises(
+        PlacementError, match=r"resources.trainer asks each unit for \{'GPU': 1.0\}.*no autoscaler: the nodes are all there are"
+    ):
         unit_resources(resources(device="gpu"), "trainer")
 
 
@@ -42,8 +46,35 @@ def test_a_node_type_no_node_offers_is_refused_with_what_the_nodes_offer(ray_clu
 def test_more_units_than_the_cluster_holds_are_refused(ray_cluster):
     unit = unit_resources(resources(trainer__cpus=1), "trainer")
     check_placement(unit, "resources.trainer", count=2)
-    with pytest.raises(PlacementError, match=r"3 units ask for \{'CPU': 3.0\} in all.*\{'CPU': 2.0\}"):
+    with pytest.raises(PlacementError, match=r"3 units of \{'CPU': 1.0\} asked for, but this cluster holds at most 2"):
         check_placement(unit, "resources.trainer", count=3)
+    with pytest.raises(PlacementError, match="holds at most 1 at once"):
+        check_placement(unit_resources(resources(actor__cpus=2), "actor"), "resources.actor", count=2)
+
+
+def test_the_launchers_node_types_are_what_a_gpu_study_waits_for(ray_cluster, monkeypatch):
+    """On a `ray up` cluster the head holds the launcher's config (Ray 2.60 does not publish the node types in the
+    GCS): the GPU types that are not up yet are what GPU units are checked against, and they make the cluster one
+    of several nodes, where a SQLite tracking store is refused."""
+    monkeypatch.setattr(placement, "LAUNCHER_CONFIG", REPO / "cluster.yaml")
+    on_gpu = resources(device="gpu", actor__node_resource="gpu_sampler", trainer__node_resource="gpu_trainer")
+    assert unit_resources(on_gpu, "actor").demand() == {"GPU": 1.0, "gpu_sampler": 0.001}
+    trainer = unit_resources(on_gpu, "trainer")
+    check_placement(trainer, "resources.trainer", count=8)  # one p4d: 8 GPUs
+    with pytest.raises(PlacementError, match="9 units of .* holds at most 8 at once"):
+        check_placement(trainer, "resources.trainer", count=9)
+    check_placement(unit_resources(on_gpu, "actor"), "resources.actor", count=4)  # four g5 nodes
+    with pytest.raises(PlacementError, match="holds at most 4 at once"):
+        check_placement(unit_resources(on_gpu, "actor"), "resources.actor", count=5)
+    with pytest.raises(TrackingUnreachable, match="sqlite:////tmp/x.db is a store on this machine"):
+        check_tracking_reach("", "sqlite:////tmp/x.db")
+
+
+def test_training_workers_do_not_share_a_gpu():
+    with pytest.raises(PlacementError, match="DDP ranks cannot share a GPU"):
+        check_trainer_share(resources(device="gpu", trainer__gpus=0.5), 2)
+    check_trainer_share(resources(device="gpu", trainer__gpus=0.5), 1)
+    check_trainer_share(resources(device="gpu", trainer__gpus=1.0), 4)
 
 
 @pytest.mark.parametrize(
@@ -53,6 +84,7 @@ def test_more_units_than_the_cluster_holds_are_refused(ray_cluster):
         ({"device": "gpu", "trial__gpus": 0.0}, "resources.trial.gpus is 0"),
         ({"actor__cpus": 0}, "resources.actor: gpus must be >= 0 and cpus >= 1"),
         ({"num_actors": 0}, "at least one actor"),
+        ({"trainer__gpus": 2.0}, "resources.trainer.gpus is 2.0, but a unit uses one GPU"),
     ],
 )
 def test_bad_resources_are_refused_when_the_config_is_read(values, message):

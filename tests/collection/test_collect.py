@@ -122,6 +122,16 @@ def test_reconcile_keeps_only_complete_prompts_exactly_once(tmp_path):
     assert resume.reconcile(tmp_path, ["a", "b"], rows_per_prompt=2, committed=result.files).done == {0, 1}
 
 
+def test_rows_are_counted_per_node_and_shards_from_before_the_column_as_unknown(tmp_path):
+    folder = activations.hookpoint_dir(tmp_path, "a").local_path
+    write_rows(folder, "old.parquet", [0, 1], steps=1)  # collected before rows named their node
+    write_rows(folder, "new.parquet", [2, 3, 4], steps=1)
+    table = pq.read_table(folder / "new.parquet")
+    pq.write_table(table.append_column(activations.NODE, pa.array(["n1", "n2", "n1"])), folder / "new.parquet")
+    files = resume.reconcile(tmp_path, ["a"], rows_per_prompt=1).files
+    assert activations.rows_per_node(tmp_path, files) == {"unknown": 2, "n1": 2, "n2": 1}
+
+
 def test_a_damaged_committed_shard_is_named_dropped_and_its_prompts_redone(tmp_path, caplog):
     a, b = (activations.hookpoint_dir(tmp_path, h).local_path for h in ("a", "b"))
     for folder in (a, b):

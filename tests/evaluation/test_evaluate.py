@@ -22,6 +22,7 @@ from saeuron.benchmarks.prompts import UNLEARNCANVAS_OBJECTS, UNLEARNCANVAS_THEM
 from saeuron.config import build_config
 from saeuron.evaluation.evaluate import EvaluateConfig, check_judge, evaluate
 from saeuron.evaluation.fid import cached_statistics, inception_fid
+from saeuron.evaluation.fid_features import inception_fid_by_actors
 from saeuron.evaluation.judging import judge_images
 from saeuron.method.make_recipe import RecipeConfig, make_recipe
 from saeuron.sections import ResourcesConfig
@@ -110,6 +111,31 @@ def test_inception_fid_runs_pytorch_fid_on_a_weights_file_and_names_the_missing_
     os.utime(files[0], ns=(1, 1))  # another version of the file, whatever the clock's resolution
     mu, _ = cached_statistics(files[:4], weights, 64, lambda: (np.zeros(64), np.eye(64)))
     assert not mu.any()
+
+
+def test_inception_features_by_actors_from_a_bucket_give_the_local_fid(tmp_path, ray_cluster, s3, monkeypatch):
+    """FID off the driver: actors compute the features, each fetching only the images it reads from the bucket."""
+    monkeypatch.setenv("SAEURON_CACHE", str(tmp_path / "cache"))
+    weights = str(write_fid_inception(tmp_path / "inception.pth"))
+    rng = np.random.default_rng(1)
+    real_dir, fake_dir = tmp_path / "real", tmp_path / "fake"
+    for folder in (real_dir, fake_dir):
+        folder.mkdir()
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    bucket = s3.bucket("saeuron-fid")
+    for i in range(4):
+        s3.client().upload_file(str(fake_dir / f"{i}.png"), bucket, f"images/{i}.png")
+    real = sorted(real_dir.glob("*.png"))
+    by_actors = inception_fid_by_actors(
+        (str(real_dir), real_dir, real),
+        (s3.uri(bucket, "images"), [f"{i}.png" for i in range(4)]),
+        (weights, weights),
+        64,
+        ResourcesConfig(),
+    )
+    local = inception_fid(real, sorted(fake_dir.glob("*.png")), weights, dims=64)
+    assert by_actors == pytest.approx(local, rel=1e-5) and local > 0
 
 
 def browser_check(report):
