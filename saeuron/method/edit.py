@@ -5,6 +5,12 @@ multiplied by the rule's scale factor (γ·μ, negative for γ < 0). What the SA
 kept: output = x + (x̂' − x̂), which equals x wherever nothing was edited. ``error_mode="reference"``
 reproduces the reference code instead, x̂' + (x̂ − x), which moves every patch by 2(x̂ − x) even when
 no latent is edited — only to compare with the paper's numbers. Both CFG halves are edited.
+
+Gradients (an attacker optimising against the deployed model needs them; sampling runs without): with
+``gradient="straight_through"`` the kept latents' values are differentiable as they are, and the hard "fires above
+its threshold" decision passes a sigmoid surrogate's gradient in the backward pass only — the forward is unchanged,
+bit for bit. ``gradient="blocked"`` is the reference's edit under ``torch.no_grad()``: no gradient crosses it, nor
+reaches the blocks before it through this path.
 """
 
 from __future__ import annotations
@@ -19,12 +25,23 @@ from saeuron.sae import Sae
 from saeuron.sae.sparse import decode_fixed_width
 
 ERROR_MODES = ("correct", "reference")
+GRADIENTS = ("straight_through", "blocked")
 
 
 class UnlearningEdit:
-    def __init__(self, sae: Sae, recipe: Recipe, error_mode: str = "correct", check_fingerprint: bool = True):
+    def __init__(
+        self,
+        sae: Sae,
+        recipe: Recipe,
+        error_mode: str = "correct",
+        check_fingerprint: bool = True,
+        gradient: str = "straight_through",
+        surrogate_width: float = 1.0,
+    ):
         if error_mode not in ERROR_MODES:
             raise ValueError(f"error_mode must be one of {ERROR_MODES}, got {error_mode!r}")
+        if gradient not in GRADIENTS:
+            raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
         if check_fingerprint and sae_fingerprint(sae) != recipe.sae_fingerprint:
             raise ValueError(
                 f"the recipe was built for another SAE ({recipe.sae_ref}, fingerprint {recipe.sae_fingerprint}); "
@@ -38,6 +55,10 @@ class UnlearningEdit:
         self.sae = sae
         self.recipe = recipe
         self.error_mode = error_mode
+        self.gradient = gradient
+        self.surrogate_width = surrogate_width
+        """The surrogate's sigmoid width, relative to |θ| + |activation| (so that it has a gradient at any scale, and
+        a threshold of 0 is no special case)."""
         # Per recipe timestep: dense [F] scale (1 = untouched) and threshold (+inf = never) tables.
         self._tables: dict[int, tuple[Tensor, Tensor] | None] = {}
 
@@ -55,8 +76,13 @@ class UnlearningEdit:
                 self._tables[index] = (scale, threshold)
         return self._tables[index]
 
-    @torch.no_grad()
     def __call__(self, tokens: Tensor, call: BlockCall) -> Tensor:
+        if self.gradient == "blocked":
+            with torch.no_grad():
+                return self._edit(tokens, call)
+        return self._edit(tokens, call)
+
+    def _edit(self, tokens: Tensor, call: BlockCall) -> Tensor:
         table = self._table(call.timestep)
         if table is None and self.error_mode == "correct":
             return tokens
@@ -70,6 +96,8 @@ class UnlearningEdit:
             scale, threshold = table
             fire = acts > threshold[indices]
             edited = torch.where(fire, acts * scale[indices], acts)
+            if torch.is_grad_enabled() and self.gradient == "straight_through":
+                edited = edited + self._surrogate(acts, scale[indices], threshold[indices])
         std = x.std(-1, keepdim=True) + 1e-5 if sae.cfg.input_unit_norm else None
         if self.error_mode == "correct":
             delta = decode_fixed_width(edited - acts, indices, sae.W_dec)  # x̂' − x̂ (biases cancel)
@@ -82,3 +110,12 @@ class UnlearningEdit:
                 x_hat, x_hat_edited = x_hat * std + mean, x_hat_edited * std + mean
             out = x_hat_edited + (x_hat.float() - x.float()).to(x_hat.dtype)
         return out.to(tokens.dtype).reshape(tokens.shape)
+
+    def _surrogate(self, acts: Tensor, scale: Tensor, threshold: Tensor) -> Tensor:
+        """Zero in the forward pass; in the backward pass, the gradient of acts·(scale − 1)·σ((acts − θ)/w): the
+        straight-through stand-in for the step "fires above θ" (whose own gradient is zero almost everywhere)."""
+        ruled = torch.isfinite(threshold)  # latents without a rule: threshold +inf, scale 1, no term
+        theta = torch.where(ruled, threshold, torch.zeros_like(threshold))
+        width = ((theta.abs() + acts.detach().abs()) * self.surrogate_width).clamp_min(1e-6)
+        soft = torch.sigmoid((acts - theta) / width) * ruled
+        return acts * (scale - 1) * (soft - soft.detach())
