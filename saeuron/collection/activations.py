@@ -162,8 +162,10 @@ class Shard:
     """None for datasets committed before files were hashed (their pages carry no CRC either)."""
 
 
-def shard_record(data: bytes, rows: int) -> dict[str, Any]:
-    return {"rows": rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+def shard_record(data: bytes, prompt_ids: np.ndarray) -> dict[str, Any]:
+    """What the manifest commits of a file; ``first_prompt`` orders the files for readers (see :func:`committed_shards`)."""
+    record = {"rows": len(prompt_ids), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return record | ({"first_prompt": int(prompt_ids.min())} if len(prompt_ids) else {})
 
 
 def committed_shards(root: str | Path | Location, hookpoint: str, manifest: dict[str, Any] | None = None) -> list[Shard]:
@@ -176,9 +178,12 @@ def committed_shards(root: str | Path | Location, hookpoint: str, manifest: dict
         return [
             Shard(f, pq.ParquetFile(f.path, filesystem=f.fs).metadata.num_rows, f.size(), None) for f in folder.files(".parquet")
         ]
+    # Files are named by the writer (Ray's write uuid and block index), so name order differs between two runs of one
+    # config; ordering by the first prompt a file holds gives every reader, and so training, the same stream.
+    files = manifest["files"].get(hookpoint, {})
     return [
         Shard(folder / name, entry["rows"], entry["bytes"], entry["sha256"])
-        for name, entry in sorted(manifest["files"].get(hookpoint, {}).items())
+        for name, entry in sorted(files.items(), key=lambda item: (item[1].get("first_prompt", -1), item[0]))
     ]
 
 

@@ -50,7 +50,10 @@ def _read_shards(batch: dict[str, np.ndarray], root: Location, columns: list[str
         activations.Shard(root / str(path), int(rows), int(size), str(digest) or None)
         for path, rows, size, digest in zip(batch["path"], batch["rows"], batch["bytes"], batch["sha256"])
     ]
-    return pa.concat_tables([activations.read_shard(shard, columns) for shard in shards])
+    table = pa.concat_tables([activations.read_shard(shard, [*columns, "step_index"]) for shard in shards])
+    # Rows in prompt and step order whatever order the collecting actor wrote them in, so two collections of one
+    # config train the same SAE.
+    return table.sort_by([("prompt_id", "ascending"), ("step_index", "ascending")]).select(columns)
 
 
 def dataset_info(root: str | Path | Location, hookpoint: str, allow_incomplete: bool = False) -> dict:

@@ -82,7 +82,8 @@ def reconcile(
                     if entry is not None:
                         check_record(data, location, entry)
                     table = parse_shard(data, location)
-                    ids, record = table.column("prompt_id").to_numpy(), entry or shard_record(data, len(table))
+                    ids = table.column("prompt_id").to_numpy()
+                    record = entry or shard_record(data, ids)
             except DamagedShard as error:
                 location.delete()
                 (damaged if entry is not None else removed).append(location.uri)
@@ -106,7 +107,7 @@ def reconcile(
             if keep.any():
                 kept = hookpoint_dir(root, hookpoint) / f"{uuid.uuid4().hex}.parquet"
                 table = parse_shard(location.read_bytes(), location).filter(pa.array(keep))
-                commit[hookpoint][kept.name] = shard_record(write_table(kept, table), len(table))
+                commit[hookpoint][kept.name] = shard_record(write_table(kept, table), table.column("prompt_id").to_numpy())
                 rewritten.append(location.uri)
             else:
                 removed.append(location.uri)

@@ -118,7 +118,9 @@ def test_reconcile_keeps_only_complete_prompts_exactly_once(tmp_path):
         assert set(result.files[hookpoint]) == {p.name for p in folder.glob("*.parquet")}
         for name, entry in result.files[hookpoint].items():
             data = (folder / name).read_bytes()
-            assert entry == {"rows": pq.ParquetFile(folder / name).metadata.num_rows, "bytes": len(data), "sha256": sha256(data)}
+            first = min(pq.read_table(folder / name).column("prompt_id").to_pylist())
+            rows = pq.ParquetFile(folder / name).metadata.num_rows
+            assert entry == {"rows": rows, "bytes": len(data), "sha256": sha256(data), "first_prompt": first}
     assert resume.reconcile(tmp_path, ["a", "b"], rows_per_prompt=2, committed=result.files).done == {0, 1}
 
 
@@ -154,6 +156,27 @@ def test_a_damaged_committed_shard_is_named_dropped_and_its_prompts_redone(tmp_p
     assert result.done == set(range(40))  # prompts 40..79 are collected again
     assert not (a / "2.parquet").exists() and (b / "2.parquet").exists() is False
     assert sorted(pq.read_table(b).column("prompt_id").to_pylist()) == sorted(list(range(40)) * 2)
+
+
+@pytest.mark.slow
+def test_the_training_stream_is_in_prompt_order_whatever_the_writer_named_and_ordered(tmp_path, ray_cluster):
+    """Ray names files by its write uuid and block index, and an actor's batch may finish in any order: CI once
+    trained two different SAEs from two collections of one config because of it."""
+    rows = [dict(prompt_id=p, object="Stars", style=None, seed=p) for p in range(6)]
+    maps = torch.arange(6 * 2 * 3 * 2, dtype=torch.float32).reshape(6, 2, 3, 2)
+    table = activations.activation_table("h", rows, maps, [1, 0], [0, 1]).drop_columns(["hookpoint"])
+    streams = []
+    for name, files in (("a", {"x.parquet": [0, 1, 2], "y.parquet": [3, 4, 5]}), ("b", {"x.parquet": [5, 3, 4], "y.parquet": [2, 0, 1]})):
+        folder = activations.hookpoint_dir(tmp_path / name, "h").local_path
+        folder.mkdir(parents=True)
+        for file, ids in files.items():
+            picked = [2 * p + step for p in ids for step in (1, 0)]  # steps stored last-first as well
+            pq.write_table(table.take(picked), folder / file)
+        manifest = {"d_in": {"h": 2}, "complete": True, "files": resume.reconcile(tmp_path / name, ["h"], 2).files}
+        activations.write_manifest(tmp_path / name, manifest)
+        streams.append(np.stack(activation_dataset(tmp_path / name, "h").to_pandas()["x"].to_list()))
+    np.testing.assert_array_equal(streams[0], streams[1])
+    np.testing.assert_array_equal(streams[0].ravel(), maps.half().numpy().ravel())
 
 
 def test_validation_split_is_by_prompt_id_and_stable():
