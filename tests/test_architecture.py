@@ -18,7 +18,7 @@ LAYERS = [
     ("saeuron.collection",),
     ("saeuron.training",),
     ("saeuron.method",),
-    ("saeuron.evaluation",),
+    ("saeuron.evaluation", "saeuron.attack"),
     ("saeuron.tuning",),
     ("saeuron.study",),
 ]

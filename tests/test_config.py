@@ -81,6 +81,7 @@ def test_dry_run_prints_the_resolved_config(capsys):
         "jobs/recipe.py",
         "jobs/unlearn.py",
         "jobs/evaluate.py",
+        "jobs/attack.py",
         "jobs/pipeline.py",
         "tune/search.py",
     ],
@@ -105,7 +106,15 @@ def test_no_shared_section_is_repeated_in_the_study():
 
 
 def test_shipped_example_configs_parse():
+    from saeuron.attack.job import AttackConfig
     from saeuron.collection.collect import CollectConfig
+
+    for benchmark in ("minicanvas", "unlearncanvas"):
+        attack = parse_config(AttackConfig, ["--config", str(CONFIGS / benchmark / "attack.yaml")])
+        assert attack.variants[:3] == ["original", "sae", "sae_blocked"] and attack.recipe.endswith(
+            "Neon_Glow" if benchmark == "minicanvas" else "Van_Gogh"
+        )
+    assert attack.attack.timesteps == list(range(10, 1000, 20)) and attack.attack.iterations_per_timestep == 40
     from saeuron.evaluation.evaluate import EvaluateConfig
     from saeuron.tuning.config import SearchConfig, grid_of
 

@@ -94,6 +94,33 @@ class Benchmark:
     def domain_real_images(self, cells: list[tuple[str, str]], per_cell: int) -> torch.Tensor:
         raise ValueError(f"{self.name} has no procedural real images for a domain FID")
 
+    def attack_images(self, style: str, obj: str, images_dir: str) -> list[Path]:
+        """The real images of ``obj`` in ``style`` an attack may target: UnlearnCanvas's dataset layout,
+        ``<images_dir>/<Style>/<Object>/*.jpg`` (or .png), sorted by name so an index names one image everywhere."""
+        if not images_dir:
+            raise ValueError(f"{self.name} attacks real images of the concept: pass --target_images_dir (UnlearnCanvas's folder)")
+        folder = local_input(images_dir, "target_images_dir") / style / obj
+        files = sorted(f for f in folder.glob("*") if f.suffix.lower() in (".jpg", ".jpeg", ".png")) if folder.is_dir() else []
+        if not files:
+            raise ValueError(
+                f"{folder} holds no .jpg/.png images of {obj} in {style}: not UnlearnCanvas's <Style>/<Object>/ layout"
+            )
+        return files
+
+    def attack_image(self, style: str, obj: str, index: int, images_dir: str, size: int) -> torch.Tensor:
+        """Image ``index`` of :meth:`attack_images` as ``[3, size, size]`` in [0, 1] (resize 512 bicubic and center
+        crop, as the reference; then to the pipeline's size)."""
+        from PIL import Image
+        from torchvision.transforms.v2.functional import center_crop, pil_to_tensor, resize
+
+        files = self.attack_images(style, obj, images_dir)
+        if not 0 <= index < len(files):
+            raise ValueError(
+                f"attack index {index} is out of range: {obj} in {style} has {len(files)} images (0..{len(files) - 1})"
+            )
+        image = pil_to_tensor(Image.open(files[index]).convert("RGB")).float() / 255
+        return resize(center_crop(resize(image, [size], antialias=True), [size, size]), [size, size], antialias=True).clamp(0, 1)
+
     # ------------------------------------------------------------------------------- prompt sets
     def training_prompt_rows(
         self, anchor_prompts_dir: str | None = None, seed: int = 42, seeds_per_prompt: int = 1, max_prompts: int | None = None

@@ -234,9 +234,10 @@ class HookedPipeline:
     @torch.no_grad()
     def generate(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[str] | None,
         seeds: Sequence[int],
         *,
+        prompt_embeds: Tensor | None = None,
         num_inference_steps: int = 50,
         guidance_scale: float = 7.5,
         edits: dict[str, EditFn] | None = None,
@@ -249,15 +250,20 @@ class HookedPipeline:
         width: int | None = None,
         negative_prompt: str | Sequence[str] | None = None,
     ) -> GenerationOutput:
-        """Generate one image per (prompt, seed) pair with the given hooks installed."""
-        if len(prompts) != len(seeds):
-            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt")
-        if not prompts:
+        """Generate one image per (prompt, seed) pair with the given hooks installed. ``prompt_embeds`` (``[N, L, D]``,
+        e.g. from exact token ids) stands in for ``prompts``; the unconditional half is then the empty prompt's."""
+        count = len(prompts) if prompts is not None else (len(prompt_embeds) if prompt_embeds is not None else 0)
+        if (prompts is None) == (prompt_embeds is None):
+            raise ValueError("pass either prompts or prompt_embeds")
+        if count != len(seeds):
+            raise ValueError(f"got {count} prompts but {len(seeds)} seeds; pass one seed per prompt")
+        if not count:
             raise ValueError("no prompts to generate")
         latents = initial_noise(seeds, self.latent_shape(height, width), self.device, self.dtype)
         with self.hooks(edits, capture, capture_half, capture_filter, capture_device) as captures:
             result = self.pipe(
-                list(prompts),
+                list(prompts) if prompts is not None else None,
+                prompt_embeds=prompt_embeds,
                 height=height,
                 width=width,
                 num_inference_steps=num_inference_steps,

@@ -166,7 +166,10 @@ def test_the_training_stream_is_in_prompt_order_whatever_the_writer_named_and_or
     maps = torch.arange(6 * 2 * 3 * 2, dtype=torch.float32).reshape(6, 2, 3, 2)
     table = activations.activation_table("h", rows, maps, [1, 0], [0, 1]).drop_columns(["hookpoint"])
     streams = []
-    for name, files in (("a", {"x.parquet": [0, 1, 2], "y.parquet": [3, 4, 5]}), ("b", {"x.parquet": [5, 3, 4], "y.parquet": [2, 0, 1]})):
+    for name, files in (
+        ("a", {"x.parquet": [0, 1, 2], "y.parquet": [3, 4, 5]}),
+        ("b", {"x.parquet": [5, 3, 4], "y.parquet": [2, 0, 1]}),
+    ):
         folder = activations.hookpoint_dir(tmp_path / name, "h").local_path
         folder.mkdir(parents=True)
         for file, ids in files.items():

@@ -14,6 +14,8 @@ from saeuron.sections import JudgeConfig
 
 REAL_IMAGE_SEED = 20_251_129
 """Seed of MiniCanvas's "real" renders for FID; not one the classifier was trained on."""
+ATTACK_IMAGE_SEED = 20_261_130
+"""Seed of the renders an attack targets: real images of the concept that neither FID nor the classifier saw."""
 
 
 class MiniCanvasBenchmark(Benchmark):
@@ -31,6 +33,26 @@ class MiniCanvasBenchmark(Benchmark):
         if requested not in FID_MODES:
             raise ValueError(f"fid must be one of {FID_MODES}, got {requested!r}")
         return "domain" if requested == "auto" else requested
+
+    def attack_images(self, style: str, obj: str, images_dir: str) -> list[Path]:
+        return super().attack_images(style, obj, images_dir) if images_dir else []
+
+    def attack_image(self, style: str, obj: str, index: int, images_dir: str, size: int) -> torch.Tensor:
+        """A procedural render (any index is an image) unless a folder of images is given."""
+        from saeuron.benchmarks.minicanvas.data import image_seed
+        from saeuron.benchmarks.minicanvas.render import render
+
+        if images_dir:
+            return super().attack_image(style, obj, index, images_dir, size)
+        if index < 0:
+            raise ValueError(f"attack index {index} is negative")
+        seed = image_seed(ATTACK_IMAGE_SEED, concepts.STYLE_LABELS.index(style), concepts.OBJECTS.index(obj), index)
+        image = torch.from_numpy(render(style, obj, seed).copy()).permute(2, 0, 1).float() / 255
+        return (
+            torch.nn.functional.interpolate(image[None], size=(size, size), mode="bilinear")[0]
+            if image.shape[-1] != size
+            else image
+        )
 
     def domain_real_images(self, cells: list[tuple[str, str]], per_cell: int) -> torch.Tensor:
         from saeuron.benchmarks.minicanvas.data import image_seed

@@ -1,0 +1,1 @@
+"""Adversarial evaluation of unlearned models: UnlearnDiffAtk, its Ray job and its scores."""
