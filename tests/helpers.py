@@ -4,6 +4,8 @@ helpers that stop drivers and kill Ray workers mid-run."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -182,3 +184,35 @@ TINY_SCORES = {
     "Stars": {"UA": pytest.approx(7 / 11), "IRA": 1.0, "CRA": 1.0},
 }
 TINY_CHOSEN = {"Neon_Glow": [99.0, -1.0, 0.5], "Stars": [99.0, -5.0, pytest.approx(0.7)]}
+
+
+def browser_check(report):
+    """Open the report in headless Chromium; returns (images loaded, images on the page)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("chromium is not installed (.ci/run installs Debian's chromium package)")
+    page = report.parent / "browser-check.html"
+    script = (
+        "<script>window.addEventListener('load',()=>{const i=[...document.images];"
+        "document.title='loaded '+i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>"
+    )
+    page.write_text(report.read_text().replace("</body>", script + "</body>"))
+    out = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--allow-file-access-from-files",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    page.unlink()
+    found = re.search(r"<title>loaded (\d+)/(\d+)</title>", out.stdout)
+    assert found, f"chromium did not render the page: {out.stderr[-2000:]}"
+    return int(found.group(1)), int(found.group(2))

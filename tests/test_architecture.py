@@ -18,7 +18,7 @@ LAYERS = [
     ("saeuron.collection",),
     ("saeuron.training",),
     ("saeuron.method",),
-    ("saeuron.evaluation", "saeuron.attack"),
+    ("saeuron.evaluation", "saeuron.attack", "saeuron.atlas"),
     ("saeuron.tuning",),
     ("saeuron.study",),
 ]

@@ -82,6 +82,7 @@ def test_dry_run_prints_the_resolved_config(capsys):
         "jobs/unlearn.py",
         "jobs/evaluate.py",
         "jobs/attack.py",
+        "jobs/atlas.py",
         "jobs/pipeline.py",
         "tune/search.py",
     ],
@@ -115,6 +116,10 @@ def test_shipped_example_configs_parse():
             "Neon_Glow" if benchmark == "minicanvas" else "Van_Gogh"
         )
     assert attack.attack.timesteps == list(range(10, 1000, 20)) and attack.attack.iterations_per_timestep == 40
+    from saeuron.atlas.job import AtlasConfig
+
+    atlas = parse_config(AtlasConfig, ["--config", str(CONFIGS / "minicanvas" / "atlas.yaml")])
+    assert atlas.grid.seeds == [188] and atlas.effect_factors == [0.0, 2.0, 5.0, -2.0]
     from saeuron.evaluation.evaluate import EvaluateConfig
     from saeuron.tuning.config import SearchConfig, grid_of
 

@@ -30,7 +30,7 @@ from saeuron.evaluation.metrics import (
     forgetting_scores,
     sequential_scores,
 )
-from saeuron.evaluation.report import ConceptSamples, write_report
+from saeuron.evaluation.report import ConceptSamples, atlas_pages, write_report
 from saeuron.method.recipe import Recipe, resolve_recipe_folders
 from saeuron.method.sampling import UnlearnConfig, check_recipe, unlearn
 from saeuron.sections import ImageGridConfig, WithEdit, WithJudge, WithModel, WithResources, WithSampling, WithTracking
@@ -274,8 +274,18 @@ def log_evaluation(cfg: EvaluateConfig, scores, averages, fid, extractor, sample
             "'CRA (styled images)' is the object accuracy over all styled images.",
             f"Object forgetting: unstyled images weighted {cfg.unstyled_weighting!r}.",
         ]
+        atlases = atlas_pages(mirror_path(cfg.tracking.storage / "atlas"), [name for name, _ in scores])
         report = write_report(
-            report_dir, f"saeuron evaluation: {cfg.run_name}", scores, averages, fid, extractor, samples, sequential, notes
+            report_dir,
+            f"saeuron evaluation: {cfg.run_name}",
+            scores,
+            averages,
+            fid,
+            extractor,
+            samples,
+            sequential,
+            notes,
+            atlases,
         )
         metrics = {}
         for name, s in scores:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -85,8 +86,10 @@ def write_report(
     samples: Sequence[ConceptSamples],
     sequential: Sequence[SequentialStep] = (),
     notes: Sequence[str] = (),
+    atlases: dict[str, Path] | None = None,
 ) -> Path:
-    """Writes PNGs, ``scores.json`` and ``index.html`` into ``folder``; returns the HTML path."""
+    """Writes PNGs, ``scores.json`` and ``index.html`` into ``folder``; returns the HTML path. ``atlases``: the feature
+    atlas index of a forget model (``jobs/atlas.py``), linked from its row."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     bar_chart(scores, folder / "scores.png")
@@ -120,6 +123,13 @@ def write_report(
         )
     )
     parts.append('<img src="scores.png" alt="UA, IRA and CRA per forget model">')
+    if atlases:
+        parts.append("<h2>Feature atlases: what each selected latent draws</h2><ul>")
+        parts += [
+            f'<li><a href="{html.escape(os.path.relpath(page, folder))}">{html.escape(name)}</a></li>'
+            for name, page in atlases.items()
+        ]
+        parts.append("</ul>")
     if sequential:
         parts.append("<h2>Sequential unlearning (each step scored on its own model)</h2>")
         parts.append(
@@ -208,3 +218,8 @@ def objective_heatmap(result, percentiles: Sequence[float], multipliers: Sequenc
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def atlas_pages(atlas_root: Path, names: Sequence[str]) -> dict[str, Path]:
+    """The atlases written for these forget models in the study's default place (``<study_dir>/atlas/<name>``)."""
+    return {name: atlas_root / name / "index.html" for name in names if (atlas_root / name / "index.html").is_file()}

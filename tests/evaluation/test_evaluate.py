@@ -2,16 +2,13 @@
 
 import json
 import os
-import re
-import shutil
-import subprocess
 
 import mlflow
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from helpers import STEPS
+from helpers import STEPS, browser_check
 from PIL import Image
 from unlearncanvas_layout import write_fid_inception
 
@@ -136,38 +133,6 @@ def test_inception_features_by_actors_from_a_bucket_give_the_local_fid(tmp_path,
     )
     local = inception_fid(real, sorted(fake_dir.glob("*.png")), weights, dims=64)
     assert by_actors == pytest.approx(local, rel=1e-5) and local > 0
-
-
-def browser_check(report):
-    """Open the report in headless Chromium; returns (images loaded, images on the page)."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.fail("chromium is not installed (.ci/run installs Debian's chromium package)")
-    page = report.parent / "browser-check.html"
-    script = (
-        "<script>window.addEventListener('load',()=>{const i=[...document.images];"
-        "document.title='loaded '+i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>"
-    )
-    page.write_text(report.read_text().replace("</body>", script + "</body>"))
-    out = subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--allow-file-access-from-files",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    page.unlink()
-    found = re.search(r"<title>loaded (\d+)/(\d+)</title>", out.stdout)
-    assert found, f"chromium did not render the page: {out.stderr[-2000:]}"
-    return int(found.group(1)), int(found.group(2))
 
 
 @pytest.mark.slow

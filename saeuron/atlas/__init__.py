@@ -1,0 +1,1 @@
+"""The feature atlas: what each latent draws, when it fires, and what removing it does."""
