@@ -51,7 +51,8 @@ class LatentScaleEdit:
 
 
 class FeatureIconEdit:
-    """Every patch of the block output becomes ``strength`` times the latent's decoder direction."""
+    """Every patch of the block output becomes ``strength`` times the latent's decoder direction (no decoder bias: the
+    direction alone; for an ``input_unit_norm`` SAE in its standardised units, so there the icon's scale is nominal)."""
 
     def __init__(self, sae: Sae, latent: int, strength: float):
         self.direction = (sae.W_dec[latent] * strength).detach()

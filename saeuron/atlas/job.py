@@ -9,8 +9,10 @@ writes only the missing pages.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -128,6 +130,7 @@ def effects(
     setup: dict[str, Any],
     rec: Recording,
     summaries: dict,
+    everyone: dict,
     chosen: dict[int, str],
     kind: str,
     sae_inference: str,
@@ -157,9 +160,9 @@ def effects(
         for image in summary.top[: cfg.effect_images]:
             rows += [row(summary.latent, image, factor, summary.concept) for factor in [1.0, *cfg.effect_factors]]
         rows.append(row(summary.latent, ICON, 1.0, summary.concept, strength=summary.peak))
-    for concept in dict.fromkeys(s.concept for s in summaries.values()):
+    for concept in dict.fromkeys(s.concept for s in everyone.values()):  # every concept: groups.json is rewritten whole
         group = ",".join(str(f) for f, c in chosen.items() if c == concept)
-        images = [i for s in summaries.values() for i in s.top if rec.labels[i] == concept]
+        images = [i for s in everyone.values() for i in s.top if rec.labels[i] == concept]
         for image in list(dict.fromkeys(images))[: 2 * cfg.effect_images]:
             rows += [row(GROUP, image, factor, concept, group=group) for factor in [1.0, *cfg.effect_factors]]
     if not rows:
@@ -222,13 +225,13 @@ def atlas(cfg: AtlasConfig) -> list[dict]:
     local.mkdir(parents=True, exist_ok=True)
     latents = list(chosen)
     setup = _setup(cfg, sae_ref, hookpoint)
-    table = record(cfg, setup, latents, sae.inference_mode, local)
+    table = record(cfg, setup, latents, sae.inference_mode, sae_fingerprint(sae), local)
     rec = Recording.from_table(table, kind)
-    pending = {
-        c: summarise_latent(rec, c, f, chosen[f]) for c, f in enumerate(latents) if not (local / f"{page_name(f)}.json").exists()
-    }
+    key = page_key(cfg, table, recipe)
+    summaries = {c: summarise_latent(rec, c, f, chosen[f]) for c, f in enumerate(latents)}
+    pending = {c: s for c, s in summaries.items() if not page_done(local / f"{page_name(s.latent)}.json", key)}
     logger.info(f"atlas: {len(latents)} latents, {len(latents) - len(pending)} pages already written -> {out.uri}")
-    effect_table = effects(cfg, setup, rec, pending, chosen, kind, sae.inference_mode)
+    effect_table = effects(cfg, setup, rec, pending, summaries if pending else {}, chosen, kind, sae.inference_mode)
     if pending:
         write_text_atomic(local / GROUPS, json.dumps(group_effects(effect_table, chosen), indent=1))
     thresholds: dict[int, dict[int, float]] = {}
@@ -249,10 +252,25 @@ def atlas(cfg: AtlasConfig) -> list[dict]:
         numbers, grid = effect_numbers(effect_table, rec, summary.latent, cfg.effect_factors) if summary.top else ({}, [])
         if grid:
             effect_picture(grid, cfg.effect_factors, local / f"{name}_effect.png")
-        write_latent_page(local, summary, numbers)
-    records = write_index(local, f"Feature atlas: {hookpoint} ({len(latents)} latents)")
+        write_latent_page(local, summary, {**numbers, "key": key})
+    records = write_index(local, f"Feature atlas: {hookpoint} ({len(latents)} latents)", latents)
     push(local, out)
     return records
+
+
+def page_key(cfg: AtlasConfig, recording: pa.Table, recipe: Recipe | None) -> str:
+    """What a page shows besides its latent: the recording, the effect settings, the recipe's rules and the statistics.
+    A page written under another key is written again."""
+    parts = [recording.schema.metadata[b"saeuron.key"].decode(), cfg.effect_images, cfg.effect_factors, cfg.statistics]
+    rules = b""
+    if recipe is not None:
+        folder = Location.parse(cfg.recipe)
+        rules = (folder / "recipe.json").read_bytes() + (folder / "recipe.safetensors").read_bytes()
+    return hashlib.sha256(json.dumps(parts, default=str).encode() + rules).hexdigest()[:16]
+
+
+def page_done(path: Path, key: str) -> bool:
+    return path.is_file() and json.loads(path.read_text()).get("key") == key
 
 
 def atlas_tracked(cfg: AtlasConfig) -> list[dict]:

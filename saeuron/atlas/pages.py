@@ -121,9 +121,11 @@ def write_latent_page(folder: Path, summary: LatentSummary, extra: dict | None =
     write_text_atomic(folder / f"{name}.json", json.dumps(record, indent=1, default=_plain))
 
 
-def write_index(folder: Path, title: str) -> list[dict]:
-    """Every written latent, most concept-specific first; a box filters by concept."""
-    records = [json.loads(p.read_text()) for p in sorted(folder.glob("latent_*.json"))]
+def write_index(folder: Path, title: str, latents: list[int]) -> list[dict]:
+    """The latents' pages, most concept-specific first (a page of a latent no longer chosen stays out); a box filters
+    by concept."""
+    files = [folder / f"{page_name(f)}.json" for f in latents]
+    records = [json.loads(f.read_text()) for f in files if f.is_file()]
     records.sort(key=lambda r: (-(r["specificity"] if r["specificity"] == r["specificity"] else -1), r["latent"]))
     rows = "".join(
         f'<tr data-concept="{html.escape(r["concept"].lower())}"><td><a href="{page_name(r["latent"])}.html">{r["latent"]}</a></td>'

@@ -37,8 +37,10 @@ def heat_steps(num_steps: int) -> list[int]:
 def latent_activations(sae: Sae, tokens: Tensor, latents: Tensor) -> Tensor:
     """``[..., d]`` block output → ``[..., L]`` the inference-mode activations of ``latents`` (0 where a latent is
     not in a vector's code), without densifying all F latents."""
+    if tokens.dim() > 2:  # one leading slice at a time bounds the [..., k, L] match below (GBs at SD shape)
+        return torch.stack([latent_activations(sae, part, latents) for part in tokens.unbind(0)])
     acts, indices = sae.encode(tokens)
-    match = indices.unsqueeze(-1) == latents.to(indices.device)  # [..., k, L]
+    match = indices.unsqueeze(-1) == latents.to(indices.device)  # [N, k, L]
     return (match * acts.float().unsqueeze(-1)).sum(-2)
 
 
@@ -130,7 +132,7 @@ def collect_table(dataset) -> pa.Table:
     return pa.concat_tables(ray.get(dataset.to_arrow_refs()))
 
 
-def record(cfg, setup: dict[str, Any], latents: list[int], sae_inference: str, local: Path) -> pa.Table:
+def record(cfg, setup: dict[str, Any], latents: list[int], sae_inference: str, sae_fingerprint: str, local: Path) -> pa.Table:
     """The recording pass of an :class:`~saeuron.atlas.job.AtlasConfig`, or the saved one when it holds these latents
     for these prompts and settings."""
     from saeuron.benchmarks import get_benchmark
@@ -139,7 +141,9 @@ def record(cfg, setup: dict[str, Any], latents: list[int], sae_inference: str, l
     benchmark = get_benchmark(cfg.model.benchmark)
     rows = [r.as_dict() for r in benchmark.evaluation_prompt_rows(cfg.grid.seeds or None)]
     rows = [r for r in rows if not cfg.grid.styles or r["style"] is None or r["style"] in cfg.grid.styles]
-    key = json.dumps([setup, sae_inference, [r["prompt"] for r in rows], [r["seed"] for r in rows], latents])
+    # What the images and activations depend on: not where the SAE was named from (an alias may move), nor threads.
+    settings = {k: v for k, v in setup.items() if k not in ("sae_ref", "tracking_uri", "cpu_threads")}
+    key = json.dumps([settings, sae_fingerprint, sae_inference, [r["prompt"] for r in rows], [r["seed"] for r in rows], latents])
     saved = local / RECORDING
     if saved.is_file() and pq.read_schema(saved).metadata.get(b"saeuron.key", b"").decode() == key:
         logger.info(f"atlas: the recording of {len(rows)} images is there, reused")

@@ -51,13 +51,20 @@ class AttackConfig(WithResources, WithJudge, WithEdit, WithSampling, WithModel, 
     max_retries: int = 2
     """Ray retries of a target's task (a lost node, a crash) before it is reported failed."""
 
+    def run_key(self) -> str:
+        """Fingerprints everything a result depends on besides its target: a result stored under another key is
+        attacked again, not reused."""
+        settings: list[Any] = [asdict(self.attack), asdict(self.sampling), asdict(self.edit), asdict(self.model), asdict(self.judge)]
+        settings += [self.sae, self.target_images_dir, self.channels, self.activations_dir]
+        recipe = Location.parse(self.recipe) if self.recipe else None
+        rules = (recipe / "recipe.json").read_bytes() + (recipe / "recipe.safetensors").read_bytes() if recipe else b""
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode() + rules).hexdigest()[:16]
+
     def output(self) -> Location:
         if self.output_dir:
             return Location.parse(self.output_dir)
-        key = json.dumps([asdict(self.attack), asdict(self.sampling), asdict(self.edit), self.sae, self.model.model_path])
-        recipe = (Location.parse(self.recipe) / "recipe.json").read_text() if self.recipe else ""
-        digest = hashlib.sha256((key + recipe).encode()).hexdigest()[:10]
-        return self.tracking.storage / "attacks" / f"{Location.parse(self.recipe).name if self.recipe else 'original'}-{digest}"
+        name = Location.parse(self.recipe).name if self.recipe else "original"
+        return self.tracking.storage / "attacks" / f"{name}-{self.run_key()[:10]}"
 
 
 def plan(cfg: AttackConfig) -> list[dict[str, Any]]:
@@ -66,6 +73,10 @@ def plan(cfg: AttackConfig) -> list[dict[str, Any]]:
     from saeuron.method.recipe import Recipe
 
     cfg.attack.check()
+    if cfg.model.dtype == "float16":
+        raise ValueError(
+            "the attack backpropagates through the UNet, whose float16 gradients underflow: use --model.dtype float32 or bfloat16"
+        )
     unknown = [v for v in cfg.variants if v not in VARIANTS]
     if unknown or not cfg.variants:
         raise ValueError(f"variants {unknown or '[]'}: choose from {list(VARIANTS)}")
@@ -125,7 +136,7 @@ def setup_of(cfg: AttackConfig) -> dict[str, Any]:
     return dict(
         benchmark=cfg.model.benchmark,
         model_path=str(benchmark.resolve_model_path(cfg.model.model_path)),
-        dtype=cfg.model.dtype,
+        dtype="float32" if cfg.model.dtype == "auto" else cfg.model.dtype,  # gradients through an fp16 UNet underflow
         sampler=cfg.model.sampler,
         cpu_threads=cfg.resources.actor.cpus,
         judge=asdict(cfg.judge),
@@ -139,6 +150,7 @@ def setup_of(cfg: AttackConfig) -> dict[str, Any]:
         attack=asdict(cfg.attack),
         num_inference_steps=cfg.sampling.num_inference_steps,
         guidance_scale=cfg.sampling.guidance_scale,
+        key=cfg.run_key(),
     )
 
 
@@ -174,7 +186,11 @@ def run_targets(cfg: AttackConfig, specs: list[dict[str, Any]], setup: dict[str,
     from saeuron.cluster.actor_pool import ensure_ray
     from saeuron.cluster.placement import unit_resources
 
-    done = {f.name.removesuffix(".json") for f in (output / "results").files(".json")}
+    done = {
+        f.name.removesuffix(".json")
+        for f in (output / "results").files(".json")
+        if json.loads(f.read_text()).get("key") == setup["key"]
+    }
     pending = [s for s in specs if result_name(s) not in done]
     logger.info(f"attack: {len(specs)} runs, {len(specs) - len(pending)} already done -> {output.uri}")
     if not pending:
@@ -214,7 +230,7 @@ def attack(cfg: AttackConfig) -> dict[str, Any]:
 
         failed = run_targets(cfg, specs, setup, output)
         wanted = {result_name(s) for s in specs}
-        results = [r for r in read_results(output) if result_name(r) in wanted]
+        results = [r for r in read_results(output) if result_name(r) in wanted and r.get("key") == setup["key"]]
         summary = summarise(results) if results else {}
         mlflow.log_metrics(metrics(summary) | {"failed_runs": float(len(failed)), "runs": float(len(results))})
         report = {"output": output.uri, "runs": len(results), "failed": failed, "summary": summary}

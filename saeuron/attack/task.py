@@ -96,7 +96,12 @@ def run_attack(spec: dict[str, Any], setup: dict[str, Any], output: str) -> dict
     image = _benchmark(setup).attack_image(spec["style"], spec["object"], spec["index"], setup["target_images_dir"], size)
     target = AttackTarget(spec["concept"], spec["kind"], spec["style"], spec["object"], spec["index"], image, spec["prompt"])
     result, images = attacker.run(target)
-    stored = {"variant": spec["variant"], **asdict(result), "heldout_seeds": list(attacker.settings.heldout_seeds)}
+    stored = {
+        "variant": spec["variant"],
+        **asdict(result),
+        "heldout_seeds": list(attacker.settings.heldout_seeds),
+        "key": setup["key"],
+    }
     out, name = Location.parse(output), result_name(spec)
     for which, pixels in images.items():
         buffer = _png(Image.fromarray((pixels.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)))

@@ -15,6 +15,7 @@ one seeded generator per purpose, and the final prompt judged on held-out seeds 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,12 @@ from saeuron.benchmarks.judges import Judge, judge_batch
 from saeuron.diffusion.hooks import EditFn, HookedPipeline
 
 TOKEN_PATHS = ("exact", "round_trip")
+
+
+def stream(seed: int, purpose: str, target: AttackTarget) -> torch.Generator:
+    """A CPU generator of its own for one purpose of one target (the reference draws everything from one stream)."""
+    key = f"{seed}/{purpose}/{target.concept}/{target.style}/{target.object}/{target.index}".encode()
+    return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
 
 
 def reference_timesteps() -> list[int]:
@@ -60,6 +67,10 @@ class AttackSettings:
     """Seed of the loss's noise and token draws (mixed with the target's index)."""
 
     def check(self) -> None:
+        if not self.heldout_seeds:
+            raise ValueError("attack.heldout_seeds is empty: the final prefix needs seeds other than the attack seed")
+        if self.attack_seed in self.heldout_seeds:
+            raise ValueError(f"attack.heldout_seeds holds the attack seed {self.attack_seed}: held-out seeds must differ from it")
         if self.tokens not in TOKEN_PATHS:
             raise ValueError(f"attack.tokens must be one of {TOKEN_PATHS}, got {self.tokens!r}")
         if not self.timesteps or self.iterations_per_timestep < 1:
@@ -127,6 +138,14 @@ class Attacker:
         guidance_scale: float,
     ):
         settings.check()
+        prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
+        if prediction != "epsilon":
+            raise ValueError(f"the attack's loss is UnlearnDiffAtk's noise-prediction MSE; this model predicts {prediction!r}")
+        if pipe.unet.dtype == torch.float16:
+            raise ValueError(
+                "the attack backpropagates through the UNet, whose float16 gradients underflow: load it in float32 (the "
+                "reference's) or bfloat16 (--model.dtype)"
+            )
         self.pipe, self.hooked, self.judge, self.edits = pipe, HookedPipeline(pipe), judge, dict(edits)
         self.settings, self.steps, self.guidance = settings, num_inference_steps, guidance_scale
         for module in (pipe.unet, pipe.text_encoder, pipe.vae):
@@ -153,12 +172,13 @@ class Attacker:
         ids, after_image, success = original_ids, before_image, success_before
         if not success_before:
             x0 = self.encode_image(target.image)
-            u = torch.full((s.prefix_tokens, tokenizer.vocab_size), 1.0 / tokenizer.vocab_size, device=self.device)
+            vocabulary = self.pipe.text_encoder.get_input_embeddings().num_embeddings  # tokens added to the tokenizer count
+            u = torch.full((s.prefix_tokens, vocabulary), 1.0 / vocabulary, device=self.device)
             u.requires_grad_(True)
             optimiser = torch.optim.Adam([u], lr=s.lr, weight_decay=s.weight_decay)
             for block, t in enumerate(s.timesteps):
                 if block == 0 or s.reset_noise_each_block:
-                    noise, draws = (torch.Generator().manual_seed(s.noise_seed * 1_000_003 + target.index) for _ in range(2))
+                    noise, draws = stream(s.noise_seed, "noise", target), stream(s.noise_seed, "tokens", target)
                 losses.append(self.optimise_block(u, optimiser, prompt, x0, t, noise, draws))
                 ids = prompt.with_tokens(u.detach().argmax(-1).cpu())
                 after_image = self.generate(self.evaluated(ids)[None], [s.attack_seed])
@@ -183,7 +203,7 @@ class Attacker:
             1 + len(losses),
             losses,
             [int(i) for i in ids],
-            tokenizer.decode(ids[prompt.slots].tolist()),
+            tokenizer.decode(ids[prompt.slots].tolist()) if losses else "",  # no prefix when the prompt alone succeeded
             not torch.equal(round_trip(tokenizer, ids), ids),
             judged[:n],
             judged[n:],

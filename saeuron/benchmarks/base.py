@@ -99,7 +99,7 @@ class Benchmark:
         ``<images_dir>/<Style>/<Object>/*.jpg`` (or .png), sorted by name so an index names one image everywhere."""
         if not images_dir:
             raise ValueError(f"{self.name} attacks real images of the concept: pass --target_images_dir (UnlearnCanvas's folder)")
-        folder = local_input(images_dir, "target_images_dir") / style / obj
+        folder = local_input(f"{images_dir.rstrip('/')}/{style}/{obj}", "target_images_dir")  # that pair's folder only
         files = sorted(f for f in folder.glob("*") if f.suffix.lower() in (".jpg", ".jpeg", ".png")) if folder.is_dir() else []
         if not files:
             raise ValueError(
@@ -111,6 +111,7 @@ class Benchmark:
         """Image ``index`` of :meth:`attack_images` as ``[3, size, size]`` in [0, 1] (resize 512 bicubic and center
         crop, as the reference; then to the pipeline's size)."""
         from PIL import Image
+        from torchvision.transforms import InterpolationMode
         from torchvision.transforms.v2.functional import center_crop, pil_to_tensor, resize
 
         files = self.attack_images(style, obj, images_dir)
@@ -119,7 +120,9 @@ class Benchmark:
                 f"attack index {index} is out of range: {obj} in {style} has {len(files)} images (0..{len(files) - 1})"
             )
         image = pil_to_tensor(Image.open(files[index]).convert("RGB")).float() / 255
-        return resize(center_crop(resize(image, [size], antialias=True), [size, size]), [size, size], antialias=True).clamp(0, 1)
+        bicubic = InterpolationMode.BICUBIC
+        square = center_crop(resize(image, [512], interpolation=bicubic, antialias=True), [512, 512])
+        return resize(square, [size, size], interpolation=bicubic, antialias=True).clamp(0, 1)
 
     # ------------------------------------------------------------------------------- prompt sets
     def training_prompt_rows(

@@ -86,7 +86,7 @@ def test_a_latent_summary_ranks_bands_and_scores_and_a_silent_latent_draws_as_si
         images_picture(rec, column, summary, ["early", "middle", "late"], tmp_path / f"{summary.latent}_images.png")
         curves_picture(rec, summary, {501: 0.3}, {}, tmp_path / f"{summary.latent}_curves.png")
         write_latent_page(tmp_path, summary)
-    records = write_index(tmp_path, "test")
+    records = write_index(tmp_path, "test", [7, 8])
     assert [r["latent"] for r in records] == [7, 8]  # most specific first
     assert json.loads((tmp_path / "latent_000008.json").read_text())["peak"] == 0.0
 
