@@ -54,7 +54,13 @@ class AttackConfig(WithResources, WithJudge, WithEdit, WithSampling, WithModel, 
     def run_key(self) -> str:
         """Fingerprints everything a result depends on besides its target: a result stored under another key is
         attacked again, not reused."""
-        settings: list[Any] = [asdict(self.attack), asdict(self.sampling), asdict(self.edit), asdict(self.model), asdict(self.judge)]
+        settings: list[Any] = [
+            asdict(self.attack),
+            asdict(self.sampling),
+            asdict(self.edit),
+            asdict(self.model),
+            asdict(self.judge),
+        ]
         settings += [self.sae, self.target_images_dir, self.channels, self.activations_dir]
         recipe = Location.parse(self.recipe) if self.recipe else None
         rules = (recipe / "recipe.json").read_bytes() + (recipe / "recipe.safetensors").read_bytes() if recipe else b""

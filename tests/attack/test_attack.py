@@ -153,7 +153,7 @@ def test_a_small_attack_turns_the_unlearned_model_less_often_than_the_original_a
     # prompt on the attack seed in 6 of 6 runs, on held-out seeds in 18 of 24 images. The attack turns 2 of 6 runs
     # with the gradient through the edit, and 2 of 6 blocked (MiniCanvas's style block is its last cross-attention:
     # blocked, no gradient reaches the prefix at all, which stays uniform and decodes to token 0 three times); on
-    # held-out seeds its final prefixes succeed 7 of 24 times (blocked: 14 of 24 — a junk prefix alone upsets this
+    # held-out seeds its final prefixes succeed 8 of 24 times (blocked: 14 of 24 — a junk prefix alone upsets this
     # edit as often as an optimised one, on a model this small).
     assert ours["ua_before"] == blocked["ua_before"] == 1.0 and ours["heldout_ua_before"] >= 0.7
     assert ours["asr"] >= blocked["asr"] and 0 < ours["asr"] <= 0.5 < original["asr"]
