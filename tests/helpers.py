@@ -216,3 +216,38 @@ def browser_check(report):
     found = re.search(r"<title>loaded (\d+)/(\d+)</title>", out.stdout)
     assert found, f"chromium did not render the page: {out.stderr[-2000:]}"
     return int(found.group(1)), int(found.group(2))
+
+
+def recipe_for_another_sae(folder: Path, latents: tuple[int, ...] = ()) -> tuple[Path, Path]:
+    """A recipe of MiniCanvas's style block forgetting Neon_Glow (one rule per latent given, at its first timestep) and
+    a fresh SAE it was not built for: enough for every check that runs before sampling. Returns (recipe, SAE) folders."""
+    import torch
+
+    from saeuron.method.recipe import Recipe
+    from saeuron.method.selection import Rules
+    from saeuron.sae import Sae, SaeConfig
+
+    n = len(latents)
+    rules = Rules(
+        torch.zeros(n, dtype=torch.long),
+        torch.tensor(latents, dtype=torch.long),
+        -torch.ones(n),
+        torch.full((n,), 0.1),
+        torch.zeros(n, dtype=torch.long),
+    )
+    concepts = {"Neon_Glow": {"percentile": 99, "multiplier": -1}}
+    Recipe(STYLE_HOOK, str(folder / "sae"), "not-this-sae", "embedded:minicanvas", concepts, [1], rules).save(folder / "recipe")
+    Sae(64, SaeConfig(expansion_factor=2, k=4)).save_to_disk(folder / "sae")
+    return folder / "recipe", folder / "sae"
+
+
+def neon_glow_recipe(statistics: Path, folder: Path):
+    """The fixture statistics' Neon_Glow recipe at (p 99, γ −1), the setting the unlearning tests measure."""
+    from saeuron.config import build_config
+    from saeuron.method.make_recipe import RecipeConfig, make_recipe
+
+    return make_recipe(
+        build_config(
+            RecipeConfig, statistics=str(statistics), concepts=["Neon_Glow"], percentile=99, multiplier=-1, output_dir=str(folder)
+        )
+    )

@@ -67,20 +67,18 @@ class EffectSampler:
 
     def __init__(self, model_path: str, sae_ref: str, hookpoint: str, kind: str, benchmark: str, judge: dict, setup: dict):
         from saeuron.benchmarks import get_benchmark
-        from saeuron.cluster.actor_pool import load_pipeline_in_actor
-        from saeuron.cluster.registry import load_sae
-        from saeuron.diffusion.hooks import HookedPipeline
+        from saeuron.cluster.actor_pool import load_hooked_sae_in_actor
         from saeuron.sections import JudgeConfig
 
-        pipe, device, dtype = load_pipeline_in_actor(model_path, setup["dtype"], setup["cpu_threads"], setup["sampler"])
-        self.hooked = HookedPipeline(pipe)
-        self.sae = load_sae(
+        self.hooked, self.sae, device = load_hooked_sae_in_actor(
+            model_path,
+            setup["dtype"],
+            setup["cpu_threads"],
+            setup["sampler"],
             sae_ref,
             hookpoint,
-            device=device,
-            dtype=dtype,
-            inference=setup["sae_inference"] or None,
-            tracking_uri=setup["tracking_uri"] or None,
+            setup["sae_inference"],
+            setup["tracking_uri"],
         )
         self.judge = get_benchmark(benchmark).load_judge(JudgeConfig(**judge), device)
         self.hookpoint, self.kind, self.setup = hookpoint, kind, setup

@@ -69,19 +69,10 @@ class AtlasRecorder:
         tracking_uri: str,
         cpu_threads: int,
     ):
-        from saeuron.cluster.actor_pool import load_pipeline_in_actor
-        from saeuron.cluster.registry import load_sae
-        from saeuron.diffusion.hooks import HookedPipeline
+        from saeuron.cluster.actor_pool import load_hooked_sae_in_actor
 
-        pipe, device, torch_dtype = load_pipeline_in_actor(model_path, dtype, cpu_threads, sampler)
-        self.hooked = HookedPipeline(pipe)
-        self.sae = load_sae(
-            sae_ref,
-            hookpoint,
-            device=device,
-            dtype=torch_dtype,
-            inference=sae_inference or None,
-            tracking_uri=tracking_uri or None,
+        self.hooked, self.sae, device = load_hooked_sae_in_actor(
+            model_path, dtype, cpu_threads, sampler, sae_ref, hookpoint, sae_inference, tracking_uri
         )
         self.hookpoint, self.latents = hookpoint, torch.tensor(latents, dtype=torch.long, device=device)
         self.num_inference_steps, self.guidance_scale = num_inference_steps, guidance_scale

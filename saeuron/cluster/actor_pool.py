@@ -23,6 +23,27 @@ def load_pipeline_in_actor(model_path: str, dtype: str, cpu_threads: int, sample
     return load_pipeline(model_path, device, torch_dtype, sampler), device, torch_dtype
 
 
+def load_hooked_sae_in_actor(
+    model_path: str,
+    dtype: str,
+    cpu_threads: int,
+    sampler: str,
+    sae_ref: str,
+    hookpoint: str,
+    sae_inference: str,
+    tracking_uri: str,
+):
+    """Inside an actor: (hooked pipeline, the hookpoint's SAE on its device and in its dtype, device)."""
+    from saeuron.cluster.registry import load_sae
+    from saeuron.diffusion.hooks import HookedPipeline
+
+    pipe, device, torch_dtype = load_pipeline_in_actor(model_path, dtype, cpu_threads, sampler)
+    sae = load_sae(
+        sae_ref, hookpoint, device=device, dtype=torch_dtype, inference=sae_inference or None, tracking_uri=tracking_uri or None
+    )
+    return HookedPipeline(pipe), sae, device
+
+
 def ensure_ray() -> None:
     """Join the cluster RAY_ADDRESS names (a submitted job), or start a local one; unless verbose,
     its workers' output stays in the session's log files (see :mod:`saeuron.console`)."""

@@ -17,11 +17,10 @@ import torch
 
 from saeuron.benchmarks import get_benchmark
 from saeuron.benchmarks.prompts import rows_from_batch
-from saeuron.cluster.actor_pool import load_pipeline_in_actor, map_with_actor_pool
+from saeuron.cluster.actor_pool import load_hooked_sae_in_actor, map_with_actor_pool
 from saeuron.cluster.registry import load_sae
 from saeuron.cluster.tracking import tracking_uri_of
 from saeuron.console import logger
-from saeuron.diffusion.hooks import HookedPipeline
 from saeuron.diffusion.pipeline import block_channels, check_sampler
 from saeuron.method.statistics import ConceptStatistics, patch_mean_latents, sae_fingerprint
 from saeuron.sections import WithModel, WithResources, WithSampling, WithTracking
@@ -83,15 +82,8 @@ class StatisticsActor:
         tracking_uri: str,
         cpu_threads: int,
     ):
-        pipe, device, torch_dtype = load_pipeline_in_actor(model_path, dtype, cpu_threads, sampler)
-        self.hooked = HookedPipeline(pipe)
-        self.sae = load_sae(
-            sae_ref,
-            hookpoint,
-            device=device,
-            dtype=torch_dtype,
-            inference=sae_inference or None,
-            tracking_uri=tracking_uri or None,
+        self.hooked, self.sae, _ = load_hooked_sae_in_actor(
+            model_path, dtype, cpu_threads, sampler, sae_ref, hookpoint, sae_inference, tracking_uri
         )
         self.hookpoint, self.kind = hookpoint, kind
         self.num_inference_steps, self.guidance_scale = num_inference_steps, guidance_scale

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import STEPS, STYLE_HOOK, browser_check
+from helpers import STEPS, STYLE_HOOK, browser_check, neon_glow_recipe, recipe_for_another_sae
 from PIL import Image
 
 from saeuron.atlas.analysis import Recording, summarise_latent
@@ -16,9 +16,6 @@ from saeuron.atlas.pages import curves_picture, images_picture, write_index, wri
 from saeuron.atlas.record import latent_activations
 from saeuron.config import build_config
 from saeuron.diffusion.hooks import HookedPipeline
-from saeuron.method.make_recipe import RecipeConfig, make_recipe
-from saeuron.method.recipe import Recipe
-from saeuron.method.selection import Rules
 from saeuron.sae import Sae, SaeConfig
 
 
@@ -93,19 +90,7 @@ def test_a_latent_summary_ranks_bands_and_scores_and_a_silent_latent_draws_as_si
 
 @pytest.fixture
 def recipe_and_sae(tmp_path):
-    rules = Rules(torch.tensor([0]), torch.tensor([3]), torch.tensor([-1.0]), torch.tensor([0.1]), torch.tensor([0]))
-    recipe = Recipe(
-        STYLE_HOOK,
-        str(tmp_path / "sae"),
-        "not-this-sae",
-        "embedded:minicanvas",
-        {"Neon_Glow": {"percentile": 99, "multiplier": -1}},
-        [1],
-        rules,
-    )
-    recipe.save(tmp_path / "recipe")
-    Sae(64, SaeConfig(expansion_factor=2, k=4)).save_to_disk(tmp_path / "sae")
-    return tmp_path / "recipe", tmp_path / "sae"
+    return recipe_for_another_sae(tmp_path, latents=(3,))
 
 
 @pytest.mark.parametrize(
@@ -132,16 +117,7 @@ def test_bad_input_fails_before_any_sampling(recipe_and_sae, tmp_path, overrides
 
 @pytest.mark.slow
 def test_an_atlas_of_a_style_recipe_shows_the_style_and_its_pages_load(style_sae, style_statistics, tmp_path, ray_cluster):
-    make_recipe(
-        build_config(
-            RecipeConfig,
-            statistics=str(style_statistics),
-            concepts=["Neon_Glow"],
-            percentile=99,
-            multiplier=-1,
-            output_dir=str(tmp_path / "recipe"),
-        )
-    )
+    neon_glow_recipe(style_statistics, tmp_path / "recipe")
     cfg = build_config(
         AtlasConfig,
         recipe=str(tmp_path / "recipe"),

@@ -5,17 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import STEPS, STYLE_HOOK
+from helpers import STEPS, neon_glow_recipe, recipe_for_another_sae
 
 from saeuron.attack.job import AttackConfig, attack
 from saeuron.attack.prefix import PrefixPrompt, project_to_simplex, relaxed_slots, round_trip, sample_one_hot
 from saeuron.attack.task import result_name
 from saeuron.attack.unlearndiffatk import AttackSettings
 from saeuron.config import build_config
-from saeuron.method.make_recipe import RecipeConfig, make_recipe
-from saeuron.method.recipe import Recipe
-from saeuron.method.selection import Rules
-from saeuron.sae import Sae, SaeConfig
 from saeuron.storage import Location
 
 
@@ -67,21 +63,7 @@ def test_the_prefix_slots_hold_exactly_the_ids_they_embed(minicanvas_pipeline):
 
 @pytest.fixture
 def empty_recipe(tmp_path):
-    """A recipe of MiniCanvas's style block that forgets Neon_Glow with no rules (enough for every check)."""
-    empty = torch.zeros(0, dtype=torch.long)
-    rules = Rules(empty, empty, empty.float(), empty.float(), empty)
-    recipe = Recipe(
-        STYLE_HOOK,
-        str(tmp_path / "sae"),
-        "not-this-sae",
-        "embedded:minicanvas",
-        {"Neon_Glow": {"percentile": 99, "multiplier": -1}},
-        [1],
-        rules,
-    )
-    recipe.save(tmp_path / "recipe")
-    Sae(64, SaeConfig(expansion_factor=2, k=4)).save_to_disk(tmp_path / "sae")
-    return tmp_path / "recipe"
+    return recipe_for_another_sae(tmp_path)[0]
 
 
 @pytest.mark.parametrize(
@@ -111,16 +93,7 @@ def test_bad_input_fails_before_any_attack(empty_recipe, tmp_path, overrides, me
 def test_a_small_attack_turns_the_unlearned_model_less_often_than_the_original_and_resumes(
     style_sae, style_statistics, tmp_path, ray_cluster
 ):
-    recipe = make_recipe(
-        build_config(
-            RecipeConfig,
-            statistics=str(style_statistics),
-            concepts=["Neon_Glow"],
-            percentile=99,
-            multiplier=-1,
-            output_dir=str(tmp_path / "recipe"),
-        )
-    )
+    recipe = neon_glow_recipe(style_statistics, tmp_path / "recipe")
     assert recipe.concepts == {"Neon_Glow": {"percentile": 99.0, "multiplier": -1.0}}
     cfg = build_config(
         AttackConfig,
