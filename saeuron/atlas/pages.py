@@ -35,7 +35,7 @@ def _plt():
 def images_picture(rec: Recording, column: int, summary: LatentSummary, heat_labels: list[str], path: Path) -> None:
     """Top images with their patch maps at the heat steps beneath; then the bands, each image with its peak."""
     plt = _plt()
-    top, bands = summary.top, [b for b in summary.bands]
+    top, bands = summary.top, summary.bands
     cols = max(len(top), max((len(b) for b in bands), default=0), 1)
     rows = 1 + len(heat_labels) + len(bands)
     fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols + 0.6, 1.3 * rows), dpi=90, squeeze=False)

@@ -242,9 +242,7 @@ def attack(cfg: AttackConfig) -> dict[str, Any]:
         report = {"output": output.uri, "runs": len(results), "failed": failed, "summary": summary}
         mlflow.log_dict(report, "attack/summary.json")
         if results:
-            import pyarrow.parquet as pq
-
-            _log_table(prompts_table(results), "attack/adversarial_prompts.parquet", pq)
+            _log_parquet(prompts_table(results), "attack", "adversarial_prompts.parquet")
             mlflow.log_image(pairs_picture(output, results), "attack/before_after.png")
         for variant, per in summary.items():
             r = per["all"]
@@ -257,13 +255,13 @@ def attack(cfg: AttackConfig) -> dict[str, Any]:
     return report
 
 
-def _log_table(table, name: str, pq) -> None:
+def _log_parquet(table, folder: str, name: str) -> None:
     import tempfile
     from pathlib import Path
 
     import mlflow
+    import pyarrow.parquet as pq
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(name).name
-        pq.write_table(table, path)
-        mlflow.log_artifact(str(path), str(Path(name).parent))
+        pq.write_table(table, Path(tmp) / name)
+        mlflow.log_artifact(str(Path(tmp) / name), folder)
