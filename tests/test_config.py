@@ -28,6 +28,15 @@ def test_the_full_preset_composes_with_flags():
     assert cfg.sampling.num_inference_steps == cfg.collect.sampling.num_inference_steps == 20
 
 
+def test_the_all_concepts_preset_is_the_full_study_on_every_concept():
+    from saeuron.benchmarks.minicanvas.concepts import OBJECTS, STYLES
+
+    every = parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study-all.yaml")])
+    full = parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study-full.yaml")])
+    assert every.search.concepts == [*STYLES, *OBJECTS] and every.search.contrast == "max"
+    assert (every.collect, every.train, every.gather, every.evaluate) == (full.collect, full.train, full.gather, full.evaluate)
+
+
 def test_the_quick_preset_is_the_default():
     assert parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study.yaml")]) == StudyConfig()
 

@@ -30,7 +30,7 @@ from saeuron.evaluation.metrics import (
     forgetting_scores,
     sequential_scores,
 )
-from saeuron.evaluation.report import ConceptSamples, atlas_pages, write_report
+from saeuron.evaluation.report import ConceptSamples, atlas_pages, log_table, write_report
 from saeuron.method.recipe import Recipe, resolve_recipe_folders
 from saeuron.method.sampling import UnlearnConfig, check_recipe, unlearn
 from saeuron.sections import ImageGridConfig, WithEdit, WithJudge, WithModel, WithResources, WithSampling, WithTracking
@@ -271,7 +271,8 @@ def log_evaluation(cfg: EvaluateConfig, scores, averages, fid, extractor, sample
             f"Benchmark {cfg.model.benchmark}; seeds {cfg.grid.seeds or list(cfg.benchmark.eval_seeds)}; "
             f"{cfg.sampling.num_inference_steps} steps, guidance {cfg.sampling.guidance_scale}; error mode {cfg.edit.error_mode}.",
             "Style forgetting: CRA is the object accuracy on the unstyled images (as the reference); "
-            "'CRA (styled images)' is the object accuracy over all styled images.",
+            "'CRA (styled images)' is the object accuracy over all styled images, 'CRA (forgotten style)' on the "
+            "forgotten style's own images (is the object still drawn?).",
             f"Object forgetting: unstyled images weighted {cfg.unstyled_weighting!r}.",
         ]
         atlases = atlas_pages(mirror_path(cfg.tracking.storage / "atlas"), [name for name, _ in scores])
@@ -291,8 +292,8 @@ def log_evaluation(cfg: EvaluateConfig, scores, averages, fid, extractor, sample
         for name, s in scores:
             key = metric_key(name)
             metrics.update({f"{key}.UA": s.ua, f"{key}.IRA": s.ira, f"{key}.CRA": s.cra})
-            if s.cra_styled is not None:
-                metrics[f"{key}.CRA_styled"] = s.cra_styled
+            extra = {"CRA_styled": s.cra_styled, "CRA_forgotten": s.cra_forgotten}
+            metrics.update({f"{key}.{name_}": v for name_, v in extra.items() if v is not None})
         for kind, avg in averages.items():
             metrics.update({f"{kind}.{k}": v for k, v in avg.items()})
         metrics.update({f"{metric_key(name)}.FID": v for name, v in fid.items()})
@@ -307,14 +308,3 @@ def log_evaluation(cfg: EvaluateConfig, scores, averages, fid, extractor, sample
         return Evaluation(
             scores, averages, fid, extractor, list(sequential), report, run.info.run_id, (report_location / report.name).uri
         )
-
-
-def log_table(scores, averages, fid, extractor) -> None:
-    logger.info(f"{'model':<28} {'kind':<7} {'UA':>6} {'IRA':>6} {'CRA':>6} {'FID':>8}")
-    for name, s in scores:
-        value = f"{fid[name]:8.2f}" if name in fid else f"{'–':>8}"
-        logger.info(f"{name:<28} {s.kind:<7} {s.ua:6.3f} {s.ira:6.3f} {s.cra:6.3f} {value}")
-    for kind, avg in averages.items():
-        logger.info(f"{'mean (' + kind + ')':<28} {'':<7} {avg['UA']:6.3f} {avg['IRA']:6.3f} {avg['CRA']:6.3f}")
-    if fid:
-        logger.info(f"FID extractor: {extractor}" + (f"; original model {fid['original']:.2f}" if "original" in fid else ""))

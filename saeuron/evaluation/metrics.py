@@ -6,7 +6,8 @@ Input rows are judged images: ``style`` (None for an unstyled prompt), ``object`
 - forgetting styles S*: UA = mean over s in S* of 1 − acc(s), with acc(s) the style accuracy on the
   styled images of s; IRA = mean of acc(s) over the other styles; CRA = mean over objects of the
   object accuracy on the **unstyled** images (as the reference). ``cra_styled`` is the object
-  accuracy over all styled images instead (mean over objects), reported beside it;
+  accuracy over all styled images instead (mean over objects), ``cra_forgotten`` the object accuracy on
+  the forgotten styles' own images (the object should survive its style), both reported beside it;
 - forgetting objects O*: acc(o) is the object accuracy on o's styled **and** unstyled images;
   UA = mean over o in O* of 1 − acc(o); IRA = mean over the other objects; CRA = mean over styles of
   the style accuracy on styled images.
@@ -39,6 +40,9 @@ class ForgettingScores(NamedTuple):
     cra: float
     cra_styled: float | None
     """Style forgetting only: object accuracy over all styled images (CRA is over unstyled ones)."""
+    cra_forgotten: float | None
+    """Style forgetting only: object accuracy on the forgotten styles' own images — is the object still drawn
+    once its style is gone? (CRA over unstyled or all styled images hides a style that takes its objects along.)"""
     per_concept_accuracy: dict[str, float]
     """Accuracy of every concept of this kind (forgotten and retained)."""
 
@@ -105,21 +109,24 @@ def forgetting_scores(
             raise ValueError("style forgetting's CRA needs the unstyled images ('An image of {object}.')")
         cra = _mean(unstyled.values())
         cra_styled = _mean(object_accuracy(rows, "styled", soft=soft).values())
-        return ForgettingScores(kind, tuple(forgotten), ua, ira, cra, cra_styled, accuracy)
+        own = [r for r in rows if r["style"] in forgotten]
+        cra_forgotten = _mean(object_accuracy(own, "styled", soft=soft).values())
+        return ForgettingScores(kind, tuple(forgotten), ua, ira, cra, cra_styled, cra_forgotten, accuracy)
     if kind == "object":
         accuracy = object_accuracy(rows, "all", unstyled_weighting, soft)
         ua, ira = _split(accuracy, forgotten, kind)
         cra = _mean(style_accuracy(rows, soft).values())
-        return ForgettingScores(kind, tuple(forgotten), ua, ira, cra, None, accuracy)
+        return ForgettingScores(kind, tuple(forgotten), ua, ira, cra, None, None, accuracy)
     raise ValueError(f"kind must be 'style' or 'object', got {kind!r}")
 
 
 def average_scores(scores: Sequence[ForgettingScores]) -> dict[str, float]:
     """Means over forget concepts (one model per concept), as the benchmark reports them."""
     out = {"UA": _mean(s.ua for s in scores), "IRA": _mean(s.ira for s in scores), "CRA": _mean(s.cra for s in scores)}
-    styled = [s.cra_styled for s in scores if s.cra_styled is not None]
-    if styled:
-        out["CRA_styled"] = _mean(styled)
+    for key, values in (("CRA_styled", [s.cra_styled for s in scores]), ("CRA_forgotten", [s.cra_forgotten for s in scores])):
+        known = [v for v in values if v is not None]
+        if known:
+            out[key] = _mean(known)
     return out
 
 

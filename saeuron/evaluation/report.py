@@ -13,6 +13,7 @@ from typing import NamedTuple
 from PIL import Image, ImageDraw
 
 from saeuron.atomic_files import write_text_atomic
+from saeuron.console import logger
 from saeuron.evaluation.metrics import ForgettingScores, SequentialStep
 
 
@@ -99,14 +100,37 @@ def write_report(
         sample_grid(s).save(folder / name)
         grids.append((s.name, name))
     rows = [
-        [name, s.kind, ", ".join(s.forgotten), _fmt(s.ua), _fmt(s.ira), _fmt(s.cra), _fmt(s.cra_styled), _fmt(fid.get(name))]
+        [
+            name,
+            s.kind,
+            ", ".join(s.forgotten),
+            _fmt(s.ua),
+            _fmt(s.ira),
+            _fmt(s.cra),
+            _fmt(s.cra_styled),
+            _fmt(s.cra_forgotten),
+            _fmt(fid.get(name)),
+        ]
         for name, s in scores
     ]
     parts = [f"<h1>{html.escape(title)}</h1>"]
     parts += [f"<p>{html.escape(n)}</p>" for n in notes]
     parts.append("<h2>Scores per forget model</h2>")
     parts.append(
-        _table(["model", "kind", "forgotten", "UA", "IRA", "CRA", "CRA (styled images)", f"FID ({fid_extractor})"], rows)
+        _table(
+            [
+                "model",
+                "kind",
+                "forgotten",
+                "UA",
+                "IRA",
+                "CRA",
+                "CRA (styled images)",
+                "CRA (forgotten style)",
+                f"FID ({fid_extractor})",
+            ],
+            rows,
+        )
     )
     if "original" in fid:
         parts.append(
@@ -223,3 +247,16 @@ def objective_heatmap(result, percentiles: Sequence[float], multipliers: Sequenc
 def atlas_pages(atlas_root: Path, names: Sequence[str]) -> dict[str, Path]:
     """The atlases written for these forget models in the study's default place (``<study_dir>/atlas/<name>``)."""
     return {name: atlas_root / name / "index.html" for name in names if (atlas_root / name / "index.html").is_file()}
+
+
+def log_table(scores, averages, fid, extractor) -> None:
+    """The scores as console lines (the report holds the same as HTML)."""
+    logger.info(f"{'model':<28} {'kind':<7} {'UA':>6} {'IRA':>6} {'CRA':>6} {'CRA-own':>7} {'FID':>8}")
+    for name, s in scores:
+        value = f"{fid[name]:8.2f}" if name in fid else f"{'–':>8}"
+        own = f"{s.cra_forgotten:7.3f}" if s.cra_forgotten is not None else f"{'–':>7}"
+        logger.info(f"{name:<28} {s.kind:<7} {s.ua:6.3f} {s.ira:6.3f} {s.cra:6.3f} {own} {value}")
+    for kind, avg in averages.items():
+        logger.info(f"{'mean (' + kind + ')':<28} {'':<7} {avg['UA']:6.3f} {avg['IRA']:6.3f} {avg['CRA']:6.3f}")
+    if fid:
+        logger.info(f"FID extractor: {extractor}" + (f"; original model {fid['original']:.2f}" if "original" in fid else ""))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from saeuron.benchmarks import get_benchmark
 from saeuron.console import logger
 from saeuron.method.recipe import Recipe
+from saeuron.method.selection import check_contrast
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.sections import WithModel
 from saeuron.storage import Location
@@ -23,6 +24,8 @@ class RecipeConfig(WithModel):
     """Latents scoring above this percentile at a timestep are selected (in (0, 100))."""
     multiplier: float = -5.0
     """γ: a selected latent firing above its threshold becomes γ·μ (negative suppresses)."""
+    contrast: str = "mean"
+    """Latents scored against the other concepts' "mean" (the paper) or their "max" (specific to the concept)."""
     output_dir: str = ""
     """Where the recipe goes (a folder or an s3:// / gs:// prefix); empty means <statistics>/../../recipes/<concepts>."""
 
@@ -37,11 +40,13 @@ def make_recipe(cfg: RecipeConfig) -> Recipe:
         raise ValueError("no concepts to forget: pass --concepts NAME [NAME ...]")
     if not 0 < cfg.percentile < 100:
         raise ValueError(f"percentile must be in (0, 100), got {cfg.percentile}")
+    check_contrast(cfg.contrast)
     stats = ConceptStatistics.load(cfg.statistics)
     recipe = Recipe.from_statistics(
         stats,
         {c: (cfg.percentile, cfg.multiplier) for c in cfg.concepts},
         get_benchmark(cfg.model.benchmark).model_identity(cfg.model.model_path),
+        cfg.contrast,
     )
     local = mirror_path(cfg.recipe_dir())
     recipe.save(local)

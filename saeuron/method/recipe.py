@@ -34,10 +34,14 @@ class Recipe:
     rules: Rules
     sae_inference: str = ""
     """The SAE inference mode its statistics were gathered in; the edit runs the SAE in it ("" if not recorded)."""
+    contrast: str = "mean"
+    """How its latents were scored against the other concepts (``saeuron.method.selection``; older recipes: "mean")."""
 
     @classmethod
-    def from_statistics(cls, stats: ConceptStatistics, params: dict[str, tuple[float, float]], base_model: str) -> Recipe:
-        rules = build_rules(stats, params)
+    def from_statistics(
+        cls, stats: ConceptStatistics, params: dict[str, tuple[float, float]], base_model: str, contrast: str = "mean"
+    ) -> Recipe:
+        rules = build_rules(stats, params, contrast)
         concepts = {c: {"percentile": float(p), "multiplier": float(g)} for c, (p, g) in params.items()}
         return cls(
             stats.hookpoint,
@@ -48,6 +52,7 @@ class Recipe:
             list(stats.timesteps),
             rules,
             stats.sae_inference,
+            contrast,
         )
 
     def timestep_index(self, timestep: int) -> int:
@@ -78,6 +83,7 @@ class Recipe:
             "timesteps": self.timesteps,
             "num_rules": len(r),
             "sae_inference": self.sae_inference,
+            "contrast": self.contrast,
         }
         return save_tensors_and_json(folder, TENSORS, tensors, JSON, meta)
 
@@ -102,6 +108,7 @@ class Recipe:
             meta["timesteps"],
             rules,
             meta.get("sae_inference", ""),
+            meta.get("contrast", "mean"),
         )
 
 

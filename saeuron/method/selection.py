@@ -3,7 +3,12 @@
 Per timestep t, with μ_c [F] the mean patch-averaged activation of concept c:
 
 - importance: score_f = p_c,f − p_¬c,f, where p = μ / Σ_f μ is normalised to a distribution and
-  μ_¬c is the mean of the other concepts' means;
+  p_¬c that of the mean of the other concepts' means (``contrast="mean"``, the paper and the reference);
+  ``contrast="max"`` takes the largest of the other concepts' p_c',f instead, so a latent scores only
+  as far as it fires (for its share) more for the concept than for **every** other one. With "mean", a
+  latent common to all concepts but a little larger in one is selected: on MiniCanvas's styles those
+  latents carry the image itself (the shape, the unstyled rendering), and scaling them down wrecked the
+  retained styles and the unstyled images (README, "Every concept");
 - selection: latents with score above the p-th percentile of the scores (``torch.quantile``, linear
   interpolation, strict ">", as the reference);
 - rule for a selected latent: scale factor s_f = γ·μ_c,f and mask threshold m_f = mean over all
@@ -23,14 +28,25 @@ import torch
 
 from saeuron.method.statistics import ConceptStatistics
 
+CONTRASTS = ("mean", "max")
 
-def importance_scores(means: torch.Tensor, target: int, eps: float = 1e-8) -> torch.Tensor:
+
+def check_contrast(contrast: str) -> str:
+    if contrast not in CONTRASTS:
+        raise ValueError(f"contrast must be one of {CONTRASTS} (the others' mean, as the paper, or their max), got {contrast!r}")
+    return contrast
+
+
+def importance_scores(means: torch.Tensor, target: int, contrast: str = "mean", eps: float = 1e-8) -> torch.Tensor:
     """[C, F] means at one timestep → [F] scores of concept ``target``."""
     if means.shape[0] == 1:
         return means[0]
-    others = torch.cat([means[:target], means[target + 1 :]]).mean(0)
-    mine = means[target]
-    return mine / (mine.sum() + eps) - others / (others.sum() + eps)
+    mine = means[target] / (means[target].sum() + eps)
+    others = torch.cat([means[:target], means[target + 1 :]])
+    if check_contrast(contrast) == "max":
+        return mine - (others / (others.sum(1, keepdim=True) + eps)).max(0).values
+    others = others.mean(0)
+    return mine - others / (others.sum() + eps)
 
 
 def selected_latents(scores: torch.Tensor, percentile: float) -> torch.Tensor:
@@ -63,8 +79,9 @@ class Rules:
         return len(self.latent)
 
 
-def build_rules(stats: ConceptStatistics, params: dict[str, tuple[float, float]]) -> Rules:
+def build_rules(stats: ConceptStatistics, params: dict[str, tuple[float, float]], contrast: str = "mean") -> Rules:
     """Rules for the concepts in ``params`` ({concept: (percentile, multiplier)}), deduplicated."""
+    check_contrast(contrast)
     unknown = [c for c in params if c not in stats.concepts]
     if unknown:
         raise ValueError(f"unknown concepts {unknown}; the statistics know {stats.concepts}")
@@ -74,7 +91,7 @@ def build_rules(stats: ConceptStatistics, params: dict[str, tuple[float, float]]
     for order, (concept, (percentile, multiplier)) in enumerate(params.items()):
         c = stats.concepts.index(concept)
         for t in range(len(stats.timesteps)):
-            for f in selected_latents(importance_scores(means[:, t], c), percentile).tolist():
+            for f in selected_latents(importance_scores(means[:, t], c, contrast), percentile).tolist():
                 scale = float(multiplier * means[c, t, f])
                 key = (t, f)
                 if key not in best or scale < best[key][0]:

@@ -98,7 +98,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
             "report": result.report_uri,
             "averages": result.averages,
             "fid": result.fid,
-            "scores": {name: {"UA": s.ua, "IRA": s.ira, "CRA": s.cra} for name, s in result.scores},
+            "scores": {name: score_row(s) for name, s in result.scores},
         }
 
     evaluated = records.run("evaluate", evaluate_cfg, run_evaluation, lambda out: exists(out["report"]))
@@ -136,16 +136,31 @@ def exists(where: str, name: str = "") -> bool:
     return (location / name if name else location).is_file()
 
 
+def score_row(s) -> dict[str, float]:
+    row = {"UA": s.ua, "IRA": s.ira, "CRA": s.cra}
+    return row | ({"CRA_forgotten": s.cra_forgotten} if s.cra_forgotten is not None else {})
+
+
+def _cells(values: dict, fid: float | None) -> str:
+    own = values.get("CRA_forgotten")
+    return (
+        f"{values['UA']:6.3f} {values['IRA']:6.3f} {values['CRA']:6.3f} {'–' if own is None else f'{own:.3f}':>7} "
+        f"{'' if fid is None else f'{fid:7.2f}'}"
+    )
+
+
 def print_summary(cfg: StudyConfig, evaluated: dict, searched: dict, tracking_uri: str) -> None:
-    print(f"\nstudy {cfg.name}: UnlearnCanvas scores on {cfg.model.benchmark}")
-    print(f"{'forgotten':<14} {'(p, γ)':<14} {'UA':>6} {'IRA':>6} {'CRA':>6} {'FID':>7}")
+    """The score table, then per kind the mean and the worst concept (its lowest of UA, IRA and CRA)."""
+    print(f"\nstudy {cfg.name}: UnlearnCanvas scores on {cfg.model.benchmark} (CRA-own: the object on the style's own images)")
+    print(f"{'forgotten':<18} {'(p, γ)':<14} {'UA':>6} {'IRA':>6} {'CRA':>6} {'CRA-own':>7} {'FID':>7}")
     for name, s in evaluated["scores"].items():
         p, g, _ = searched["chosen"].get(name, [float("nan")] * 3)
-        fid = evaluated["fid"].get(name)
-        print(
-            f"{name:<14} {f'({p:g}, {g:g})':<14} {s['UA']:6.3f} {s['IRA']:6.3f} {s['CRA']:6.3f} "
-            f"{'' if fid is None else f'{fid:7.2f}'}"
-        )
+        print(f"{name:<18} {f'({p:g}, {g:g})':<14} {_cells(s, evaluated['fid'].get(name))}")
+    if len(evaluated["scores"]) > 1:
+        worst = min(evaluated["scores"].items(), key=lambda item: min(item[1][k] for k in ("UA", "IRA", "CRA")))
+        for kind, avg in evaluated["averages"].items():
+            print(f"{'mean (' + kind + ')':<18} {'':<14} {_cells(avg, None)}")
+        print(f"{'worst: ' + worst[0]:<18} {'':<14} {_cells(worst[1], evaluated['fid'].get(worst[0]))}")
     print(f"report: {evaluated['report']}")
     if tracking_uri.startswith("sqlite:"):
         print(

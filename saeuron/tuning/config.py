@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from saeuron.benchmarks import Benchmark, get_benchmark
+from saeuron.method.selection import check_contrast
 from saeuron.sections import WithEdit, WithJudge, WithModel, WithResources, WithSampling, WithTracking
 from saeuron.storage import Location
 
@@ -25,6 +26,9 @@ class SearchOptions:
     """Percentiles for style concepts; empty: ``percentiles`` (the paper fixes styles at p = 99.999)."""
     style_multipliers: list[float] = field(default_factory=list)
     """Multipliers for style concepts; empty: ``multipliers`` (the paper fixes styles at γ = −1)."""
+    contrast: str = "mean"
+    """How latents are scored against the other concepts: "mean" of theirs (the paper) or "max" (a latent must fire
+    more, for its share, for the concept than for every other one: MiniCanvas's styles need it, README)."""
     scheduler: str = "asha"
     """"grid" scores every (p, γ) on every prompt; "asha" stops poor ones early."""
     prompts_per_cell: int = 1
@@ -74,7 +78,8 @@ class SearchConfig(SearchOptions, WithResources, WithJudge, WithEdit, WithSampli
 
 
 def grid_of(cfg: SearchConfig, kind: str = "object") -> tuple[list[float], list[float]]:
-    """The (percentiles, multipliers) searched for concepts of ``kind``."""
+    """The (percentiles, multipliers) searched for concepts of ``kind`` (and the search's contrast checked)."""
+    check_contrast(cfg.contrast)
     percentiles = cfg.percentiles or list(cfg.benchmark.search_percentiles)
     multipliers = cfg.multipliers or list(cfg.benchmark.search_multipliers)
     if kind == "style":

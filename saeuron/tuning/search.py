@@ -123,6 +123,7 @@ def run_concept_search(
             "grace": cfg.grace_prompts,
             "reduction_factor": cfg.reduction_factor,
             "sampling": [cfg.sampling.num_inference_steps, cfg.sampling.guidance_scale, cfg.edit.error_mode],
+            **({"contrast": cfg.contrast} if cfg.contrast != "mean" else {}),  # older searches resume
         },
         sort_keys=True,
         default=str,
@@ -226,7 +227,7 @@ def search(cfg: SearchConfig) -> SearchResult:
         raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {cfg.scheduler!r}")
     if cfg.chunk < 1:
         raise ValueError(f"chunk must be at least 1, got {cfg.chunk}")
-    grid_of(cfg, "style"), grid_of(cfg, "object")  # a bad grid fails before Ray starts
+    grid_of(cfg, "style"), grid_of(cfg, "object")  # a bad grid (or contrast) fails before Ray starts
     kinds = concept_statistics(cfg)
     model_path = cfg.benchmark.resolve_model_path(cfg.model.model_path)
     check_sampler(model_path, cfg.model.sampler)
@@ -260,6 +261,7 @@ def search(cfg: SearchConfig) -> SearchResult:
         benchmark=cfg.model.benchmark,
         judge=asdict(cfg.judge),
         base_model=base_model,
+        contrast=cfg.contrast,
         error_mode=cfg.edit.error_mode,
         chunk=cfg.chunk,
         num_inference_steps=cfg.sampling.num_inference_steps,
@@ -280,7 +282,7 @@ def search(cfg: SearchConfig) -> SearchResult:
             result = run_concept_search(cfg, concept, kind, folder, setup, run.info.run_id, tracking_uri)
             results.append(result)
             recipe = Recipe.from_statistics(
-                ConceptStatistics.load(folder), {concept: (result.percentile, result.multiplier)}, base_model
+                ConceptStatistics.load(folder), {concept: (result.percentile, result.multiplier)}, base_model, cfg.contrast
             )
             recipe.save(out / "recipes" / concept)
             objective_heatmap(result, *grid_of(cfg, kind), out / f"heatmap_{concept}.png")

@@ -59,7 +59,8 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
             tracking_uri=setup["tracking_uri"],
         ),
     )
-    recipe = Recipe.from_statistics(stats, {concept: (config["percentile"], config["multiplier"])}, setup["base_model"])
+    params = {concept: (config["percentile"], config["multiplier"])}
+    recipe = Recipe.from_statistics(stats, params, setup["base_model"], setup["contrast"])
     generator = UnlearnedPipeline.from_recipe(pipe, sae, recipe, setup["base_model"], setup["error_mode"])
     rows = setup["prompts"][concept]
 

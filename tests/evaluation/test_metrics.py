@@ -39,7 +39,20 @@ def test_style_forgetting():
     assert s.ira == pytest.approx((0.5 + 1.0) / 2)
     assert s.cra == pytest.approx((1.0 + 0.0) / 2)  # unstyled images only: cat right, dog wrong
     assert s.cra_styled == pytest.approx((1.0 + 2 / 3) / 2)  # styled: cat 3/3, dog 2/3
+    assert s.cra_forgotten == 1.0  # A's own images still show their objects
     assert s.per_concept_accuracy == {"A": 0.0, "B": 0.5, "C": 1.0}
+
+
+def test_the_object_on_the_forgotten_styles_own_images():
+    # Forgetting A took A's dog with it; B's and C's objects are intact (CRA over all styled images hides it).
+    rows = grid(style_wrong={("A", "cat"), ("A", "dog")}, object_wrong={("A", "dog")})
+    s = forgetting_scores(rows, "style", ["A"])
+    assert s.cra_forgotten == pytest.approx(0.5)
+    assert s.cra_styled == pytest.approx((1.0 + 2 / 3) / 2)
+    both = forgetting_scores(rows, "style", ["A", "B"])
+    assert both.cra_forgotten == pytest.approx((1.0 + 0.5) / 2)  # per object over A's and B's images: cat 2/2, dog 1/2
+    assert average_scores([s, both])["CRA_forgotten"] == pytest.approx((0.5 + 0.75) / 2)
+    assert "CRA_forgotten" not in average_scores([forgetting_scores(rows, "object", ["cat"])])
 
 
 def test_forgetting_two_styles_averages_their_ua_and_retains_the_rest():
@@ -56,7 +69,7 @@ def test_object_forgetting_counts_unstyled_images_per_image_or_as_the_paper():
     assert s.ua == pytest.approx(1 - 1 / 4)  # 1 right of 3 styled + 1 unstyled
     assert s.ira == 1.0
     assert s.cra == pytest.approx((1 + 1 + 0.5) / 3)
-    assert s.cra_styled is None
+    assert s.cra_styled is None and s.cra_forgotten is None
     # Paper weighting: the unstyled image counts once per style (3×): (0 + 3) / (3 + 3) = 1/2.
     paper = forgetting_scores(rows, "object", ["cat"], unstyled_weighting="paper")
     assert paper.ua == pytest.approx(0.5)

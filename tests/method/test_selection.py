@@ -27,6 +27,22 @@ def test_importance_is_normalised_mean_minus_that_of_the_others():
     torch.testing.assert_close(importance_scores(means, 0), torch.tensor([0.5, 0.25, -0.5, -0.25]))
 
 
+def test_max_contrast_scores_against_the_closest_other_concept(tmp_path):
+    # Latent 0 fires for every concept, a little more for c0: the others' mean leaves it ahead, their max does not.
+    means = torch.tensor([[4.0, 1.0, 0.0], [3.0, 0.0, 1.0], [1.0, 0.0, 3.0]])
+    # p_c0 = [.8, .2, 0]; mean of others = [2, 0, 2] → [.5, 0, .5]; others' p: [.75, 0, .25] and [.25, 0, .75]
+    torch.testing.assert_close(importance_scores(means, 0), torch.tensor([0.3, 0.2, -0.5]))
+    torch.testing.assert_close(importance_scores(means, 0, "max"), torch.tensor([0.05, 0.2, -0.75]))
+    assert selected_latents(importance_scores(means, 0), 50).tolist() == [0]
+    assert selected_latents(importance_scores(means, 0, "max"), 50).tolist() == [1]
+    recipe = Recipe.from_statistics(stats_from_means(means[:, None].expand(3, 2, 3)), {"c0": (50, -1.0)}, "m", "max")
+    assert recipe.rules.latent.tolist() == [1, 1] and recipe.contrast == "max"
+    recipe.save(tmp_path / "r")
+    assert Recipe.load(tmp_path / "r").contrast == "max"
+    with pytest.raises(ValueError, match="contrast must be one of"):
+        build_rules(stats_from_means(means[:, None]), {"c0": (50, -1.0)}, "median")
+
+
 def test_percentile_keeps_scores_strictly_above_the_interpolated_quantile():
     scores = torch.arange(8, dtype=torch.float32)  # quantile(0.75) = 5.25
     assert selected_latents(scores, 75).tolist() == [6, 7]
