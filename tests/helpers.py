@@ -180,7 +180,7 @@ def tiny_study_argv(study_dir, concepts=("Neon_Glow", "Stars"), multipliers=("-1
 # choice, γ −1, leaves it drawn), while Stars is forgotten on 7 of its 11 evaluation images (10 before the
 # reader read one shard per block: a tiny SAE moves with the order it sees) and every other concept kept.
 TINY_SCORES = {
-    "Neon_Glow": {"UA": 0.0, "IRA": 1.0, "CRA": 1.0},
+    "Neon_Glow": {"UA": 0.0, "IRA": 1.0, "CRA": 1.0, "CRA_forgotten": 1.0},  # not forgotten: its objects all drawn
     "Stars": {"UA": pytest.approx(7 / 11), "IRA": 1.0, "CRA": 1.0},
 }
 TINY_CHOSEN = {"Neon_Glow": [99.0, -1.0, 0.5], "Stars": [99.0, -5.0, pytest.approx(0.7)]}
