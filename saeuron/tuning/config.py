@@ -10,6 +10,16 @@ from saeuron.sections import WithEdit, WithJudge, WithModel, WithResources, With
 from saeuron.storage import Location
 
 SCHEDULERS = ("grid", "asha")
+OBJECTIVES = ("ua_ira", "ua_ira_cra")
+
+
+def objective_of(name: str, ua: float, ira: float, cra: float) -> float:
+    """The search's objective ``name``: "ua_ira" = (UA + IRA) / 2, the reference's; "ua_ira_cra" = (UA + IRA + CRA) / 3,
+    which also keeps what the other axis needs (a style's unstyled objects, an object's styles), so that a search
+    cannot trade it away."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {name!r}")
+    return (ua + ira) / 2 if name == "ua_ira" else (ua + ira + cra) / 3
 
 
 @dataclass
@@ -29,6 +39,8 @@ class SearchOptions:
     contrast: str = "mean"
     """How latents are scored against the other concepts: "mean" of theirs (the paper) or "max" (a latent must fire
     more, for its share, for the concept than for every other one: MiniCanvas's styles need it, README)."""
+    objective: str = "ua_ira"
+    """What a trial is ranked by: "ua_ira" = (UA + IRA) / 2 (the reference) or "ua_ira_cra" = (UA + IRA + CRA) / 3."""
     scheduler: str = "asha"
     """"grid" scores every (p, γ) on every prompt; "asha" stops poor ones early."""
     prompts_per_cell: int = 1
@@ -79,7 +91,7 @@ class SearchConfig(SearchOptions, WithResources, WithJudge, WithEdit, WithSampli
 
 def grid_of(cfg: SearchConfig, kind: str = "object") -> tuple[list[float], list[float]]:
     """The (percentiles, multipliers) searched for concepts of ``kind`` (and the search's contrast checked)."""
-    check_contrast(cfg.contrast)
+    check_contrast(cfg.contrast), objective_of(cfg.objective, 0, 0, 0)
     percentiles = cfg.percentiles or list(cfg.benchmark.search_percentiles)
     multipliers = cfg.multipliers or list(cfg.benchmark.search_multipliers)
     if kind == "style":

@@ -2,14 +2,13 @@
 
 Per concept one Tune experiment over the grid. A trial builds the recipe of its (p, γ), generates the
 concept's tuning prompts (``tuning_prompts``: never the evaluation prompts or seeds) chunk by chunk,
-judges them and reports UA, IRA, CRA and the reference's objective (UA + IRA) / 2 after every chunk,
-with the images judged so far as its checkpoint. ``scheduler="asha"`` stops poor (p, γ) early: the
-resource is the number of tuning prompts scored. Trials are placed as ``resources.trial`` says (a GPU share,
-or CPU threads) and reuse their worker process, whose pipeline, SAE and judge are loaded once.
+judges them and reports UA, IRA, CRA and the objective (``search.objective``; the reference's (UA + IRA) / 2
+by default) after every chunk, with the images judged so far as its checkpoint. ``scheduler="asha"`` stops
+poor (p, γ) early (resource: tuning prompts scored). Trials are placed as ``resources.trial`` says (a GPU
+share, or CPU threads) and reuse their worker process, whose pipeline, SAE and judge are loaded once.
 
-ASHA ranks trials at its rungs by the graded objective (the judge's probabilities of the true
-classes instead of 0/1 hits): after a few images many (p, γ) tie on accuracy, and tied trials all
-survive a rung. The chosen (p, γ) of a concept is the best (hard) objective among the trials that
+ASHA ranks trials at its rungs by the graded objective (the judge's probabilities of the true classes
+instead of 0/1 hits): after a few images many (p, γ) tie on accuracy, and tied trials all survive a rung. The chosen (p, γ) of a concept is the best (hard) objective among the trials that
 scored every tuning prompt; ties go to the graded objective, then the higher percentile, then the
 multiplier closer to zero (the smaller edit).
 """
@@ -123,7 +122,7 @@ def run_concept_search(
             "grace": cfg.grace_prompts,
             "reduction_factor": cfg.reduction_factor,
             "sampling": [cfg.sampling.num_inference_steps, cfg.sampling.guidance_scale, cfg.edit.error_mode],
-            **({"contrast": cfg.contrast} if cfg.contrast != "mean" else {}),  # older searches resume
+            **{k: v for k, v in (("contrast", cfg.contrast), ("objective", cfg.objective)) if v not in ("mean", "ua_ira")},
         },
         sort_keys=True,
         default=str,
@@ -262,6 +261,7 @@ def search(cfg: SearchConfig) -> SearchResult:
         judge=asdict(cfg.judge),
         base_model=base_model,
         contrast=cfg.contrast,
+        objective=cfg.objective,
         error_mode=cfg.edit.error_mode,
         chunk=cfg.chunk,
         num_inference_steps=cfg.sampling.num_inference_steps,

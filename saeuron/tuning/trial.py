@@ -16,6 +16,7 @@ from saeuron.benchmarks import get_benchmark
 from saeuron.evaluation.metrics import forgetting_scores
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.sections import JudgeConfig
+from saeuron.tuning.config import objective_of
 
 _WORKER_CACHE: dict[tuple, Any] = {}
 
@@ -82,8 +83,8 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         scores = forgetting_scores(judged, kind, [concept])
         graded = forgetting_scores(judged, kind, [concept], soft=True)
         metrics = {
-            "objective": (scores.ua + scores.ira) / 2,
-            "objective_soft": (graded.ua + graded.ira) / 2,
+            "objective": objective_of(setup["objective"], scores.ua, scores.ira, scores.cra),
+            "objective_soft": objective_of(setup["objective"], graded.ua, graded.ira, graded.cra),
             "ua": scores.ua,
             "ira": scores.ira,
             "cra": scores.cra,
