@@ -28,6 +28,7 @@ from saeuron.evaluation.metrics import (
     SequentialStep,
     average_scores,
     forgetting_scores,
+    score_dict,
     sequential_scores,
 )
 from saeuron.evaluation.report import ConceptSamples, atlas_pages, log_table, write_report
@@ -290,10 +291,7 @@ def log_evaluation(cfg: EvaluateConfig, scores, averages, fid, extractor, sample
         )
         metrics = {}
         for name, s in scores:
-            key = metric_key(name)
-            metrics.update({f"{key}.UA": s.ua, f"{key}.IRA": s.ira, f"{key}.CRA": s.cra})
-            extra = {"CRA_styled": s.cra_styled, "CRA_forgotten": s.cra_forgotten}
-            metrics.update({f"{key}.{name_}": v for name_, v in extra.items() if v is not None})
+            metrics.update({f"{metric_key(name)}.{k}": v for k, v in score_dict(s).items()})
         for kind, avg in averages.items():
             metrics.update({f"{kind}.{k}": v for k, v in avg.items()})
         metrics.update({f"{metric_key(name)}.FID": v for name, v in fid.items()})

@@ -47,6 +47,12 @@ class ForgettingScores(NamedTuple):
     """Accuracy of every concept of this kind (forgotten and retained)."""
 
 
+def score_dict(s: ForgettingScores) -> dict[str, float]:
+    """UA, IRA, CRA and whichever of CRA_styled / CRA_forgotten the kind has: what MLflow and the study record."""
+    extra = {"CRA_styled": s.cra_styled, "CRA_forgotten": s.cra_forgotten}
+    return {"UA": s.ua, "IRA": s.ira, "CRA": s.cra, **{k: v for k, v in extra.items() if v is not None}}
+
+
 def _mean(values: Iterable[float]) -> float:
     values = list(values)
     if not values:

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from saeuron.console import logger
+from saeuron.evaluation.metrics import score_dict
 from saeuron.method.gather import GatherConfig
 from saeuron.storage import Location, check_writable
 from saeuron.study.config import StudyConfig, gather_config, search_folder_key, stage_configs
@@ -98,7 +99,8 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
             "report": result.report_uri,
             "averages": result.averages,
             "fid": result.fid,
-            "scores": {name: score_row(s) for name, s in result.scores},
+            # the study table's columns (CRA_styled stays in the evaluation's MLflow run)
+            "scores": {name: {k: v for k, v in score_dict(s).items() if k != "CRA_styled"} for name, s in result.scores},
         }
 
     evaluated = records.run("evaluate", evaluate_cfg, run_evaluation, lambda out: exists(out["report"]))
@@ -136,11 +138,6 @@ def exists(where: str, name: str = "") -> bool:
     return (location / name if name else location).is_file()
 
 
-def score_row(s) -> dict[str, float]:
-    row = {"UA": s.ua, "IRA": s.ira, "CRA": s.cra}
-    return row | ({"CRA_forgotten": s.cra_forgotten} if s.cra_forgotten is not None else {})
-
-
 def _cells(values: dict, fid: float | None) -> str:
     own = values.get("CRA_forgotten")
     return (
@@ -150,7 +147,7 @@ def _cells(values: dict, fid: float | None) -> str:
 
 
 def print_summary(cfg: StudyConfig, evaluated: dict, searched: dict, tracking_uri: str) -> None:
-    """The score table, then per kind the mean and the worst concept (its lowest of UA, IRA and CRA)."""
+    """The score table, the mean per kind, and the worst concept over all kinds (its lowest of UA, IRA and CRA)."""
     print(f"\nstudy {cfg.name}: UnlearnCanvas scores on {cfg.model.benchmark} (CRA-own: the object on the style's own images)")
     print(f"{'forgotten':<18} {'(p, γ)':<14} {'UA':>6} {'IRA':>6} {'CRA':>6} {'CRA-own':>7} {'FID':>7}")
     for name, s in evaluated["scores"].items():

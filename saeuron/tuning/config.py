@@ -13,13 +13,17 @@ SCHEDULERS = ("grid", "asha")
 OBJECTIVES = ("ua_ira", "ua_ira_cra")
 
 
+def check_objective(name: str) -> str:
+    if name not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {name!r}")
+    return name
+
+
 def objective_of(name: str, ua: float, ira: float, cra: float) -> float:
     """The search's objective ``name``: "ua_ira" = (UA + IRA) / 2, the reference's; "ua_ira_cra" = (UA + IRA + CRA) / 3,
     which also keeps what the other axis needs (a style's unstyled objects, an object's styles), so that a search
     cannot trade it away."""
-    if name not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {name!r}")
-    return (ua + ira) / 2 if name == "ua_ira" else (ua + ira + cra) / 3
+    return (ua + ira) / 2 if check_objective(name) == "ua_ira" else (ua + ira + cra) / 3
 
 
 @dataclass
@@ -91,7 +95,7 @@ class SearchConfig(SearchOptions, WithResources, WithJudge, WithEdit, WithSampli
 
 def grid_of(cfg: SearchConfig, kind: str = "object") -> tuple[list[float], list[float]]:
     """The (percentiles, multipliers) searched for concepts of ``kind`` (and the search's contrast checked)."""
-    check_contrast(cfg.contrast), objective_of(cfg.objective, 0, 0, 0)
+    check_contrast(cfg.contrast), check_objective(cfg.objective)
     percentiles = cfg.percentiles or list(cfg.benchmark.search_percentiles)
     multipliers = cfg.multipliers or list(cfg.benchmark.search_multipliers)
     if kind == "style":
