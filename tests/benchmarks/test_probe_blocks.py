@@ -28,6 +28,7 @@ def test_one_patch_of_the_style_block_tells_the_style_not_the_object(minicanvas_
     probe_blocks = load_script()
     result = probe_blocks.probe_hookpoint(minicanvas_activations.dataset_dir.uri, "unet.up_blocks.1.attentions.2", 0.25)
     summary = probe_blocks.summarise({"up.1.2": result})["up.1.2"]
+    assert len(result["steps"]) == 10 and result["patches"] == 64 and result["d_in"] == 64
     # Measured on the fixture (64 prompts x 10 steps, a quarter held out), early / middle / late thirds of the steps.
     assert summary["style"] == pytest.approx([0.9965, 0.9919, 0.9933], abs=0.002)
     assert summary["object"] == pytest.approx([0.4694, 0.3351, 0.3359], abs=0.002)
