@@ -42,6 +42,9 @@ class Architecture:
     unet_layers_per_block: tuple[int, ...] = (1, 2, 1)
     unet_norm_groups: int = 16
     attention_head_dim: int = 4
+    # Levels whose down and up blocks carry cross-attention. SD v1.5 has it at every level but the
+    # lowest; (0, 1) is that layout here, with up_blocks.2.attentions.0/.1 at the 16×16 latent.
+    unet_attention_levels: tuple[int, ...] = (1,)
     text_hidden: int = 64
     text_intermediate: int = 128
     text_layers: int = 2
@@ -68,14 +71,22 @@ def build_vae(arch: Architecture) -> AutoencoderKL:
     )
 
 
+def down_block_types(arch: Architecture) -> list[str]:
+    levels = range(len(arch.unet_channels))
+    unknown = sorted(set(arch.unet_attention_levels) - set(levels))
+    if unknown:
+        raise ValueError(f"unet_attention_levels {unknown} are not levels of a {len(levels)}-level UNet: use {list(levels)}")
+    return ["CrossAttnDownBlock2D" if level in arch.unet_attention_levels else "DownBlock2D" for level in levels]
+
+
 def build_unet(arch: Architecture) -> UNet2DConditionModel:
     return UNet2DConditionModel(
         sample_size=arch.latent_size,
         in_channels=arch.latent_channels,
         out_channels=arch.latent_channels,
         block_out_channels=arch.unet_channels,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        down_block_types=tuple(down_block_types(arch)),
+        up_block_types=tuple(reversed([kind.replace("Down", "Up") for kind in down_block_types(arch)])),
         layers_per_block=arch.unet_layers_per_block,
         cross_attention_dim=arch.text_hidden,
         attention_head_dim=arch.attention_head_dim,

@@ -63,6 +63,9 @@ class MiniCanvasTrainConfig:
     classifier_batch: int = 64
     classifier_lr: float = 2e-3
     log_every: int = 100
+    unet_attention_levels: tuple[int, ...] = Architecture.unet_attention_levels
+    """UNet levels with cross-attention: (1,) is the shipped model, (0, 1) SD v1.5's layout."""
+    threads: int = 1
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -219,8 +222,8 @@ def train_classifier(cfg: MiniCanvasTrainConfig) -> MiniCanvasClassifier:
 
 
 def main(cfg: MiniCanvasTrainConfig) -> None:
-    torch.set_num_threads(1)
-    arch = Architecture()
+    torch.set_num_threads(cfg.threads)
+    arch = Architecture(unet_attention_levels=tuple(cfg.unet_attention_levels))
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     logger.info(f"training MiniCanvas stage={cfg.stage}: {asdict(cfg)}")
     if cfg.stage in ("tokenizer", "all"):
