@@ -108,9 +108,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     parser.add_argument("--grid", default=None, help="write the styles × objects grid (first seed) to this PNG")
+    parser.add_argument("--weights", default=None, help="a MiniCanvas weights folder (default: the shipped one)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    minicanvas = load_minicanvas()
+    minicanvas = load_minicanvas(args.weights) if args.weights else load_minicanvas()
     seeds = list(range(args.first_seed, args.first_seed + args.seeds_per_prompt))
     quality = measure_generation_quality(
         minicanvas.load_pipeline(), minicanvas.load_classifier(), seeds, args.steps, args.guidance
