@@ -136,12 +136,19 @@ class Benchmark:
         return prompts.evaluation_rows(self.objects, self.styles, seeds or self.eval_seeds)
 
     def statistics_prompt_rows(
-        self, kind: str, anchor_prompts_dir: str | None = None, seed: int = 188, styled_objects: bool = False
+        self,
+        kind: str,
+        anchor_prompts_dir: str | None = None,
+        seed: int = 188,
+        styled_objects: bool = False,
+        unstyled_reference: bool = False,
     ) -> list[prompts.PromptRow]:
         """Prompts whose SAE activations define each concept, as in the reference: for a style, the
         first caption of every object in that style; for an object, all its captions unstyled (with
         ``styled_objects``, also each caption in one style, rotating through the styles, so that the
-        object's latents are found across renderings). Prompt i is sampled with seed ``seed + i``: fresh noise for
+        object's latents are found across renderings). With ``unstyled_reference``, a style's rows
+        end with every object's first caption unstyled, which the statistics count as the retained
+        concept ``prompts.UNSTYLED``. Prompt i is sampled with seed ``seed + i``: fresh noise for
         every prompt, as the reference draws from one generator, but each image reproducible on its own."""
         check_kind(kind)
         captions = self.training_captions(anchor_prompts_dir)
@@ -152,6 +159,9 @@ class Benchmark:
                     rows.append(
                         prompts.PromptRow(len(rows), prompts.train_prompt(captions[obj][0], style), obj, style, seed + len(rows))
                     )
+            if unstyled_reference:
+                for obj in self.objects:
+                    rows.append(prompts.PromptRow(len(rows), prompts.train_prompt(captions[obj][0], None), obj, None, seed + len(rows)))
             return rows
         for obj in self.objects:
             for i, caption in enumerate(captions[obj]):

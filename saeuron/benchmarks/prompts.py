@@ -99,6 +99,10 @@ UNLEARNCANVAS_EVAL_SEEDS = (188, 288, 588, 688, 888)
 ANCHOR_FILE = "sd_prompt_{object}.txt"
 
 
+UNSTYLED = "none"
+"""The concept name of unstyled prompts where statistics count them as a concept of their own."""
+
+
 @dataclass(frozen=True)
 class PromptRow:
     prompt_id: int

@@ -16,7 +16,7 @@ import pyarrow as pa
 import torch
 
 from saeuron.benchmarks import get_benchmark
-from saeuron.benchmarks.prompts import rows_from_batch
+from saeuron.benchmarks.prompts import UNSTYLED, PromptRow, rows_from_batch
 from saeuron.cluster.actor_pool import load_hooked_sae_in_actor, map_with_actor_pool
 from saeuron.cluster.registry import load_sae
 from saeuron.cluster.tracking import tracking_uri_of
@@ -34,6 +34,9 @@ class GatherOptions:
 
     styled_objects: bool = False
     """For objects: also gather each caption in a (rotating) style, not only unstyled as the reference."""
+    unstyled_reference: bool = False
+    """For styles: also gather every object's first caption unstyled, as a retained concept "none", so that a
+    latent the plain rendering uses as much as the style is not the style's (best with ``contrast: max``)."""
     seed: int = 188
     """Seed of the first statistics prompt; prompt i uses seed + i (recorded with the statistics)."""
     sae_inference: str = ""
@@ -103,7 +106,7 @@ class StatisticsActor:
         ).captures[self.hookpoint]
         maps = capture.stacked()  # [B, T, P, C]
         latents = torch.stack([patch_mean_latents(self.sae, maps[:, t]) for t in range(maps.shape[1])], dim=1)  # [B, T, F]
-        concepts = [r[self.kind] for r in rows]
+        concepts = [r[self.kind] or UNSTYLED for r in rows]
         out: dict[str, list] = {"concept": [], "timestep": [], "count": []}
         sums = []
         for concept in sorted(set(concepts)):
@@ -114,6 +117,10 @@ class StatisticsActor:
                 out["count"].append(int(members.sum()))
                 sums.append(latents[members, t].double().sum(0).cpu().numpy())
         return pa.table({**out, "sum": ArrowTensorArray.from_numpy(np.stack(sums))})
+
+
+def concept_of(row: PromptRow, kind: str) -> str:
+    return getattr(row, kind) or UNSTYLED
 
 
 def _check(cfg: GatherConfig):
@@ -132,14 +139,16 @@ def _check(cfg: GatherConfig):
         raise ValueError(
             f"the SAE reads {sae.d_in}-dim vectors but {cfg.resolved_hookpoint} outputs {d_in}: wrong SAE for this hookpoint"
         )
-    rows = benchmark.statistics_prompt_rows(cfg.kind, cfg.model.anchor_prompts_dir, cfg.seed, cfg.styled_objects)
+    rows = benchmark.statistics_prompt_rows(
+        cfg.kind, cfg.model.anchor_prompts_dir, cfg.seed, cfg.styled_objects, cfg.unstyled_reference
+    )
     if cfg.max_prompts_per_concept < 0:
         raise ValueError(f"max_prompts_per_concept must be >= 0 (0: all), got {cfg.max_prompts_per_concept}")
     if cfg.max_prompts_per_concept:
         taken: dict[str, int] = {}
         kept = []
         for row in rows:
-            concept = getattr(row, cfg.kind)
+            concept = concept_of(row, cfg.kind)
             if taken.get(concept, 0) < cfg.max_prompts_per_concept:
                 taken[concept] = taken.get(concept, 0) + 1
                 kept.append(row)
@@ -171,7 +180,8 @@ def gather(cfg: GatherConfig) -> ConceptStatistics:
         cfg.batch_size,
         cfg.resources,
     )
-    concepts = sorted({getattr(r, cfg.kind) for r in rows}, key=[getattr(r, cfg.kind) for r in rows].index)
+    named = [concept_of(r, cfg.kind) for r in rows]
+    concepts = sorted(set(named), key=named.index)
     stats: ConceptStatistics | None = None
     for part in batches.iter_batches(batch_format="pyarrow", batch_size=None):
         if stats is None:
