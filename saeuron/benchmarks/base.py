@@ -161,7 +161,9 @@ class Benchmark:
                     )
             if unstyled_reference:
                 for obj in self.objects:
-                    rows.append(prompts.PromptRow(len(rows), prompts.train_prompt(captions[obj][0], None), obj, None, seed + len(rows)))
+                    rows.append(
+                        prompts.PromptRow(len(rows), prompts.train_prompt(captions[obj][0], None), obj, None, seed + len(rows))
+                    )
             return rows
         for obj in self.objects:
             for i, caption in enumerate(captions[obj]):

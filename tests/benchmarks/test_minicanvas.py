@@ -52,6 +52,20 @@ def test_shipped_pipeline_loads_offline_with_both_paper_hookpoints(minicanvas):
     assert pipe.scheduler.config.beta_schedule == "scaled_linear" and pipe.scheduler.config.steps_offset == 1
 
 
+def test_the_unet_layout_follows_its_attention_levels_and_refuses_missing_levels():
+    from saeuron.benchmarks.minicanvas.architecture import Architecture, build_unet
+
+    shipped = build_unet(Architecture()).config
+    assert shipped.down_block_types == ("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
+    assert shipped.up_block_types == ("UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+    sd_like = build_unet(Architecture(unet_attention_levels=(0, 1)))
+    assert sd_like.config.down_block_types == ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
+    assert sd_like.config.up_block_types == ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+    assert len(sd_like.up_blocks[2].attentions) == 2 and sd_like.up_blocks[2].attentions[1].proj_in.in_channels == 32
+    with pytest.raises(ValueError, match=r"unet_attention_levels \[3\] are not levels of a 3-level UNet"):
+        build_unet(Architecture(unet_attention_levels=(1, 3)))
+
+
 def test_shipped_weights_stay_small():
     total = sum(p.stat().st_size for p in Path(WEIGHTS).rglob("*") if p.is_file())
     assert total < 20 * 2**20, total
