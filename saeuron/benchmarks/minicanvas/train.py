@@ -66,10 +66,13 @@ class MiniCanvasTrainConfig:
     unet_attention_levels: tuple[int, ...] = Architecture.unet_attention_levels
     """UNet levels with cross-attention: (1,) is the shipped model, (0, 1) SD v1.5's layout."""
     threads: int = 1
+    """torch CPU threads; one per process is fastest on a 2-core machine with stages run side by side."""
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
 
 
 def _log(stage: str, step: int, total: int, started: float, **values: float) -> None:
