@@ -106,7 +106,7 @@ class StatisticsActor:
         ).captures[self.hookpoint]
         maps = capture.stacked()  # [B, T, P, C]
         latents = torch.stack([patch_mean_latents(self.sae, maps[:, t]) for t in range(maps.shape[1])], dim=1)  # [B, T, F]
-        concepts = [r[self.kind] or UNSTYLED for r in rows]
+        concepts = [concept_of(r, self.kind) for r in rows]
         out: dict[str, list] = {"concept": [], "timestep": [], "count": []}
         sums = []
         for concept in sorted(set(concepts)):
@@ -119,8 +119,9 @@ class StatisticsActor:
         return pa.table({**out, "sum": ArrowTensorArray.from_numpy(np.stack(sums))})
 
 
-def concept_of(row: PromptRow, kind: str) -> str:
-    return getattr(row, kind) or UNSTYLED
+def concept_of(row: PromptRow | dict, kind: str) -> str:
+    """The statistics concept of a prompt row; unstyled prompts count as ``UNSTYLED``."""
+    return (row[kind] if isinstance(row, dict) else getattr(row, kind)) or UNSTYLED
 
 
 def _check(cfg: GatherConfig):
@@ -180,8 +181,7 @@ def gather(cfg: GatherConfig) -> ConceptStatistics:
         cfg.batch_size,
         cfg.resources,
     )
-    named = [concept_of(r, cfg.kind) for r in rows]
-    concepts = sorted(set(named), key=named.index)
+    concepts = list(dict.fromkeys(concept_of(r, cfg.kind) for r in rows))
     stats: ConceptStatistics | None = None
     for part in batches.iter_batches(batch_format="pyarrow", batch_size=None):
         if stats is None:

@@ -80,13 +80,14 @@ def down_block_types(arch: Architecture) -> list[str]:
 
 
 def build_unet(arch: Architecture) -> UNet2DConditionModel:
+    down = down_block_types(arch)
     return UNet2DConditionModel(
         sample_size=arch.latent_size,
         in_channels=arch.latent_channels,
         out_channels=arch.latent_channels,
         block_out_channels=arch.unet_channels,
-        down_block_types=tuple(down_block_types(arch)),
-        up_block_types=tuple(reversed([kind.replace("Down", "Up") for kind in down_block_types(arch)])),
+        down_block_types=tuple(down),
+        up_block_types=tuple(kind.replace("Down", "Up") for kind in reversed(down)),
         layers_per_block=arch.unet_layers_per_block,
         cross_attention_dim=arch.text_hidden,
         attention_head_dim=arch.attention_head_dim,

@@ -8,6 +8,7 @@ the unstyled neutral rendering, which unstyled prompts ("An image of Stars.") sh
 from __future__ import annotations
 
 from saeuron.benchmarks import templates
+from saeuron.benchmarks.prompts import UNSTYLED
 
 STYLES = (
     "Diagonal_Stripes",
@@ -22,7 +23,7 @@ STYLES = (
     "Mosaic_Tiles",
 )
 OBJECTS = ("Circles", "Squares", "Triangles", "Stars", "Crosses", "Rings", "Hearts", "Diamonds")
-NO_STYLE = "none"
+NO_STYLE = UNSTYLED  # the classifier's label and the statistics' concept name agree
 STYLE_LABELS = (*STYLES, NO_STYLE)
 """The style classifier's classes: the styles, then "none" for the unstyled rendering."""
 
