@@ -61,7 +61,7 @@ def _edits(setup: dict[str, Any], variant: str, pipe) -> dict:
 
     recipe = Recipe.load(setup["recipe"])
     if variant == "channels":
-        from saeuron.method.baseline import ChannelZeroEdit, concept_channels
+        from saeuron.method.baseline import ChannelScaleEdit, concept_channels
 
         kind = _benchmark(setup).concept_kind(next(iter(recipe.concepts)))
         channels = sorted(
@@ -71,7 +71,7 @@ def _edits(setup: dict[str, Any], variant: str, pipe) -> dict:
                 for c in concept_channels(setup["activations"], recipe.hookpoint, concept, kind, setup["channels"])
             }
         )
-        return {recipe.hookpoint: ChannelZeroEdit(channels)}
+        return {recipe.hookpoint: ChannelScaleEdit(channels)}
     from saeuron.cluster.registry import load_sae
     from saeuron.method.edit import UnlearningEdit
 

@@ -1,4 +1,4 @@
-"""A baseline without the SAE: zero the raw block channels most tied to a concept.
+"""A baseline without the SAE: zero (or scale by a multiplier) the raw block channels most tied to a concept.
 
 The channels are ranked by how much higher their mean activation is on the concept's vectors
 than on all others, in units of their overall standard deviation, over the collected (labelled)
@@ -34,11 +34,16 @@ def concept_channels(root: str | Path, hookpoint: str, concept: str, kind: str, 
     return np.argsort(-gap)[:count].tolist()
 
 
-class ChannelZeroEdit:
-    def __init__(self, channels: list[int]):
+class ChannelScaleEdit:
+    """Multiply ``channels`` of the block output by ``multiplier`` at every step: 0 zeroes them (the ablation); a
+    negative one pushes them the other way, as the SAE edit's multiplier does its latents."""
+
+    def __init__(self, channels: list[int], multiplier: float = 0.0):
         self.channels = torch.tensor(channels, dtype=torch.long)
+        self.multiplier = float(multiplier)
 
     def __call__(self, tokens: Tensor, call: BlockCall) -> Tensor:
         out = tokens.clone()
-        out[..., self.channels.to(tokens.device)] = 0
+        channels = self.channels.to(tokens.device)
+        out[..., channels] = out[..., channels] * self.multiplier
         return out

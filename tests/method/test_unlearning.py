@@ -9,7 +9,7 @@ from helpers import OBJECT_HOOK, STEPS, STYLE_HOOK
 from saeuron.benchmarks.minicanvas.quality import measure_generation_quality
 from saeuron.config import build_config
 from saeuron.diffusion.hooks import HookedPipeline
-from saeuron.method.baseline import ChannelZeroEdit, concept_channels
+from saeuron.method.baseline import ChannelScaleEdit, concept_channels
 from saeuron.method.edit import UnlearningEdit
 from saeuron.method.make_recipe import RecipeConfig, make_recipe
 from saeuron.method.recipe import Recipe
@@ -54,7 +54,7 @@ def sae_versus_channel_zeroing(
         for quality in (
             quality_before,
             measure_generation_quality(pipeline, classifier, [188], STEPS, edits={hookpoint: edit}),
-            measure_generation_quality(pipeline, classifier, [188], STEPS, edits={hookpoint: ChannelZeroEdit(channels)}),
+            measure_generation_quality(pipeline, classifier, [188], STEPS, edits={hookpoint: ChannelScaleEdit(channels)}),
         )
     ]
     print(

@@ -1,0 +1,195 @@
+"""The SAE method against the raw-channel baseline, concept by concept, at equal retain accuracy.
+
+    python benchmarks/channel_baseline.py --recipes STUDY/search/<run>/recipes --saes STUDY/saes/<name> \
+        --activations STUDY/activations [--channels 4 16 32] [--multipliers 0 -1 -3] [--seeds 188] [--out FILE]
+
+For every recipe (one forgotten concept each) the SAE edit and the baseline generate the same evaluation grid
+(every style and unstyled, times every object, per seed), judged by the benchmark's classifier. The baseline
+multiplies the N raw channels of the recipe's block most tied to the concept (``saeuron.method.baseline``, ranked
+on the collected activations) by γ — 0 zeroes them, a negative γ pushes them as the SAE edit pushes its latents —
+for every γ and growing N. Its answer at the SAE's retain accuracy is its best UA among the points (the unedited
+model is N = 0) whose IRA and CRA both reach the SAE's, less ``--tolerance``; the SAE is ahead when its UA is
+higher. For each γ, N stops growing once the baseline's IRA or CRA falls below that bar: more channels only lose
+more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from functools import partial
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from saeuron.benchmarks import get_benchmark
+from saeuron.benchmarks.judges import judge_batch
+from saeuron.diffusion.hooks import HookedPipeline
+from saeuron.diffusion.pipeline import load_pipeline, resolve_dtype
+from saeuron.evaluation.metrics import ForgettingScores, forgetting_scores
+from saeuron.method.baseline import ChannelScaleEdit, concept_channels
+from saeuron.method.recipe import Recipe, resolve_recipe_folders
+from saeuron.method.unlearned_pipeline import UnlearnedPipeline
+from saeuron.sae import Sae
+from saeuron.sections import JudgeConfig
+
+
+class Point(NamedTuple):
+    channels: int
+    """Raw channels edited (0: the unedited model)."""
+    multiplier: float
+    """What they were multiplied by (0: zeroed)."""
+    scores: ForgettingScores
+
+
+class Comparison(NamedTuple):
+    concept: str
+    sae: ForgettingScores
+    points: list[Point]
+    baseline: Point
+    """The baseline's best UA among the points that retain as much as the SAE (within the tolerance)."""
+
+    @property
+    def sae_ahead(self) -> bool:
+        return self.sae.ua > self.baseline.scores.ua
+
+
+def retains(scores: ForgettingScores, bar: ForgettingScores, tolerance: float) -> bool:
+    return scores.ira >= bar.ira - tolerance and scores.cra >= bar.cra - tolerance
+
+
+def baseline_at_retain(sae: ForgettingScores, points: list[Point], tolerance: float) -> Point:
+    """The point with the highest UA among those that retain as much as ``sae`` (the first such on ties:
+    fewer channels). ``points`` must include one that qualifies: the unedited model's."""
+    eligible = [p for p in points if retains(p.scores, sae, tolerance)]
+    if not eligible:
+        raise ValueError("no baseline point retains as much as the SAE: include the unedited model (N = 0)")
+    return max(eligible, key=lambda p: (p.scores.ua, -p.channels))
+
+
+def sampling_kwargs(args) -> dict:
+    return dict(num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="pt")
+
+
+def judge_grid(generate, rows: list[dict], judge, batch_size: int) -> list[dict]:
+    judged = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        with torch.no_grad():
+            images = generate([r["prompt"] for r in chunk], [r["seed"] for r in chunk]).images
+        judged += judge_batch(judge, images.float(), chunk)
+    return judged
+
+
+def score(generate, rows: list[dict], judge, kind: str, concept: str, batch_size: int) -> ForgettingScores:
+    return forgetting_scores(judge_grid(generate, rows, judge, batch_size), kind, [concept])
+
+
+def short(s: ForgettingScores) -> str:
+    own = f" own {s.cra_forgotten:.3f}" if s.cra_forgotten is not None else ""
+    return f"UA {s.ua:.3f} IRA {s.ira:.3f} CRA {s.cra:.3f}{own}"
+
+
+def compare(recipe_dir: str, args, pipe, judge, benchmark, rows, original) -> Comparison:
+    recipe = Recipe.load(recipe_dir)
+    if len(recipe.concepts) != 1:
+        raise ValueError(f"{recipe_dir} forgets {list(recipe.concepts)}: the comparison takes one concept per recipe")
+    (concept,) = recipe.concepts
+    kind = benchmark.concept_kind(concept)
+    sae = Sae.load_from_disk(Path(args.saes) / recipe.hookpoint, args.device, pipe.dtype, recipe.sae_inference or None)
+    if sae.fingerprint() != recipe.sae_fingerprint:
+        raise ValueError(f"{recipe_dir} was built on another SAE than {args.saes}/{recipe.hookpoint} (fingerprints differ)")
+    sampling = sampling_kwargs(args)
+    edited = UnlearnedPipeline.from_recipe(pipe, sae, recipe, recipe.base_model)
+    sae_scores = score(partial(edited.generate, **sampling), rows, judge, kind, concept, args.batch_size)
+    print(f"{concept} ({kind}, {recipe.hookpoint}) SAE {dict(recipe.concepts[concept])}: {short(sae_scores)}", flush=True)
+    ranked = concept_channels(args.activations, recipe.hookpoint, concept, kind, max(args.channels))
+    points = [Point(0, 1.0, forgetting_scores(original, kind, [concept]))]
+    hooked = HookedPipeline(pipe)
+    for multiplier in args.multipliers:
+        for n in sorted(args.channels):
+            edits = {recipe.hookpoint: ChannelScaleEdit(ranked[:n], multiplier)}
+            scores = score(partial(hooked.generate, edits=edits, **sampling), rows, judge, kind, concept, args.batch_size)
+            points.append(Point(n, multiplier, scores))
+            print(f"  {n:>3} channels × {multiplier:g}: {short(scores)}", flush=True)
+            if not retains(scores, sae_scores, args.tolerance):
+                break
+    best = baseline_at_retain(sae_scores, points, args.tolerance)
+    result = Comparison(concept, sae_scores, points, best)
+    verdict = "SAE ahead" if result.sae_ahead else "baseline not behind"
+    print(f"  at the SAE's retain: {best.channels} channels × {best.multiplier:g}, UA {best.scores.ua:.3f} -> {verdict}")
+    return result
+
+
+def as_json(c: Comparison) -> dict:
+    return {
+        "concept": c.concept,
+        "kind": c.sae.kind,
+        "sae": c.sae._asdict(),
+        "points": [{"channels": p.channels, "multiplier": p.multiplier, **p.scores._asdict()} for p in c.points],
+        "baseline_channels": c.baseline.channels,
+        "baseline_multiplier": c.baseline.multiplier,
+        "baseline_ua": c.baseline.scores.ua,
+        "sae_ahead": c.sae_ahead,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", nargs="+", required=True, help="recipe folders or folders of them (a search's recipes/)")
+    parser.add_argument("--saes", required=True, help="the SAE folder the recipes were built on (<hookpoint>/ inside)")
+    parser.add_argument("--activations", required=True, help="the activation dataset the channels are ranked on")
+    parser.add_argument("--concepts", nargs="*", default=[], help="only these recipes' concepts (default: every recipe)")
+    parser.add_argument("--channels", nargs="+", type=int, default=[4, 16, 32])
+    parser.add_argument("--multipliers", nargs="+", type=float, default=[0.0, -1.0, -3.0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[188])
+    parser.add_argument("--tolerance", type=float, default=0.02)
+    parser.add_argument("--benchmark", default="minicanvas")
+    parser.add_argument("--model_path", default="", help="the base model's diffusers folder (empty: the benchmark's own)")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--batch_size", type=int, default=44)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="", help="write the comparisons as JSON here")
+    args = parser.parse_args()
+    if min(args.channels) < 1:
+        parser.error("--channels: counts of channels to edit, each at least 1")
+    if max(args.multipliers) >= 1:
+        parser.error("--multipliers: what the channels are multiplied by, each below 1 (0 zeroes them)")
+    folders = resolve_recipe_folders(args.recipes)
+    if args.concepts:
+        folders = [f for f in folders if set(Recipe.load(f).concepts) & set(args.concepts)]
+        if not folders:
+            parser.error(f"no recipe among {args.recipes} forgets any of {args.concepts}")
+    torch.set_num_threads(args.threads)
+    benchmark = get_benchmark(args.benchmark)
+    pipe = load_pipeline(
+        benchmark.resolve_model_path(args.model_path or None), args.device, resolve_dtype(args.dtype, args.device)
+    )
+    judge = benchmark.load_judge(JudgeConfig(), args.device)
+    rows = [r.as_dict() for r in benchmark.evaluation_prompt_rows(args.seeds)]
+    started = time.perf_counter()
+    sampling = sampling_kwargs(args)
+    original = judge_grid(partial(HookedPipeline(pipe).generate, **sampling), rows, judge, args.batch_size)
+    results = [compare(folder, args, pipe, judge, benchmark, rows, original) for folder in folders]
+    print(f"\n{len(rows)} images a point, seeds {args.seeds}, {time.perf_counter() - started:.0f} s")
+    print("| forget | kind | SAE: UA / IRA / CRA | baseline at the SAE's retain: N × γ, UA / IRA / CRA | SAE ahead |")
+    print("|---|---|---|---|---|")
+    for c in results:
+        b = c.baseline.scores
+        print(
+            f"| {c.concept} | {c.sae.kind} | {c.sae.ua:.3f} / {c.sae.ira:.3f} / {c.sae.cra:.3f} | "
+            f"{c.baseline.channels} × {c.baseline.multiplier:g}, {b.ua:.3f} / {b.ira:.3f} / {b.cra:.3f} | "
+            f"{'yes' if c.sae_ahead else '**no**'} |"
+        )
+    print(f"SAE ahead on {sum(c.sae_ahead for c in results)} of {len(results)} concepts")
+    if args.out:
+        Path(args.out).write_text(json.dumps([as_json(c) for c in results], indent=1))
+
+
+if __name__ == "__main__":
+    main()
