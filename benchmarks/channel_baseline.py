@@ -1,7 +1,7 @@
 """The SAE method against the raw-channel baseline, concept by concept, at equal retain accuracy.
 
     python benchmarks/channel_baseline.py --recipes STUDY/search/<run>/recipes --saes STUDY/saes/<name> \
-        --activations STUDY/activations [--channels 4 16 32] [--multipliers 0 -1 -3] [--seeds 188] [--out FILE]
+        --activations STUDY/activations [--channels 4 16 32] [--multipliers -1 -3] [--seeds 188] [--out FILE]
 
 For every recipe (one forgotten concept each) the SAE edit and the baseline generate the same evaluation grid
 (every style and unstyled, times every object, per seed), judged by the benchmark's classifier. The baseline
@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--activations", required=True, help="the activation dataset the channels are ranked on")
     parser.add_argument("--concepts", nargs="*", default=[], help="only these recipes' concepts (default: every recipe)")
     parser.add_argument("--channels", nargs="+", type=int, default=[4, 16, 32])
-    parser.add_argument("--multipliers", nargs="+", type=float, default=[0.0, -1.0, -3.0])
+    parser.add_argument("--multipliers", nargs="+", type=float, default=[-1.0, -3.0], help="γ values; 0 zeroes the channels")
     parser.add_argument("--seeds", nargs="+", type=int, default=[188])
     parser.add_argument("--tolerance", type=float, default=0.02)
     parser.add_argument("--benchmark", default="minicanvas")
