@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,7 +29,7 @@ from saeuron.benchmarks.judges import judge_batch
 from saeuron.diffusion.hooks import HookedPipeline
 from saeuron.diffusion.pipeline import load_pipeline, resolve_dtype
 from saeuron.evaluation.metrics import ForgettingScores, forgetting_scores
-from saeuron.method.baseline import ChannelScaleEdit, concept_channels
+from saeuron.method.baseline import ChannelScaleEdit, channel_rankings
 from saeuron.method.recipe import Recipe, resolve_recipe_folders
 from saeuron.method.unlearned_pipeline import UnlearnedPipeline
 from saeuron.sae import Sae
@@ -92,20 +92,34 @@ def short(s: ForgettingScores) -> str:
     return f"UA {s.ua:.3f} IRA {s.ira:.3f} CRA {s.cra:.3f}{own}"
 
 
+# What recipes of one hookpoint share — its SAE, its channel rankings — is loaded once.
+@cache
+def hookpoint_sae(saes: str, hookpoint: str, device: str, dtype: torch.dtype, inference: str) -> Sae:
+    return Sae.load_from_disk(Path(saes) / hookpoint, device, dtype, inference or None)
+
+
+@cache
+def hookpoint_rankings(activations_dir: str, hookpoint: str, kind: str, count: int) -> dict[str, list[int]]:
+    return channel_rankings(activations_dir, hookpoint, kind, count)
+
+
 def compare(recipe_dir: str, args, pipe, judge, benchmark, rows, original) -> Comparison:
     recipe = Recipe.load(recipe_dir)
     if len(recipe.concepts) != 1:
         raise ValueError(f"{recipe_dir} forgets {list(recipe.concepts)}: the comparison takes one concept per recipe")
     (concept,) = recipe.concepts
     kind = benchmark.concept_kind(concept)
-    sae = Sae.load_from_disk(Path(args.saes) / recipe.hookpoint, args.device, pipe.dtype, recipe.sae_inference or None)
+    sae = hookpoint_sae(args.saes, recipe.hookpoint, args.device, pipe.dtype, recipe.sae_inference)
     if sae.fingerprint() != recipe.sae_fingerprint:
         raise ValueError(f"{recipe_dir} was built on another SAE than {args.saes}/{recipe.hookpoint} (fingerprints differ)")
     sampling = sampling_kwargs(args)
     edited = UnlearnedPipeline.from_recipe(pipe, sae, recipe, recipe.base_model)
     sae_scores = score(partial(edited.generate, **sampling), rows, judge, kind, concept, args.batch_size)
     print(f"{concept} ({kind}, {recipe.hookpoint}) SAE {dict(recipe.concepts[concept])}: {short(sae_scores)}", flush=True)
-    ranked = concept_channels(args.activations, recipe.hookpoint, concept, kind, max(args.channels))
+    rankings = hookpoint_rankings(args.activations, recipe.hookpoint, kind, max(args.channels))
+    if concept not in rankings:
+        raise ValueError(f"no vectors of {kind} {concept!r} in {args.activations}: rank the channels on its collection")
+    ranked = rankings[concept]
     points = [Point(0, 1.0, forgetting_scores(original, kind, [concept]))]
     hooked = HookedPipeline(pipe)
     for multiplier in args.multipliers:

@@ -61,16 +61,14 @@ def _edits(setup: dict[str, Any], variant: str, pipe) -> dict:
 
     recipe = Recipe.load(setup["recipe"])
     if variant == "channels":
-        from saeuron.method.baseline import ChannelScaleEdit, concept_channels
+        from saeuron.method.baseline import ChannelScaleEdit, channel_rankings
 
         kind = _benchmark(setup).concept_kind(next(iter(recipe.concepts)))
-        channels = sorted(
-            {
-                c
-                for concept in recipe.concepts
-                for c in concept_channels(setup["activations"], recipe.hookpoint, concept, kind, setup["channels"])
-            }
-        )
+        rankings = channel_rankings(setup["activations"], recipe.hookpoint, kind, setup["channels"])
+        missing = [c for c in recipe.concepts if c not in rankings]
+        if missing:
+            raise ValueError(f"no vectors of {kind} {missing} in {setup['activations']}")
+        channels = sorted({c for concept in recipe.concepts for c in rankings[concept]})
         return {recipe.hookpoint: ChannelScaleEdit(channels)}
     from saeuron.cluster.registry import load_sae
     from saeuron.method.edit import UnlearningEdit

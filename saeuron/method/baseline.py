@@ -17,7 +17,9 @@ from saeuron.collection import activations
 from saeuron.diffusion.hooks import BlockCall
 
 
-def concept_channels(root: str | Path, hookpoint: str, concept: str, kind: str, count: int) -> list[int]:
+def channel_rankings(root: str | Path, hookpoint: str, kind: str, count: int) -> dict[str, list[int]]:
+    """For every concept of ``kind`` in the dataset, its ``count`` channels most tied to it: the hookpoint's vectors
+    are read once for all of them (a collection at SD scale holds gigabytes of them)."""
     manifest = activations.read_manifest(root)
     if manifest is None:
         raise FileNotFoundError(f"{root} has no {activations.MANIFEST}: not an activation dataset (run jobs/collect.py first)")
@@ -27,11 +29,20 @@ def concept_channels(root: str | Path, hookpoint: str, concept: str, kind: str, 
         np.array(table.column(kind).to_pylist(), dtype=object), [len(p) for p in table.column("patch_index").to_pylist()]
     )
     vectors = activations.binary_to_vectors(table.column("activations"), d_in).astype(np.float32)
-    mine = labels == concept
-    if not mine.any():
+    spread = vectors.std(0) + 1e-6
+    rankings = {}
+    for concept in sorted({label for label in labels if label is not None}):
+        mine = labels == concept
+        gap = (vectors[mine].mean(0) - vectors[~mine].mean(0)) / spread
+        rankings[concept] = np.argsort(-gap)[:count].tolist()
+    return rankings
+
+
+def concept_channels(root: str | Path, hookpoint: str, concept: str, kind: str, count: int) -> list[int]:
+    rankings = channel_rankings(root, hookpoint, kind, count)
+    if concept not in rankings:
         raise ValueError(f"no vectors of {kind} {concept!r} in {root}")
-    gap = (vectors[mine].mean(0) - vectors[~mine].mean(0)) / (vectors.std(0) + 1e-6)
-    return np.argsort(-gap)[:count].tolist()
+    return rankings[concept]
 
 
 class ChannelScaleEdit:
