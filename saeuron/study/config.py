@@ -83,6 +83,11 @@ class StudyConfig(WithResources, WithJudge, WithEdit, WithSampling, WithModel, W
     object_hookpoint: str = ""
     """Block whose SAE forgets objects; empty: the benchmark's (MiniCanvas: mid_block.attentions.0; otherwise the
     paper's up_blocks.1.attentions.1)."""
+    style_candidate_hookpoints: list[str] = field(default_factory=list)
+    """Further blocks every style is also searched at (collected, an SAE trained and style statistics gathered
+    there); each style keeps the block whose search scores best (``search.candidate_statistics``)."""
+    object_candidate_hookpoints: list[str] = field(default_factory=list)
+    """The same for objects (MiniCanvas: Rings is forgotten at down_blocks.1.attentions.1, not at the mid block)."""
     collect: CollectOptions = field(default_factory=_quick_collect)
     train: TrainOptions = field(default_factory=_quick_train)
     gather: GatherOptions = field(default_factory=lambda: GatherOptions(batch_size=20))
@@ -91,6 +96,9 @@ class StudyConfig(WithResources, WithJudge, WithEdit, WithSampling, WithModel, W
 
     def __post_init__(self) -> None:
         get_benchmark(self.model.benchmark)  # an unknown benchmark fails here, before any stage
+        for kind, block in self.candidate_hookpoints:
+            if block == self.hookpoints[kind]:
+                raise ValueError(f"{kind}_candidate_hookpoints lists {block}, the {kind} block itself: list only other blocks")
 
     @property
     def hookpoints(self) -> dict[str, str]:
@@ -101,12 +109,19 @@ class StudyConfig(WithResources, WithJudge, WithEdit, WithSampling, WithModel, W
             "object": self.object_hookpoint or benchmark.object_hookpoint,
         }
 
+    @property
+    def candidate_hookpoints(self) -> list[tuple[str, str]]:
+        """(kind, block) of every candidate block, in the order given."""
+        return [("style", b) for b in dict.fromkeys(self.style_candidate_hookpoints)] + [
+            ("object", b) for b in dict.fromkeys(self.object_candidate_hookpoints)
+        ]
+
 
 def stage_configs(cfg: StudyConfig, parent_run_id: str) -> dict[str, Any]:
     """The configs of collect, train, search and evaluate: each stage's own section plus the study's
     shared sections; only what the study derives (hookpoints, its run as parent, folders) is added."""
     tracking = TrackingConfig(**{**asdict(cfg.tracking), "parent_run_id": parent_run_id})
-    hookpoints = list(dict.fromkeys(cfg.hookpoints.values()))
+    hookpoints = list(dict.fromkeys([*cfg.hookpoints.values(), *(block for _, block in cfg.candidate_hookpoints)]))
     # What search and evaluation share with the study: every section, the same objects.
     shared: dict[str, Any] = dict(
         tracking=tracking, model=cfg.model, sampling=cfg.sampling, edit=cfg.edit, judge=cfg.judge, resources=cfg.resources
@@ -121,13 +136,13 @@ def stage_configs(cfg: StudyConfig, parent_run_id: str) -> dict[str, Any]:
     }
 
 
-def gather_config(cfg: StudyConfig, tracking: TrackingConfig, kind: str, sae: str) -> GatherConfig:
-    """The statistics stage of one kind, for the SAE that training produced (known only after it ran)."""
+def gather_config(cfg: StudyConfig, tracking: TrackingConfig, kind: str, hookpoint: str, sae: str) -> GatherConfig:
+    """The statistics stage of one kind at one block, for the SAE that training produced (known only after it ran)."""
     return GatherConfig(
         **_fields(cfg.gather),
         sae=sae,
         kind=kind,
-        hookpoint=cfg.hookpoints[kind],
+        hookpoint=hookpoint,
         tracking=tracking,
         model=cfg.model,
         sampling=cfg.sampling,

@@ -64,20 +64,28 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
 
     saes = records.run("train", train_cfg, train_saes, lambda out: all(exists(v["folder"], "cfg.json") for v in out.values()))
 
-    statistics = {}
-    for kind, hookpoint in cfg.hookpoints.items():
+    statistics = {}  # the kind's block under its kind, a candidate block under "<kind>@<block>" (its record's name too)
+    for kind, hookpoint, name in [
+        *((kind, block, kind) for kind, block in cfg.hookpoints.items()),
+        *((kind, block, f"{kind}@{block}") for kind, block in cfg.candidate_hookpoints),
+    ]:
         sae = saes[hookpoint]
         ref = f"models:/{registered_name(cfg.model.benchmark, hookpoint)}/{sae['version']}" if sae["version"] else sae["folder"]
-        gather_cfg = gather_config(cfg, collect_cfg.tracking, kind, ref)
+        gather_cfg = gather_config(cfg, collect_cfg.tracking, kind, hookpoint, ref)
 
         def run_gather(c: GatherConfig = gather_cfg) -> dict:
             gather_tracked(c)
             return {"statistics": c.statistics_dir.uri}
 
-        out = records.run(f"gather-{kind}", gather_cfg, run_gather, lambda out: exists(out["statistics"], "statistics.json"))
-        statistics[kind] = out["statistics"]
+        out = records.run(f"gather-{name}", gather_cfg, run_gather, lambda out: exists(out["statistics"], "statistics.json"))
+        statistics[name] = out["statistics"]
 
-    search_cfg = replace(stages["search"], style_statistics=statistics["style"], object_statistics=statistics["object"])
+    search_cfg = replace(
+        stages["search"],
+        style_statistics=statistics["style"],
+        object_statistics=statistics["object"],
+        candidate_statistics=[statistics[f"{kind}@{block}"] for kind, block in cfg.candidate_hookpoints],
+    )
     search_cfg = replace(search_cfg, output_dir=(storage / "search" / f"{cfg.search.name}-{search_folder_key(search_cfg)}").uri)
 
     def run_search() -> dict:
@@ -86,6 +94,9 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
             "run_id": result.run_id,
             "recipes": f"runs:/{result.run_id}/recipes",
             "chosen": {c.concept: [c.percentile, c.multiplier, c.objective] for c in result.concepts},
+            "hookpoints": {c.concept: c.hookpoint for c in result.concepts},
+            # the objective at every block searched, where a concept had candidate blocks
+            "blocks": {c.concept: c.blocks for c in result.concepts if len(c.blocks) > 1},
         }
 
     searched = records.run("search", search_cfg, run_search)
@@ -158,6 +169,9 @@ def print_summary(cfg: StudyConfig, evaluated: dict, searched: dict, tracking_ur
         for kind, avg in evaluated["averages"].items():
             print(f"{'mean (' + kind + ')':<18} {'':<14} {_cells(avg, None)}")
         print(f"{'worst: ' + worst[0]:<18} {'':<14} {_cells(worst[1], evaluated['fid'].get(worst[0]))}")
+    for name, blocks in searched.get("blocks", {}).items():
+        tried = ", ".join(f"{block} {objective:.3f}" for block, objective in blocks.items())
+        print(f"{name}: forgotten at {searched['hookpoints'][name]} (search objective by block: {tried})")
     print(f"report: {evaluated['report']}")
     if tracking_uri.startswith("sqlite:"):
         print(

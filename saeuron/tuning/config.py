@@ -77,6 +77,10 @@ class SearchConfig(SearchOptions, WithResources, WithJudge, WithEdit, WithSampli
     """Statistics folder of the style hookpoint (jobs/gather.py --kind style)."""
     object_statistics: str = ""
     """Statistics folder of the object hookpoint (jobs/gather.py --kind object)."""
+    candidate_statistics: list[str] = field(default_factory=list)
+    """Statistics folders of further blocks (jobs/gather.py --kind K --hookpoint B): every concept of kind K is
+    searched at B too, and keeps the block whose chosen (p, γ) scores best on the tuning prompts (a candidate
+    must beat the kind's block). README, "Every concept": the block belongs to the concept, not its kind."""
     output_dir: str = ""
     """The search's folder or s3:// / gs:// prefix (Tune state, recipes, heat maps); empty: <study_dir>/search/<name>."""
 

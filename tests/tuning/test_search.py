@@ -12,7 +12,8 @@ from saeuron.benchmarks import get_benchmark
 from saeuron.benchmarks.tuning_prompts import proportional_merge, tuning_prompt_rows
 from saeuron.config import build_config, config_to_yaml
 from saeuron.evaluation.evaluate import EvaluateConfig, evaluate
-from saeuron.tuning.search import SearchConfig, choose, search
+from saeuron.tuning.choice import choose
+from saeuron.tuning.search import SearchConfig, search
 
 
 def test_tuning_prompts_never_touch_the_evaluation_prompts_or_seeds():
@@ -183,3 +184,56 @@ def test_a_stopped_search_resumes_and_a_killed_trial_is_retried(style_statistics
     # Trials finished before the stop were not run again.
     after = _result_lines(experiment)
     assert all(after[name] == lines_before[name] for name in finished_before)
+
+
+@pytest.fixture(scope="module")
+def stars_at_the_style_block(style_sae, minicanvas_activations, tmp_path_factory):
+    """Object statistics at the style block, where the fixture SAE forgets Stars worse than at the mid block."""
+    from helpers import STYLE_HOOK, fixture_statistics
+
+    return fixture_statistics(style_sae, STYLE_HOOK, "object", tmp_path_factory.mktemp("stats"))
+
+
+@pytest.mark.slow
+def test_a_candidate_block_that_scores_better_takes_the_concept_and_its_recipe(
+    object_statistics, stars_at_the_style_block, ray_cluster, tmp_path
+):
+    from helpers import OBJECT_HOOK, STYLE_HOOK
+
+    from saeuron.method.recipe import Recipe
+
+    # The kind's block is the weaker one here, so the candidate has to win for the right recipe to come out.
+    study = tmp_path / "study"
+    cfg = small_search(
+        "",
+        study,
+        concepts=["Stars"],
+        object_statistics=str(stars_at_the_style_block),
+        candidate_statistics=[str(object_statistics)],
+        scheduler="grid",
+        percentiles=[99.0],
+    )
+    result = search(cfg)
+    (stars,) = result.concepts
+    # Measured here (22 tuning prompts, p 99, γ −1 / −5): the mid block forgets Stars, the style block barely.
+    assert stars.blocks == {
+        STYLE_HOOK: pytest.approx(0.583, abs=1e-3),
+        OBJECT_HOOK: pytest.approx(0.967, abs=1e-3),
+    }
+    assert list(stars.blocks) == [STYLE_HOOK, OBJECT_HOOK]
+    assert stars.hookpoint == OBJECT_HOOK and stars.objective == stars.blocks[OBJECT_HOOK]
+    assert (stars.percentile, stars.multiplier) == (99.0, -1.0)
+    assert len(stars.trials) == 4 and stars.generations == 4 * 22
+    assert {t["hookpoint"] for t in stars.trials} == {OBJECT_HOOK, STYLE_HOOK}
+    recipe = Recipe.load(result.recipes_dir / "Stars")
+    assert recipe.hookpoint == OBJECT_HOOK
+    tune_dir = cfg.search_dir.local_path / "tune"
+    assert {p.name for p in tune_dir.iterdir() if p.is_dir()} == {"Stars", f"Stars@{OBJECT_HOOK}"}
+
+    mlflow.set_tracking_uri(f"sqlite:///{study / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    assert client.get_run(result.run_id).data.params["Stars.hookpoint"] == OBJECT_HOOK
+    assert {a.path for a in client.list_artifacts(result.run_id, "heatmaps")} == {
+        "heatmaps/heatmap_Stars.png",
+        f"heatmaps/heatmap_Stars@{OBJECT_HOOK}.png",
+    }

@@ -1,0 +1,73 @@
+"""Which blocks a concept is searched at, and which block it keeps."""
+
+import pytest
+
+from saeuron.benchmarks import get_benchmark
+from saeuron.method.statistics import ConceptStatistics
+from saeuron.tuning.choice import ConceptResult, choose_block, search_targets
+from saeuron.tuning.config import SearchConfig
+
+MID, DOWN, STYLE = "unet.mid_block.attentions.0", "unet.down_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"
+OBJECTS = ["Circles", "Rings", "Stars"]
+
+
+def statistics(folder, hookpoint, kind, concepts=OBJECTS):
+    ConceptStatistics.empty(hookpoint, concepts, [999, 500], 8, "sae", "fingerprint", kind).save(folder)
+    return str(folder)
+
+
+def test_a_concept_is_searched_at_its_kinds_block_then_at_each_candidate_of_its_kind(tmp_path):
+    mid, down = statistics(tmp_path / "mid", MID, "object"), statistics(tmp_path / "down", DOWN, "object")
+    style = statistics(tmp_path / "style", STYLE, "style", ["Neon_Glow", "Checkerboard"])
+    cfg = SearchConfig(
+        concepts=["Rings", "Neon_Glow"], object_statistics=mid, style_statistics=style, candidate_statistics=[down]
+    )
+    targets = search_targets(cfg, get_benchmark("minicanvas"))
+    rings, neon = targets["Rings"], targets["Neon_Glow"]
+    assert [(t.hookpoint, t.experiment) for t in rings] == [(MID, "Rings"), (DOWN, f"Rings@{DOWN}")]
+    assert rings[1].statistics == str(tmp_path / "down")
+    assert [(t.kind, t.hookpoint, t.experiment) for t in neon] == [
+        ("style", STYLE, "Neon_Glow")
+    ]  # an object block: not a style's
+
+
+def test_a_candidate_at_the_kinds_own_block_or_missing_the_concept_is_refused(tmp_path):
+    mid = statistics(tmp_path / "mid", MID, "object")
+    again = statistics(tmp_path / "again", MID, "object")
+    fewer = statistics(tmp_path / "fewer", DOWN, "object", ["Circles"])
+    untyped = statistics(tmp_path / "untyped", DOWN, "concept")
+    benchmark = get_benchmark("minicanvas")
+    with pytest.raises(ValueError, match="a candidate block must be another block"):
+        search_targets(SearchConfig(concepts=["Rings"], object_statistics=mid, candidate_statistics=[again]), benchmark)
+    with pytest.raises(ValueError, match=r"do not cover Rings; they have \['Circles'\]"):
+        search_targets(SearchConfig(concepts=["Rings"], object_statistics=mid, candidate_statistics=[fewer]), benchmark)
+    with pytest.raises(ValueError, match="say kind 'concept': gather them with --kind style|object"):
+        search_targets(SearchConfig(concepts=["Rings"], object_statistics=mid, candidate_statistics=[untyped]), benchmark)
+
+
+def at(hookpoint, objective, generations):
+    trial = dict(percentile=99.0, multiplier=-1.0, objective=objective, prompts=88, hookpoint=hookpoint)
+    return ConceptResult(
+        "Rings",
+        "object",
+        99.0,
+        -1.0,
+        objective,
+        objective,
+        1.0,
+        1.0,
+        generations,
+        [trial],
+        hookpoint,
+        hookpoint,
+        {hookpoint: objective},
+    )
+
+
+def test_the_concept_keeps_the_best_block_and_a_tie_keeps_the_kinds_block():
+    # Measured on MiniCanvas's full collection (README, "Every concept", item 5): Rings 0.500 at the mid block, 0.987 earlier.
+    chosen = choose_block([at(MID, 0.5, 472), at(DOWN, 0.987, 500)])
+    assert (chosen.hookpoint, chosen.statistics, chosen.objective) == (DOWN, DOWN, 0.987)
+    assert chosen.generations == 972 and [t["hookpoint"] for t in chosen.trials] == [MID, DOWN]
+    assert chosen.blocks == {MID: 0.5, DOWN: 0.987}
+    assert choose_block([at(MID, 1.0, 10), at(DOWN, 1.0, 10)]).hookpoint == MID
