@@ -35,6 +35,7 @@ def test_the_all_concepts_preset_is_the_full_study_on_every_concept():
     full = parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study-full.yaml")])
     assert every.search.concepts == [*STYLES, *OBJECTS] and every.search.contrast == "max"
     assert (every.collect, every.train, every.gather, every.evaluate) == (full.collect, full.train, full.gather, full.evaluate)
+    assert every.candidate_hookpoints == [("object", "unet.down_blocks.1.attentions.1")] and not full.candidate_hookpoints
 
 
 def test_the_quick_preset_is_the_default():
@@ -212,3 +213,15 @@ def test_hookpoints_default_to_the_benchmarks_own():
     assert GatherConfig(kind="object", hookpoint=paper[0]).resolved_hookpoint == paper[0]
     study = parse_config(StudyConfig, ["--object_hookpoint", "unet.up_blocks.1.attentions.0"])
     assert stage_configs(study, "")["collect"].hookpoints == [paper[1], "unet.up_blocks.1.attentions.0"]
+
+
+def test_candidate_blocks_are_collected_and_trained_beside_the_kinds_blocks_and_never_the_same_block(capsys):
+    down = "unet.down_blocks.1.attentions.1"
+    study = parse_config(StudyConfig, ["--object_candidate_hookpoints", down, down])
+    assert study.candidate_hookpoints == [("object", down)]
+    stages = stage_configs(study, "")
+    expected = ["unet.up_blocks.1.attentions.2", "unet.mid_block.attentions.0", down]
+    assert stages["collect"].hookpoints == expected and stages["train"].hookpoints == expected
+    with pytest.raises(SystemExit):
+        parse_config(StudyConfig, ["--object_candidate_hookpoints", "unet.mid_block.attentions.0"])
+    assert "object_candidate_hookpoints lists unet.mid_block.attentions.0, the object block itself" in capsys.readouterr().err
