@@ -25,9 +25,9 @@ from typing import NamedTuple
 import torch
 
 from saeuron.benchmarks import get_benchmark
-from saeuron.benchmarks.judges import judge_batch
 from saeuron.diffusion.hooks import HookedPipeline
 from saeuron.diffusion.pipeline import load_pipeline, resolve_dtype
+from saeuron.evaluation.in_process import judge_grid, short
 from saeuron.evaluation.metrics import ForgettingScores, forgetting_scores
 from saeuron.method.baseline import ChannelScaleEdit, channel_rankings
 from saeuron.method.recipe import Recipe, resolve_recipe_folders
@@ -73,23 +73,8 @@ def sampling_kwargs(args) -> dict:
     return dict(num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="pt")
 
 
-def judge_grid(generate, rows: list[dict], judge, batch_size: int) -> list[dict]:
-    judged = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        with torch.no_grad():
-            images = generate([r["prompt"] for r in chunk], [r["seed"] for r in chunk]).images
-        judged += judge_batch(judge, images.float(), chunk)
-    return judged
-
-
 def score(generate, rows: list[dict], judge, kind: str, concept: str, batch_size: int) -> ForgettingScores:
     return forgetting_scores(judge_grid(generate, rows, judge, batch_size), kind, [concept])
-
-
-def short(s: ForgettingScores) -> str:
-    own = f" own {s.cra_forgotten:.3f}" if s.cra_forgotten is not None else ""
-    return f"UA {s.ua:.3f} IRA {s.ira:.3f} CRA {s.cra:.3f}{own}"
 
 
 # What recipes of one hookpoint share — its SAE, its channel rankings — is loaded once.
