@@ -19,19 +19,14 @@ import time
 from functools import partial
 from pathlib import Path
 
-import torch
-
-from saeuron.benchmarks import get_benchmark
 from saeuron.diffusion.hooks import HookedPipeline
-from saeuron.diffusion.pipeline import load_pipeline, resolve_dtype
-from saeuron.evaluation.in_process import judge_grid, short
+from saeuron.evaluation.in_process import add_grid_arguments, judge_grid, load_grid, short
 from saeuron.evaluation.metrics import forgetting_scores, score_dict
 from saeuron.method.edit import UnlearningEdit
 from saeuron.method.recipe import Recipe
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.method.steering import WHERE, AnchorSteerEdit, steering_directions
 from saeuron.sae import Sae
-from saeuron.sections import JudgeConfig
 
 
 def parse_point(text: str) -> tuple[str, float, float]:
@@ -50,38 +45,24 @@ def main() -> None:
     parser.add_argument("--anchor", default="none", help="the concept to steer toward (default: the unstyled rendering)")
     parser.add_argument("--strengths", nargs="+", type=float, default=[3.0, 5.0, 7.0])
     parser.add_argument("--where", nargs="+", choices=WHERE, default=list(WHERE))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[188])
-    parser.add_argument("--benchmark", default="minicanvas")
-    parser.add_argument("--model_path", default="", help="the base model's diffusers folder (empty: the benchmark's own)")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument("--batch_size", type=int, default=44)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1)
+    add_grid_arguments(parser)
     parser.add_argument("--out", default="", help="write the scores as JSON here")
     args = parser.parse_args()
     stats = ConceptStatistics.load(args.statistics)
     unknown = [c for c in [args.anchor, *(p[0] for p in args.points)] if c not in stats.concepts]
     if unknown:
         parser.error(f"{unknown} not in the statistics ({stats.concepts}); the anchor 'none' needs unstyled_reference: true")
-    torch.set_num_threads(args.threads)
-    benchmark = get_benchmark(args.benchmark)
-    pipe = load_pipeline(
-        benchmark.resolve_model_path(args.model_path or None), args.device, resolve_dtype(args.dtype, args.device)
-    )
-    sae = Sae.load_from_disk(Path(args.saes) / stats.hookpoint, args.device, pipe.dtype, stats.sae_inference or None)
+    grid = load_grid(args)
+    sae = Sae.load_from_disk(Path(args.saes) / stats.hookpoint, args.device, grid.pipe.dtype, stats.sae_inference or None)
     if sae.fingerprint() != stats.sae_fingerprint:
         parser.error(f"{args.statistics} were gathered with another SAE than {args.saes}/{stats.hookpoint}")
-    judge = benchmark.load_judge(JudgeConfig(), args.device)
-    rows = [r.as_dict() for r in benchmark.evaluation_prompt_rows(args.seeds)]
-    hooked = HookedPipeline(pipe)
-    sampling = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="pt")
+    hooked = HookedPipeline(grid.pipe)
     started, results = time.perf_counter(), []
 
     def run(concept: str, label: str, edit) -> None:
-        judged = judge_grid(partial(hooked.generate, edits={stats.hookpoint: edit}, **sampling), rows, judge, args.batch_size)
-        scores = forgetting_scores(judged, benchmark.concept_kind(concept), [concept])
+        generate = partial(hooked.generate, edits={stats.hookpoint: edit}, **grid.sampling)
+        judged = judge_grid(generate, grid.rows, grid.judge, args.batch_size)
+        scores = forgetting_scores(judged, grid.benchmark.concept_kind(concept), [concept])
         results.append({"concept": concept, "edit": label, **score_dict(scores)})
         print(f"  {label}: {short(scores)}", flush=True)
 
@@ -93,7 +74,7 @@ def main() -> None:
         for where in args.where:
             for strength in args.strengths:
                 run(concept, f"steer {where} β {strength:g}", AnchorSteerEdit(sae, recipe, directions, strength, where))
-    print(f"\n{len(rows)} images a point, seeds {args.seeds}, {time.perf_counter() - started:.0f} s")
+    print(f"\n{len(grid.rows)} images a point, seeds {args.seeds}, {time.perf_counter() - started:.0f} s")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
 

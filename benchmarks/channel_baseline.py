@@ -24,16 +24,13 @@ from typing import NamedTuple
 
 import torch
 
-from saeuron.benchmarks import get_benchmark
 from saeuron.diffusion.hooks import HookedPipeline
-from saeuron.diffusion.pipeline import load_pipeline, resolve_dtype
-from saeuron.evaluation.in_process import judge_grid, short
+from saeuron.evaluation.in_process import Grid, add_grid_arguments, judge_grid, load_grid, short
 from saeuron.evaluation.metrics import ForgettingScores, forgetting_scores
 from saeuron.method.baseline import ChannelScaleEdit, channel_rankings
 from saeuron.method.recipe import Recipe, resolve_recipe_folders
 from saeuron.method.unlearned_pipeline import UnlearnedPipeline
 from saeuron.sae import Sae
-from saeuron.sections import JudgeConfig
 
 
 class Point(NamedTuple):
@@ -69,10 +66,6 @@ def baseline_at_retain(sae: ForgettingScores, points: list[Point], tolerance: fl
     return max(eligible, key=lambda p: (p.scores.ua, -p.channels))
 
 
-def sampling_kwargs(args) -> dict:
-    return dict(num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="pt")
-
-
 def score(generate, rows: list[dict], judge, kind: str, concept: str, batch_size: int) -> ForgettingScores:
     return forgetting_scores(judge_grid(generate, rows, judge, batch_size), kind, [concept])
 
@@ -88,7 +81,8 @@ def hookpoint_rankings(activations_dir: str, hookpoint: str, kind: str, count: i
     return channel_rankings(activations_dir, hookpoint, kind, count)
 
 
-def compare(recipe_dir: str, args, pipe, judge, benchmark, rows, original) -> Comparison:
+def compare(recipe_dir: str, args, grid: Grid, original) -> Comparison:
+    pipe, judge, benchmark, rows, sampling = grid.pipe, grid.judge, grid.benchmark, grid.rows, grid.sampling
     recipe = Recipe.load(recipe_dir)
     if len(recipe.concepts) != 1:
         raise ValueError(f"{recipe_dir} forgets {list(recipe.concepts)}: the comparison takes one concept per recipe")
@@ -97,7 +91,6 @@ def compare(recipe_dir: str, args, pipe, judge, benchmark, rows, original) -> Co
     sae = hookpoint_sae(args.saes, recipe.hookpoint, args.device, pipe.dtype, recipe.sae_inference)
     if sae.fingerprint() != recipe.sae_fingerprint:
         raise ValueError(f"{recipe_dir} was built on another SAE than {args.saes}/{recipe.hookpoint} (fingerprints differ)")
-    sampling = sampling_kwargs(args)
     edited = UnlearnedPipeline.from_recipe(pipe, sae, recipe, recipe.base_model)
     sae_scores = score(partial(edited.generate, **sampling), rows, judge, kind, concept, args.batch_size)
     print(f"{concept} ({kind}, {recipe.hookpoint}) SAE {dict(recipe.concepts[concept])}: {short(sae_scores)}", flush=True)
@@ -143,16 +136,8 @@ def main() -> None:
     parser.add_argument("--concepts", nargs="*", default=[], help="only these recipes' concepts (default: every recipe)")
     parser.add_argument("--channels", nargs="+", type=int, default=[4, 16, 32])
     parser.add_argument("--multipliers", nargs="+", type=float, default=[-1.0, -3.0], help="γ values; 0 zeroes the channels")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[188])
     parser.add_argument("--tolerance", type=float, default=0.02)
-    parser.add_argument("--benchmark", default="minicanvas")
-    parser.add_argument("--model_path", default="", help="the base model's diffusers folder (empty: the benchmark's own)")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument("--batch_size", type=int, default=44)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1)
+    add_grid_arguments(parser)
     parser.add_argument("--out", default="", help="write the comparisons as JSON here")
     args = parser.parse_args()
     if min(args.channels) < 1:
@@ -164,18 +149,11 @@ def main() -> None:
         folders = [f for f in folders if set(Recipe.load(f).concepts) & set(args.concepts)]
         if not folders:
             parser.error(f"no recipe among {args.recipes} forgets any of {args.concepts}")
-    torch.set_num_threads(args.threads)
-    benchmark = get_benchmark(args.benchmark)
-    pipe = load_pipeline(
-        benchmark.resolve_model_path(args.model_path or None), args.device, resolve_dtype(args.dtype, args.device)
-    )
-    judge = benchmark.load_judge(JudgeConfig(), args.device)
-    rows = [r.as_dict() for r in benchmark.evaluation_prompt_rows(args.seeds)]
+    grid = load_grid(args)
     started = time.perf_counter()
-    sampling = sampling_kwargs(args)
-    original = judge_grid(partial(HookedPipeline(pipe).generate, **sampling), rows, judge, args.batch_size)
-    results = [compare(folder, args, pipe, judge, benchmark, rows, original) for folder in folders]
-    print(f"\n{len(rows)} images a point, seeds {args.seeds}, {time.perf_counter() - started:.0f} s")
+    original = judge_grid(partial(HookedPipeline(grid.pipe).generate, **grid.sampling), grid.rows, grid.judge, args.batch_size)
+    results = [compare(folder, args, grid, original) for folder in folders]
+    print(f"\n{len(grid.rows)} images a point, seeds {args.seeds}, {time.perf_counter() - started:.0f} s")
     print("| forget | kind | SAE: UA / IRA / CRA | baseline at the SAE's retain: N × γ, UA / IRA / CRA | SAE ahead |")
     print("|---|---|---|---|---|")
     for c in results:
