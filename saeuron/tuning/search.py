@@ -245,6 +245,7 @@ def search(cfg: SearchConfig) -> SearchResult:
     check_writable(cfg.search_dir, "the search folder")
     ensure_ray()
     out = mirror_path(cfg.search_dir)  # recipes, heat maps and the summary, uploaded at the end
+    out.mkdir(parents=True, exist_ok=True)  # a bucket's mirror starts empty and a heat map comes before any recipe
     # Two searches in one folder would restore and overwrite each other's Tune state.
     with (
         holding_lease(cfg.search_dir, "search", ttl_s=cfg.tracking.lease_seconds),
