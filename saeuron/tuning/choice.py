@@ -59,6 +59,7 @@ def search_targets(cfg: Any, benchmark: Benchmark) -> dict[str, list[SearchTarge
             raise ValueError(
                 f"the candidate statistics in {folder} say kind {stats.kind!r}: gather them with --kind style|object"
             )
+    loaded: dict[str, ConceptStatistics] = {}  # each kind's folder read once, not once per concept
     out: dict[str, list[SearchTarget]] = {}
     for concept in cfg.concepts:
         kind = benchmark.concept_kind(concept)
@@ -68,7 +69,9 @@ def search_targets(cfg: Any, benchmark: Benchmark) -> dict[str, list[SearchTarge
                 f"{concept} is a{'n' if kind == 'object' else ''} {kind}: pass --{kind}_statistics "
                 f"(a folder written by jobs/gather.py --kind {kind})"
             )
-        own = _covering(ConceptStatistics.load(folder), folder, concept)
+        if folder not in loaded:
+            loaded[folder] = ConceptStatistics.load(folder)
+        own = _covering(loaded[folder], folder, concept)
         targets = [SearchTarget(concept, kind, own.hookpoint, Location.parse(folder).uri, concept)]
         for other, stats in candidates:
             if stats.kind != kind:
