@@ -53,6 +53,7 @@ class AnchorSteerEdit:
             )
         self.sae, self.recipe, self.directions = sae, recipe, directions
         self.strength, self.where = float(strength), where
+        self._thresholds: dict[int, Tensor | None] = {}  # per recipe timestep, built once: this runs every UNet call
 
     def __call__(self, tokens: Tensor, call: BlockCall) -> Tensor:
         with torch.no_grad():
@@ -69,11 +70,21 @@ class AnchorSteerEdit:
             out = x + mask[:, None].to(x) * step
             return out.to(tokens.dtype).reshape(tokens.shape)
 
+    def _threshold(self, timestep: int) -> Tensor | None:
+        """Dense [F] thresholds of the recipe's latents at ``timestep`` (+inf: no rule), None without rules."""
+        index = self.recipe.timestep_index(timestep)
+        if index not in self._thresholds:
+            latents, _, thresholds = self.recipe.rules_at(timestep)
+            table = None
+            if len(latents):
+                table = torch.full((self.sae.num_latents,), float("inf"), device=self.sae.device, dtype=self.sae.dtype)
+                table[latents.to(table.device)] = thresholds.to(table)
+            self._thresholds[index] = table
+        return self._thresholds[index]
+
     def _fires(self, x: Tensor, timestep: int) -> Tensor:
-        latents, _, thresholds = self.recipe.rules_at(timestep)
-        if len(latents) == 0:
+        threshold = self._threshold(timestep)
+        if threshold is None:
             return torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        threshold = torch.full((self.sae.num_latents,), float("inf"), device=x.device, dtype=x.dtype)
-        threshold[latents.to(x.device)] = thresholds.to(threshold)
         acts, indices = self.sae.encode(x)
         return (acts > threshold[indices]).any(-1)
