@@ -201,25 +201,28 @@ def write_report(
     return folder / "index.html"
 
 
-def objective_heatmap(result, percentiles: Sequence[float], multipliers: Sequence[float], path: Path) -> None:
-    """The search's objective over the (percentile × multiplier) grid; each cell notes how many tuning
-    prompts the trial scored before it ended (fewer than the budget: stopped early), the choice boxed."""
+def objective_heatmap(result, percentiles: Sequence[float], edits: Sequence[str], path: Path) -> None:
+    """The search's objective over the (percentile × edit) grid, the edits by their labels (``edit_label``: "γ -2",
+    "→none β5"); each cell notes how many tuning prompts the trial scored before it ended (fewer than the budget:
+    stopped early), the choice boxed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    values = np.full((len(percentiles), len(multipliers)), np.nan)
+    from saeuron.method.recipe import edit_label
+
+    values = np.full((len(percentiles), len(edits)), np.nan)
     prompts = np.zeros_like(values)
     for t in result.trials:
-        i, j = list(percentiles).index(t["percentile"]), list(multipliers).index(t["multiplier"])
+        i, j = list(percentiles).index(t["percentile"]), list(edits).index(t["edit"])
         values[i, j], prompts[i, j] = t["objective"], t["prompts"]
-    fig, ax = plt.subplots(figsize=(1.1 * len(multipliers) + 2.2, 0.75 * len(percentiles) + 1.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(1.1 * len(edits) + 2.2, 0.75 * len(percentiles) + 1.6), dpi=110)
     image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis")
     budget = prompts.max()
     for i in range(len(percentiles)):
-        for j in range(len(multipliers)):
+        for j in range(len(edits)):
             if not np.isnan(values[i, j]):
                 note = "" if prompts[i, j] >= budget else f"\n({int(prompts[i, j])} pr.)"
                 ax.text(
@@ -231,13 +234,15 @@ def objective_heatmap(result, percentiles: Sequence[float], multipliers: Sequenc
                     fontsize=7,
                     color="white" if values[i, j] < 0.6 else "black",
                 )
-    i, j = list(percentiles).index(result.percentile), list(multipliers).index(result.multiplier)
+    i, j = list(percentiles).index(result.percentile), list(edits).index(edit_label(result.edit))
     ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
-    ax.set_xticks(range(len(multipliers)), [f"{g:g}" for g in multipliers])
+    ax.set_xticks(
+        range(len(edits)), list(edits), rotation=45 if len(edits) > 6 else 0, ha="right" if len(edits) > 6 else "center"
+    )
     ax.set_yticks(range(len(percentiles)), [f"{p:g}" for p in percentiles])
-    ax.set_xlabel("multiplier γ")
+    ax.set_xlabel("edit: multiplier γ, or steering toward an anchor by β")
     ax.set_ylabel("percentile p")
-    ax.set_title(f"{result.concept}: (UA + IRA) / 2", fontsize=9)
+    ax.set_title(f"{result.concept}: search objective", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path)

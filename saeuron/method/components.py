@@ -19,6 +19,8 @@ from diffusers import ConfigMixin, ModelMixin  # ModelMixin must be a name of th
 
 from saeuron.method.recipe import Recipe
 from saeuron.method.selection import Rules
+from saeuron.method.steering import TENSORS as STEER_TENSORS
+from saeuron.method.steering import Steering
 from saeuron.sae import Sae, SaeConfig
 
 RULE_TENSORS = ("timestep_index", "latent", "scale", "threshold", "concept_index")
@@ -65,9 +67,12 @@ class DiffusersRecipe(ModelMixin, ConfigMixin):
             concepts=recipe.concepts,
             timesteps=list(recipe.timesteps),
             sae_inference=recipe.sae_inference,
+            contrast=recipe.contrast,
         )
         for name in RULE_TENSORS:
             self.register_buffer(name, getattr(recipe.rules, name))
+        for name, tensor in recipe.steering.tensors().items():
+            self.register_buffer(name, tensor)
 
     @property
     def recipe(self) -> Recipe:
@@ -82,6 +87,8 @@ class DiffusersRecipe(ModelMixin, ConfigMixin):
             list(c.timesteps),
             rules,
             c.get("sae_inference", ""),
+            c.get("contrast", "mean"),
+            Steering.from_tensors({f"steer_{name}": getattr(self, f"steer_{name}") for name in STEER_TENSORS}),
         )
 
     def to(self, *args, **kwargs) -> DiffusersRecipe:
@@ -92,6 +99,7 @@ class DiffusersRecipe(ModelMixin, ConfigMixin):
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         recipe = self.recipe
         recipe.rules = Rules(*(getattr(self, name).cpu() for name in RULE_TENSORS))
+        recipe.steering = Steering(*(getattr(self, f"steer_{name}").cpu() for name in STEER_TENSORS))
         recipe.save(save_directory)
 
     @classmethod

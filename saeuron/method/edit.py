@@ -6,6 +6,9 @@ kept: output = x + (x̂' − x̂), which equals x wherever nothing was edited. `
 reproduces the reference code instead, x̂' + (x̂ − x), which moves every patch by 2(x̂ − x) even when
 no latent is edited — only to compare with the paper's numbers. Both CFG halves are edited.
 
+A recipe's steered concepts (:mod:`saeuron.method.steering`) add β·d_t on the patches where they fire, from the same
+encoding: output = x + (x̂' − x̂) + Σ_c fires_c · β_c·d_c,t (times the patch's scale for a unit-norm SAE).
+
 Gradients (an attacker optimising against the deployed model needs them; sampling runs without): with
 ``gradient="straight_through"`` the kept latents' values are differentiable as they are, and the hard "fires above
 its threshold" decision passes a sigmoid surrogate's gradient in the backward pass only — the forward is unchanged,
@@ -21,6 +24,7 @@ from torch import Tensor
 from saeuron.diffusion.hooks import BlockCall
 from saeuron.method.recipe import Recipe
 from saeuron.method.statistics import sae_fingerprint
+from saeuron.method.steering import SteeringTable, steering_shift, steering_table
 from saeuron.sae import Sae
 from saeuron.sae.sparse import decode_fixed_width
 
@@ -52,6 +56,12 @@ class UnlearningEdit:
                 f"the recipe's statistics were gathered with the SAE in {recipe.sae_inference!r} inference mode, but this "
                 f"SAE runs in {sae.inference_mode!r}: load it with inference={recipe.sae_inference!r}"
             )
+        if recipe.steers() and error_mode == "reference":
+            raise ValueError(
+                "the reference's error mode reproduces the paper's scaling edit; this recipe steers "
+                f"{[list(recipe.concepts)[i] for i, _ in recipe.steers()]}: "
+                "use error_mode 'correct'"
+            )
         self.sae = sae
         self.recipe = recipe
         self.error_mode = error_mode
@@ -61,6 +71,14 @@ class UnlearningEdit:
         a threshold of 0 is no special case)."""
         # Per recipe timestep: dense [F] scale (1 = untouched) and threshold (+inf = never) tables.
         self._tables: dict[int, tuple[Tensor, Tensor] | None] = {}
+        self._steer_tables: dict[int, SteeringTable | None] = {}
+        self._steers = recipe.steers()
+
+    def _steering(self, timestep: int) -> SteeringTable | None:
+        index = self.recipe.timestep_index(timestep)
+        if index not in self._steer_tables:
+            self._steer_tables[index] = steering_table(self.recipe.steering, self._steers, index, self.sae.W_dec)
+        return self._steer_tables[index]
 
     def _table(self, timestep: int) -> tuple[Tensor, Tensor] | None:
         index = self.recipe.timestep_index(timestep)
@@ -83,8 +101,8 @@ class UnlearningEdit:
         return self._edit(tokens, call)
 
     def _edit(self, tokens: Tensor, call: BlockCall) -> Tensor:
-        table = self._table(call.timestep)
-        if table is None and self.error_mode == "correct":
+        table, steering = self._table(call.timestep), self._steering(call.timestep)
+        if table is None and steering is None and self.error_mode == "correct":
             return tokens
         sae = self.sae
         flat = tokens.reshape(-1, tokens.shape[-1])
@@ -101,6 +119,10 @@ class UnlearningEdit:
         std = x.std(-1, keepdim=True) + 1e-5 if sae.cfg.input_unit_norm else None
         if self.error_mode == "correct":
             delta = decode_fixed_width(edited - acts, indices, sae.W_dec)  # x̂' − x̂ (biases cancel)
+            if steering is not None:
+                straight_through = torch.is_grad_enabled() and self.gradient == "straight_through"
+                width = self.surrogate_width if straight_through else None
+                delta = delta + steering_shift(steering, acts, indices, width)
             out = x + (delta if std is None else delta * std)
         else:
             x_hat = sae.decode(acts, indices)

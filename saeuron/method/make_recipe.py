@@ -9,6 +9,7 @@ from saeuron.console import logger
 from saeuron.method.recipe import Recipe
 from saeuron.method.selection import check_contrast
 from saeuron.method.statistics import ConceptStatistics
+from saeuron.method.steering import Steer
 from saeuron.sections import WithModel
 from saeuron.storage import Location
 from saeuron.storage.mirror import mirror_path, push
@@ -24,6 +25,13 @@ class RecipeConfig(WithModel):
     """Latents scoring above this percentile at a timestep are selected (in (0, 100))."""
     multiplier: float = -5.0
     """γ: a selected latent firing above its threshold becomes γ·μ (negative suppresses)."""
+    anchor: str = ""
+    """Steer instead of scaling (``saeuron.method.steering``): move the concepts toward this concept's rendering
+    ("none": the unstyled one, statistics gathered with unstyled_reference); empty: scale by ``multiplier``."""
+    strength: float = 5.0
+    """β of the steering, with ``anchor``."""
+    where: str = "fires"
+    """Steering moves the patches where the concept's latents fire ("fires") or every patch ("all")."""
     contrast: str = "mean"
     """Latents scored against the other concepts' "mean" (the paper) or their "max" (specific to the concept)."""
     output_dir: str = ""
@@ -44,7 +52,7 @@ def make_recipe(cfg: RecipeConfig) -> Recipe:
     stats = ConceptStatistics.load(cfg.statistics)
     recipe = Recipe.from_statistics(
         stats,
-        {c: (cfg.percentile, cfg.multiplier) for c in cfg.concepts},
+        {c: (cfg.percentile, Steer(cfg.anchor, cfg.strength, cfg.where) if cfg.anchor else cfg.multiplier) for c in cfg.concepts},
         get_benchmark(cfg.model.benchmark).model_identity(cfg.model.model_path),
         cfg.contrast,
     )

@@ -1,14 +1,17 @@
-"""An unlearning recipe: which latents of which SAE to scale, by how much, at which timestep.
+"""An unlearning recipe: which latents of which SAE to edit, how, at which timestep.
 
-Saved as ``recipe.json`` (SAE reference and fingerprint, hookpoint, base model, concepts with their
-(percentile, multiplier), timesteps) and ``recipe.safetensors`` (the rules as parallel tensors).
+Saved as ``recipe.json`` (SAE reference and fingerprint, hookpoint, base model, concepts with their edit, timesteps)
+and ``recipe.safetensors`` (the rules as parallel tensors). A concept's edit is the paper's, its latents scaled by a
+multiplier γ (``{"percentile": p, "multiplier": γ}``), or steering toward an anchor concept
+(``{"percentile": p, "anchor": a, "strength": β, "where": w}``, :mod:`saeuron.method.steering`, whose tensors are
+stored as ``steer_*``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,6 +20,7 @@ from safetensors.torch import load_file
 from saeuron.atomic_files import save_tensors_and_json
 from saeuron.method.selection import Rules, build_rules
 from saeuron.method.statistics import ConceptStatistics
+from saeuron.method.steering import Steer, Steering, build_steering
 
 JSON = "recipe.json"
 TENSORS = "recipe.safetensors"
@@ -28,21 +32,25 @@ class Recipe:
     sae_ref: str
     sae_fingerprint: str
     base_model: str
-    concepts: dict[str, dict[str, float]]
-    """{concept: {"percentile": p, "multiplier": γ}} in the order given."""
+    concepts: dict[str, dict]
+    """{concept: {"percentile": p, "multiplier": γ} or {"percentile": p, "anchor": a, "strength": β, "where": w}} in the
+    order given."""
     timesteps: list[int]
     rules: Rules
     sae_inference: str = ""
     """The SAE inference mode its statistics were gathered in; the edit runs the SAE in it ("" if not recorded)."""
     contrast: str = "mean"
     """How its latents were scored against the other concepts (``saeuron.method.selection``; older recipes: "mean")."""
+    steering: Steering = field(default_factory=Steering.empty)
+    """Where its steered concepts fire and their anchor differences (empty: every concept is scaled)."""
 
     @classmethod
     def from_statistics(
-        cls, stats: ConceptStatistics, params: dict[str, tuple[float, float]], base_model: str, contrast: str = "mean"
+        cls, stats: ConceptStatistics, params: dict[str, tuple[float, float | Steer]], base_model: str, contrast: str = "mean"
     ) -> Recipe:
+        """``params``: {concept: (percentile, edit)}, the edit a multiplier γ or a :class:`Steer`."""
         rules = build_rules(stats, params, contrast)
-        concepts = {c: {"percentile": float(p), "multiplier": float(g)} for c, (p, g) in params.items()}
+        concepts = {c: edit_entry(p, e) for c, (p, e) in params.items()}
         return cls(
             stats.hookpoint,
             stats.sae_ref,
@@ -53,7 +61,17 @@ class Recipe:
             rules,
             stats.sae_inference,
             contrast,
+            build_steering(stats, params, contrast),
         )
+
+    def edit_of(self, concept: str) -> float | Steer:
+        """The concept's edit: its multiplier γ, or its :class:`Steer`."""
+        return edit_from_entry(self.concepts[concept])
+
+    def steers(self) -> list[tuple[int, Steer]]:
+        """(index among the recipe's concepts, Steer) of its steered concepts."""
+        edits = [(i, self.edit_of(c)) for i, c in enumerate(self.concepts)]
+        return [(i, e) for i, e in edits if isinstance(e, Steer)]
 
     def timestep_index(self, timestep: int) -> int:
         """Rules are looked up by the actual scheduler timestep; a timestep the statistics do not
@@ -74,6 +92,8 @@ class Recipe:
             "threshold": r.threshold,
             "concept_index": r.concept_index,
         }
+        if self.steers():
+            tensors.update(self.steering.tensors())
         meta = {
             "hookpoint": self.hookpoint,
             "sae_ref": self.sae_ref,
@@ -109,7 +129,30 @@ class Recipe:
             rules,
             meta.get("sae_inference", ""),
             meta.get("contrast", "mean"),
+            Steering.from_tensors(t),
         )
+
+
+def edit_entry(percentile: float, edit: float | Steer) -> dict:
+    """A concept's entry in ``recipe.json``."""
+    if isinstance(edit, Steer):
+        return {"percentile": float(percentile), "anchor": edit.anchor, "strength": float(edit.strength), "where": edit.where}
+    return {"percentile": float(percentile), "multiplier": float(edit)}
+
+
+def edit_from_entry(entry: dict) -> float | Steer:
+    """The edit an entry names (a recipe's concept entry, a search trial's edit): ``multiplier``, or ``anchor`` +
+    ``strength`` (+ ``where``)."""
+    if "anchor" in entry:
+        return Steer(entry["anchor"], float(entry["strength"]), entry.get("where", "fires"))
+    return float(entry["multiplier"])
+
+
+def edit_label(edit: float | Steer) -> str:
+    """Short: "γ -2" or "→none β5" (heat maps, logs, tables)."""
+    if isinstance(edit, Steer):
+        return f"→{edit.anchor} β{edit.strength:g}" + ("" if edit.where == "fires" else f" {edit.where}")
+    return f"γ {edit:g}"
 
 
 def resolve_recipe_folders(refs: list[str], tracking_uri: str | None = None) -> list[str]:

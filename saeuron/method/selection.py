@@ -23,6 +23,7 @@ scatters with duplicate indices, which is nondeterministic.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -79,8 +80,10 @@ class Rules:
         return len(self.latent)
 
 
-def build_rules(stats: ConceptStatistics, params: dict[str, tuple[float, float]], contrast: str = "mean") -> Rules:
-    """Rules for the concepts in ``params`` ({concept: (percentile, multiplier)}), deduplicated."""
+def build_rules(stats: ConceptStatistics, params: dict[str, tuple[float, Any]], contrast: str = "mean") -> Rules:
+    """Rules for the concepts in ``params`` ({concept: (percentile, multiplier)}), deduplicated. A concept whose edit
+    is not a multiplier (a steered one, :mod:`saeuron.method.steering`) gets no rule; ``concept_index`` still counts it,
+    so it indexes ``params``."""
     check_contrast(contrast)
     unknown = [c for c in params if c not in stats.concepts]
     if unknown:
@@ -89,6 +92,8 @@ def build_rules(stats: ConceptStatistics, params: dict[str, tuple[float, float]]
     thresholds = means.mean(0)  # [T, F]: over all concepts, target included
     best: dict[tuple[int, int], tuple[float, int]] = {}
     for order, (concept, (percentile, multiplier)) in enumerate(params.items()):
+        if not isinstance(multiplier, (int, float)):
+            continue
         c = stats.concepts.index(concept)
         for t in range(len(stats.timesteps)):
             for f in selected_latents(importance_scores(means[:, t], c, contrast), percentile).tolist():

@@ -1,90 +1,158 @@
-"""Anchor steering: move a forgotten concept's patches toward another concept's rendering, in the SAE's space.
+"""Anchor steering: a recipe's second edit mode, moving a concept's patches toward another concept's rendering.
 
 The paper's edit multiplies a concept's selected latents by a negative factor: it pushes the block *away* from the
-concept and nowhere in particular. On MiniCanvas a style's shape is drawn in its rendering, so pushing the
-rendering away loses the object with it (README, "Every concept", items 2 and 7). Steering instead adds, on the
-patches where the recipe's latents fire above their thresholds, β times the decoded difference of the two
-concepts' mean latents at that timestep,
+concept and nowhere in particular. On MiniCanvas a style's shape is drawn in its rendering, so pushing the rendering
+away loses the object with it (README, "Every concept", items 2 and 7). A steered concept instead adds, on the patches
+where its selected latents fire above their thresholds (``where="fires"``; ``"all"``: every patch), β times the decoded
+difference of the anchor's and the concept's mean latents at that timestep,
 
     d_t = (μ_anchor,t − μ_concept,t) · W_dec,
 
-so the block is moved toward the anchor (for a style: the unstyled rendering, the statistics' ``none`` concept
-from ``gather.unstyled_reference``). The recipe only says where (its rules' latents and thresholds); its scale
-factors are not applied. A measured lead, not yet a recipe edit mode: ``benchmarks/anchor_steering.py``.
+so the block is moved toward the anchor (for a style: another style, or the unstyled rendering, the statistics'
+``none`` concept from ``gather.unstyled_reference``). The selection (percentile, contrast, thresholds) is the paper's;
+only what is done where it fires differs. A recipe stores the latent-space difference, so it stays tied to its SAE
+by the fingerprint, as the rules are.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
-from saeuron.diffusion.hooks import BlockCall
-from saeuron.method.recipe import Recipe
+from saeuron.method.selection import importance_scores, selected_latents
 from saeuron.method.statistics import ConceptStatistics
-from saeuron.sae import Sae
 
 WHERE = ("fires", "all")
+TENSORS = ("timestep_index", "latent", "threshold", "concept_index", "delta")
 
 
-def steering_directions(stats: ConceptStatistics, concept: str, anchor: str, sae: Sae) -> Tensor:
-    """[T, d] decoded differences of mean latents, anchor minus concept, one per statistics timestep."""
-    missing = [c for c in (concept, anchor) if c not in stats.concepts]
-    if missing:
+class Steer(NamedTuple):
+    """A concept's steering edit, given in place of a multiplier γ."""
+
+    anchor: str
+    """The concept whose rendering the block is moved toward (same statistics)."""
+    strength: float
+    """β > 0: how far, in units of the two concepts' mean difference."""
+    where: str = "fires"
+    """"fires": the patches where the concept's selected latents fire above their thresholds; "all": every patch."""
+
+
+def check_steer(concept: str, steer: Steer, known: list[str]) -> Steer:
+    if steer.where not in WHERE:
+        raise ValueError(f"{concept}: steering's where must be one of {WHERE}, got {steer.where!r}")
+    if not steer.strength > 0:
+        raise ValueError(f"{concept}: steering strength β must be positive (toward the anchor), got {steer.strength}")
+    if steer.anchor == concept:
+        raise ValueError(f"{concept} cannot be steered toward itself: pick another concept as its anchor")
+    if steer.anchor not in known:
         raise ValueError(
-            f"the statistics know {stats.concepts}, not {missing}; for the unstyled anchor 'none' gather them with "
-            f"unstyled_reference: true"
+            f"{concept}: the statistics know {known}, not the anchor {steer.anchor!r}; for the unstyled anchor 'none' "
+            f"gather them with unstyled_reference: true"
         )
-    means = stats.means()
-    difference = means[stats.concepts.index(anchor)] - means[stats.concepts.index(concept)]
-    return difference.to(sae.W_dec) @ sae.W_dec
+    return steer
 
 
-class AnchorSteerEdit:
-    """Add ``strength`` · d_t to the block output on the patches where the recipe's latents fire (``where="fires"``)
-    or on every patch (``"all"``)."""
+@dataclass
+class Steering:
+    """The steered concepts of a recipe: parallel [R] tensors, one entry per (concept, timestep, latent) that says
+    where the concept fires, and ``delta`` [C, T, F], μ_anchor − μ_concept per recipe concept (zero rows for the
+    concepts the recipe scales). ``concept_index`` indexes the recipe's concepts, as the rules' does."""
 
-    def __init__(self, sae: Sae, recipe: Recipe, directions: Tensor, strength: float, where: str = "fires"):
-        if where not in WHERE:
-            raise ValueError(f"where must be one of {WHERE}, got {where!r}")
-        if directions.shape != (len(recipe.timesteps), sae.d_in):
-            raise ValueError(
-                f"directions must be [timesteps, d_in] = {[len(recipe.timesteps), sae.d_in]} (steering_directions on the "
-                f"recipe's statistics), got {list(directions.shape)}"
-            )
-        self.sae, self.recipe, self.directions = sae, recipe, directions
-        self.strength, self.where = float(strength), where
-        self._thresholds: dict[int, Tensor | None] = {}  # per recipe timestep, built once: this runs every UNet call
+    timestep_index: Tensor
+    latent: Tensor
+    threshold: Tensor
+    concept_index: Tensor
+    delta: Tensor
 
-    def __call__(self, tokens: Tensor, call: BlockCall) -> Tensor:
-        with torch.no_grad():
-            flat = tokens.reshape(-1, tokens.shape[-1])
-            x = flat.to(self.sae.dtype)
-            index = self.recipe.timestep_index(call.timestep)
-            if self.where == "all":
-                mask = torch.ones(len(x), dtype=torch.bool, device=x.device)
-            else:
-                mask = self._fires(x, call.timestep)
-            step = self.strength * self.directions[index].to(x)
-            if self.sae.cfg.input_unit_norm:  # the SAE decodes in units of each patch's own scale
-                step = step * (x.std(-1, keepdim=True) + 1e-5)
-            out = x + mask[:, None].to(x) * step
-            return out.to(tokens.dtype).reshape(tokens.shape)
+    @classmethod
+    def empty(cls) -> Steering:
+        long = torch.zeros(0, dtype=torch.long)
+        return cls(long, long.clone(), torch.zeros(0), long.clone(), torch.zeros(0, 0, 0))
 
-    def _threshold(self, timestep: int) -> Tensor | None:
-        """Dense [F] thresholds of the recipe's latents at ``timestep`` (+inf: no rule), None without rules."""
-        index = self.recipe.timestep_index(timestep)
-        if index not in self._thresholds:
-            latents, _, thresholds = self.recipe.rules_at(timestep)
-            table = None
-            if len(latents):
-                table = torch.full((self.sae.num_latents,), float("inf"), device=self.sae.device, dtype=self.sae.dtype)
-                table[latents.to(table.device)] = thresholds.to(table)
-            self._thresholds[index] = table
-        return self._thresholds[index]
+    def __len__(self) -> int:
+        return len(self.latent)
 
-    def _fires(self, x: Tensor, timestep: int) -> Tensor:
-        threshold = self._threshold(timestep)
-        if threshold is None:
-            return torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        acts, indices = self.sae.encode(x)
-        return (acts > threshold[indices]).any(-1)
+    def tensors(self) -> dict[str, Tensor]:
+        return {f"steer_{name}": getattr(self, name) for name in TENSORS}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor]) -> Steering:
+        """The recipe's steering tensors; an empty Steering for a recipe without (older, or scaling only)."""
+        if "steer_latent" not in tensors:
+            return cls.empty()
+        return cls(*(tensors[f"steer_{name}"] for name in TENSORS))
+
+
+def build_steering(stats: ConceptStatistics, params: dict, contrast: str = "mean") -> Steering:
+    """Where each concept of ``params`` ({concept: (percentile, Steer | γ)}) given a :class:`Steer` fires, and its
+    anchor difference. Unlike the scaling rules, steered concepts keep every selected latent: each has its own mask."""
+    steered = {c: (p, e) for c, (p, e) in params.items() if isinstance(e, Steer)}
+    if not steered:
+        return Steering.empty()
+    means = stats.means()  # [C, T, F]
+    thresholds = means.mean(0)  # [T, F]: over all concepts, as the scaling rules'
+    delta = torch.zeros(len(params), *means.shape[1:])
+    rows: list[tuple[int, int, int]] = []
+    for order, concept in enumerate(params):
+        if concept not in steered:
+            continue
+        percentile, steer = steered[concept]
+        check_steer(concept, steer, stats.concepts)
+        c = stats.concepts.index(concept)
+        delta[order] = means[stats.concepts.index(steer.anchor)] - means[c]
+        for t in range(len(stats.timesteps)):
+            rows += [(order, t, f) for f in selected_latents(importance_scores(means[:, t], c, contrast), percentile).tolist()]
+    return Steering(
+        timestep_index=torch.tensor([t for _, t, _ in rows], dtype=torch.long),
+        latent=torch.tensor([f for _, _, f in rows], dtype=torch.long),
+        threshold=torch.tensor([float(thresholds[t, f]) for _, t, f in rows], dtype=torch.float32),
+        concept_index=torch.tensor([o for o, _, _ in rows], dtype=torch.long),
+        delta=delta,
+    )
+
+
+class SteeringTable(NamedTuple):
+    """What the edit needs at one timestep, for the S steered concepts."""
+
+    threshold: Tensor
+    """[S, F]: a concept's selected latents' thresholds, +inf elsewhere."""
+    step: Tensor
+    """[S, d]: β · d_t, in the block's units (before a unit-norm SAE's per-patch scale)."""
+    everywhere: Tensor
+    """[S] bool: the concept moves every patch (``where="all"``)."""
+
+
+def steering_table(steering: Steering, steers: list[tuple[int, Steer]], index: int, w_dec: Tensor) -> SteeringTable | None:
+    """The table at recipe timestep ``index`` for ``steers`` ((recipe concept index, Steer) of the steered concepts);
+    None if no concept is steered."""
+    if not steers:
+        return None
+    device, dtype = w_dec.device, w_dec.dtype
+    threshold = torch.full((len(steers), w_dec.shape[0]), float("inf"), device=device, dtype=dtype)
+    step = torch.zeros(len(steers), w_dec.shape[1], device=device, dtype=dtype)
+    at_step = steering.timestep_index == index
+    for row, (order, steer) in enumerate(steers):
+        mine = at_step & (steering.concept_index == order)
+        threshold[row, steering.latent[mine].to(device)] = steering.threshold[mine].to(device, dtype)
+        step[row] = steer.strength * (steering.delta[order, index].to(device, dtype) @ w_dec)
+    everywhere = torch.tensor([s.where == "all" for _, s in steers], device=device)
+    return SteeringTable(threshold, step, everywhere)
+
+
+def steering_shift(table: SteeringTable, acts: Tensor, indices: Tensor, surrogate_width: float | None) -> Tensor:
+    """[N, d]: what steering adds to N patches whose SAE code is (``acts``, ``indices``) [N, k].
+
+    With ``surrogate_width`` (gradients enabled, straight-through), the hard "fires" decision passes a sigmoid
+    surrogate's gradient in the backward pass only, as the scaling edit does; the forward is unchanged."""
+    theta = table.threshold[:, indices]  # [S, N, k]
+    fires = ((acts > theta).any(-1) | table.everywhere[:, None]).to(acts.dtype)  # [S, N]
+    if surrogate_width is not None:
+        ruled = torch.isfinite(theta)
+        theta0 = torch.where(ruled, theta, torch.zeros_like(theta))
+        width = ((theta0.abs() + acts.detach().abs()) * surrogate_width).clamp_min(1e-6)
+        soft = (torch.sigmoid((acts - theta0) / width) * ruled).amax(-1) * (~table.everywhere[:, None])
+        fires = fires + (soft - soft.detach())
+    return fires.T @ table.step

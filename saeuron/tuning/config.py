@@ -10,7 +10,7 @@ from saeuron.sections import WithEdit, WithJudge, WithModel, WithResources, With
 from saeuron.storage import Location
 
 SCHEDULERS = ("grid", "asha")
-OBJECTIVES = ("ua_ira", "ua_ira_cra")
+OBJECTIVES = ("ua_ira", "ua_ira_cra", "ua_ira_cra_own")
 
 
 def check_objective(name: str) -> str:
@@ -19,11 +19,16 @@ def check_objective(name: str) -> str:
     return name
 
 
-def objective_of(name: str, ua: float, ira: float, cra: float) -> float:
+def objective_of(name: str, ua: float, ira: float, cra: float, cra_own: float | None = None) -> float:
     """The search's objective ``name``: "ua_ira" = (UA + IRA) / 2, the reference's; "ua_ira_cra" = (UA + IRA + CRA) / 3,
     which also keeps what the other axis needs (a style's unstyled objects, an object's styles), so that a search
-    cannot trade it away."""
-    return (ua + ira) / 2 if check_objective(name) == "ua_ira" else (ua + ira + cra) / 3
+    cannot trade it away; "ua_ira_cra_own" adds, for a style, the object accuracy on its own images (is the object
+    still drawn once its style is gone?), (UA + IRA + CRA + CRA-own) / 4 (an object: as "ua_ira_cra")."""
+    if check_objective(name) == "ua_ira":
+        return (ua + ira) / 2
+    if name == "ua_ira_cra_own" and cra_own is not None:
+        return (ua + ira + cra + cra_own) / 4
+    return (ua + ira + cra) / 3
 
 
 @dataclass
@@ -40,11 +45,18 @@ class SearchOptions:
     """Percentiles for style concepts; empty: ``percentiles`` (the paper fixes styles at p = 99.999)."""
     style_multipliers: list[float] = field(default_factory=list)
     """Multipliers for style concepts; empty: ``multipliers`` (the paper fixes styles at γ = −1)."""
+    anchors: list[str] = field(default_factory=list)
+    """Steering anchors (``saeuron.method.steering``): a concept whose statistics know an anchor is also searched with
+    the steering edit toward it, at every percentile × strength; "none" is the unstyled rendering (statistics gathered
+    with unstyled_reference). Empty: the paper's scaling edit only."""
+    strengths: list[float] = field(default_factory=lambda: [3.0, 5.0, 7.0])
+    """Steering strengths β of the grid, with anchors."""
     contrast: str = "mean"
     """How latents are scored against the other concepts: "mean" of theirs (the paper) or "max" (a latent must fire
     more, for its share, for the concept than for every other one: MiniCanvas's styles need it, README)."""
     objective: str = "ua_ira"
-    """What a trial is ranked by: "ua_ira" = (UA + IRA) / 2 (the reference) or "ua_ira_cra" = (UA + IRA + CRA) / 3."""
+    """What a trial is ranked by: "ua_ira" = (UA + IRA) / 2 (the reference), "ua_ira_cra" = (UA + IRA + CRA) / 3, or
+    "ua_ira_cra_own", which also scores a style's objects on its own images."""
     scheduler: str = "asha"
     """"grid" scores every (p, γ) on every prompt; "asha" stops poor ones early."""
     prompts_per_cell: int = 1
@@ -110,3 +122,13 @@ def grid_of(cfg: SearchConfig, kind: str = "object") -> tuple[list[float], list[
     if any(g >= 0 for g in multipliers):
         raise ValueError(f"multipliers must be negative (γ < 0 suppresses a concept), got {multipliers}")
     return [float(p) for p in percentiles], [float(g) for g in multipliers]
+
+
+def edits_of(cfg: SearchConfig, kind: str, anchors: tuple[str, ...] = ()) -> list[dict]:
+    """The edits searched for a concept of ``kind`` whose statistics know ``anchors`` (itself excluded): every
+    multiplier, then every (anchor, strength)."""
+    _, multipliers = grid_of(cfg, kind)
+    if anchors and not all(b > 0 for b in cfg.strengths):
+        raise ValueError(f"steering strengths must be positive (toward the anchor), got {cfg.strengths}")
+    steering = [{"anchor": a, "strength": float(b)} for a in anchors for b in cfg.strengths]
+    return [{"multiplier": g} for g in multipliers] + steering

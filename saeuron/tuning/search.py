@@ -1,4 +1,7 @@
-"""Choosing (percentile, multiplier) per concept with Ray Tune, the classifier as the judge.
+"""Choosing (percentile, edit) per concept with Ray Tune, the classifier as the judge.
+
+The edit is a multiplier γ (the paper's) or, with ``search.anchors``, steering toward an anchor by a strength β
+(``saeuron.method.steering``): both are columns of one grid, so the search also chooses the edit mode.
 
 Per concept and block one Tune experiment over the grid (the block: the kind's, and every candidate block,
 ``saeuron.tuning.choice``). A trial builds the recipe of its (p, γ), generates the
@@ -28,11 +31,12 @@ from saeuron.benchmarks.tuning_prompts import scorable_prefix, tuning_prompt_row
 from saeuron.cluster.placement import unit_resources
 from saeuron.console import logger, tune_verbosity
 from saeuron.diffusion.pipeline import check_sampler
+from saeuron.method.recipe import Recipe, edit_from_entry, edit_label
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.storage import check_writable, holding_lease
 from saeuron.storage.mirror import mirror_path, push
 from saeuron.tuning.choice import ConceptResult, SearchTarget, choose, choose_block, search_targets
-from saeuron.tuning.config import SCHEDULERS, SearchConfig, grid_of
+from saeuron.tuning.config import SCHEDULERS, SearchConfig, edits_of, grid_of
 from saeuron.tuning.trial import tuning_trial
 
 
@@ -45,13 +49,14 @@ class SearchResult(NamedTuple):
 def run_concept_search(
     cfg: SearchConfig, target: SearchTarget, setup: dict[str, Any], parent_run_id: str, tracking_uri: str
 ) -> ConceptResult:
-    """One concept at one block: a Tune experiment over the grid, and the (p, γ) chosen there."""
+    """One concept at one block: a Tune experiment over the grid, and the (p, edit) chosen there."""
     from ray import tune
     from ray.air.integrations.mlflow import MLflowLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
     concept, kind, statistics = target.concept, target.kind, target.statistics
-    percentiles, multipliers = grid_of(cfg, kind)
+    percentiles, _ = grid_of(cfg, kind)
+    edits = edits_of(cfg, kind, target.anchors)
     budget = len(setup["prompts"][concept])
     unit = unit_resources(cfg.resources, "trial")
     trainable = tune.with_resources(tune.with_parameters(tuning_trial, setup=setup), unit.tune_resources())
@@ -71,7 +76,7 @@ def run_concept_search(
         "kind": kind,
         "statistics": statistics,
         "percentile": tune.grid_search(percentiles),
-        "multiplier": tune.grid_search(multipliers),
+        "edit": tune.grid_search(edits),
     }
     storage = cfg.search_dir / "tune"
     path = storage / target.experiment
@@ -98,7 +103,7 @@ def run_concept_search(
         )
     marker.write_text(signature)
     logger.info(
-        f"search: {target.experiment} ({kind}): {len(percentiles) * len(multipliers)} (p, γ) trials, {cfg.scheduler}, "
+        f"search: {target.experiment} ({kind}): {len(percentiles) * len(edits)} (p, edit) trials, {cfg.scheduler}, "
         f"up to {budget} tuning prompts each"
     )
     verbosity = tune_verbosity()
@@ -146,20 +151,23 @@ def run_concept_search(
     for result in grid:
         if result.metrics is None or "objective" not in result.metrics:
             continue
-        m = result.metrics
+        m, edit = result.metrics, result.config["edit"]
         trials.append(
             {
                 "percentile": result.config["percentile"],
-                "multiplier": result.config["multiplier"],
+                "edit": edit_label(edit_from_entry(edit)),
+                "multiplier": edit.get("multiplier"),
+                "anchor": edit.get("anchor", ""),
+                "strength": edit.get("strength", 0.0),
                 **{k: float(m[k]) for k in ("objective", "objective_soft", "ua", "ira", "cra")},
                 "prompts": int(m["prompts"]),
                 "hookpoint": target.hookpoint,
             }
         )
     errors = [str(e) for e in grid.errors]
-    if len(trials) < len(percentiles) * len(multipliers):
+    if len(trials) < len(percentiles) * len(edits):
         raise RuntimeError(
-            f"{len(percentiles) * len(multipliers) - len(trials)} trials of {target.experiment} reported nothing; errors: {errors[:2]}"
+            f"{len(percentiles) * len(edits) - len(trials)} trials of {target.experiment} reported nothing; errors: {errors[:2]}"
         )
     best = choose(trials, budget)
     full = sum(t["prompts"] >= budget for t in trials)
@@ -171,7 +179,7 @@ def run_concept_search(
         concept,
         kind,
         best["percentile"],
-        best["multiplier"],
+        best["multiplier"] or 0.0,
         best["objective"],
         best["ua"],
         best["ira"],
@@ -181,6 +189,8 @@ def run_concept_search(
         target.hookpoint,
         statistics,
         {target.hookpoint: best["objective"]},
+        best["anchor"],
+        best["strength"],
     )
 
 
@@ -192,7 +202,6 @@ def search(cfg: SearchConfig) -> SearchResult:
     from saeuron.cluster.tracking import tracked_run, tracking_uri_of
     from saeuron.evaluation.evaluate import check_judge
     from saeuron.evaluation.report import objective_heatmap
-    from saeuron.method.recipe import Recipe
 
     if cfg.scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {cfg.scheduler!r}")
@@ -256,12 +265,13 @@ def search(cfg: SearchConfig) -> SearchResult:
             per_block = [run_concept_search(cfg, target, setup, run.info.run_id, tracking_uri) for target in blocks]
             for target, at_block in zip(blocks, per_block):
                 heatmaps.append(out / f"heatmap_{target.experiment}.png")
-                objective_heatmap(at_block, *grid_of(cfg, target.kind), heatmaps[-1])
+                edits = [edit_label(edit_from_entry(e)) for e in edits_of(cfg, target.kind, target.anchors)]
+                objective_heatmap(at_block, grid_of(cfg, target.kind)[0], edits, heatmaps[-1])
             result = choose_block(per_block)
             results.append(result)
             recipe = Recipe.from_statistics(
                 ConceptStatistics.load(result.statistics),
-                {concept: (result.percentile, result.multiplier)},
+                {concept: (result.percentile, result.edit)},
                 base_model,
                 cfg.contrast,
             )
@@ -272,7 +282,7 @@ def search(cfg: SearchConfig) -> SearchResult:
                 + ")"
             )
             logger.info(
-                f"search: {concept} ({result.kind}) -> p={result.percentile} γ={result.multiplier} objective {result.objective:.3f} "
+                f"search: {concept} ({result.kind}) -> p={result.percentile} {edit_label(result.edit)} objective {result.objective:.3f} "
                 f"(UA {result.ua:.2f}, IRA {result.ira:.2f}, CRA {result.cra:.2f}){where if len(blocks) > 1 else ''}; "
                 f"{result.generations} generations"
             )
@@ -280,7 +290,8 @@ def search(cfg: SearchConfig) -> SearchResult:
         summary = {r.concept: r._asdict() for r in results}
         write_text_atomic(out / "search.json", json.dumps(summary, indent=2))
         for r in results:
-            mlflow.log_params({f"{r.concept}.{k}": getattr(r, k) for k in ("percentile", "multiplier", "hookpoint")})
+            chosen = ("percentile", "multiplier", "hookpoint") + (("anchor", "strength") if r.anchor else ())
+            mlflow.log_params({f"{r.concept}.{k}": getattr(r, k) for k in chosen})
             mlflow.log_metrics({f"{r.concept}.{k}": getattr(r, k) for k in ("objective", "ua", "ira", "cra", "generations")})
         for heatmap in heatmaps:
             mlflow.log_artifact(str(heatmap), "heatmaps")

@@ -1,7 +1,7 @@
-"""One trial of a search: a (percentile, multiplier) for one concept, scored chunk by chunk.
+"""One trial of a search: a (percentile, edit) for one concept, scored chunk by chunk.
 
 A Ray Tune function trainable. It generates the concept's tuning prompts with the recipe of its
-(p, γ), judges them with the benchmark's judge and reports UA, IRA, CRA and the objectives after
+(p, edit) — the edit a multiplier γ or steering toward an anchor —, judges them with the benchmark's judge and reports UA, IRA, CRA and the objectives after
 every chunk, the images judged so far being its checkpoint (a retried trial goes on from there).
 """
 
@@ -29,14 +29,14 @@ def _cached(key: tuple, build):
 
 
 def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
-    """Ray Tune function trainable: one (percentile, multiplier) for one concept."""
+    """Ray Tune function trainable: one (percentile, edit) for one concept."""
     import ray.tune
     from ray.tune import Checkpoint
 
     from saeuron.benchmarks.judges import judge_batch
     from saeuron.cluster.actor_pool import load_pipeline_in_actor
     from saeuron.cluster.registry import load_sae
-    from saeuron.method.recipe import Recipe
+    from saeuron.method.recipe import Recipe, edit_from_entry
     from saeuron.method.unlearned_pipeline import UnlearnedPipeline
 
     pipe, device, dtype = _cached(
@@ -60,7 +60,7 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
             tracking_uri=setup["tracking_uri"],
         ),
     )
-    params = {concept: (config["percentile"], config["multiplier"])}
+    params = {concept: (config["percentile"], edit_from_entry(config["edit"]))}
     recipe = Recipe.from_statistics(stats, params, setup["base_model"], setup["contrast"])
     generator = UnlearnedPipeline.from_recipe(pipe, sae, recipe, setup["base_model"], setup["error_mode"])
     rows = setup["prompts"][concept]
@@ -83,11 +83,12 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         scores = forgetting_scores(judged, kind, [concept])
         graded = forgetting_scores(judged, kind, [concept], soft=True)
         metrics = {
-            "objective": objective_of(setup["objective"], scores.ua, scores.ira, scores.cra),
-            "objective_soft": objective_of(setup["objective"], graded.ua, graded.ira, graded.cra),
+            "objective": objective_of(setup["objective"], scores.ua, scores.ira, scores.cra, scores.cra_forgotten),
+            "objective_soft": objective_of(setup["objective"], graded.ua, graded.ira, graded.cra, graded.cra_forgotten),
             "ua": scores.ua,
             "ira": scores.ira,
             "cra": scores.cra,
+            **({} if scores.cra_forgotten is None else {"cra_own": scores.cra_forgotten}),
             "prompts": len(judged),
             "rules": len(recipe.rules),
         }

@@ -9,11 +9,10 @@ import pytest
 from helpers import REPO, STEPS, STYLE_HOOK
 
 # Measured here (fixture SAE, 2 statistics prompts a concept, seed 188, 88 images a point, 10 steps):
-# (UA, IRA, CRA, object accuracy on Checkerboard's own images) per edit. β 0 is the unedited model; β 5 forgets
-# more than the paper's edit and keeps more of Checkerboard's objects, as on the full study's SAE (README).
+# (UA, IRA, CRA, object accuracy on Checkerboard's own images) per edit. β 5 forgets more than the paper's edit and
+# keeps more of Checkerboard's objects, as on the full study's SAE (README); the unedited model scores 0 / 1 / 1 / 1.
 MEASURED = {
     "paper's edit γ -5": (0.625, 1.0, 1.0, 0.125),
-    "steer fires β 0": (0.0, 1.0, 1.0, 1.0),
     "steer fires β 5": (0.875, 1.0, 1.0, 0.5),
 }
 
@@ -47,7 +46,6 @@ def test_the_sweep_scores_the_paper_edit_and_each_steering_point(style_sae, tmp_
         "--points",
         "Checkerboard:97:-5",
         "--strengths",
-        "0",
         "5",
         "--where",
         "fires",

@@ -4,7 +4,7 @@ import pytest
 
 from saeuron.benchmarks import get_benchmark
 from saeuron.method.statistics import ConceptStatistics
-from saeuron.tuning.choice import ConceptResult, choose_block, search_targets
+from saeuron.tuning.choice import ConceptResult, choose, choose_block, search_targets
 from saeuron.tuning.config import SearchConfig
 
 MID, DOWN, STYLE = "unet.mid_block.attentions.0", "unet.down_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"
@@ -71,3 +71,30 @@ def test_the_concept_keeps_the_best_block_and_a_tie_keeps_the_kinds_block():
     assert chosen.generations == 972 and [t["hookpoint"] for t in chosen.trials] == [MID, DOWN]
     assert chosen.blocks == {MID: 0.5, DOWN: 0.987}
     assert choose_block([at(MID, 1.0, 10), at(DOWN, 1.0, 10)]).hookpoint == MID
+
+
+def test_each_block_is_steered_toward_the_anchors_its_statistics_know_and_an_unknown_anchor_is_refused(tmp_path):
+    style = statistics(tmp_path / "style", STYLE, "style", ["Neon_Glow", "Checkerboard", "none"])
+    mid = statistics(tmp_path / "mid", MID, "object")
+    cfg = SearchConfig(
+        concepts=["Neon_Glow", "Checkerboard", "Rings"],
+        style_statistics=style,
+        object_statistics=mid,
+        anchors=["none", "Checkerboard"],
+    )
+    targets = search_targets(cfg, get_benchmark("minicanvas"))
+    assert [t.anchors for t in targets["Neon_Glow"]] == [("none", "Checkerboard")]
+    assert [t.anchors for t in targets["Checkerboard"]] == [("none",)]  # not toward itself
+    assert [t.anchors for t in targets["Rings"]] == [()]  # object statistics know neither
+    with pytest.raises(ValueError, match=r"know the steering anchors \['Flat_Pop'\].*unstyled_reference: true"):
+        search_targets(SearchConfig(concepts=["Rings"], object_statistics=mid, anchors=["Flat_Pop"]), get_benchmark("minicanvas"))
+
+
+def test_a_tie_prefers_the_papers_scaling_edit_then_the_smaller_one():
+    def trial(objective, multiplier=None, anchor="", strength=0.0):
+        return dict(percentile=99.0, multiplier=multiplier, anchor=anchor, strength=strength, objective=objective, prompts=88)
+
+    steer5, steer3, scale = trial(1.0, anchor="none", strength=5.0), trial(1.0, anchor="none", strength=3.0), trial(1.0, -2.0)
+    assert choose([steer5, steer3, scale], 88) is scale
+    assert choose([steer5, steer3], 88) is steer3
+    assert choose([steer5, trial(0.9, -1.0)], 88) is steer5

@@ -3,7 +3,7 @@
 import pytest
 
 from saeuron.config import build_config
-from saeuron.tuning.config import SearchConfig, grid_of, objective_of
+from saeuron.tuning.config import SearchConfig, edits_of, grid_of, objective_of
 
 
 def test_the_reference_objective_ignores_cra_and_the_other_does_not():
@@ -18,8 +18,31 @@ def test_the_reference_objective_ignores_cra_and_the_other_does_not():
 
 
 def test_an_unknown_objective_or_contrast_is_refused_before_the_search_starts():
-    with pytest.raises(ValueError, match=r"objective must be one of \('ua_ira', 'ua_ira_cra'\)"):
+    with pytest.raises(ValueError, match=r"objective must be one of \('ua_ira', 'ua_ira_cra', 'ua_ira_cra_own'\)"):
         grid_of(build_config(SearchConfig, objective="ua"))
     with pytest.raises(ValueError, match="contrast must be one of"):
         grid_of(build_config(SearchConfig, contrast="median"))
     assert grid_of(build_config(SearchConfig, objective="ua_ira_cra", contrast="max"), "style")[0] == [97.0, 98.0, 99.0, 99.5]
+
+
+def test_the_own_style_objective_ranks_steering_that_keeps_the_objects_above_the_edit_that_erases_them():
+    # Checkerboard on the evaluation grid (README, "Every concept", item 8): the paper's edit 0.81 / 0.85 / 1.00 with
+    # 0.12 of the objects on its own images, steering toward the unstyled rendering 1.00 / 1.00 / 1.00 / 0.75.
+    paper, steered = (0.8125, 0.85, 1.0, 0.125), (1.0, 1.0, 1.0, 0.75)
+    assert objective_of("ua_ira_cra_own", *paper) == pytest.approx(0.696875)
+    assert objective_of("ua_ira_cra_own", *steered) == pytest.approx(0.9375)
+    # An object has no own-style score: the objective is (UA + IRA + CRA) / 3.
+    assert objective_of("ua_ira_cra_own", 1.0, 0.9, 0.8, None) == objective_of("ua_ira_cra", 1.0, 0.9, 0.8)
+
+
+def test_the_grid_of_edits_is_every_multiplier_then_every_anchor_and_strength():
+    cfg = build_config(SearchConfig, style_multipliers=[-1.0, -2.0], anchors=["none"], strengths=[3.0, 5.0])
+    assert edits_of(cfg, "style", ("none",)) == [
+        {"multiplier": -1.0},
+        {"multiplier": -2.0},
+        {"anchor": "none", "strength": 3.0},
+        {"anchor": "none", "strength": 5.0},
+    ]
+    assert edits_of(cfg, "style", ()) == [{"multiplier": -1.0}, {"multiplier": -2.0}]
+    with pytest.raises(ValueError, match="steering strengths must be positive"):
+        edits_of(build_config(SearchConfig, anchors=["none"], strengths=[0.0]), "style", ("none",))
