@@ -2,6 +2,8 @@
 
     python jobs/recipe.py --statistics runs/minicanvas/statistics/style-unet.up_blocks.1.attentions.2 \
         --concepts Neon_Glow --percentile 99 --multiplier -5
+    # or steer toward the unstyled rendering (statistics gathered with --unstyled_reference true) instead of scaling:
+    python jobs/recipe.py --statistics ... --concepts Checkerboard --percentile 97 --contrast max --anchor none --strength 5
 """
 
 from saeuron.config import parse_config

@@ -87,7 +87,8 @@ def choose_latents(cfg: AtlasConfig, num_latents: int, recipe: Recipe | None, st
     if recipe is not None:
         names = list(recipe.concepts)
         counts: dict[int, dict[int, int]] = {}
-        for latent, concept in zip(recipe.rules.latent.tolist(), recipe.rules.concept_index.tolist()):
+        selection = recipe.selection()
+        for latent, concept in zip(selection.latent.tolist(), selection.concept_index.tolist()):
             counts.setdefault(latent, {}).setdefault(concept, 0)
             counts[latent][concept] += 1
         ranked = sorted(counts, key=lambda f: (-sum(counts[f].values()), f))
@@ -236,7 +237,8 @@ def atlas(cfg: AtlasConfig) -> list[dict]:
         write_text_atomic(local / GROUPS, json.dumps(group_effects(effect_table, chosen), indent=1))
     thresholds: dict[int, dict[int, float]] = {}
     if recipe is not None:
-        for t, f, m in zip(recipe.rules.timestep_index.tolist(), recipe.rules.latent.tolist(), recipe.rules.threshold.tolist()):
+        selection = recipe.selection()
+        for t, f, m in zip(selection.timestep_index.tolist(), selection.latent.tolist(), selection.threshold.tolist()):
             thresholds.setdefault(f, {})[recipe.timesteps[t]] = m
     heat_labels = [f"step {s + 1} (t={rec.timesteps[s]})" for s in heat_steps(len(rec.timesteps))]
     scores: dict[str, torch.Tensor] = {}

@@ -60,6 +60,6 @@ def make_recipe(cfg: RecipeConfig) -> Recipe:
     recipe.save(local)
     push(local, cfg.recipe_dir())
     logger.info(
-        f"recipe: {len(recipe.rules)} rules for {cfg.concepts} over {len(recipe.timesteps)} timesteps -> {cfg.recipe_dir()}"
+        f"recipe: {len(recipe.rules) + len(recipe.steering)} rules for {cfg.concepts} over {len(recipe.timesteps)} timesteps -> {cfg.recipe_dir()}"
     )
     return recipe

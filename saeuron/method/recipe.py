@@ -73,6 +73,20 @@ class Recipe:
         edits = [(i, self.edit_of(c)) for i, c in enumerate(self.concepts)]
         return [(i, e) for i, e in edits if isinstance(e, Steer)]
 
+    def selection(self) -> Rules:
+        """Every selected (timestep, latent) of every concept, scaled or steered (a steered one with scale 1: it
+        scales nothing): what the recipe's latents are, for those who read them (the atlas)."""
+        if not self.steers():
+            return self.rules
+        r, s = self.rules, self.steering
+        return Rules(
+            torch.cat([r.timestep_index, s.timestep_index]),
+            torch.cat([r.latent, s.latent]),
+            torch.cat([r.scale, torch.ones(len(s))]),
+            torch.cat([r.threshold, s.threshold]),
+            torch.cat([r.concept_index, s.concept_index]),
+        )
+
     def timestep_index(self, timestep: int) -> int:
         """Rules are looked up by the actual scheduler timestep; a timestep the statistics do not
         cover maps to the nearest one they do (so any number of sampling steps works)."""

@@ -90,7 +90,7 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
             "cra": scores.cra,
             **({} if scores.cra_forgotten is None else {"cra_own": scores.cra_forgotten}),
             "prompts": len(judged),
-            "rules": len(recipe.rules),
+            "rules": len(recipe.rules) + len(recipe.steering),
         }
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "judged.json").write_text(json.dumps(judged))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from saeuron.diffusion.hooks import BlockCall
+from saeuron.method.components import DiffusersRecipe
 from saeuron.method.edit import UnlearningEdit
 from saeuron.method.recipe import Recipe, edit_label
 from saeuron.method.selection import importance_scores, selected_latents
@@ -61,6 +62,10 @@ def test_a_steered_concept_moves_only_where_it_fires_by_beta_times_the_decoded_a
     assert loaded.edit_of("c") == Steer("none", 3.0, "fires") and edit_label(loaded.edit_of("c")) == "→none β3"
     assert torch.equal(UnlearningEdit(sae, loaded)(tokens, CALL).reshape(-1, 16), out)
 
+    component = DiffusersRecipe.from_pretrained(tmp_path / "r")  # a pipeline's component keeps the steering too
+    component.save_pretrained(tmp_path / "again")
+    assert torch.equal(UnlearningEdit(sae, Recipe.load(tmp_path / "again"))(tokens, CALL).reshape(-1, 16), out)
+
     everywhere = Recipe.from_statistics(stats, {"c": (90.0, Steer("none", 3.0, "all"))}, "base")
     torch.testing.assert_close(UnlearningEdit(sae, everywhere)(tokens, CALL).reshape(-1, 16), flat + 3.0 * direction)
 
@@ -72,6 +77,8 @@ def test_scaled_and_steered_concepts_combine_in_one_edit():
     steered_only = Recipe.from_statistics(stats, {"c": (90.0, Steer("none", 2.0))}, "base")
     assert both.rules.concept_index.unique().tolist() == [0] and both.steering.concept_index.unique().tolist() == [1]
     assert [i for i, _ in both.steers()] == [1] and both.edit_of("other") == -2.0
+    selection = both.selection()  # what the atlas reads: every concept's latents, the steered ones scaling nothing
+    assert len(selection) == len(both.rules) + len(both.steering) and (selection.scale[len(both.rules) :] == 1).all()
     flat = tokens.reshape(-1, 16)
     scaled = UnlearningEdit(sae, scaled_only)(tokens, CALL).reshape(-1, 16)
     steered = UnlearningEdit(sae, steered_only)(tokens, CALL).reshape(-1, 16)

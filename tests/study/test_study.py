@@ -9,6 +9,22 @@ from helpers import TINY_CHOSEN, TINY_SCORES, tiny_study_argv
 from saeuron.config import parse_config
 from saeuron.storage import StorageError
 from saeuron.study import StudyConfig, run_study
+from saeuron.study.run import objective_gaps
+
+
+def test_the_objective_gap_scores_the_evaluation_with_the_searchs_own_objective():
+    # Checkerboard steered toward the unstyled rendering: 0.95 on its tuning prompts; on the evaluation grid
+    # 1.00 / 1.00 / 1.00 with 0.75 of the objects on its own images (README, "Every concept", item 8).
+    scores = {
+        "Checkerboard": {"UA": 1.0, "IRA": 1.0, "CRA": 1.0, "CRA_forgotten": 0.75},
+        "Stars": {"UA": 0.9, "IRA": 1.0, "CRA": 1.0},
+    }
+    chosen = {"Checkerboard": [97.0, 0.0, 0.95], "Stars": [99.0, -1.0, 1.0]}
+    assert objective_gaps("ua_ira_cra_own", scores, chosen) == {
+        "Checkerboard": (0.95, 0.9375),
+        "Stars": (1.0, pytest.approx(0.9666667)),
+    }
+    assert objective_gaps("ua_ira", scores, chosen)["Stars"] == (1.0, 0.95)
 
 
 def tiny_study(study_dir, concepts=("Neon_Glow", "Stars"), multipliers=("-1", "-5"), extra=()):
@@ -34,6 +50,9 @@ def test_the_study_runs_every_stage_once_and_resumes_by_skipping_them(tmp_path, 
     stages = {c.data.tags.get("saeuron.stage") for c in children}
     assert {"collect", "train", "gather", "search", "evaluate"} <= stages
     assert parent.data.metrics["Neon_Glow.UA"] == scores["Neon_Glow"]["UA"]
+    gaps = objective_gaps(cfg.search.objective, scores, first["search"]["chosen"])
+    assert parent.data.metrics["objective_gap"] == pytest.approx(sum(abs(t - e) for t, e in gaps.values()) / 2)
+    assert "tuning prompts vs evaluation: mean |gap|" in printed
 
     records = tmp_path / "study" / "stages" / "tiny"
     before = {p.name: p.read_text() for p in records.glob("*.json")}
