@@ -98,6 +98,13 @@ def style_statistics(style_sae, minicanvas_activations, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def unstyled_reference_statistics(style_sae, minicanvas_activations, tmp_path_factory):
+    """Style statistics with the unstyled anchor "none" (two prompts a concept): what steering needs."""
+    folder = tmp_path_factory.mktemp("stats")
+    return fixture_statistics(style_sae, STYLE_HOOK, "style", folder, max_prompts_per_concept=2, unstyled_reference=True)
+
+
+@pytest.fixture(scope="session")
 def object_sae(minicanvas_activations, tmp_path_factory):
     return fixture_sae(minicanvas_activations, OBJECT_HOOK, tmp_path_factory.mktemp("sae"))
 

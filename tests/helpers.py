@@ -101,7 +101,8 @@ def fixture_sae(activations, hookpoint: str, folder: Path) -> Path:
     return folder / hookpoint
 
 
-def fixture_statistics(sae: Path, hookpoint: str, kind: str, folder: Path) -> Path:
+def fixture_statistics(sae: Path, hookpoint: str, kind: str, folder: Path, **options) -> Path:
+    """Statistics gathered by ``sae`` at ``hookpoint``; ``options``: further GatherConfig fields."""
     from saeuron.config import build_config
     from saeuron.method.gather import GatherConfig, gather
 
@@ -114,6 +115,7 @@ def fixture_statistics(sae: Path, hookpoint: str, kind: str, folder: Path) -> Pa
         num_inference_steps=STEPS,
         guidance_scale=7.5,
         batch_size=20,
+        **options,
     )
     gather(cfg)
     return cfg.statistics_dir.local_path

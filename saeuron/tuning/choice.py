@@ -54,6 +54,8 @@ class ConceptResult(NamedTuple):
     anchor: str = ""
     """Steered (``saeuron.method.steering``): the anchor, ``multiplier`` then 0; "": the paper's scaling edit."""
     strength: float = 0.0
+    cra_own: float | None = None
+    """A style: the chosen trial's object accuracy on the style's own tuning images."""
 
     @property
     def edit(self) -> float | Steer:

@@ -159,7 +159,7 @@ def run_concept_search(
                 "multiplier": edit.get("multiplier"),
                 "anchor": edit.get("anchor", ""),
                 "strength": edit.get("strength", 0.0),
-                **{k: float(m[k]) for k in ("objective", "objective_soft", "ua", "ira", "cra")},
+                **{k: float(m[k]) for k in ("objective", "objective_soft", "ua", "ira", "cra", "cra_own") if k in m},
                 "prompts": int(m["prompts"]),
                 "hookpoint": target.hookpoint,
             }
@@ -191,6 +191,7 @@ def run_concept_search(
         {target.hookpoint: best["objective"]},
         best["anchor"],
         best["strength"],
+        best.get("cra_own"),
     )
 
 
@@ -281,9 +282,10 @@ def search(cfg: SearchConfig) -> SearchResult:
                 + ", ".join(f"{h} {o:.3f}" for h, o in result.blocks.items())
                 + ")"
             )
+            own = "" if result.cra_own is None else f", own {result.cra_own:.2f}"
             logger.info(
                 f"search: {concept} ({result.kind}) -> p={result.percentile} {edit_label(result.edit)} objective {result.objective:.3f} "
-                f"(UA {result.ua:.2f}, IRA {result.ira:.2f}, CRA {result.cra:.2f}){where if len(blocks) > 1 else ''}; "
+                f"(UA {result.ua:.2f}, IRA {result.ira:.2f}, CRA {result.cra:.2f}{own}){where if len(blocks) > 1 else ''}; "
                 f"{result.generations} generations"
             )
         mlflow.set_tracking_uri(tracking_uri)

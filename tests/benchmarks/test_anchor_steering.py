@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO, STEPS, STYLE_HOOK
+from helpers import REPO, STEPS
 
 # Measured here (fixture SAE, 2 statistics prompts a concept, seed 188, 88 images a point, 10 steps):
 # (UA, IRA, CRA, object accuracy on Checkerboard's own images) per edit. β 5 forgets more than the paper's edit and
@@ -18,23 +18,7 @@ MEASURED = {
 
 
 @pytest.mark.slow
-def test_the_sweep_scores_the_paper_edit_and_each_steering_point(style_sae, tmp_path):
-    from saeuron.config import build_config
-    from saeuron.method.gather import GatherConfig, gather
-
-    stats = build_config(
-        GatherConfig,
-        sae=str(style_sae),
-        hookpoint=STYLE_HOOK,
-        kind="style",
-        study_dir=str(tmp_path),
-        num_inference_steps=STEPS,
-        guidance_scale=7.5,
-        batch_size=20,
-        max_prompts_per_concept=2,
-        unstyled_reference=True,
-    )
-    gather(stats)
+def test_the_sweep_scores_the_paper_edit_and_each_steering_point(style_sae, unstyled_reference_statistics, tmp_path):
     out = tmp_path / "sweep.json"
     command = [
         sys.executable,
@@ -42,7 +26,7 @@ def test_the_sweep_scores_the_paper_edit_and_each_steering_point(style_sae, tmp_
         "--saes",
         str(style_sae.parent),
         "--statistics",
-        str(stats.statistics_dir.local_path),
+        str(unstyled_reference_statistics),
         "--points",
         "Checkerboard:97:-5",
         "--strengths",

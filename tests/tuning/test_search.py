@@ -240,29 +240,13 @@ def test_a_candidate_block_that_scores_better_takes_the_concept_and_its_recipe(
 
 
 @pytest.mark.slow
-def test_the_search_chooses_steering_where_it_keeps_a_styles_objects(style_sae, ray_cluster, tmp_path):
-    from helpers import STYLE_HOOK
-
-    from saeuron.method.gather import GatherConfig, gather
+def test_the_search_chooses_steering_where_it_keeps_a_styles_objects(unstyled_reference_statistics, ray_cluster, tmp_path):
     from saeuron.method.recipe import Recipe
     from saeuron.method.steering import Steer
 
-    gathered = build_config(
-        GatherConfig,
-        sae=str(style_sae),
-        hookpoint=STYLE_HOOK,
-        kind="style",
-        study_dir=str(tmp_path / "gathered"),
-        num_inference_steps=STEPS,
-        guidance_scale=7.5,
-        batch_size=20,
-        max_prompts_per_concept=2,
-        unstyled_reference=True,
-    )
-    gather(gathered)
     study = tmp_path / "study"
     cfg = small_search(
-        gathered.statistics_dir.local_path,
+        unstyled_reference_statistics,
         study,
         concepts=["Checkerboard"],
         scheduler="grid",
