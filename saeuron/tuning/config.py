@@ -22,13 +22,16 @@ def check_objective(name: str) -> str:
 def objective_of(name: str, ua: float, ira: float, cra: float, cra_own: float | None = None) -> float:
     """The search's objective ``name``: "ua_ira" = (UA + IRA) / 2, the reference's; "ua_ira_cra" = (UA + IRA + CRA) / 3,
     which also keeps what the other axis needs (a style's unstyled objects, an object's styles), so that a search
-    cannot trade it away; "ua_ira_cra_own" adds, for a style, the object accuracy on its own images (is the object
-    still drawn once its style is gone?), (UA + IRA + CRA + CRA-own) / 4 (an object: as "ua_ira_cra")."""
+    cannot trade it away; "ua_ira_cra_own" = (UA + retention) / 2, retention the mean of IRA, CRA and, for a style,
+    the object accuracy on its own images (is the object still drawn once its style is gone?). Forgetting keeps half
+    the weight, as in the reference's: with four equal terms an edit that forgets nothing scores 0.75, as much as one
+    that forgets the style with its objects, and a search chose it (Flat_Pop, README "Every concept", item 9)."""
     if check_objective(name) == "ua_ira":
         return (ua + ira) / 2
-    if name == "ua_ira_cra_own" and cra_own is not None:
-        return (ua + ira + cra + cra_own) / 4
-    return (ua + ira + cra) / 3
+    if name == "ua_ira_cra":
+        return (ua + ira + cra) / 3
+    retention = [ira, cra] + ([] if cra_own is None else [cra_own])
+    return (ua + sum(retention) / len(retention)) / 2
 
 
 @dataclass
@@ -56,7 +59,7 @@ class SearchOptions:
     more, for its share, for the concept than for every other one: MiniCanvas's styles need it, README)."""
     objective: str = "ua_ira"
     """What a trial is ranked by: "ua_ira" = (UA + IRA) / 2 (the reference), "ua_ira_cra" = (UA + IRA + CRA) / 3, or
-    "ua_ira_cra_own", which also scores a style's objects on its own images."""
+    "ua_ira_cra_own" = (UA + mean(IRA, CRA, CRA-own)) / 2, which also scores a style's objects on its own images."""
     scheduler: str = "asha"
     """"grid" scores every (p, γ) on every prompt; "asha" stops poor ones early."""
     prompts_per_cell: int = 1

@@ -28,11 +28,13 @@ def test_an_unknown_objective_or_contrast_is_refused_before_the_search_starts():
 def test_the_own_style_objective_ranks_steering_that_keeps_the_objects_above_the_edit_that_erases_them():
     # Checkerboard on the evaluation grid (README, "Every concept", item 8): the paper's edit 0.81 / 0.85 / 1.00 with
     # 0.12 of the objects on its own images, steering toward the unstyled rendering 1.00 / 1.00 / 1.00 / 0.75.
-    paper, steered = (0.8125, 0.85, 1.0, 0.125), (1.0, 1.0, 1.0, 0.75)
-    assert objective_of("ua_ira_cra_own", *paper) == pytest.approx(0.696875)
-    assert objective_of("ua_ira_cra_own", *steered) == pytest.approx(0.9375)
-    # An object has no own-style score: the objective is (UA + IRA + CRA) / 3.
-    assert objective_of("ua_ira_cra_own", 1.0, 0.9, 0.8, None) == objective_of("ua_ira_cra", 1.0, 0.9, 0.8)
+    paper, steered, unedited = (0.8125, 0.85, 1.0, 0.125), (1.0, 1.0, 1.0, 0.75), (0.0, 1.0, 1.0, 1.0)
+    assert objective_of("ua_ira_cra_own", *paper) == pytest.approx(0.7354167)
+    assert objective_of("ua_ira_cra_own", *steered) == pytest.approx(0.9583333)
+    # Forgetting keeps half the weight: forgetting nothing scores 0.5, below forgetting the style with its objects.
+    assert objective_of("ua_ira_cra_own", *unedited) == 0.5 < objective_of("ua_ira_cra_own", 1.0, 1.0, 1.0, 0.0)
+    # An object has no own-style score: (UA + (IRA + CRA) / 2) / 2.
+    assert objective_of("ua_ira_cra_own", 1.0, 0.9, 0.8, None) == pytest.approx(0.925)
 
 
 def test_the_grid_of_edits_is_every_multiplier_then_every_anchor_and_strength():
