@@ -38,6 +38,16 @@ def test_the_all_concepts_preset_is_the_full_study_on_every_concept():
     assert every.candidate_hookpoints == [("object", "unet.down_blocks.1.attentions.1")] and not full.candidate_hookpoints
 
 
+def test_the_steering_preset_is_the_all_concepts_study_on_the_styles_with_steering_in_the_search():
+    from saeuron.benchmarks.minicanvas.concepts import STYLES
+
+    steering = parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study-styles-steering.yaml")])
+    every = parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study-all.yaml")])
+    assert sorted(steering.search.concepts) == sorted(STYLES) and steering.gather.unstyled_reference
+    assert (steering.search.anchors, steering.search.objective) == (["none", "Thick_Outline"], "ua_ira_cra_own")
+    assert (steering.collect, steering.train, steering.evaluate) == (every.collect, every.train, every.evaluate)
+
+
 def test_the_quick_preset_is_the_default():
     assert parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study.yaml")]) == StudyConfig()
 
