@@ -131,7 +131,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     )
     gaps = objective_gaps(cfg.search.objective, evaluated["scores"], searched["chosen"])
     if gaps:  # does the search's choice hold on the evaluation's held-out seeds and prompts?
-        client.log_metric(parent, "objective_gap", sum(abs(t - e) for t, e in gaps.values()) / len(gaps))
+        client.log_metric(parent, "objective_gap", mean_gap(gaps))
     client.set_terminated(parent)
     if ray_started_here and ray.is_initialized():  # workers' progress bars would redraw over the summary
         ray.shutdown()
@@ -173,6 +173,10 @@ def objective_gaps(objective: str, scores: dict, chosen: dict) -> dict[str, tupl
     }
 
 
+def mean_gap(gaps: dict[str, tuple[float, float]]) -> float:
+    return sum(abs(tuning - evaluation) for tuning, evaluation in gaps.values()) / len(gaps)
+
+
 def print_summary(cfg: StudyConfig, evaluated: dict, searched: dict, tracking_uri: str) -> None:
     """The score table, the mean per kind, and the worst concept over all kinds (its lowest of UA, IRA and CRA)."""
     print(f"\nstudy {cfg.name}: UnlearnCanvas scores on {cfg.model.benchmark} (CRA-own: the object on the style's own images)")
@@ -191,8 +195,7 @@ def print_summary(cfg: StudyConfig, evaluated: dict, searched: dict, tracking_ur
             print(f"{'mean (' + kind + ')':<18} {'':<20} {_cells(avg, None)}")
         print(f"{'worst: ' + worst[0]:<18} {'':<20} {_cells(worst[1], evaluated['fid'].get(worst[0]))}")
     if gaps:
-        mean_gap = sum(abs(t - e) for t, e in gaps.values()) / len(gaps)
-        print(f"search objective ({cfg.search.objective}), tuning prompts vs evaluation: mean |gap| {mean_gap:.3f}")
+        print(f"search objective ({cfg.search.objective}), tuning prompts vs evaluation: mean |gap| {mean_gap(gaps):.3f}")
     for name, blocks in searched.get("blocks", {}).items():
         tried = ", ".join(f"{block} {objective:.3f}" for block, objective in blocks.items())
         print(f"{name}: forgotten at {searched['hookpoints'][name]} (search objective by block: {tried})")

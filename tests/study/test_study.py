@@ -9,7 +9,7 @@ from helpers import TINY_CHOSEN, TINY_SCORES, tiny_study_argv
 from saeuron.config import parse_config
 from saeuron.storage import StorageError
 from saeuron.study import StudyConfig, run_study
-from saeuron.study.run import objective_gaps
+from saeuron.study.run import mean_gap, objective_gaps
 
 
 def test_the_objective_gap_scores_the_evaluation_with_the_searchs_own_objective():
@@ -25,6 +25,7 @@ def test_the_objective_gap_scores_the_evaluation_with_the_searchs_own_objective(
         "Stars": (1.0, 0.95),
     }
     assert objective_gaps("ua_ira", scores, chosen)["Stars"] == (1.0, 0.95)
+    assert mean_gap(objective_gaps("ua_ira_cra_own", scores, chosen)) == pytest.approx((0.0083333 + 0.05) / 2)
 
 
 def tiny_study(study_dir, concepts=("Neon_Glow", "Stars"), multipliers=("-1", "-5"), extra=()):
