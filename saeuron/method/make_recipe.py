@@ -43,12 +43,23 @@ class RecipeConfig(WithModel):
         return Location.parse(self.statistics).parent.parent / "recipes" / "+".join(self.concepts)
 
 
+def check_one_edit(cfg: RecipeConfig) -> None:
+    """A recipe concept is scaled or steered: the other edit's options, given, would go unused."""
+    defaults = RecipeConfig()
+    if cfg.anchor and cfg.multiplier != defaults.multiplier:
+        raise ValueError(f"--anchor {cfg.anchor} steers and --multiplier {cfg.multiplier} scales: give one of them")
+    unused = [f"--{k} {getattr(cfg, k)}" for k in ("strength", "where") if getattr(cfg, k) != getattr(defaults, k)]
+    if not cfg.anchor and unused:
+        raise ValueError(f"{' '.join(unused)} only apply to steering: add --anchor CONCEPT (e.g. none), or drop them")
+
+
 def make_recipe(cfg: RecipeConfig) -> Recipe:
     if not cfg.concepts:
         raise ValueError("no concepts to forget: pass --concepts NAME [NAME ...]")
     if not 0 < cfg.percentile < 100:
         raise ValueError(f"percentile must be in (0, 100), got {cfg.percentile}")
     check_contrast(cfg.contrast)
+    check_one_edit(cfg)
     stats = ConceptStatistics.load(cfg.statistics)
     recipe = Recipe.from_statistics(
         stats,

@@ -113,3 +113,12 @@ def test_a_bad_steering_edit_is_refused_naming_the_fix():
     recipe = Recipe.from_statistics(stats, {"c": (90.0, Steer("none", 3.0))}, "base")
     with pytest.raises(ValueError, match="this recipe steers \\['c'\\]: use error_mode 'correct'"):
         UnlearningEdit(sae, recipe, error_mode="reference")
+
+
+def test_the_recipe_job_refuses_options_of_the_edit_it_does_not_apply():
+    from saeuron.method.make_recipe import RecipeConfig, make_recipe
+
+    with pytest.raises(ValueError, match="--anchor none steers and --multiplier -2.0 scales: give one of them"):
+        make_recipe(RecipeConfig(concepts=["c"], anchor="none", multiplier=-2.0))
+    with pytest.raises(ValueError, match="--strength 3.0 only apply to steering: add --anchor"):
+        make_recipe(RecipeConfig(concepts=["c"], strength=3.0))
