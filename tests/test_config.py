@@ -46,6 +46,8 @@ def test_the_steering_preset_is_the_all_concepts_study_on_the_styles_with_steeri
     assert sorted(steering.search.concepts) == sorted(STYLES) and steering.gather.unstyled_reference
     assert (steering.search.anchors, steering.search.objective) == (["none", "Thick_Outline"], "ua_ira_cra_own")
     assert (steering.collect, steering.train, steering.evaluate) == (every.collect, every.train, every.evaluate)
+    assert (steering.search.percentiles, steering.search.multipliers) == (every.search.percentiles, every.search.multipliers)
+    assert (steering.search.forget_prompts_per_cell, steering.search.other_axis_prompts_per_cell) == (4, 2)
 
 
 def test_the_quick_preset_is_the_default():

@@ -65,12 +65,29 @@ def scorable_prefix(rows: Sequence[Mapping[str, Any]], concept: str, kind: str) 
 
 
 def tuning_prompt_rows(
-    spec: Benchmark, concept: str, kind: str, per_cell: int = 1, anchor_prompts_dir: str | None = None, seed: int = 0
+    spec: Benchmark,
+    concept: str,
+    kind: str,
+    per_cell: int = 1,
+    anchor_prompts_dir: str | None = None,
+    seed: int = 0,
+    forget_per_cell: int = 0,
+    other_axis_per_cell: int = 0,
 ) -> list[PromptRow]:
     """For a style: every object in the concept's style and in every other style, plus every object
     unstyled; for an object: the concept and every other object, each in every style and unstyled.
-    ``per_cell`` prompts per (style, object) cell, each with its own caption and seed."""
+    ``per_cell`` prompts per (style, object) cell, each with its own caption and seed; ``forget_per_cell`` and
+    ``other_axis_per_cell`` (0: ``per_cell``) for the concept's own cells and the other axis's (a style's unstyled
+    cells). Those groups are small (8 cells for a MiniCanvas style against 72 retained) while UA, CRA and the
+    own-style CRA are read from them alone, so more prompts there is what makes the tuning objective predict the
+    evaluation's (README, "Every concept", item 10)."""
     check_kind(kind)
+    if per_cell < 1 or min(forget_per_cell, other_axis_per_cell) < 0:
+        raise ValueError(
+            f"tuning prompts per cell must be at least 1 (0 for the forgotten and other-axis cells: as the rest), got "
+            f"{per_cell} (forgotten {forget_per_cell}, other axis {other_axis_per_cell})"
+        )
+    forget_per_cell, other_axis_per_cell = forget_per_cell or per_cell, other_axis_per_cell or per_cell
     names = spec.styles if kind == "style" else spec.objects
     if concept not in names:
         raise ValueError(f"unknown {kind} {concept!r}; {spec.name} has {list(names)}")
@@ -89,9 +106,9 @@ def tuning_prompt_rows(
     rng = random.Random(f"{spec.name}/{concept}/{seed}")
     counter = iter(range(10**9))
 
-    def cell(style: str | None, obj: str) -> list[_Cell]:
-        picks = rng.sample(captions[obj], min(per_cell, len(captions[obj])))
-        picks += [rng.choice(captions[obj]) for _ in range(per_cell - len(picks))]
+    def cell(style: str | None, obj: str, n: int) -> list[_Cell]:
+        picks = rng.sample(captions[obj], min(n, len(captions[obj])))
+        picks += [rng.choice(captions[obj]) for _ in range(n - len(picks))]
         return [(style, obj, c) for c in picks]
 
     forget: list[_Cell] = []
@@ -99,9 +116,14 @@ def tuning_prompt_rows(
     other_axis: list[_Cell] = []
     for obj in spec.objects:
         for style in spec.styles:
-            target = style if kind == "style" else obj
-            (forget if target == concept else retain).extend(cell(style, obj))
-        (forget if kind == "object" and obj == concept else other_axis if kind == "style" else retain).extend(cell(None, obj))
+            if (style if kind == "style" else obj) == concept:
+                forget.extend(cell(style, obj, forget_per_cell))
+            else:
+                retain.extend(cell(style, obj, per_cell))
+        if kind == "style":
+            other_axis.extend(cell(None, obj, other_axis_per_cell))
+        else:
+            (forget if obj == concept else retain).extend(cell(None, obj, forget_per_cell if obj == concept else per_cell))
     groups, shares = [], []
     for group, share in ((forget, FORGET_SHARE), (retain, RETAIN_SHARE), (other_axis, OTHER_AXIS_SHARE)):
         if group:

@@ -64,6 +64,10 @@ class SearchOptions:
     """"grid" scores every (p, γ) on every prompt; "asha" stops poor ones early."""
     prompts_per_cell: int = 1
     """Tuning prompts per (style, object) cell; MiniCanvas: 88 per concept at 1."""
+    forget_prompts_per_cell: int = 0
+    """Per cell of the concept itself (UA and a style's own-style CRA are read there alone); 0: prompts_per_cell."""
+    other_axis_prompts_per_cell: int = 0
+    """Per unstyled cell of a style's search (its CRA is read there alone); 0: prompts_per_cell."""
     max_prompts: int = 0
     """Cap on tuning prompts per concept (every prefix is balanced); 0: all of them."""
     chunk: int = 8

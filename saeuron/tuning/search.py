@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from saeuron.atomic_files import write_text_atomic
-from saeuron.benchmarks.tuning_prompts import scorable_prefix, tuning_prompt_rows
 from saeuron.cluster.placement import unit_resources
 from saeuron.console import logger, tune_verbosity
 from saeuron.diffusion.pipeline import check_sampler
@@ -37,6 +36,7 @@ from saeuron.storage import check_writable, holding_lease
 from saeuron.storage.mirror import mirror_path, push
 from saeuron.tuning.choice import ConceptResult, SearchTarget, choose, choose_block, search_targets
 from saeuron.tuning.config import SCHEDULERS, SearchConfig, edits_of, grid_of
+from saeuron.tuning.prompts import search_prompts
 from saeuron.tuning.trial import tuning_trial
 
 
@@ -215,25 +215,7 @@ def search(cfg: SearchConfig) -> SearchResult:
     check_sampler(model_path, cfg.model.sampler)
     check_judge(cfg.benchmark, cfg.benchmark.load_judge(cfg.judge))
     tracking_uri = tracking_uri_of(cfg.tracking)
-    prompts = {
-        c: [
-            r.as_dict()
-            for r in tuning_prompt_rows(
-                cfg.benchmark, c, kind, cfg.prompts_per_cell, cfg.model.anchor_prompts_dir or None, cfg.tuning_seed
-            )
-        ][: cfg.max_prompts or None]
-        for c, kind in kinds.items()
-    }
-    for concept, kind in kinds.items():
-        needed, rows = scorable_prefix(prompts[concept], concept, kind), prompts[concept]
-        what = f"its own images, retained ones and {'unstyled' if kind == 'style' else 'styled'} ones"
-        if needed > len(rows):
-            raise ValueError(f"search.max_prompts keeps {len(rows)} tuning prompts of {concept}: too few to hold {what}")
-        if cfg.chunk < needed:
-            raise ValueError(
-                f"search.chunk is {cfg.chunk}, but a trial of {concept} can first report after {needed} tuning prompts "
-                f"({what}): raise --search.chunk to at least {needed}"
-            )
+    prompts = search_prompts(cfg, kinds)
     base_model = cfg.benchmark.model_identity(cfg.model.model_path)
     setup: dict[str, Any] = dict(  # what every trial needs (saeuron.tuning.trial.tuning_trial reads it)
         model_path=str(model_path),

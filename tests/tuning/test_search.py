@@ -35,6 +35,20 @@ def test_tuning_prompts_never_touch_the_evaluation_prompts_or_seeds():
         tuning_prompt_rows(minicanvas, "Van_Gogh", "style")
 
 
+def test_more_tuning_prompts_where_ua_and_cra_are_read():
+    minicanvas = get_benchmark("minicanvas")
+    rows = tuning_prompt_rows(minicanvas, "Neon_Glow", "style", forget_per_cell=4, other_axis_per_cell=2)
+    own, unstyled = [r for r in rows if r.style == "Neon_Glow"], [r for r in rows if r.style is None]
+    assert (len(rows), len(own), len(unstyled)) == (72 + 32 + 16, 32, 16)
+    assert len({r.prompt for r in own}) == 32 and len({r.seed for r in rows}) == len(rows)
+    assert sum(r.style == "Neon_Glow" for r in rows[:32]) == 13  # 40 % of every prefix until they run out
+    assert not {r.prompt for r in rows} & {r.prompt for r in minicanvas.evaluation_prompt_rows()}
+    stars = tuning_prompt_rows(minicanvas, "Stars", "object", forget_per_cell=3, other_axis_per_cell=5)
+    assert (len(stars), sum(r.object == "Stars" for r in stars)) == (77 + 33, 33)  # an object has no other axis
+    with pytest.raises(ValueError, match=r"at least 1 \(0 for the forgotten"):
+        tuning_prompt_rows(minicanvas, "Stars", "object", forget_per_cell=-1)
+
+
 def test_proportional_merge_keeps_every_prefix_balanced():
     merged = proportional_merge([["a"] * 2, ["b"] * 8, ["c"] * 2])
     assert len(merged) == 12
