@@ -127,10 +127,19 @@ def _covering(stats: ConceptStatistics, folder: str, concept: str) -> ConceptSta
     return stats
 
 
-def choose(trials: list[dict[str, Any]], budget: int) -> dict[str, Any]:
-    """The best (hard) objective among the trials that scored every tuning prompt; ties go to the graded
-    objective, then the higher percentile, then the paper's scaling edit before steering, then the smaller edit (the
-    multiplier closer to zero, the lower strength)."""
+def retains(scores: Any, min_retain: float) -> bool:
+    """IRA and CRA (a trial's dict or a ConceptResult) both at least ``min_retain``: the rest of the model kept."""
+    if min_retain <= 0:
+        return True
+    ira, cra = (scores["ira"], scores["cra"]) if isinstance(scores, dict) else (scores.ira, scores.cra)
+    return min(ira, cra) >= min_retain
+
+
+def choose(trials: list[dict[str, Any]], budget: int, min_retain: float = 0.0) -> dict[str, Any]:
+    """The best (hard) objective among the trials that scored every tuning prompt and keep IRA and CRA at
+    ``min_retain`` (among all of them when none does: the choice is still made, and its scores say what it cost);
+    ties go to the graded objective, then the higher percentile, then the paper's scaling edit before steering,
+    then the smaller edit (the multiplier closer to zero, the lower strength)."""
     full = [t for t in trials if t["prompts"] >= budget]
     if not full:
         raise RuntimeError("no trial scored every tuning prompt; see the Tune experiment's errors")
@@ -139,13 +148,17 @@ def choose(trials: list[dict[str, Any]], budget: int) -> dict[str, Any]:
         steered = t.get("multiplier") is None
         return steered, t["strength"] if steered else -t["multiplier"]
 
-    return min(full, key=lambda t: (-t["objective"], -t.get("objective_soft", 0.0), -t["percentile"], *size(t)))
+    def rank(t: dict[str, Any]) -> tuple:
+        return (not retains(t, min_retain), -t["objective"], -t.get("objective_soft", 0.0), -t["percentile"], *size(t))
+
+    return min(full, key=rank)
 
 
-def choose_block(per_block: list[ConceptResult]) -> ConceptResult:
-    """The block whose chosen (p, γ) scores best. A candidate must beat the kind's block (listed first), not
-    tie with it: the graded objective of two blocks' edits is no reason to leave the block the kind is known by."""
-    best = max(per_block, key=lambda r: r.objective)  # max keeps the first of equals
+def choose_block(per_block: list[ConceptResult], min_retain: float = 0.0) -> ConceptResult:
+    """The block whose chosen (p, γ) scores best, a block whose choice keeps IRA and CRA at ``min_retain`` before one
+    whose choice does not. A candidate must beat the kind's block (listed first), not tie with it: the graded
+    objective of two blocks' edits is no reason to leave the block the kind is known by."""
+    best = max(per_block, key=lambda r: (retains(r, min_retain), r.objective))  # max keeps the first of equals
     return best._replace(
         generations=sum(r.generations for r in per_block),
         trials=[t for r in per_block for t in r.trials],

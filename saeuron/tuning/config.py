@@ -60,6 +60,9 @@ class SearchOptions:
     objective: str = "ua_ira"
     """What a trial is ranked by: "ua_ira" = (UA + IRA) / 2 (the reference), "ua_ira_cra" = (UA + IRA + CRA) / 3, or
     "ua_ira_cra_own" = (UA + mean(IRA, CRA, CRA-own)) / 2, which also scores a style's objects on its own images."""
+    min_retain: float = 0.0
+    """IRA and CRA a chosen (p, edit) keeps on the tuning prompts: a trial under it is chosen only when no trial
+    reaches it, whatever its objective (an objective that averages can buy UA with IRA: README, item 11)."""
     scheduler: str = "asha"
     """"grid" scores every (p, γ) on every prompt; "asha" stops poor ones early."""
     prompts_per_cell: int = 1
@@ -117,8 +120,11 @@ class SearchConfig(SearchOptions, WithResources, WithJudge, WithEdit, WithSampli
 
 
 def grid_of(cfg: SearchConfig, kind: str = "object") -> tuple[list[float], list[float]]:
-    """The (percentiles, multipliers) searched for concepts of ``kind`` (and the search's contrast checked)."""
+    """The (percentiles, multipliers) searched for concepts of ``kind`` (and the search's contrast, objective and
+    retain floor checked)."""
     check_contrast(cfg.contrast), check_objective(cfg.objective)
+    if not 0.0 <= cfg.min_retain <= 1.0:
+        raise ValueError(f"search.min_retain is an accuracy in [0, 1] (0: no floor), got {cfg.min_retain}")
     percentiles = cfg.percentiles or list(cfg.benchmark.search_percentiles)
     multipliers = cfg.multipliers or list(cfg.benchmark.search_multipliers)
     if kind == "style":

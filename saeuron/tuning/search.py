@@ -13,7 +13,7 @@ share, or CPU threads) and reuse their worker process, whose pipeline, SAE and j
 
 ASHA ranks trials at its rungs by the graded objective (the judge's probabilities of the true classes
 instead of 0/1 hits): after a few images many (p, γ) tie on accuracy, and tied trials all survive a rung. The chosen (p, γ) of a concept is the best (hard) objective among the trials that
-scored every tuning prompt; ties go to the graded objective, then the higher percentile, then the
+scored every tuning prompt (and keep IRA and CRA at ``search.min_retain``, when any does); ties go to the graded objective, then the higher percentile, then the
 multiplier closer to zero (the smaller edit). With candidate blocks, the concept keeps the block whose choice
 scores best (a candidate must beat the kind's block).
 """
@@ -34,7 +34,7 @@ from saeuron.method.recipe import Recipe, edit_from_entry, edit_label
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.storage import check_writable, holding_lease
 from saeuron.storage.mirror import mirror_path, push
-from saeuron.tuning.choice import ConceptResult, SearchTarget, choose, choose_block, search_targets
+from saeuron.tuning.choice import ConceptResult, SearchTarget, choose, choose_block, retains, search_targets
 from saeuron.tuning.config import SCHEDULERS, SearchConfig, edits_of, grid_of
 from saeuron.tuning.prompts import search_prompts
 from saeuron.tuning.trial import tuning_trial
@@ -62,10 +62,11 @@ def run_concept_search(
     trainable = tune.with_resources(tune.with_parameters(tuning_trial, setup=setup), unit.tune_resources())
     scheduler = None
     if cfg.scheduler == "asha":
-        # Ranked on the graded objective: on a few images many (p, γ) tie on accuracy, and ties all survive a rung.
+        # Ranked on the graded objective: on a few images many (p, γ) tie on accuracy, and ties all survive a rung
+        # (less 1 under search.min_retain, so that the trials the choice may take are the ones that go on).
         scheduler = ASHAScheduler(
             time_attr="prompts",
-            metric="objective_soft",
+            metric="rung_score",
             mode="max",
             max_t=budget,
             grace_period=min(cfg.grace_prompts, budget),
@@ -91,6 +92,7 @@ def run_concept_search(
             "reduction_factor": cfg.reduction_factor,
             "sampling": [cfg.sampling.num_inference_steps, cfg.sampling.guidance_scale, cfg.edit.error_mode],
             **{k: v for k, v in (("contrast", cfg.contrast), ("objective", cfg.objective)) if v not in ("mean", "ua_ira")},
+            **({"min_retain": cfg.min_retain} if cfg.min_retain else {}),
         },
         sort_keys=True,
         default=str,
@@ -169,11 +171,12 @@ def run_concept_search(
         raise RuntimeError(
             f"{len(percentiles) * len(edits) - len(trials)} trials of {target.experiment} reported nothing; errors: {errors[:2]}"
         )
-    best = choose(trials, budget)
+    best = choose(trials, budget, cfg.min_retain)
     full = sum(t["prompts"] >= budget for t in trials)
     logger.info(
         f"search: {target.experiment}: {len(trials)} trials in {time.perf_counter() - started:.0f}s, {full} scored every prompt, "
         f"{len(trials) - full} stopped early"
+        + ("" if retains(best, cfg.min_retain) else f"; none kept IRA and CRA at {cfg.min_retain}")
     )
     return ConceptResult(
         concept,
@@ -227,6 +230,7 @@ def search(cfg: SearchConfig) -> SearchResult:
         base_model=base_model,
         contrast=cfg.contrast,
         objective=cfg.objective,
+        min_retain=cfg.min_retain,
         error_mode=cfg.edit.error_mode,
         chunk=cfg.chunk,
         num_inference_steps=cfg.sampling.num_inference_steps,
@@ -250,7 +254,7 @@ def search(cfg: SearchConfig) -> SearchResult:
                 heatmaps.append(out / f"heatmap_{target.experiment}.png")
                 edits = [edit_label(edit_from_entry(e)) for e in edits_of(cfg, target.kind, target.anchors)]
                 objective_heatmap(at_block, grid_of(cfg, target.kind)[0], edits, heatmaps[-1])
-            result = choose_block(per_block)
+            result = choose_block(per_block, cfg.min_retain)
             results.append(result)
             recipe = Recipe.from_statistics(
                 ConceptStatistics.load(result.statistics),

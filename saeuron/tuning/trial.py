@@ -85,6 +85,9 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         metrics = {
             "objective": objective_of(setup["objective"], scores.ua, scores.ira, scores.cra, scores.cra_forgotten),
             "objective_soft": objective_of(setup["objective"], graded.ua, graded.ira, graded.cra, graded.cra_forgotten),
+            # What ASHA ranks at its rungs: the graded objective, a trial under the retain floor below every other.
+            "rung_score": objective_of(setup["objective"], graded.ua, graded.ira, graded.cra, graded.cra_forgotten)
+            - float(min(scores.ira, scores.cra) < setup["min_retain"]),
             "ua": scores.ua,
             "ira": scores.ira,
             "cra": scores.cra,

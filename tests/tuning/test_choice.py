@@ -4,7 +4,7 @@ import pytest
 
 from saeuron.benchmarks import get_benchmark
 from saeuron.method.statistics import ConceptStatistics
-from saeuron.tuning.choice import ConceptResult, choose, choose_block, search_targets
+from saeuron.tuning.choice import ConceptResult, choose, choose_block, retains, search_targets
 from saeuron.tuning.config import SearchConfig
 
 MID, DOWN, STYLE = "unet.mid_block.attentions.0", "unet.down_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"
@@ -45,7 +45,7 @@ def test_a_candidate_at_the_kinds_own_block_or_missing_the_concept_is_refused(tm
         search_targets(SearchConfig(concepts=["Rings"], object_statistics=mid, candidate_statistics=[untyped]), benchmark)
 
 
-def at(hookpoint, objective, generations):
+def at(hookpoint, objective, generations, ira=1.0):
     trial = dict(percentile=99.0, multiplier=-1.0, objective=objective, prompts=88, hookpoint=hookpoint)
     return ConceptResult(
         "Rings",
@@ -54,7 +54,7 @@ def at(hookpoint, objective, generations):
         -1.0,
         objective,
         objective,
-        1.0,
+        ira,
         1.0,
         generations,
         [trial],
@@ -98,3 +98,20 @@ def test_a_tie_prefers_the_papers_scaling_edit_then_the_smaller_one():
     assert choose([steer5, steer3, scale], 88) is scale
     assert choose([steer5, steer3], 88) is steer3
     assert choose([steer5, trial(0.9, -1.0)], 88) is steer5
+
+
+def test_a_floor_on_ira_and_cra_outranks_the_objective_and_gives_way_when_no_trial_reaches_it():
+    # Thick_Outline's full trials in the union-grid study (README, "Every concept", item 11): steering at β 12
+    # scored best by the objective with IRA 0.667; (97, γ −1) kept everything else.
+    def trial(objective, ira, cra, multiplier=None, strength=0.0):
+        return dict(percentile=99.0, multiplier=multiplier, anchor="none" if multiplier is None else "", strength=strength,
+                    objective=objective, ira=ira, cra=cra, prompts=120)  # fmt: skip
+
+    steer, scale = trial(0.793, 0.667, 1.0, strength=12.0), trial(0.745, 1.0, 1.0, -1.0)
+    assert choose([steer, scale], 120) is steer  # no floor: the objective alone
+    assert choose([steer, scale], 120, min_retain=0.9) is scale
+    assert choose([steer, trial(0.7, 0.95, 0.85, -2.0)], 120, min_retain=0.9) is steer  # none reaches it: the objective
+    assert retains(scale, 1.0) and not retains(steer, 0.67)
+    # A block whose choice keeps the floor beats a better objective that does not; without a floor the objective wins.
+    assert choose_block([at(MID, 0.7, 10), at(DOWN, 0.9, 10, ira=0.8)], min_retain=0.9).hookpoint == MID
+    assert choose_block([at(MID, 0.7, 10), at(DOWN, 0.9, 10, ira=0.8)]).hookpoint == DOWN
