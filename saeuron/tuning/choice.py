@@ -128,7 +128,7 @@ def _covering(stats: ConceptStatistics, folder: str, concept: str) -> ConceptSta
 
 
 def retains(scores: Any, min_retain: float) -> bool:
-    """IRA and CRA (a trial's dict or a ConceptResult) both at least ``min_retain``: the rest of the model kept."""
+    """IRA and CRA (a trial's dict, or anything with ``ira`` and ``cra``) both at least ``min_retain``: the rest kept."""
     if min_retain <= 0:
         return True
     ira, cra = (scores["ira"], scores["cra"]) if isinstance(scores, dict) else (scores.ira, scores.cra)

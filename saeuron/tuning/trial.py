@@ -16,6 +16,7 @@ from saeuron.benchmarks import get_benchmark
 from saeuron.evaluation.metrics import forgetting_scores
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.sections import JudgeConfig
+from saeuron.tuning.choice import retains
 from saeuron.tuning.config import objective_of
 
 _WORKER_CACHE: dict[tuple, Any] = {}
@@ -82,12 +83,12 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         judged += judge_batch(judge, images.float(), chunk)
         scores = forgetting_scores(judged, kind, [concept])
         graded = forgetting_scores(judged, kind, [concept], soft=True)
+        soft = objective_of(setup["objective"], graded.ua, graded.ira, graded.cra, graded.cra_forgotten)
         metrics = {
             "objective": objective_of(setup["objective"], scores.ua, scores.ira, scores.cra, scores.cra_forgotten),
-            "objective_soft": objective_of(setup["objective"], graded.ua, graded.ira, graded.cra, graded.cra_forgotten),
+            "objective_soft": soft,
             # What ASHA ranks at its rungs: the graded objective, a trial under the retain floor below every other.
-            "rung_score": objective_of(setup["objective"], graded.ua, graded.ira, graded.cra, graded.cra_forgotten)
-            - float(min(scores.ira, scores.cra) < setup["min_retain"]),
+            "rung_score": soft - float(not retains(scores, setup["min_retain"])),
             "ua": scores.ua,
             "ira": scores.ira,
             "cra": scores.cra,
