@@ -12,10 +12,11 @@ poor (p, γ) early (resource: tuning prompts scored). Trials are placed as ``res
 share, or CPU threads) and reuse their worker process, whose pipeline, SAE and judge are loaded once.
 
 ASHA ranks trials at its rungs by the graded objective (the judge's probabilities of the true classes
-instead of 0/1 hits): after a few images many (p, γ) tie on accuracy, and tied trials all survive a rung. The chosen (p, γ) of a concept is the best (hard) objective among the trials that
-scored every tuning prompt (and keep IRA and CRA at ``search.min_retain``, when any does); ties go to the graded objective, then the higher percentile, then the
-multiplier closer to zero (the smaller edit). With candidate blocks, the concept keeps the block whose choice
-scores best (a candidate must beat the kind's block).
+instead of 0/1 hits): after a few images many (p, γ) tie on accuracy, and tied trials all survive a rung. The
+chosen (p, edit) of a concept is the best (hard) objective among the trials that scored every tuning prompt (and
+keep IRA and CRA at ``search.min_retain``, when any does); ties go to the graded objective, then the higher
+percentile, then scaling before steering, then the smaller edit (``saeuron.tuning.choice.choose``). With candidate
+blocks, the concept keeps the block whose choice scores best (a candidate must beat the kind's block).
 """
 
 from __future__ import annotations
