@@ -15,6 +15,7 @@ from saeuron.benchmarks import Benchmark
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.method.steering import Steer
 from saeuron.storage import Location
+from saeuron.tuning.config import ALL_ANCHORS
 
 
 class SearchTarget(NamedTuple):
@@ -66,6 +67,11 @@ def search_targets(cfg: Any, benchmark: Benchmark) -> dict[str, list[SearchTarge
     """{concept: [its kind's block, then each candidate block of its kind]}, every folder checked."""
     if not cfg.concepts:
         raise ValueError("no concepts to tune: pass --concepts NAME [NAME ...]")
+    if ALL_ANCHORS in cfg.anchors and len(cfg.anchors) > 1:
+        raise ValueError(
+            f"search.anchors {cfg.anchors}: {ALL_ANCHORS!r} already steers toward every concept the statistics know; "
+            f"give it alone or name the anchors"
+        )
     candidates = [(folder, ConceptStatistics.load(folder)) for folder in cfg.candidate_statistics]
     for folder, stats in candidates:
         if stats.kind not in ("style", "object"):
@@ -108,7 +114,7 @@ def search_targets(cfg: Any, benchmark: Benchmark) -> dict[str, list[SearchTarge
                 )
             )
         out[concept] = targets
-    unknown = [a for a in cfg.anchors if a not in known]
+    unknown = [a for a in cfg.anchors if a not in known and a != ALL_ANCHORS]
     if unknown:
         raise ValueError(
             f"no statistics of the search know the steering anchors {unknown} (they know {sorted(known)}); for the "
@@ -118,7 +124,8 @@ def search_targets(cfg: Any, benchmark: Benchmark) -> dict[str, list[SearchTarge
 
 
 def _anchors(cfg: Any, stats: ConceptStatistics, concept: str) -> tuple[str, ...]:
-    return tuple(a for a in cfg.anchors if a in stats.concepts and a != concept)
+    wanted = stats.concepts if cfg.anchors == [ALL_ANCHORS] else cfg.anchors
+    return tuple(a for a in wanted if a in stats.concepts and a != concept)
 
 
 def _covering(stats: ConceptStatistics, folder: str, concept: str) -> ConceptStatistics:

@@ -11,6 +11,8 @@ from saeuron.storage import Location
 
 SCHEDULERS = ("grid", "asha")
 OBJECTIVES = ("ua_ira", "ua_ira_cra", "ua_ira_cra_own")
+ALL_ANCHORS = "all"
+"""``search.anchors: [all]``: steer toward every other concept a block's statistics know."""
 
 
 def check_objective(name: str) -> str:
@@ -51,7 +53,9 @@ class SearchOptions:
     anchors: list[str] = field(default_factory=list)
     """Steering anchors (``saeuron.method.steering``): a concept whose statistics know an anchor is also searched with
     the steering edit toward it, at every percentile × strength; "none" is the unstyled rendering (statistics gathered
-    with unstyled_reference). Empty: the paper's scaling edit only."""
+    with unstyled_reference). ``[all]``: every other concept the block's statistics know, "none" included — which
+    anchor forgets a style cleanly differs from style to style and follows no distance between their statistics
+    (README, "Every concept", item 12), so the search measures them all. Empty: the paper's scaling edit only."""
     strengths: list[float] = field(default_factory=lambda: [3.0, 5.0, 7.0])
     """Steering strengths β of the grid, with anchors."""
     contrast: str = "mean"

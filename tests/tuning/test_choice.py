@@ -90,6 +90,22 @@ def test_each_block_is_steered_toward_the_anchors_its_statistics_know_and_an_unk
         search_targets(SearchConfig(concepts=["Rings"], object_statistics=mid, anchors=["Flat_Pop"]), get_benchmark("minicanvas"))
 
 
+def test_anchors_all_steers_each_concept_toward_every_other_concept_its_block_knows_and_stands_alone(tmp_path):
+    style = statistics(tmp_path / "style", STYLE, "style", ["Neon_Glow", "Checkerboard", "none"])
+    mid = statistics(tmp_path / "mid", MID, "object")
+    cfg = SearchConfig(
+        concepts=["Neon_Glow", "Checkerboard", "Rings"], style_statistics=style, object_statistics=mid, anchors=["all"]
+    )
+    targets = search_targets(cfg, get_benchmark("minicanvas"))
+    assert [t.anchors for t in targets["Neon_Glow"]] == [("Checkerboard", "none")]
+    assert [t.anchors for t in targets["Checkerboard"]] == [("Neon_Glow", "none")]
+    assert [t.anchors for t in targets["Rings"]] == [tuple(c for c in OBJECTS if c != "Rings")]
+    with pytest.raises(ValueError, match=r"'all' already steers toward every concept.*give it alone"):
+        search_targets(
+            SearchConfig(concepts=["Rings"], object_statistics=mid, anchors=["all", "none"]), get_benchmark("minicanvas")
+        )
+
+
 def test_a_tie_prefers_the_papers_scaling_edit_then_the_smaller_one():
     def trial(objective, multiplier=None, anchor="", strength=0.0):
         return dict(percentile=99.0, multiplier=multiplier, anchor=anchor, strength=strength, objective=objective, prompts=88)
