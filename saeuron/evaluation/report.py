@@ -219,7 +219,8 @@ def objective_heatmap(result, percentiles: Sequence[float], edits: Sequence[str]
         i, j = list(percentiles).index(t["percentile"]), list(edits).index(t["edit"])
         values[i, j], prompts[i, j] = t["objective"], t["prompts"]
     fig, ax = plt.subplots(figsize=(1.1 * len(edits) + 2.2, 0.75 * len(percentiles) + 1.6), dpi=110)
-    image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis")
+    # auto aspect: with every anchor in the grid (25 columns, 4 rows) square cells left the figure mostly blank
+    image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     budget = prompts.max()
     for i in range(len(percentiles)):
         for j in range(len(edits)):
