@@ -66,7 +66,8 @@ class SearchOptions:
     "ua_ira_cra_own" = (UA + mean(IRA, CRA, CRA-own)) / 2, which also scores a style's objects on its own images."""
     min_retain: float = 0.0
     """IRA and CRA a chosen (p, edit) keeps on the tuning prompts: a trial under it is chosen only when no trial
-    reaches it, whatever its objective (an objective that averages can buy UA with IRA: README, item 11)."""
+    reaches it, whatever its objective (an objective that averages can buy UA with IRA: README, item 11). ASHA's
+    rungs before the last prompt demote a trial only when it is under the floor beyond sampling noise."""
     scheduler: str = "asha"
     """"grid" scores every (p, γ) on every prompt; "asha" stops poor ones early."""
     prompts_per_cell: int = 1

@@ -16,7 +16,7 @@ from saeuron.benchmarks import get_benchmark
 from saeuron.evaluation.metrics import forgetting_scores
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.sections import JudgeConfig
-from saeuron.tuning.choice import retains
+from saeuron.tuning.choice import may_retain, retains
 from saeuron.tuning.config import objective_of
 
 _WORKER_CACHE: dict[tuple, Any] = {}
@@ -87,8 +87,9 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         metrics = {
             "objective": objective_of(setup["objective"], scores.ua, scores.ira, scores.cra, scores.cra_forgotten),
             "objective_soft": soft,
-            # What ASHA ranks at its rungs: the graded objective, a trial under the retain floor below every other.
-            "rung_score": soft - float(not retains(scores, setup["min_retain"])),
+            # What ASHA ranks at its rungs: the graded objective, a trial under the retain floor below every other
+            # (before the last prompt: only when it is under the floor beyond the noise of the images so far).
+            "rung_score": soft - float(not rung_within_floor(scores, judged, kind, concept, len(rows), setup["min_retain"])),
             "ua": scores.ua,
             "ira": scores.ira,
             "cra": scores.cra,
@@ -99,3 +100,16 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "judged.json").write_text(json.dumps(judged))
             ray.tune.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+
+def rung_within_floor(scores: Any, judged: list[dict], kind: str, concept: str, budget: int, min_retain: float) -> bool:
+    """The retain floor as a rung applies it: strictly once every prompt is judged, within noise before."""
+    if len(judged) >= budget:
+        return retains(scores, min_retain)
+    if kind == "style":  # IRA on the other styles' images, CRA on the unstyled ones
+        ira_images = sum(r["style"] not in (None, concept) for r in judged)
+        cra_images = sum(r["style"] is None for r in judged)
+    else:  # IRA on the other objects' images, CRA (style accuracy) on the styled ones
+        ira_images = sum(r["object"] != concept for r in judged)
+        cra_images = sum(r["style"] is not None for r in judged)
+    return may_retain(scores.ira, ira_images, scores.cra, cra_images, min_retain)

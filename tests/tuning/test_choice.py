@@ -4,7 +4,7 @@ import pytest
 
 from saeuron.benchmarks import get_benchmark
 from saeuron.method.statistics import ConceptStatistics
-from saeuron.tuning.choice import ConceptResult, choose, choose_block, retains, search_targets
+from saeuron.tuning.choice import ConceptResult, choose, choose_block, may_retain, retains, search_targets
 from saeuron.tuning.config import SearchConfig
 
 MID, DOWN, STYLE = "unet.mid_block.attentions.0", "unet.down_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"
@@ -131,3 +131,36 @@ def test_a_floor_on_ira_and_cra_outranks_the_objective_and_gives_way_when_no_tri
     # A block whose choice keeps the floor beats a better objective that does not; without a floor the objective wins.
     assert choose_block([at(MID, 0.7, 10), at(DOWN, 0.9, 10, ira=0.8)], min_retain=0.9).hookpoint == MID
     assert choose_block([at(MID, 0.7, 10), at(DOWN, 0.9, 10, ira=0.8)]).hookpoint == DOWN
+
+
+def test_a_rung_applies_the_floor_only_beyond_the_noise_of_the_images_so_far():
+    # Thick_Outline →Diagonal_Stripes β10 at 32 prompts (README, "Every concept", item 12): IRA 0.889 on 16 images
+    # could still be 0.9 (upper 90 % Wilson bound 0.955); →none β12's full IRA 0.644 on 72 could not (0.712).
+    assert may_retain(0.889, 16, 1.0, 3, 0.9)
+    assert not may_retain(0.644, 72, 1.0, 16, 0.9)
+    assert not may_retain(1.0, 72, 0.5, 4, 0.9)  # CRA 2 of 4: at most 0.77
+    assert may_retain(1.0, 72, 0.75, 4, 0.9)  # 3 of 4: up to 0.92
+    assert may_retain(0.0, 0, 0.0, 0, 0.9) and may_retain(0.0, 72, 0.0, 16, 0.0)  # no images yet; no floor
+
+
+def test_a_trial_counts_the_images_behind_ira_and_cra_by_kind_and_is_strict_at_the_last_prompt():
+    from saeuron.evaluation.metrics import forgetting_scores
+    from saeuron.tuning.trial import rung_within_floor
+
+    def row(style, obj, style_pred, object_pred):
+        return dict(style=style, object=obj, style_pred=style_pred, object_pred=object_pred)
+
+    # A style search: 7 of 8 retained-style images right (IRA 0.875 < 0.9), the unstyled one right.
+    judged = [row("Checkerboard", "Rings", "none", "Rings")]
+    judged += [row("Neon_Glow", "Rings", "Neon_Glow", "Rings")] * 7 + [row("Neon_Glow", "Stars", "none", "Stars")]
+    judged += [row(None, "Rings", "none", "Rings")]
+    scores = forgetting_scores(judged, "style", ["Checkerboard"])
+    assert (scores.ira, scores.cra) == (0.875, 1.0)
+    assert rung_within_floor(scores, judged, "style", "Checkerboard", 120, 0.9)  # 8 images: within noise
+    assert not rung_within_floor(scores, judged, "style", "Checkerboard", len(judged), 0.9)  # every prompt: strict
+    # An object search: IRA over the other objects' 5 images (Stars 2 of 2, Circles 1 of 3: 0.667, at most 0.86).
+    judged = [row("Neon_Glow", "Rings", "Neon_Glow", "Circles")] + [row("Neon_Glow", "Stars", "Neon_Glow", "Stars")] * 2
+    judged += [row("Neon_Glow", "Circles", "Neon_Glow", "Stars")] * 2 + [row(None, "Circles", "none", "Circles")]
+    scores = forgetting_scores(judged, "object", ["Rings"])
+    assert (round(scores.ira, 3), scores.cra) == (0.667, 1.0)
+    assert not rung_within_floor(scores, judged, "object", "Rings", 120, 0.9)
