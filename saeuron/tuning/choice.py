@@ -125,7 +125,7 @@ def search_targets(cfg: Any, benchmark: Benchmark) -> dict[str, list[SearchTarge
 
 
 def _anchors(cfg: Any, stats: ConceptStatistics, concept: str) -> tuple[str, ...]:
-    wanted = stats.concepts if cfg.anchors == [ALL_ANCHORS] else cfg.anchors
+    wanted = stats.concepts if list(cfg.anchors) == [ALL_ANCHORS] else cfg.anchors
     return tuple(a for a in wanted if a in stats.concepts and a != concept)
 
 
