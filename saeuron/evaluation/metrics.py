@@ -126,6 +126,16 @@ def forgetting_scores(
     raise ValueError(f"kind must be 'style' or 'object', got {kind!r}")
 
 
+def retain_image_counts(rows: Sequence[Mapping], kind: str, forgotten: Sequence[str]) -> tuple[int, int]:
+    """How many of ``rows`` :func:`forgetting_scores` reads IRA and CRA on: a style's other-style and unstyled
+    images, an object's other-object and styled ones (what a bound on their sampling noise needs)."""
+    if kind == "style":
+        return sum(r["style"] is not None and r["style"] not in forgotten for r in rows), sum(r["style"] is None for r in rows)
+    if kind == "object":
+        return sum(r["object"] not in forgotten for r in rows), sum(r["style"] is not None for r in rows)
+    raise ValueError(f"kind must be 'style' or 'object', got {kind!r}")
+
+
 def average_scores(scores: Sequence[ForgettingScores]) -> dict[str, float]:
     """Means over forget concepts (one model per concept), as the benchmark reports them."""
     out = {"UA": _mean(s.ua for s in scores), "IRA": _mean(s.ira for s in scores), "CRA": _mean(s.cra for s in scores)}

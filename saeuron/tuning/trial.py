@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from saeuron.benchmarks import get_benchmark
-from saeuron.evaluation.metrics import forgetting_scores
+from saeuron.evaluation.metrics import forgetting_scores, retain_image_counts
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.sections import JudgeConfig
 from saeuron.tuning.choice import may_retain, retains
@@ -106,10 +106,5 @@ def rung_within_floor(scores: Any, judged: list[dict], kind: str, concept: str, 
     """The retain floor as a rung applies it: strictly once every prompt is judged, within noise before."""
     if len(judged) >= budget:
         return retains(scores, min_retain)
-    if kind == "style":  # IRA on the other styles' images, CRA on the unstyled ones
-        ira_images = sum(r["style"] not in (None, concept) for r in judged)
-        cra_images = sum(r["style"] is None for r in judged)
-    else:  # IRA on the other objects' images, CRA (style accuracy) on the styled ones
-        ira_images = sum(r["object"] != concept for r in judged)
-        cra_images = sum(r["style"] is not None for r in judged)
+    ira_images, cra_images = retain_image_counts(judged, kind, [concept])
     return may_retain(scores.ira, ira_images, scores.cra, cra_images, min_retain)

@@ -144,7 +144,7 @@ def test_a_rung_applies_the_floor_only_beyond_the_noise_of_the_images_so_far():
 
 
 def test_a_trial_counts_the_images_behind_ira_and_cra_by_kind_and_is_strict_at_the_last_prompt():
-    from saeuron.evaluation.metrics import forgetting_scores
+    from saeuron.evaluation.metrics import forgetting_scores, retain_image_counts
     from saeuron.tuning.trial import rung_within_floor
 
     def row(style, obj, style_pred, object_pred):
@@ -155,12 +155,12 @@ def test_a_trial_counts_the_images_behind_ira_and_cra_by_kind_and_is_strict_at_t
     judged += [row("Neon_Glow", "Rings", "Neon_Glow", "Rings")] * 7 + [row("Neon_Glow", "Stars", "none", "Stars")]
     judged += [row(None, "Rings", "none", "Rings")]
     scores = forgetting_scores(judged, "style", ["Checkerboard"])
-    assert (scores.ira, scores.cra) == (0.875, 1.0)
+    assert (scores.ira, scores.cra) == (0.875, 1.0) and retain_image_counts(judged, "style", ["Checkerboard"]) == (8, 1)
     assert rung_within_floor(scores, judged, "style", "Checkerboard", 120, 0.9)  # 8 images: within noise
     assert not rung_within_floor(scores, judged, "style", "Checkerboard", len(judged), 0.9)  # every prompt: strict
     # An object search: IRA over the other objects' 5 images (Stars 2 of 2, Circles 1 of 3: 0.667, at most 0.86).
     judged = [row("Neon_Glow", "Rings", "Neon_Glow", "Circles")] + [row("Neon_Glow", "Stars", "Neon_Glow", "Stars")] * 2
     judged += [row("Neon_Glow", "Circles", "Neon_Glow", "Stars")] * 2 + [row(None, "Circles", "none", "Circles")]
     scores = forgetting_scores(judged, "object", ["Rings"])
-    assert (round(scores.ira, 3), scores.cra) == (0.667, 1.0)
+    assert (round(scores.ira, 3), scores.cra) == (0.667, 1.0) and retain_image_counts(judged, "object", ["Rings"]) == (5, 5)
     assert not rung_within_floor(scores, judged, "object", "Rings", 120, 0.9)
