@@ -4,7 +4,8 @@ On each patch where a selected latent is active above its mask threshold, its ac
 multiplied by the rule's scale factor (γ·μ, negative for γ < 0). What the SAE does not explain is
 kept: output = x + (x̂' − x̂), which equals x wherever nothing was edited. ``error_mode="reference"``
 reproduces the reference code instead, x̂' + (x̂ − x), which moves every patch by 2(x̂ − x) even when
-no latent is edited — only to compare with the paper's numbers. Both CFG halves are edited.
+no latent is edited — only to compare with the paper's numbers. Both CFG halves are edited, as the reference does,
+unless the recipe says ``halves="cond"``: then the unconditional half passes unchanged (``saeuron.method.recipe.HALVES``).
 
 A recipe's steered concepts (:mod:`saeuron.method.steering`) add β·d_t on the patches where they fire, from the same
 encoding: output = x + (x̂' − x̂) + Σ_c fires_c · β_c·d_c,t (times the patch's scale for a unit-norm SAE).
@@ -56,6 +57,11 @@ class UnlearningEdit:
                 f"the recipe's statistics were gathered with the SAE in {recipe.sae_inference!r} inference mode, but this "
                 f"SAE runs in {sae.inference_mode!r}: load it with inference={recipe.sae_inference!r}"
             )
+        if recipe.halves != "both" and error_mode == "reference":
+            raise ValueError(
+                f"the reference's error mode reproduces the paper's edit, on both CFG halves; this recipe edits the "
+                f"{recipe.halves!r} half only: use error_mode 'correct'"
+            )
         if recipe.steers() and error_mode == "reference":
             raise ValueError(
                 "the reference's error mode reproduces the paper's scaling edit; this recipe steers "
@@ -95,6 +101,12 @@ class UnlearningEdit:
         return self._tables[index]
 
     def __call__(self, tokens: Tensor, call: BlockCall) -> Tensor:
+        if self.recipe.halves == "cond" and call.num_uncond:
+            uncond = call.num_uncond
+            return torch.cat([tokens[:uncond], self._edit_rows(tokens[uncond:], call)])
+        return self._edit_rows(tokens, call)
+
+    def _edit_rows(self, tokens: Tensor, call: BlockCall) -> Tensor:
         if self.gradient == "blocked":
             with torch.no_grad():
                 return self._edit(tokens, call)

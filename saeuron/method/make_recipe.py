@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from saeuron.benchmarks import get_benchmark
 from saeuron.console import logger
-from saeuron.method.recipe import Recipe
+from saeuron.method.recipe import Recipe, check_halves
 from saeuron.method.selection import check_contrast
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.method.steering import Steer
@@ -34,6 +34,9 @@ class RecipeConfig(WithModel):
     """Steering moves the patches where the concept's latents fire ("fires") or every patch ("all")."""
     contrast: str = "mean"
     """Latents scored against the other concepts' "mean" (the paper) or their "max" (specific to the concept)."""
+    halves: str = "both"
+    """The CFG half the edit changes: "both" (the paper) or "cond", the conditional half only, where the guidance
+    scale multiplies the edit (so it takes a much smaller γ or β: README, "Every concept", item 13)."""
     output_dir: str = ""
     """Where the recipe goes (a folder or an s3:// / gs:// prefix); empty means <statistics>/../../recipes/<concepts>."""
 
@@ -59,6 +62,7 @@ def make_recipe(cfg: RecipeConfig) -> Recipe:
     if not 0 < cfg.percentile < 100:
         raise ValueError(f"percentile must be in (0, 100), got {cfg.percentile}")
     check_contrast(cfg.contrast)
+    check_halves(cfg.halves)
     check_one_edit(cfg)
     stats = ConceptStatistics.load(cfg.statistics)
     recipe = Recipe.from_statistics(
@@ -66,6 +70,7 @@ def make_recipe(cfg: RecipeConfig) -> Recipe:
         {c: (cfg.percentile, Steer(cfg.anchor, cfg.strength, cfg.where) if cfg.anchor else cfg.multiplier) for c in cfg.concepts},
         get_benchmark(cfg.model.benchmark).model_identity(cfg.model.model_path),
         cfg.contrast,
+        cfg.halves,
     )
     local = mirror_path(cfg.recipe_dir())
     recipe.save(local)

@@ -4,7 +4,8 @@ Saved as ``recipe.json`` (SAE reference and fingerprint, hookpoint, base model, 
 and ``recipe.safetensors`` (the rules as parallel tensors). A concept's edit is the paper's, its latents scaled by a
 multiplier γ (``{"percentile": p, "multiplier": γ}``), or steering toward an anchor concept
 (``{"percentile": p, "anchor": a, "strength": β, "where": w}``, :mod:`saeuron.method.steering`, whose tensors are
-stored as ``steer_*``).
+stored as ``steer_*``). ``halves`` says which classifier-free-guidance half the edit changes: "both", as the reference
+does, or "cond", the conditional half only.
 """
 
 from __future__ import annotations
@@ -24,6 +25,18 @@ from saeuron.method.steering import Steer, Steering, build_steering
 
 JSON = "recipe.json"
 TENSORS = "recipe.safetensors"
+HALVES = ("both", "cond")
+"""Which CFG half a recipe edits. The reference edits both alike; then what the edit moves in both halves cancels in
+the guidance term (cond − uncond), which the guidance scale multiplies, and the edit acts only on the unguided part.
+On MiniCanvas a style's selected latents fire in the unconditional half too (the image being denoised is in the
+style), so "both" cannot remove some styles that "cond" removes at a tenth of the multiplier (README, "Every
+concept", item 13)."""
+
+
+def check_halves(halves: str) -> str:
+    if halves not in HALVES:
+        raise ValueError(f"halves must be one of {HALVES} (which CFG half the edit changes), got {halves!r}")
+    return halves
 
 
 @dataclass
@@ -43,10 +56,20 @@ class Recipe:
     """How its latents were scored against the other concepts (``saeuron.method.selection``; older recipes: "mean")."""
     steering: Steering = field(default_factory=Steering.empty)
     """Where its steered concepts fire and their anchor differences (empty: every concept is scaled)."""
+    halves: str = "both"
+    """The CFG half its edits change (:data:`HALVES`; older recipes: "both")."""
+
+    def __post_init__(self) -> None:
+        check_halves(self.halves)
 
     @classmethod
     def from_statistics(
-        cls, stats: ConceptStatistics, params: dict[str, tuple[float, float | Steer]], base_model: str, contrast: str = "mean"
+        cls,
+        stats: ConceptStatistics,
+        params: dict[str, tuple[float, float | Steer]],
+        base_model: str,
+        contrast: str = "mean",
+        halves: str = "both",
     ) -> Recipe:
         """``params``: {concept: (percentile, edit)}, the edit a multiplier γ or a :class:`Steer`."""
         rules = build_rules(stats, params, contrast)
@@ -62,6 +85,7 @@ class Recipe:
             stats.sae_inference,
             contrast,
             build_steering(stats, params, contrast),
+            halves,
         )
 
     def edit_of(self, concept: str) -> float | Steer:
@@ -118,6 +142,7 @@ class Recipe:
             "num_rules": len(r),
             "sae_inference": self.sae_inference,
             "contrast": self.contrast,
+            "halves": self.halves,
         }
         return save_tensors_and_json(folder, TENSORS, tensors, JSON, meta)
 
@@ -144,6 +169,7 @@ class Recipe:
             meta.get("sae_inference", ""),
             meta.get("contrast", "mean"),
             Steering.from_tensors(t),
+            meta.get("halves", "both"),
         )
 
 
@@ -162,11 +188,18 @@ def edit_from_entry(entry: dict) -> float | Steer:
     return float(entry["multiplier"])
 
 
-def edit_label(edit: float | Steer) -> str:
-    """Short: "γ -2" or "→none β5" (heat maps, logs, tables)."""
+def halves_from_entry(entry: dict) -> str:
+    """The CFG half a search trial's edit changes ("both" unless it says otherwise)."""
+    return check_halves(entry.get("halves", "both"))
+
+
+def edit_label(edit: float | Steer, halves: str = "both") -> str:
+    """Short: "γ -2", "→none β5" or, on the conditional half only, "γ -0.25 cond" (heat maps, logs, tables)."""
     if isinstance(edit, Steer):
-        return f"→{edit.anchor} β{edit.strength:g}" + ("" if edit.where == "fires" else f" {edit.where}")
-    return f"γ {edit:g}"
+        label = f"→{edit.anchor} β{edit.strength:g}" + ("" if edit.where == "fires" else f" {edit.where}")
+    else:
+        label = f"γ {edit:g}"
+    return label + ("" if halves == "both" else f" {halves}")
 
 
 def resolve_recipe_folders(refs: list[str], tracking_uri: str | None = None) -> list[str]:
