@@ -1,6 +1,8 @@
 """Step 5 of the study: choose (percentile, edit) per concept with Ray Tune, judged by the benchmark's
 classifiers on tuning prompts that never overlap the evaluation prompts. The edit is a multiplier γ, or with
---anchors steering toward an anchor concept by a strength β (--strengths); --anchors all: toward every other one.
+--anchors steering toward an anchor concept by a strength β (--strengths); --anchors all: toward every other one;
+--cond_multipliers / --cond_strengths: the same edits on the conditional CFG half only (the guidance scale multiplies
+them there, so they are small: γ −0.1 … −1).
 
     python tune/search.py --config configs/minicanvas/search.yaml
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python tune/search.py --config ...

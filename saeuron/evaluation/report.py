@@ -203,15 +203,13 @@ def write_report(
 
 def objective_heatmap(result, percentiles: Sequence[float], edits: Sequence[str], path: Path) -> None:
     """The search's objective over the (percentile × edit) grid, the edits by their labels (``edit_label``: "γ -2",
-    "→none β5"); each cell notes how many tuning prompts the trial scored before it ended (fewer than the budget:
+    "→none β5", "γ -0.25 cond"); each cell notes how many tuning prompts the trial scored before it ended (fewer than the budget:
     stopped early), the choice boxed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-
-    from saeuron.method.recipe import edit_label
 
     values = np.full((len(percentiles), len(edits)), np.nan)
     prompts = np.zeros_like(values)
@@ -235,13 +233,13 @@ def objective_heatmap(result, percentiles: Sequence[float], edits: Sequence[str]
                     fontsize=7,
                     color="white" if values[i, j] < 0.6 else "black",
                 )
-    i, j = list(percentiles).index(result.percentile), list(edits).index(edit_label(result.edit))
+    i, j = list(percentiles).index(result.percentile), list(edits).index(result.label)
     ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     ax.set_xticks(
         range(len(edits)), list(edits), rotation=45 if len(edits) > 6 else 0, ha="right" if len(edits) > 6 else "center"
     )
     ax.set_yticks(range(len(percentiles)), [f"{p:g}" for p in percentiles])
-    ax.set_xlabel("edit: multiplier γ, or steering toward an anchor by β")
+    ax.set_xlabel("edit: multiplier γ, or steering toward an anchor by β (cond: on the conditional CFG half only)")
     ax.set_ylabel("percentile p")
     ax.set_title(f"{result.concept}: search objective", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046)

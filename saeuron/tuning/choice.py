@@ -13,6 +13,7 @@ import math
 from typing import Any, NamedTuple
 
 from saeuron.benchmarks import Benchmark
+from saeuron.method.recipe import edit_label
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.method.steering import Steer
 from saeuron.storage import Location
@@ -58,10 +59,17 @@ class ConceptResult(NamedTuple):
     strength: float = 0.0
     cra_own: float | None = None
     """A style: the chosen trial's object accuracy on the style's own tuning images."""
+    halves: str = "both"
+    """The CFG half the chosen edit changes (``saeuron.method.recipe.HALVES``)."""
 
     @property
     def edit(self) -> float | Steer:
         return Steer(self.anchor, self.strength) if self.anchor else self.multiplier
+
+    @property
+    def label(self) -> str:
+        """The chosen edit as heat maps and tables name it ("γ -2", "→none β5", "γ -0.25 cond")."""
+        return edit_label(self.edit, self.halves)
 
 
 def search_targets(cfg: Any, benchmark: Benchmark) -> dict[str, list[SearchTarget]]:
@@ -164,15 +172,16 @@ def may_retain(ira: float, ira_images: int, cra: float, cra_images: int, min_ret
 def choose(trials: list[dict[str, Any]], budget: int, min_retain: float = 0.0) -> dict[str, Any]:
     """The best (hard) objective among the trials that scored every tuning prompt and keep IRA and CRA at
     ``min_retain`` (among all of them when none does: the choice is still made, and its scores say what it cost);
-    ties go to the graded objective, then the higher percentile, then the paper's scaling edit before steering,
-    then the smaller edit (the multiplier closer to zero, the lower strength)."""
+    ties go to the graded objective, then the higher percentile, then the paper's scaling edit before steering, then
+    an edit of both CFG halves (the paper's) before one of the conditional half, then the smaller edit (the
+    multiplier closer to zero, the lower strength)."""
     full = [t for t in trials if t["prompts"] >= budget]
     if not full:
         raise RuntimeError("no trial scored every tuning prompt; see the Tune experiment's errors")
 
-    def size(t: dict[str, Any]) -> tuple[bool, float]:
+    def size(t: dict[str, Any]) -> tuple[bool, bool, float]:
         steered = t.get("multiplier") is None
-        return steered, t["strength"] if steered else -t["multiplier"]
+        return steered, t.get("halves", "both") != "both", t["strength"] if steered else -t["multiplier"]
 
     def rank(t: dict[str, Any]) -> tuple:
         return (not retains(t, min_retain), -t["objective"], -t.get("objective_soft", 0.0), -t["percentile"], *size(t))

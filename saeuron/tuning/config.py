@@ -58,6 +58,12 @@ class SearchOptions:
     (README, "Every concept", item 12), so the search measures them all. Empty: the paper's scaling edit only."""
     strengths: list[float] = field(default_factory=lambda: [3.0, 5.0, 7.0])
     """Steering strengths β of the grid, with anchors."""
+    cond_multipliers: list[float] = field(default_factory=list)
+    """Multipliers γ searched with the edit on the conditional CFG half only (``halves: cond``), beside the grid's
+    edits of both halves: the guidance scale multiplies an edit there, so these are small (γ −0.1 … −1; README,
+    "Every concept", item 13). Empty: every edit changes both halves, as the paper's."""
+    cond_strengths: list[float] = field(default_factory=list)
+    """Steering strengths β toward every anchor with the edit on the conditional CFG half only."""
     contrast: str = "mean"
     """How latents are scored against the other concepts: "mean" of theirs (the paper) or "max" (a latent must fire
     more, for its share, for the concept than for every other one: MiniCanvas's styles need it, README)."""
@@ -144,9 +150,17 @@ def grid_of(cfg: SearchConfig, kind: str = "object") -> tuple[list[float], list[
 
 def edits_of(cfg: SearchConfig, kind: str, anchors: tuple[str, ...] = ()) -> list[dict]:
     """The edits searched for a concept of ``kind`` whose statistics know ``anchors`` (itself excluded): every
-    multiplier, then every (anchor, strength)."""
+    multiplier, then every (anchor, strength), then the same on the conditional CFG half only."""
     _, multipliers = grid_of(cfg, kind)
-    if anchors and not all(b > 0 for b in cfg.strengths):
-        raise ValueError(f"steering strengths must be positive (toward the anchor), got {cfg.strengths}")
-    steering = [{"anchor": a, "strength": float(b)} for a in anchors for b in cfg.strengths]
-    return [{"multiplier": g} for g in multipliers] + steering
+    if any(g >= 0 for g in cfg.cond_multipliers):
+        raise ValueError(f"cond_multipliers must be negative (γ < 0 suppresses a concept), got {cfg.cond_multipliers}")
+    for name in ("strengths", "cond_strengths"):
+        if anchors and not all(b > 0 for b in getattr(cfg, name)):
+            raise ValueError(f"steering {name} must be positive (toward the anchor), got {getattr(cfg, name)}")
+    cond = {"halves": "cond"}
+    return (
+        [{"multiplier": g} for g in multipliers]
+        + [{"anchor": a, "strength": float(b)} for a in anchors for b in cfg.strengths]
+        + [{"multiplier": float(g), **cond} for g in cfg.cond_multipliers]
+        + [{"anchor": a, "strength": float(b), **cond} for a in anchors for b in cfg.cond_strengths]
+    )

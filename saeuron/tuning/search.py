@@ -1,7 +1,8 @@
 """Choosing (percentile, edit) per concept with Ray Tune, the classifier as the judge.
 
 The edit is a multiplier γ (the paper's) or, with ``search.anchors``, steering toward an anchor by a strength β
-(``saeuron.method.steering``): both are columns of one grid, so the search also chooses the edit mode.
+(``saeuron.method.steering``): both are columns of one grid, so the search also chooses the edit mode. With
+``search.cond_multipliers`` / ``cond_strengths`` the grid also has edits of the conditional CFG half only.
 
 Per concept and block one Tune experiment over the grid (the block: the kind's, and every candidate block,
 ``saeuron.tuning.choice``). A trial builds the recipe of its (p, γ), generates the
@@ -15,7 +16,8 @@ ASHA ranks trials at its rungs by the graded objective (the judge's probabilitie
 instead of 0/1 hits): after a few images many (p, γ) tie on accuracy, and tied trials all survive a rung. The
 chosen (p, edit) of a concept is the best (hard) objective among the trials that scored every tuning prompt (and
 keep IRA and CRA at ``search.min_retain``, when any does); ties go to the graded objective, then the higher
-percentile, then scaling before steering, then the smaller edit (``saeuron.tuning.choice.choose``). With candidate
+percentile, then scaling before steering, then both CFG halves before the conditional one, then the smaller edit
+(``saeuron.tuning.choice.choose``). With candidate
 blocks, the concept keeps the block whose choice scores best (a candidate must beat the kind's block).
 """
 
@@ -31,7 +33,7 @@ from saeuron.atomic_files import write_text_atomic
 from saeuron.cluster.placement import unit_resources
 from saeuron.console import logger, tune_verbosity
 from saeuron.diffusion.pipeline import check_sampler
-from saeuron.method.recipe import Recipe, edit_from_entry, edit_label
+from saeuron.method.recipe import Recipe, edit_from_entry, edit_label, halves_from_entry
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.storage import check_writable, holding_lease
 from saeuron.storage.mirror import mirror_path, push
@@ -158,10 +160,11 @@ def run_concept_search(
         trials.append(
             {
                 "percentile": result.config["percentile"],
-                "edit": edit_label(edit_from_entry(edit)),
+                "edit": edit_label(edit_from_entry(edit), halves_from_entry(edit)),
                 "multiplier": edit.get("multiplier"),
                 "anchor": edit.get("anchor", ""),
                 "strength": edit.get("strength", 0.0),
+                "halves": halves_from_entry(edit),
                 **{k: float(m[k]) for k in ("objective", "objective_soft", "ua", "ira", "cra", "cra_own") if k in m},
                 "prompts": int(m["prompts"]),
                 "hookpoint": target.hookpoint,
@@ -196,6 +199,7 @@ def run_concept_search(
         best["anchor"],
         best["strength"],
         best.get("cra_own"),
+        best["halves"],
     )
 
 
@@ -214,6 +218,9 @@ def search(cfg: SearchConfig) -> SearchResult:
         raise ValueError(f"chunk must be at least 1, got {cfg.chunk}")
     grid_of(cfg, "style"), grid_of(cfg, "object")  # a bad grid (or contrast) fails before Ray starts
     targets = search_targets(cfg, cfg.benchmark)
+    for blocks in targets.values():
+        for target in blocks:
+            edits_of(cfg, target.kind, target.anchors)
     kinds = {c: blocks[0].kind for c, blocks in targets.items()}
     model_path = cfg.benchmark.resolve_model_path(cfg.model.model_path)
     check_sampler(model_path, cfg.model.sampler)
@@ -253,7 +260,7 @@ def search(cfg: SearchConfig) -> SearchResult:
             per_block = [run_concept_search(cfg, target, setup, run.info.run_id, tracking_uri) for target in blocks]
             for target, at_block in zip(blocks, per_block):
                 heatmaps.append(out / f"heatmap_{target.experiment}.png")
-                edits = [edit_label(edit_from_entry(e)) for e in edits_of(cfg, target.kind, target.anchors)]
+                edits = [edit_label(edit_from_entry(e), halves_from_entry(e)) for e in edits_of(cfg, target.kind, target.anchors)]
                 objective_heatmap(at_block, grid_of(cfg, target.kind)[0], edits, heatmaps[-1])
             result = choose_block(per_block, cfg.min_retain)
             results.append(result)
@@ -262,6 +269,7 @@ def search(cfg: SearchConfig) -> SearchResult:
                 {concept: (result.percentile, result.edit)},
                 base_model,
                 cfg.contrast,
+                result.halves,
             )
             recipe.save(out / "recipes" / concept)
             where = (
@@ -271,7 +279,7 @@ def search(cfg: SearchConfig) -> SearchResult:
             )
             own = "" if result.cra_own is None else f", own {result.cra_own:.2f}"
             logger.info(
-                f"search: {concept} ({result.kind}) -> p={result.percentile} {edit_label(result.edit)} objective {result.objective:.3f} "
+                f"search: {concept} ({result.kind}) -> p={result.percentile} {result.label} objective {result.objective:.3f} "
                 f"(UA {result.ua:.2f}, IRA {result.ira:.2f}, CRA {result.cra:.2f}{own}){where if len(blocks) > 1 else ''}; "
                 f"{result.generations} generations"
             )
@@ -280,6 +288,7 @@ def search(cfg: SearchConfig) -> SearchResult:
         write_text_atomic(out / "search.json", json.dumps(summary, indent=2))
         for r in results:
             chosen = ("percentile", "multiplier", "hookpoint") + (("anchor", "strength") if r.anchor else ())
+            chosen += ("halves",) if r.halves != "both" else ()
             mlflow.log_params({f"{r.concept}.{k}": getattr(r, k) for k in chosen})
             mlflow.log_metrics({f"{r.concept}.{k}": getattr(r, k) for k in ("objective", "ua", "ira", "cra", "generations")})
         for heatmap in heatmaps:

@@ -37,7 +37,7 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     from saeuron.benchmarks.judges import judge_batch
     from saeuron.cluster.actor_pool import load_pipeline_in_actor
     from saeuron.cluster.registry import load_sae
-    from saeuron.method.recipe import Recipe, edit_from_entry
+    from saeuron.method.recipe import Recipe, edit_from_entry, halves_from_entry
     from saeuron.method.unlearned_pipeline import UnlearnedPipeline
 
     pipe, device, dtype = _cached(
@@ -62,7 +62,7 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         ),
     )
     params = {concept: (config["percentile"], edit_from_entry(config["edit"]))}
-    recipe = Recipe.from_statistics(stats, params, setup["base_model"], setup["contrast"])
+    recipe = Recipe.from_statistics(stats, params, setup["base_model"], setup["contrast"], halves_from_entry(config["edit"]))
     generator = UnlearnedPipeline.from_recipe(pipe, sae, recipe, setup["base_model"], setup["error_mode"])
     rows = setup["prompts"][concept]
 

@@ -106,12 +106,14 @@ def test_anchors_all_steers_each_concept_toward_every_other_concept_its_block_kn
         )
 
 
-def test_a_tie_prefers_the_papers_scaling_edit_then_the_smaller_one():
+def test_a_tie_prefers_the_papers_scaling_edit_on_both_halves_then_the_smaller_one():
     def trial(objective, multiplier=None, anchor="", strength=0.0):
         return dict(percentile=99.0, multiplier=multiplier, anchor=anchor, strength=strength, objective=objective, prompts=88)
 
     steer5, steer3, scale = trial(1.0, anchor="none", strength=5.0), trial(1.0, anchor="none", strength=3.0), trial(1.0, -2.0)
     assert choose([steer5, steer3, scale], 88) is scale
+    cond = {**trial(1.0, -0.25), "halves": "cond"}  # the paper's edit is of both CFG halves: it goes first
+    assert choose([cond, scale], 88) is scale and choose([cond, steer3], 88) is cond
     assert choose([steer5, steer3], 88) is steer3
     assert choose([steer5, trial(0.9, -1.0)], 88) is steer5
 

@@ -50,3 +50,29 @@ def test_the_grid_of_edits_is_every_multiplier_then_every_anchor_and_strength():
     assert edits_of(cfg, "style", ()) == [{"multiplier": -1.0}, {"multiplier": -2.0}]
     with pytest.raises(ValueError, match="steering strengths must be positive"):
         edits_of(build_config(SearchConfig, anchors=["none"], strengths=[0.0]), "style", ("none",))
+
+
+def test_edits_of_the_conditional_half_follow_the_edits_of_both_halves_and_are_labelled_so():
+    from saeuron.method.recipe import edit_from_entry, edit_label, halves_from_entry
+
+    cfg = build_config(
+        SearchConfig, multipliers=[-1.0], anchors=["none"], strengths=[5.0], cond_multipliers=[-0.25], cond_strengths=[2.0]
+    )
+    edits = edits_of(cfg, "style", ("none",))
+    assert edits == [
+        {"multiplier": -1.0},
+        {"anchor": "none", "strength": 5.0},
+        {"multiplier": -0.25, "halves": "cond"},
+        {"anchor": "none", "strength": 2.0, "halves": "cond"},
+    ]
+    assert [edit_label(edit_from_entry(e), halves_from_entry(e)) for e in edits] == [
+        "γ -1",
+        "→none β5",
+        "γ -0.25 cond",
+        "→none β2 cond",
+    ]
+    assert edits_of(cfg, "object", ()) == [{"multiplier": -1.0}, {"multiplier": -0.25, "halves": "cond"}]
+    with pytest.raises(ValueError, match=r"cond_multipliers must be negative.*\[0.5\]"):
+        edits_of(build_config(SearchConfig, cond_multipliers=[0.5]), "style", ())
+    with pytest.raises(ValueError, match="steering cond_strengths must be positive"):
+        edits_of(build_config(SearchConfig, anchors=["none"], cond_strengths=[-1.0]), "style", ("none",))
