@@ -13,7 +13,6 @@ from typing import Any
 from saeuron.console import logger
 from saeuron.evaluation.metrics import score_dict
 from saeuron.method.gather import GatherConfig
-from saeuron.method.recipe import edit_label
 from saeuron.storage import Location, check_writable
 from saeuron.study.config import StudyConfig, gather_config, search_folder_key, stage_configs
 from saeuron.study.records import StageRecords
@@ -96,7 +95,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
             "run_id": result.run_id,
             "recipes": f"runs:/{result.run_id}/recipes",
             "chosen": {c.concept: [c.percentile, c.multiplier, c.objective] for c in result.concepts},
-            "edits": {c.concept: edit_label(c.edit) for c in result.concepts},
+            "edits": {c.concept: c.label for c in result.concepts},
             "hookpoints": {c.concept: c.hookpoint for c in result.concepts},
             # the objective at every block searched, where a concept had candidate blocks
             "blocks": {c.concept: c.blocks for c in result.concepts if len(c.blocks) > 1},
@@ -180,20 +179,23 @@ def mean_gap(gaps: dict[str, tuple[float, float]]) -> float:
 def print_summary(cfg: StudyConfig, evaluated: dict, searched: dict, tracking_uri: str) -> None:
     """The score table, the mean per kind, and the worst concept over all kinds (its lowest of UA, IRA and CRA)."""
     print(f"\nstudy {cfg.name}: UnlearnCanvas scores on {cfg.model.benchmark} (CRA-own: the object on the style's own images)")
+    chosen = {}
+    for name in evaluated["scores"]:
+        p, g, _ = searched["chosen"].get(name, [float("nan")] * 3)
+        chosen[name] = f"({p:g}, {searched.get('edits', {}).get(name, f'γ {g:g}')})"  # records before steering: no "edits"
+    width = max([20, *map(len, chosen.values())])  # steering and one-half labels run longer than "(p, γ)"
     print(
-        f"{'forgotten':<18} {'(p, edit)':<20} {'UA':>6} {'IRA':>6} {'CRA':>6} {'CRA-own':>7} {'FID':>7}  objective: tuning → eval"
+        f"{'forgotten':<18} {'(p, edit)':<{width}} {'UA':>6} {'IRA':>6} {'CRA':>6} {'CRA-own':>7} {'FID':>7}  objective: tuning → eval"
     )
     gaps = objective_gaps(cfg.search.objective, evaluated["scores"], searched["chosen"])
     for name, s in evaluated["scores"].items():
-        p, g, _ = searched["chosen"].get(name, [float("nan")] * 3)
-        edit = searched.get("edits", {}).get(name, f"γ {g:g}")  # records before steering hold no "edits"
         held_out = f"  {gaps[name][0]:.3f} → {gaps[name][1]:.3f}" if name in gaps else ""
-        print(f"{name:<18} {f'({p:g}, {edit})':<20} {_cells(s, evaluated['fid'].get(name))}{held_out}")
+        print(f"{name:<18} {chosen[name]:<{width}} {_cells(s, evaluated['fid'].get(name))}{held_out}")
     if len(evaluated["scores"]) > 1:
         worst = min(evaluated["scores"].items(), key=lambda item: min(item[1][k] for k in ("UA", "IRA", "CRA")))
         for kind, avg in evaluated["averages"].items():
-            print(f"{'mean (' + kind + ')':<18} {'':<20} {_cells(avg, None)}")
-        print(f"{'worst: ' + worst[0]:<18} {'':<20} {_cells(worst[1], evaluated['fid'].get(worst[0]))}")
+            print(f"{'mean (' + kind + ')':<18} {'':<{width}} {_cells(avg, None)}")
+        print(f"{'worst: ' + worst[0]:<18} {'':<{width}} {_cells(worst[1], evaluated['fid'].get(worst[0]))}")
     if gaps:
         print(f"search objective ({cfg.search.objective}), tuning prompts vs evaluation: mean |gap| {mean_gap(gaps):.3f}")
     for name, blocks in searched.get("blocks", {}).items():
