@@ -68,6 +68,7 @@ class DiffusersRecipe(ModelMixin, ConfigMixin):
             timesteps=list(recipe.timesteps),
             sae_inference=recipe.sae_inference,
             contrast=recipe.contrast,
+            halves=recipe.halves,
         )
         for name in RULE_TENSORS:
             self.register_buffer(name, getattr(recipe.rules, name))
@@ -89,6 +90,7 @@ class DiffusersRecipe(ModelMixin, ConfigMixin):
             c.get("sae_inference", ""),
             c.get("contrast", "mean"),
             Steering.from_tensors({f"steer_{name}": getattr(self, f"steer_{name}") for name in STEER_TENSORS}),
+            c.get("halves", "both"),
         )
 
     def to(self, *args, **kwargs) -> DiffusersRecipe:

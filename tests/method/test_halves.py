@@ -4,6 +4,8 @@ older recipe reads as "both", and what cannot be honoured is refused."""
 
 import json
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -81,3 +83,52 @@ def test_a_half_that_does_not_exist_or_the_reference_error_mode_on_one_half_is_r
     with pytest.raises(ValueError, match="halves must be one of"):
         make_recipe(build_config(RecipeConfig, statistics=str(tmp_path / "stats"), concepts=["c"], halves="uncond"))
     assert not (tmp_path / "recipes").exists()  # refused before anything is written
+
+
+def test_the_unlearned_pipeline_edits_the_half_its_recipe_names_and_keeps_it_through_save_pretrained(
+    minicanvas_pipeline, tmp_path
+):
+    """Sampled for real: the pipeline a search trial and the evaluation build from a "cond" recipe gives exactly the
+    images of the edit applied to the conditional rows by hand, other images than "both", and the same as "both"
+    without CFG (every row conditional)."""
+    from helpers import STEPS, STYLE_HOOK
+
+    from saeuron.diffusion.hooks import HookedPipeline, resolve_module
+    from saeuron.method.selection import Rules
+    from saeuron.method.unlearned_pipeline import UnlearnedPipeline
+
+    torch.manual_seed(0)
+    width = resolve_module(minicanvas_pipeline, STYLE_HOOK).proj_out.out_channels
+    sae = Sae(width, SaeConfig(num_latents=64, k=8))
+    rules = Rules(  # 16 latents scaled by −2 wherever active, at every step (one timestep covers all)
+        torch.zeros(16, dtype=torch.long), torch.arange(16), torch.full((16,), -2.0), torch.zeros(16), torch.zeros(16, dtype=torch.long)
+    )
+
+    def recipe(halves):
+        concepts = {"Neon_Glow": {"percentile": 99.0, "multiplier": -2.0}}
+        return Recipe(STYLE_HOOK, "sae", sae_fingerprint(sae), "base", concepts, [501], rules, halves=halves)
+
+    prompts, seeds = ["An image of Stars in Neon Glow style.", "An image of Hearts."], [1, 2]
+
+    def images(pipe, guidance=7.5):
+        return pipe.generate(prompts, seeds, num_inference_steps=STEPS, guidance_scale=guidance, output_type="np").images
+
+    both = UnlearnedPipeline.from_recipe(minicanvas_pipeline, sae, recipe("both"))
+    cond = UnlearnedPipeline.from_recipe(minicanvas_pipeline, sae, recipe("cond"))
+    edit = UnlearningEdit(sae, recipe("both"))
+
+    def by_hand(tokens, call):
+        return torch.cat([tokens[: call.num_uncond], edit(tokens[call.num_uncond :], call)])
+
+    hooked = HookedPipeline(minicanvas_pipeline)
+    expected = hooked.generate(
+        prompts, seeds, edits={STYLE_HOOK: by_hand}, num_inference_steps=STEPS, guidance_scale=7.5, output_type="np"
+    ).images
+    from_cond = images(cond)
+    assert np.array_equal(from_cond, expected)
+    assert np.abs(from_cond - images(both)).max() > 0.05
+    assert np.array_equal(images(cond, guidance=1.0), images(both, guidance=1.0))
+    cond.save_pretrained(tmp_path / "unlearned")
+    again = UnlearnedPipeline.from_pretrained(tmp_path / "unlearned", dtype=torch.float32)
+    again.set_progress_bar_config(disable=True)
+    assert again.recipe.recipe.halves == "cond" and np.array_equal(images(again), from_cond)
