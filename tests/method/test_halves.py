@@ -5,7 +5,6 @@ older recipe reads as "both", and what cannot be honoured is refused."""
 import json
 
 import numpy as np
-
 import pytest
 import torch
 
@@ -101,7 +100,11 @@ def test_the_unlearned_pipeline_edits_the_half_its_recipe_names_and_keeps_it_thr
     width = resolve_module(minicanvas_pipeline, STYLE_HOOK).proj_out.out_channels
     sae = Sae(width, SaeConfig(num_latents=64, k=8))
     rules = Rules(  # 16 latents scaled by −2 wherever active, at every step (one timestep covers all)
-        torch.zeros(16, dtype=torch.long), torch.arange(16), torch.full((16,), -2.0), torch.zeros(16), torch.zeros(16, dtype=torch.long)
+        torch.zeros(16, dtype=torch.long),
+        torch.arange(16),
+        torch.full((16,), -2.0),
+        torch.zeros(16),
+        torch.zeros(16, dtype=torch.long),
     )
 
     def recipe(halves):
