@@ -28,7 +28,7 @@ from saeuron.diffusion.hooks import HookedPipeline
 from saeuron.evaluation.in_process import Grid, add_grid_arguments, judge_grid, load_grid, short
 from saeuron.evaluation.metrics import ForgettingScores, forgetting_scores
 from saeuron.method.baseline import ChannelScaleEdit, channel_rankings
-from saeuron.method.recipe import Recipe, resolve_recipe_folders
+from saeuron.method.recipe import Recipe, edit_label, resolve_recipe_folders
 from saeuron.method.unlearned_pipeline import UnlearnedPipeline
 from saeuron.sae import Sae
 
@@ -93,7 +93,11 @@ def compare(recipe_dir: str, args, grid: Grid, original) -> Comparison:
         raise ValueError(f"{recipe_dir} was built on another SAE than {args.saes}/{recipe.hookpoint} (fingerprints differ)")
     edited = UnlearnedPipeline.from_recipe(pipe, sae, recipe, recipe.base_model)
     sae_scores = score(partial(edited.generate, **sampling), rows, judge, kind, concept, args.batch_size)
-    print(f"{concept} ({kind}, {recipe.hookpoint}) SAE {dict(recipe.concepts[concept])}: {short(sae_scores)}", flush=True)
+    edit = edit_label(recipe.edit_of(concept), recipe.halves)
+    print(
+        f"{concept} ({kind}, {recipe.hookpoint}) SAE p {recipe.concepts[concept]['percentile']:g} {edit}: {short(sae_scores)}",
+        flush=True,
+    )
     rankings = hookpoint_rankings(args.activations, recipe.hookpoint, kind, max(args.channels))
     if concept not in rankings:
         raise ValueError(f"no vectors of {kind} {concept!r} in {args.activations}: rank the channels on its collection")

@@ -38,13 +38,18 @@ def test_the_all_concepts_preset_is_the_full_study_on_every_concept():
     assert every.candidate_hookpoints == [("object", "unet.down_blocks.1.attentions.1")] and not full.candidate_hookpoints
 
 
-def test_the_steering_preset_is_the_all_concepts_study_on_the_styles_with_steering_in_the_search():
+def test_the_steering_preset_is_the_all_concepts_study_on_the_styles_with_steering_and_one_half_edits_in_the_search():
     from saeuron.benchmarks.minicanvas.concepts import STYLES
 
     steering = parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study-styles-steering.yaml")])
     every = parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study-all.yaml")])
     assert sorted(steering.search.concepts) == sorted(STYLES) and steering.gather.unstyled_reference
-    assert (steering.search.anchors, steering.search.objective) == (["none", "Thick_Outline"], "ua_ira_cra_own")
+    assert (steering.search.anchors, steering.search.strengths, steering.search.objective) == (
+        ["all"],
+        [5.0, 10.0],
+        "ua_ira_cra_own",
+    )
+    assert (steering.search.cond_multipliers, steering.search.min_retain) == ([-0.1, -0.25, -0.5, -1.0], 0.9)
     assert (steering.collect, steering.train, steering.evaluate) == (every.collect, every.train, every.evaluate)
     assert (steering.search.percentiles, steering.search.multipliers) == (every.search.percentiles, every.search.multipliers)
     assert (steering.search.forget_prompts_per_cell, steering.search.other_axis_prompts_per_cell) == (4, 2)

@@ -178,7 +178,7 @@ def _check_models(cfg: AttackConfig, setup: dict[str, Any]) -> None:
             inference=recipe.sae_inference or None,
             tracking_uri=setup["tracking_uri"],
         )
-        UnlearningEdit(sae, recipe)
+        UnlearningEdit(sae, recipe, cfg.edit.error_mode)
     if "channels" in cfg.variants and not Location.parse(setup["activations"]).exists():
         raise ValueError(
             f"the channels baseline ranks channels on a collection: {setup['activations']} has none (--activations_dir)"

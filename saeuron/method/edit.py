@@ -102,8 +102,9 @@ class UnlearningEdit:
 
     def __call__(self, tokens: Tensor, call: BlockCall) -> Tensor:
         if self.recipe.halves == "cond" and call.num_uncond:
-            uncond = call.num_uncond
-            return torch.cat([tokens[:uncond], self._edit_rows(tokens[uncond:], call)])
+            cond = tokens[call.num_uncond :]
+            edited = self._edit_rows(cond, call)
+            return tokens if edited is cond else torch.cat([tokens[: call.num_uncond], edited])  # no rule: no copy
         return self._edit_rows(tokens, call)
 
     def _edit_rows(self, tokens: Tensor, call: BlockCall) -> Tensor:

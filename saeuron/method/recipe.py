@@ -142,7 +142,9 @@ class Recipe:
             "num_rules": len(r),
             "sae_inference": self.sae_inference,
             "contrast": self.contrast,
-            "halves": self.halves,
+            # Absent for both halves: a recipe of the paper's edit stays byte for byte what it was before the setting
+            # (images and atlas pages are keyed on recipe.json, so a rebuilt recipe reuses them).
+            **({"halves": self.halves} if self.halves != "both" else {}),
         }
         return save_tensors_and_json(folder, TENSORS, tensors, JSON, meta)
 

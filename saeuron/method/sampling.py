@@ -178,7 +178,7 @@ def unlearn(cfg: UnlearnConfig) -> pa.Table:
         sae = load_sae(
             cfg.sae or recipe.sae_ref, recipe.hookpoint, inference=recipe.sae_inference or None, tracking_uri=registry_uri
         )
-        UnlearningEdit(sae, recipe)
+        UnlearningEdit(sae, recipe, cfg.edit.error_mode)  # refuses here what the actors would refuse later
     benchmark = get_benchmark(cfg.model.benchmark)
     model_path = benchmark.resolve_model_path(cfg.model.model_path)
     check_sampler(model_path, cfg.model.sampler)

@@ -134,6 +134,12 @@ def grid_of(cfg: SearchConfig, kind: str = "object") -> tuple[list[float], list[
     """The (percentiles, multipliers) searched for concepts of ``kind`` (and the search's contrast, objective and
     retain floor checked)."""
     check_contrast(cfg.contrast), check_objective(cfg.objective)
+    one_half = cfg.cond_multipliers or cfg.cond_strengths
+    if cfg.edit.error_mode == "reference" and (cfg.anchors or one_half):
+        raise ValueError(
+            "edit.error_mode 'reference' reproduces the paper's scaling edit of both CFG halves; search.anchors and "
+            "search.cond_multipliers / cond_strengths search other edits: use error_mode 'correct' or drop them"
+        )
     if not 0.0 <= cfg.min_retain <= 1.0:
         raise ValueError(f"search.min_retain is an accuracy in [0, 1] (0: no floor), got {cfg.min_retain}")
     percentiles = cfg.percentiles or list(cfg.benchmark.search_percentiles)

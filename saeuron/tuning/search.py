@@ -287,8 +287,7 @@ def search(cfg: SearchConfig) -> SearchResult:
         summary = {r.concept: r._asdict() for r in results}
         write_text_atomic(out / "search.json", json.dumps(summary, indent=2))
         for r in results:
-            chosen = ("percentile", "multiplier", "hookpoint") + (("anchor", "strength") if r.anchor else ())
-            chosen += ("halves",) if r.halves != "both" else ()
+            chosen = ("percentile", "multiplier", "hookpoint", "halves") + (("anchor", "strength") if r.anchor else ())
             mlflow.log_params({f"{r.concept}.{k}": getattr(r, k) for k in chosen})
             mlflow.log_metrics({f"{r.concept}.{k}": getattr(r, k) for k in ("objective", "ua", "ira", "cra", "generations")})
         for heatmap in heatmaps:

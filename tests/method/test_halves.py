@@ -63,6 +63,8 @@ def test_the_half_is_saved_and_an_older_recipe_reads_as_both(tmp_path):
     del meta["halves"]  # as every recipe written before the setting existed
     (tmp_path / "r" / "recipe.json").write_text(json.dumps(meta))
     assert Recipe.load(tmp_path / "r").halves == "both"
+    Recipe.from_statistics(stats, {"c": (90.0, -0.25)}, "base", "max").save(tmp_path / "paper")
+    assert "halves" not in json.loads((tmp_path / "paper" / "recipe.json").read_text())  # as before the setting
     assert halves_from_entry({"multiplier": -1.0}) == "both" and edit_label(-1.0) == "γ -1"
 
 
@@ -78,10 +80,10 @@ def test_a_half_that_does_not_exist_or_the_reference_error_mode_on_one_half_is_r
     cond = Recipe.from_statistics(stats, {"c": (90.0, -1.0)}, "base", halves="cond")
     with pytest.raises(ValueError, match="edits the 'cond' half only: use error_mode 'correct'"):
         UnlearningEdit(sae, cond, error_mode="reference")
-    stats.save(tmp_path / "stats")
+    # Refused before the statistics are read (there are none at that path) or anything is written.
     with pytest.raises(ValueError, match="halves must be one of"):
-        make_recipe(build_config(RecipeConfig, statistics=str(tmp_path / "stats"), concepts=["c"], halves="uncond"))
-    assert not (tmp_path / "recipes").exists()  # refused before anything is written
+        make_recipe(build_config(RecipeConfig, statistics=str(tmp_path / "nothing"), concepts=["c"], halves="uncond"))
+    assert not any(tmp_path.iterdir())
 
 
 def test_the_unlearned_pipeline_edits_the_half_its_recipe_names_and_keeps_it_through_save_pretrained(

@@ -76,3 +76,5 @@ def test_edits_of_the_conditional_half_follow_the_edits_of_both_halves_and_are_l
         edits_of(build_config(SearchConfig, cond_multipliers=[0.5]), "style", ())
     with pytest.raises(ValueError, match="steering cond_strengths must be positive"):
         edits_of(build_config(SearchConfig, anchors=["none"], cond_strengths=[-1.0]), "style", ("none",))
+    with pytest.raises(ValueError, match="error_mode 'reference' reproduces the paper's scaling edit of both CFG halves"):
+        grid_of(build_config(SearchConfig, cond_multipliers=[-0.25], edit={"error_mode": "reference"}), "style")
