@@ -29,8 +29,9 @@ HALVES = ("both", "cond")
 """Which CFG half a recipe edits. The reference edits both alike; then what the edit moves in both halves cancels in
 the guidance term (cond − uncond), which the guidance scale multiplies, and the edit acts only on the unguided part.
 On MiniCanvas a style's selected latents fire in the unconditional half too (the image being denoised is in the
-style), so "both" cannot remove some styles that "cond" removes at a tenth of the multiplier (README, "Every
-concept", item 13)."""
+style); on one half the same latents forget at about a tenth of the multiplier in a sweep, and the search forgets
+Pastel_Blur and Thick_Outline with them, which no edit of both halves did cleanly (README, "Every concept", item
+13)."""
 
 
 def check_halves(halves: str) -> str:

@@ -131,8 +131,8 @@ class SearchConfig(SearchOptions, WithResources, WithJudge, WithEdit, WithSampli
 
 
 def grid_of(cfg: SearchConfig, kind: str = "object") -> tuple[list[float], list[float]]:
-    """The (percentiles, multipliers) searched for concepts of ``kind`` (and the search's contrast, objective and
-    retain floor checked)."""
+    """The (percentiles, multipliers) searched for concepts of ``kind`` (and the search's contrast, objective, retain
+    floor and error mode checked: the reference's error mode runs the paper's edit only)."""
     check_contrast(cfg.contrast), check_objective(cfg.objective)
     one_half = cfg.cond_multipliers or cfg.cond_strengths
     if cfg.edit.error_mode == "reference" and (cfg.anchors or one_half):
