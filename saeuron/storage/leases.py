@@ -10,7 +10,10 @@ Object stores have no create-if-absent here (``pyarrow.fs`` has no conditional p
 write, wait, read back: of two runs that both found the folder free, the later upload wins, and the one that
 reads back another owner after the wait backs off. The wait (``settle_s``) must exceed the time between a
 run's read and its write (milliseconds); renewals also read back, so a lease lost to a clock jump is noticed
-at the next renewal and the run refuses to commit (:meth:`Lease.check`).
+at the next renewal and the run refuses to commit (:meth:`Lease.check`). A folder on a filesystem (local or
+shared) that holds no lease is taken without the wait: the lease appears there by a hard link, which exists
+whole or not at all and fails when the name is taken (atomic on NFS too), so of two runs exactly one
+creates it. Taking over an expired lease replaces a file and still waits.
 """
 
 from __future__ import annotations
@@ -126,9 +129,27 @@ def take_lease(folder: Location, purpose: str, ttl_s: float = 60.0, settle_s: fl
                 why = "ended" if _owner_is_gone(current) else "stopped renewing its lease, which expired"
                 logger.info(f"lease: {folder.uri}: the run that held it ({_describe(current)}) {why}; taking it over")
             folder.make_dirs()
+            if current is None and folder.is_local:
+                if _create_if_absent(location, lease):
+                    return lease
+                return take_lease(folder, purpose, ttl_s, settle_s)  # another run created it since: is it live?
             location.write_text(json.dumps(lease.record()))
             time.sleep(settle_s)
     return lease
+
+
+def _create_if_absent(location: Location, lease: Lease) -> bool:
+    """Put the lease in place on a filesystem only if no lease is there; False when another run's is."""
+    target = location.local_path
+    staged = target.with_name(f"{LEASE_FILE}.{lease.owner}.tmp")
+    staged.write_text(json.dumps(lease.record()))
+    try:
+        os.link(staged, target)
+    except FileExistsError:
+        return False
+    finally:
+        staged.unlink()
+    return True
 
 
 def _renew(lease: Lease) -> None:

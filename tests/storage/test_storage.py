@@ -98,6 +98,23 @@ def test_of_two_runs_that_start_together_exactly_one_takes_the_lease(root):
     assert sorted(outcomes) == ["refused", "took"]
 
 
+def test_a_free_folder_on_a_filesystem_is_leased_without_the_wait(tmp_path, monkeypatch):
+    """Only object stores need write-wait-read-back; a filesystem creates the lease atomically."""
+    waits: list[float] = []
+    monkeypatch.setattr("saeuron.storage.leases.time.sleep", waits.append)
+    root = Location.parse(tmp_path / "root")
+    lease = take_lease(root, "collect", ttl_s=30, settle_s=5.0)
+    assert waits == [] and read_lease(root / LEASE_FILE)["owner"] == lease.owner
+    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == [LEASE_FILE]  # nothing staged is left
+    with pytest.raises(LeaseHeld, match="is being written by another run"):
+        take_lease(root, "collect", ttl_s=30, settle_s=5.0)
+    assert waits == []
+    # Taking over an expired lease replaces the file, which is not atomic: that still waits and reads back.
+    (root / LEASE_FILE).write_text(json.dumps({**read_lease(root / LEASE_FILE), "expires": time.time() - 1}))
+    successor = take_lease(root, "collect", ttl_s=30, settle_s=5.0)
+    assert waits == [5.0] and read_lease(root / LEASE_FILE)["owner"] == successor.owner != lease.owner
+
+
 def test_a_killed_owners_lease_expires_and_the_next_run_takes_it(root):
     code = (
         "import sys, time; from saeuron.storage import Location, holding_lease\n"
