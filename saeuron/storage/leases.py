@@ -130,16 +130,20 @@ def take_lease(folder: Location, purpose: str, ttl_s: float = 60.0, settle_s: fl
                 logger.info(f"lease: {folder.uri}: the run that held it ({_describe(current)}) {why}; taking it over")
             folder.make_dirs()
             if current is None and folder.is_local:
-                if _create_if_absent(location, lease):
+                created = _create_if_absent(location, lease)
+                if created:
                     return lease
-                return take_lease(folder, purpose, ttl_s, settle_s)  # another run created it since: is it live?
+                if created is False:
+                    return take_lease(folder, purpose, ttl_s, settle_s)  # another run created it since: is it live?
+                # None: this filesystem makes no hard links (some FUSE mounts), so as on an object store
             location.write_text(json.dumps(lease.record()))
             time.sleep(settle_s)
     return lease
 
 
-def _create_if_absent(location: Location, lease: Lease) -> bool:
-    """Put the lease in place on a filesystem only if no lease is there; False when another run's is."""
+def _create_if_absent(location: Location, lease: Lease) -> bool | None:
+    """Put the lease in place on a filesystem only if no lease is there: False when another run's is, None
+    when the filesystem cannot make the hard link."""
     target = location.local_path
     staged = target.with_name(f"{LEASE_FILE}.{lease.owner}.tmp")
     staged.write_text(json.dumps(lease.record()))
@@ -147,6 +151,8 @@ def _create_if_absent(location: Location, lease: Lease) -> bool:
         os.link(staged, target)
     except FileExistsError:
         return False
+    except OSError:  # EPERM / ENOTSUP / EXDEV where links are not supported
+        return None
     finally:
         staged.unlink()
     return True

@@ -115,6 +115,20 @@ def test_a_free_folder_on_a_filesystem_is_leased_without_the_wait(tmp_path, monk
     assert waits == [5.0] and read_lease(root / LEASE_FILE)["owner"] == successor.owner != lease.owner
 
 
+def test_a_filesystem_without_hard_links_takes_the_lease_with_the_wait(tmp_path, monkeypatch):
+    waits: list[float] = []
+    monkeypatch.setattr("saeuron.storage.leases.time.sleep", waits.append)
+
+    def no_links(source, target):
+        raise PermissionError(1, "Operation not permitted")  # what a FUSE mount without links answers
+
+    monkeypatch.setattr("saeuron.storage.leases.os.link", no_links)
+    root = Location.parse(tmp_path / "root")
+    lease = take_lease(root, "collect", ttl_s=30, settle_s=5.0)
+    assert waits == [5.0] and read_lease(root / LEASE_FILE)["owner"] == lease.owner
+    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == [LEASE_FILE]
+
+
 def test_a_killed_owners_lease_expires_and_the_next_run_takes_it(root):
     code = (
         "import sys, time; from saeuron.storage import Location, holding_lease\n"
