@@ -12,8 +12,8 @@ reads back another owner after the wait backs off. The wait (``settle_s``) must 
 run's read and its write (milliseconds); renewals also read back, so a lease lost to a clock jump is noticed
 at the next renewal and the run refuses to commit (:meth:`Lease.check`). A folder on a filesystem (local or
 shared) that holds no lease is taken without the wait: the lease appears there by a hard link, which exists
-whole or not at all and fails when the name is taken (atomic on NFS too), so of two runs exactly one
-creates it. Taking over an expired lease replaces a file and still waits.
+whole or not at all and fails when the name is taken (on NFS too, where a retried link that succeeded
+is told apart by its link count), so of two runs exactly one creates it. Taking over an expired lease replaces a file and still waits.
 """
 
 from __future__ import annotations
@@ -150,7 +150,9 @@ def _create_if_absent(location: Location, lease: Lease) -> bool | None:
     try:
         os.link(staged, target)
     except FileExistsError:
-        return False
+        # NFSv3 may retry a link that succeeded and answer EEXIST: the staged file's link count says whose it is
+        # (the lock-file test of open(2)).
+        return staged.stat().st_nlink == 2
     except OSError:  # EPERM / ENOTSUP / EXDEV where links are not supported
         return None
     finally:

@@ -115,6 +115,21 @@ def test_a_free_folder_on_a_filesystem_is_leased_without_the_wait(tmp_path, monk
     assert waits == [5.0] and read_lease(root / LEASE_FILE)["owner"] == successor.owner != lease.owner
 
 
+def test_a_link_that_succeeded_but_answered_exists_still_holds_the_lease(tmp_path, monkeypatch):
+    """NFSv3 retransmits: the link is made, the retry answers EEXIST; the run must not refuse its own lease."""
+    real_link = os.link
+
+    def retried_link(source, target):
+        real_link(source, target)
+        raise FileExistsError(17, "File exists")
+
+    monkeypatch.setattr("saeuron.storage.leases.os.link", retried_link)
+    root = Location.parse(tmp_path / "root")
+    lease = take_lease(root, "collect", ttl_s=30, settle_s=0.1)
+    assert read_lease(root / LEASE_FILE)["owner"] == lease.owner
+    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == [LEASE_FILE]
+
+
 def test_a_filesystem_without_hard_links_takes_the_lease_with_the_wait(tmp_path, monkeypatch):
     waits: list[float] = []
     monkeypatch.setattr("saeuron.storage.leases.time.sleep", waits.append)
