@@ -13,6 +13,7 @@ from saeuron.benchmarks.tuning_prompts import proportional_merge, tuning_prompt_
 from saeuron.config import build_config, config_to_yaml
 from saeuron.evaluation.evaluate import EvaluateConfig, evaluate
 from saeuron.tuning.choice import choose
+from saeuron.tuning.review import load_summary, review_search, trial_label
 from saeuron.tuning.search import SearchConfig, search
 
 
@@ -283,3 +284,7 @@ def test_the_search_chooses_steering_where_it_keeps_a_styles_objects(unstyled_re
     mlflow.set_tracking_uri(f"sqlite:///{study / 'mlflow.db'}")
     params = mlflow.MlflowClient().get_run(result.run_id).data.params
     assert (params["Checkerboard.anchor"], params["Checkerboard.strength"]) == ("none", "5.0")
+    # tune/review.py reads the same trials back from the search's folder: its choice is the search's, and steering
+    # keeps the most objects on Checkerboard's own images.
+    (review,) = review_search(load_summary(str(cfg.search_dir)), cfg.min_retain, bar=0.0)
+    assert review.searched == trial_label(review.at_floor) == "p97 →none β5" and review.cleanest["edit"] == "→none β5"
