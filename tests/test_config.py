@@ -46,7 +46,7 @@ def test_the_steering_preset_is_the_all_concepts_study_on_the_styles_with_steeri
     assert sorted(steering.search.concepts) == sorted(STYLES) and steering.gather.unstyled_reference
     assert (steering.search.anchors, steering.search.strengths, steering.search.objective) == (
         ["all"],
-        [5.0, 10.0],
+        [5.0, 6.0, 7.0, 10.0],
         "ua_ira_cra_own",
     )
     assert (steering.search.cond_multipliers, steering.search.min_retain) == ([-0.1, -0.25, -0.5, -1.0], 0.9)
