@@ -112,6 +112,7 @@ def test_dry_run_prints_the_resolved_config(capsys):
         "jobs/atlas.py",
         "jobs/pipeline.py",
         "tune/search.py",
+        "tune/review.py",
     ],
 )
 def test_every_field_of_every_job_has_a_help_line(job):

@@ -13,8 +13,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from saeuron.method.recipe import edit_label
+from saeuron.method.steering import Steer
 from saeuron.storage import Location
-from saeuron.tuning.choice import ConceptResult, choose, retains
+from saeuron.tuning.choice import choose, retains
 
 
 @dataclass
@@ -34,20 +36,37 @@ class ReviewConfig:
 class ConceptReview(NamedTuple):
     concept: str
     kind: str
-    searched: str
-    """The search's choice as its log names it ("p99.5 →Pastel_Blur β6")."""
+    searched: dict[str, Any]
+    """The search's choice: percentile, edit (its label) and hookpoint."""
     at_floor: dict[str, Any]
     """The trial chosen among those that scored every tuning prompt under the review's floor."""
+    kept_floor: bool
+    """Whether ``at_floor`` keeps IRA and CRA at the floor (when no trial does, the choice is still made)."""
     cleanest: dict[str, Any] | None
     """A style: the trial with the most objects kept on its own images among those with UA, IRA and CRA at the bar
     (and at least ``min_prompts`` prompts scored); None when no trial reaches the bar, or for an object."""
+    own_scored: bool
+    """Whether the trials carry the own-style CRA at all (a style searched before it was kept does not)."""
     trials: int
     finished: int
     """Trials that scored every tuning prompt (the only ones the choice may take)."""
+    blocks: int
+    """Blocks the concept was searched at (a label names its block when there are several)."""
 
 
-def trial_label(trial: dict[str, Any]) -> str:
-    return f"p{trial['percentile']:g} {trial['edit']}"
+def trial_label(trial: dict[str, Any], with_block: bool = False) -> str:
+    block = f" @{trial.get('hookpoint', '')}" if with_block else ""
+    return f"p{trial['percentile']:g} {trial['edit']}{block}"
+
+
+def searched_choice(result: dict[str, Any]) -> dict[str, Any]:
+    """The chosen (p, edit) of one concept of ``search.json``, labelled as its trials are."""
+    edit = Steer(result["anchor"], result["strength"]) if result.get("anchor") else result["multiplier"]
+    return {
+        "percentile": result["percentile"],
+        "edit": edit_label(edit, result.get("halves", "both")),
+        "hookpoint": result.get("hookpoint", ""),
+    }
 
 
 def review_concept(result: dict[str, Any], min_retain: float, bar: float = 0.9, min_prompts: int = 24) -> ConceptReview:
@@ -55,31 +74,39 @@ def review_concept(result: dict[str, Any], min_retain: float, bar: float = 0.9, 
     trials = result["trials"]
     if not trials:
         raise ValueError(f"{result['concept']}: the search recorded no trials")
+    # One budget a concept: every block is searched on the concept's tuning prompts, and the search fails when no
+    # trial scores them all, so the most any trial scored is that count.
+    budget = max(t["prompts"] for t in trials)
     blocks: dict[str, list[dict[str, Any]]] = {}
     for trial in trials:  # the kind's block first, as the search ran them
         blocks.setdefault(trial.get("hookpoint", ""), []).append(trial)
-    # Each block's budget is its tuning prompt count; a trial that scored them all reached it.
-    budgets = {h: max(t["prompts"] for t in ts) for h, ts in blocks.items()}
-    per_block = [choose(ts, budgets[h], min_retain) for h, ts in blocks.items()]
-    at_floor = max(per_block, key=lambda t: (retains(t, min_retain), t["objective"]))  # the kind's block wins ties
+    # choose_block's rule on the blocks' choices: one that keeps the floor first, then the objective; the kind's
+    # block wins ties (max keeps the first of equals).
+    per_block = [choose(ts, budget, min_retain) for ts in blocks.values() if any(t["prompts"] >= budget for t in ts)]
+    at_floor = max(per_block, key=lambda t: (retains(t, min_retain), t["objective"]))
+    own_scored = any(t.get("cra_own") is not None for t in trials)
     cleanest = None
-    if result["kind"] == "style":
+    if result["kind"] == "style" and own_scored:
         clean = [
             t
             for t in trials
-            if t["prompts"] >= min(min_prompts, budgets[t.get("hookpoint", "")])
+            if t["prompts"] >= min(min_prompts, budget)
             and min(t["ua"], t["ira"], t["cra"]) >= bar
             and t.get("cra_own") is not None
         ]
-        cleanest = max(clean, key=lambda t: (t["cra_own"], t["ua"], t["prompts"]), default=None)
+        # Ties go to the review's choice, then to the trial that scored more prompts.
+        cleanest = max(clean, key=lambda t: (t["cra_own"], t["ua"], t is at_floor, t["prompts"]), default=None)
     return ConceptReview(
         result["concept"],
         result["kind"],
-        f"p{result['percentile']:g} {ConceptResult(**result).label}",
+        searched_choice(result),
         at_floor,
+        retains(at_floor, min_retain),
         cleanest,
+        own_scored,
         len(trials),
-        sum(t["prompts"] >= budgets[t.get("hookpoint", "")] for t in trials),
+        sum(t["prompts"] >= budget for t in trials),
+        len(blocks),
     )
 
 
@@ -97,8 +124,11 @@ def load_summary(search: str) -> dict[str, Any]:
     path = Location.parse(search) / "search.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path.uri} does not exist: --search takes a finished search's folder (search.search_dir)")
-    summary = json.loads(path.read_text())
-    if not isinstance(summary, dict) or any("trials" not in r for r in summary.values()):
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path.uri} is not JSON ({error}): was it written by a search that was killed?") from None
+    if not isinstance(summary, dict) or not summary or any("trials" not in r for r in summary.values()):
         raise ValueError(f"{path.uri} is not a search summary with its trials (one written before trials were kept?)")
     return summary
 
@@ -109,21 +139,23 @@ def scores(trial: dict[str, Any]) -> str:
 
 
 def review_table(reviews: list[ConceptReview], min_retain: float, bar: float) -> str:
-    """The reviews as a plain-text table (tuning scores: UA / IRA / CRA / own-style CRA)."""
-    rows = [
-        (
-            "concept",
-            "search's choice",
-            f"choice at floor {min_retain:g}",
-            "its scores",
-            f"most objects kept at UA/IRA/CRA ≥ {bar:g}",
-        )
-    ]
+    """The reviews as a plain-text table (tuning scores: UA / IRA / CRA / own-style CRA). A choice that differs from
+    the search's is marked *, one under the floor (no trial kept it) says so."""
+    header = ("concept", "search's choice", f"choice at floor {min_retain:g}", "its scores", "finished")
+    rows = [(*header, f"most objects kept at UA/IRA/CRA ≥ {bar:g}")]
     for r in reviews:
-        cleanest = "–" if r.kind != "style" else "none"
-        if r.cleanest is not None:
-            cleanest = f"{trial_label(r.cleanest)}: {scores(r.cleanest)} ({r.cleanest['prompts']} prompts)"
-        changed = "" if trial_label(r.at_floor) == r.searched else " *"
-        rows.append((r.concept, r.searched, trial_label(r.at_floor) + changed, scores(r.at_floor), cleanest))
+        blocks = r.blocks > 1
+        searched, chosen = trial_label(r.searched, blocks), trial_label(r.at_floor, blocks)
+        chosen += ("" if chosen == searched else " *") + ("" if r.kept_floor else " (under floor)")
+        if r.kind != "style":
+            cleanest = "–"
+        elif not r.own_scored:
+            cleanest = "n/a (no own-style CRA in these trials)"
+        elif r.cleanest is None:
+            cleanest = "none"
+        else:
+            c = r.cleanest
+            cleanest = f"{trial_label(c, blocks)}: {scores(c)} ({c['prompts']} prompts)"
+        rows.append((r.concept, searched, chosen, scores(r.at_floor), f"{r.finished}/{r.trials}", cleanest))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)

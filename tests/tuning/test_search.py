@@ -248,6 +248,10 @@ def test_a_candidate_block_that_scores_better_takes_the_concept_and_its_recipe(
     mlflow.set_tracking_uri(f"sqlite:///{study / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     assert client.get_run(result.run_id).data.params["Stars.hookpoint"] == OBJECT_HOOK
+    (review,) = review_search(load_summary(str(cfg.search_dir)), cfg.min_retain)  # tune/review.py reads it back
+    assert review.at_floor["hookpoint"] == OBJECT_HOOK and trial_label(review.at_floor, True) == trial_label(
+        review.searched, True
+    )
     assert {a.path for a in client.list_artifacts(result.run_id, "heatmaps")} == {
         "heatmaps/heatmap_Stars.png",
         f"heatmaps/heatmap_Stars@{OBJECT_HOOK}.png",
@@ -287,4 +291,5 @@ def test_the_search_chooses_steering_where_it_keeps_a_styles_objects(unstyled_re
     # tune/review.py reads the same trials back from the search's folder: its choice is the search's, and steering
     # keeps the most objects on Checkerboard's own images.
     (review,) = review_search(load_summary(str(cfg.search_dir)), cfg.min_retain, bar=0.0)
-    assert review.searched == trial_label(review.at_floor) == "p97 →none β5" and review.cleanest["edit"] == "→none β5"
+    assert trial_label(review.searched) == trial_label(review.at_floor) == "p97 →none β5"
+    assert review.cleanest["edit"] == "→none β5"
