@@ -31,25 +31,13 @@ def trial(edit, objective, ua, ira, cra=1.0, own=None, prompts=120, percentile=9
 
 
 def result(concept, kind, chosen, trials):
-    return dict(
-        concept=concept,
-        kind=kind,
-        percentile=chosen["percentile"],
-        multiplier=chosen["multiplier"] or 0.0,
-        objective=chosen["objective"],
-        ua=chosen["ua"],
-        ira=chosen["ira"],
-        cra=chosen["cra"],
-        generations=sum(t["prompts"] for t in trials),
-        trials=trials,
-        hookpoint=chosen["hookpoint"],
-        statistics="stats",
-        blocks={chosen["hookpoint"]: chosen["objective"]},
-        anchor=chosen["anchor"],
-        strength=chosen["strength"],
-        cra_own=chosen["cra_own"],
-        halves=chosen["halves"],
-    )
+    """One concept of search.json as the search writes it: its ConceptResult as a dict."""
+    return ConceptResult(
+        concept, kind, chosen["percentile"], chosen["multiplier"] or 0.0, chosen["objective"], chosen["ua"],
+        chosen["ira"], chosen["cra"], sum(t["prompts"] for t in trials), trials, chosen["hookpoint"], "stats",
+        {chosen["hookpoint"]: chosen["objective"]}, chosen["anchor"], chosen["strength"], chosen["cra_own"],
+        chosen["halves"],
+    )._asdict()  # fmt: skip
 
 
 # Sunset_Gradient's finished trials in the preset's search of 2026-12-02 (README, "Every concept", item 16), and a
@@ -115,15 +103,7 @@ def test_the_review_at_the_searchs_floor_returns_what_choose_block_chose():
     mid = [trial("γ -1", 0.93, 0.9, 0.96, hookpoint=MID), trial("γ -5", 0.99, 1.0, 0.9, hookpoint=MID)]
     down = [trial("γ -2", 0.95, 0.92, 0.98, hookpoint=DOWN), trial("→Circles β5", 0.96, 0.95, 0.93, hookpoint=DOWN)]
     for floor in (0.0, 0.95):
-        per_block = []
-        for ts in (mid, down):
-            best = choose(ts, 120, floor)
-            per_block.append(
-                ConceptResult("Rings", "object", best["percentile"], best["multiplier"] or 0.0, best["objective"],
-                              best["ua"], best["ira"], best["cra"], 240, ts, best["hookpoint"], "stats",
-                              {best["hookpoint"]: best["objective"]}, best["anchor"], best["strength"],
-                              best["cra_own"], best["halves"])
-            )  # fmt: skip
+        per_block = [ConceptResult(**result("Rings", "object", choose(ts, 120, floor), ts)) for ts in (mid, down)]
         searched = choose_block(per_block, floor)
         (review,) = review_search({"Rings": searched._asdict()}, floor)
         assert trial_label(review.at_floor, True) == trial_label(review.searched, True)
