@@ -4,7 +4,8 @@ bar (tuning scores: UA / IRA / CRA / own-style CRA). Reads the search's search.j
 
     python tune/review.py --search runs/minicanvas/search/<name> --min_retain 0.95
 
-A changed choice is marked *. It is an estimate: ASHA's rungs applied the search's own floor, so a search run with
+With --max_drift D the choice also keeps the kept images' drift at D (searches that measured it). A changed choice is
+marked *. It is an estimate: ASHA's rungs applied the search's own floor, so a search run with
 the other one would carry other trials to the end (README, "Every concept", item 16).
 """
 
@@ -13,6 +14,5 @@ from saeuron.tuning.review import ReviewConfig, load_summary, review_search, rev
 
 if __name__ == "__main__":
     cfg = parse_config(ReviewConfig, description=__doc__)
-    print(
-        review_table(review_search(load_summary(cfg.search), cfg.min_retain, cfg.bar, cfg.min_prompts), cfg.min_retain, cfg.bar)
-    )
+    reviews = review_search(load_summary(cfg.search), cfg.min_retain, cfg.bar, cfg.min_prompts, cfg.max_drift)
+    print(review_table(reviews, cfg.min_retain, cfg.bar, cfg.max_drift))

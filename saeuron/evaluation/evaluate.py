@@ -19,6 +19,7 @@ import torch
 from saeuron.benchmarks import Benchmark, get_benchmark
 from saeuron.benchmarks.judges import Judge
 from saeuron.console import logger
+from saeuron.evaluation.drift import folder_drift, kept_rows
 from saeuron.evaluation.fid import domain_fid, inception_weights_path, real_image_files
 from saeuron.evaluation.fid_features import inception_fid_by_actors
 from saeuron.evaluation.judging import judge_images, load_images
@@ -97,6 +98,8 @@ class Evaluation(NamedTuple):
     run_id: str
     report_uri: str = ""
     """Where the report lives in the study's storage (the same file under a local root)."""
+    drift: dict[str, float] = {}
+    """Per forget model, the mean pixel change of its kept images from the original's (``saeuron.evaluation.drift``)."""
 
 
 def models_to_score(cfg: EvaluateConfig) -> list[ModelToScore]:
@@ -168,12 +171,6 @@ def check_judge(benchmark: Benchmark, judge: Judge) -> None:
             raise ValueError(f"the {kind} classifier does not know {unknown}; its classes are {list(known)}")
 
 
-def retained_cells(model: ModelToScore, rows: list[dict]) -> list[dict]:
-    """The styled images FID is computed on: those of the concepts the model should keep."""
-    key = "style" if model.kind == "style" else "object"
-    return [r for r in rows if r["style"] is not None and r[key] not in model.recipe.concepts]
-
-
 def compute_fid(cfg: EvaluateConfig, mode: str, judge: Judge, images: Location, rows: list[dict]) -> float:
     """FID of the images ``rows`` name against the real images of their cells. Domain FID (MiniCanvas's small
     classifier on 32×32 images) runs here; Inception's features are computed by actors where the images are."""
@@ -222,13 +219,15 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
         return gen.images_dir, judge_images(gen.images_dir, index, judge.identity, judge_kwargs, cfg.resources)
 
     original_dir, original_rows = generate_and_judge("")
-    scores, fid, samples, judged = [], {}, [], {}
+    scores, fid, drift, samples, judged = [], {}, {}, [], {}
     for model in models:
         images_dir, rows = generate_and_judge(model.recipe_dir)
         judged[model.name] = rows
         scores.append((model.name, forgetting_scores(rows, model.kind, list(model.recipe.concepts), cfg.unstyled_weighting)))
+        kept = kept_rows(rows, model.kind, list(model.recipe.concepts))  # what FID and drift are measured on
         if mode != "none":
-            fid[model.name] = compute_fid(cfg, mode, judge, images_dir, retained_cells(model, rows))
+            fid[model.name] = compute_fid(cfg, mode, judge, images_dir, kept)
+        drift[model.name] = folder_drift(pull(images_dir), pull(original_dir), kept, original_rows)
         # This node's copies, for the report's pictures.
         samples.append(ConceptSamples(model.name, pull(original_dir), pull(images_dir), sample_rows(model, rows, cfg.benchmark)))
     if mode != "none" and models:
@@ -248,7 +247,7 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
         "inception": f"pytorch-fid Inception, {cfg.inception_dims}-d",
         "none": "not computed",
     }[mode]
-    return log_evaluation(cfg, scores, averages, fid, extractor, samples, sequential)
+    return log_evaluation(cfg, scores, averages, fid, extractor, samples, sequential, drift)
 
 
 def metric_key(model_name: str) -> str:
@@ -256,7 +255,7 @@ def metric_key(model_name: str) -> str:
     return model_name.replace("+", "-")
 
 
-def log_evaluation(cfg: EvaluateConfig, scores, averages, fid, extractor, samples, sequential) -> Evaluation:
+def log_evaluation(cfg: EvaluateConfig, scores, averages, fid, extractor, samples, sequential, drift) -> Evaluation:
     import mlflow
 
     from saeuron.cluster.tracking import tracked_run
@@ -273,7 +272,8 @@ def log_evaluation(cfg: EvaluateConfig, scores, averages, fid, extractor, sample
             f"{cfg.sampling.num_inference_steps} steps, guidance {cfg.sampling.guidance_scale}; error mode {cfg.edit.error_mode}.",
             "Style forgetting: CRA is the object accuracy on the unstyled images (as the reference); "
             "'CRA (styled images)' is the object accuracy over all styled images, 'CRA (forgotten style)' on the "
-            "forgotten style's own images (is the object still drawn?).",
+            "forgotten style's own images (is the object still drawn?). Drift: the mean absolute pixel change of the "
+            "kept concepts' images (those FID is computed on) from the original model's at the same prompt and seed.",
             f"Object forgetting: unstyled images weighted {cfg.unstyled_weighting!r}.",
         ]
         atlases = atlas_pages(mirror_path(cfg.tracking.storage / "atlas"), [name for name, _ in scores])
@@ -288,6 +288,7 @@ def log_evaluation(cfg: EvaluateConfig, scores, averages, fid, extractor, sample
             sequential,
             notes,
             atlases,
+            drift,
         )
         metrics = {}
         for name, s in scores:
@@ -295,14 +296,23 @@ def log_evaluation(cfg: EvaluateConfig, scores, averages, fid, extractor, sample
         for kind, avg in averages.items():
             metrics.update({f"{kind}.{k}": v for k, v in avg.items()})
         metrics.update({f"{metric_key(name)}.FID": v for name, v in fid.items()})
+        metrics.update({f"{metric_key(name)}.drift": v for name, v in drift.items()})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         for step in sequential:  # one MLflow step per sequential step: the UI plots them as curves
             mlflow.log_metrics({"sequential.UA": step.ua, "sequential.IRA": step.ira, "sequential.CRA": step.cra}, step=step.step)
         mlflow.set_tag("saeuron.fid_extractor", extractor)
         mlflow.log_artifacts(str(report_dir), "report")
         push(report_dir, report_location)
-        log_table(scores, averages, fid, extractor)
+        log_table(scores, averages, fid, extractor, drift)
         logger.info(f"evaluate: report {report}; MLflow run {run.info.run_id}")
         return Evaluation(
-            scores, averages, fid, extractor, list(sequential), report, run.info.run_id, (report_location / report.name).uri
+            scores,
+            averages,
+            fid,
+            extractor,
+            list(sequential),
+            report,
+            run.info.run_id,
+            (report_location / report.name).uri,
+            drift,
         )

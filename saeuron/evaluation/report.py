@@ -88,9 +88,12 @@ def write_report(
     sequential: Sequence[SequentialStep] = (),
     notes: Sequence[str] = (),
     atlases: dict[str, Path] | None = None,
+    drift: dict[str, float] | None = None,
 ) -> Path:
     """Writes PNGs, ``scores.json`` and ``index.html`` into ``folder``; returns the HTML path. ``atlases``: the feature
-    atlas index of a forget model (``jobs/atlas.py``), linked from its row."""
+    atlas index of a forget model (``jobs/atlas.py``), linked from its row; ``drift``: per model, how much its kept
+    images changed (``saeuron.evaluation.drift``)."""
+    drift = drift or {}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     bar_chart(scores, folder / "scores.png")
@@ -110,6 +113,7 @@ def write_report(
             _fmt(s.cra_styled),
             _fmt(s.cra_forgotten),
             _fmt(fid.get(name)),
+            _fmt(drift.get(name)),
         ]
         for name, s in scores
     ]
@@ -128,6 +132,7 @@ def write_report(
                 "CRA (styled images)",
                 "CRA (forgotten style)",
                 f"FID ({fid_extractor})",
+                "drift (kept images)",
             ],
             rows,
         )
@@ -192,6 +197,7 @@ def write_report(
                 "averages": averages,
                 "fid": fid,
                 "fid_extractor": fid_extractor,
+                "drift": drift,
                 "sequential": [s._asdict() for s in sequential],
             },
             indent=2,
@@ -253,13 +259,15 @@ def atlas_pages(atlas_root: Path, names: Sequence[str]) -> dict[str, Path]:
     return {name: atlas_root / name / "index.html" for name in names if (atlas_root / name / "index.html").is_file()}
 
 
-def log_table(scores, averages, fid, extractor) -> None:
+def log_table(scores, averages, fid, extractor, drift=None) -> None:
     """The scores as console lines (the report holds the same as HTML)."""
-    logger.info(f"{'model':<28} {'kind':<7} {'UA':>6} {'IRA':>6} {'CRA':>6} {'CRA-own':>7} {'FID':>8}")
+    drift = drift or {}
+    logger.info(f"{'model':<28} {'kind':<7} {'UA':>6} {'IRA':>6} {'CRA':>6} {'CRA-own':>7} {'FID':>8} {'drift':>6}")
     for name, s in scores:
         value = f"{fid[name]:8.2f}" if name in fid else f"{'–':>8}"
         own = f"{s.cra_forgotten:7.3f}" if s.cra_forgotten is not None else f"{'–':>7}"
-        logger.info(f"{name:<28} {s.kind:<7} {s.ua:6.3f} {s.ira:6.3f} {s.cra:6.3f} {own} {value}")
+        moved = f"{drift[name]:6.3f}" if name in drift else f"{'–':>6}"
+        logger.info(f"{name:<28} {s.kind:<7} {s.ua:6.3f} {s.ira:6.3f} {s.cra:6.3f} {own} {value} {moved}")
     for kind, avg in averages.items():
         logger.info(f"{'mean (' + kind + ')':<28} {'':<7} {avg['UA']:6.3f} {avg['IRA']:6.3f} {avg['CRA']:6.3f}")
     if fid:

@@ -112,6 +112,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
             "report": result.report_uri,
             "averages": result.averages,
             "fid": result.fid,
+            "drift": result.drift,
             # the study table's columns (CRA_styled stays in the evaluation's MLflow run)
             "scores": {name: {k: v for k, v in score_dict(s).items() if k != "CRA_styled"} for name, s in result.scores},
         }
@@ -154,11 +155,12 @@ def exists(where: str, name: str = "") -> bool:
     return (location / name if name else location).is_file()
 
 
-def _cells(values: dict, fid: float | None) -> str:
+def _cells(values: dict, fid: float | None, drift: float | None = None) -> str:
     own = values.get("CRA_forgotten")
+    fid_cell = f"{fid:7.2f}" if fid is not None else ("" if drift is None else f"{'–':>7}")
     return (
         f"{values['UA']:6.3f} {values['IRA']:6.3f} {values['CRA']:6.3f} {'–' if own is None else f'{own:.3f}':>7} "
-        f"{'' if fid is None else f'{fid:7.2f}'}"
+        f"{fid_cell}{'' if drift is None else f' {drift:6.3f}'}"
     )
 
 
@@ -184,18 +186,20 @@ def print_summary(cfg: StudyConfig, evaluated: dict, searched: dict, tracking_ur
         p, g, _ = searched["chosen"].get(name, [float("nan")] * 3)
         chosen[name] = f"({p:g}, {searched.get('edits', {}).get(name, f'γ {g:g}')})"  # records before steering: no "edits"
     width = max([20, *map(len, chosen.values())])  # steering and one-half labels run longer than "(p, γ)"
+    drift = evaluated.get("drift", {})  # records before drift was measured have none
     print(
-        f"{'forgotten':<18} {'(p, edit)':<{width}} {'UA':>6} {'IRA':>6} {'CRA':>6} {'CRA-own':>7} {'FID':>7}  objective: tuning → eval"
+        f"{'forgotten':<18} {'(p, edit)':<{width}} {'UA':>6} {'IRA':>6} {'CRA':>6} {'CRA-own':>7} {'FID':>7}"
+        f"{' ' + format('drift', '>6') if drift else ''}  objective: tuning → eval"
     )
     gaps = objective_gaps(cfg.search.objective, evaluated["scores"], searched["chosen"])
     for name, s in evaluated["scores"].items():
         held_out = f"  {gaps[name][0]:.3f} → {gaps[name][1]:.3f}" if name in gaps else ""
-        print(f"{name:<18} {chosen[name]:<{width}} {_cells(s, evaluated['fid'].get(name))}{held_out}")
+        print(f"{name:<18} {chosen[name]:<{width}} {_cells(s, evaluated['fid'].get(name), drift.get(name))}{held_out}")
     if len(evaluated["scores"]) > 1:
         worst = min(evaluated["scores"].items(), key=lambda item: min(item[1][k] for k in ("UA", "IRA", "CRA")))
         for kind, avg in evaluated["averages"].items():
             print(f"{'mean (' + kind + ')':<18} {'':<{width}} {_cells(avg, None)}")
-        print(f"{'worst: ' + worst[0]:<18} {'':<{width}} {_cells(worst[1], evaluated['fid'].get(worst[0]))}")
+        print(f"{'worst: ' + worst[0]:<18} {'':<{width}} {_cells(worst[1], evaluated['fid'].get(worst[0]), drift.get(worst[0]))}")
     if gaps:
         print(f"search objective ({cfg.search.objective}), tuning prompts vs evaluation: mean |gap| {mean_gap(gaps):.3f}")
     for name, blocks in searched.get("blocks", {}).items():

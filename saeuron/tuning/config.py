@@ -74,6 +74,12 @@ class SearchOptions:
     """IRA and CRA a chosen (p, edit) keeps on the tuning prompts: a trial under it is chosen only when no trial
     reaches it, whatever its objective (an objective that averages can buy UA with IRA: README, item 11). ASHA's
     rungs before the last prompt demote a trial only when it is under the floor beyond sampling noise."""
+    max_drift: float = 0.0
+    """Ceiling on the kept images' drift: the mean absolute pixel change (images in [0, 1]) of the other concepts'
+    tuning images from the original model's at the same prompt and seed (``saeuron.evaluation.drift``), which every
+    trial measures. A trial over it is chosen only when no trial keeps it, as under ``min_retain``. On MiniCanvas a
+    style model whose kept images moved by at most 0.025 kept its domain FID within 1.5× of the original's in all but
+    one of 45 evaluations (README, "Every concept", item 17). 0: no ceiling."""
     scheduler: str = "asha"
     """"grid" scores every (p, γ) on every prompt; "asha" stops poor ones early."""
     prompts_per_cell: int = 1
@@ -142,6 +148,8 @@ def grid_of(cfg: SearchConfig, kind: str = "object") -> tuple[list[float], list[
         )
     if not 0.0 <= cfg.min_retain <= 1.0:
         raise ValueError(f"search.min_retain is an accuracy in [0, 1] (0: no floor), got {cfg.min_retain}")
+    if not 0.0 <= cfg.max_drift < 1.0:
+        raise ValueError(f"search.max_drift is a mean pixel change in [0, 1) (0: no ceiling), got {cfg.max_drift}")
     percentiles = cfg.percentiles or list(cfg.benchmark.search_percentiles)
     multipliers = cfg.multipliers or list(cfg.benchmark.search_multipliers)
     if kind == "style":

@@ -27,6 +27,8 @@ class ReviewConfig:
     """A search's folder (local, shared or a bucket URI, as ``search.search_dir`` named it): its search.json is read."""
     min_retain: float = 0.95
     """The floor on IRA and CRA to choose at (the search's own is ``search.min_retain``)."""
+    max_drift: float = 0.0
+    """The ceiling on the kept images' drift to choose at (``search.max_drift``); 0: none."""
     bar: float = 0.9
     """UA, IRA and CRA a style's trial needs to count as forgetting it cleanly (the most-objects-kept column)."""
     min_prompts: int = 24
@@ -69,7 +71,9 @@ def searched_choice(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def review_concept(result: dict[str, Any], min_retain: float, bar: float = 0.9, min_prompts: int = 24) -> ConceptReview:
+def review_concept(
+    result: dict[str, Any], min_retain: float, bar: float = 0.9, min_prompts: int = 24, max_drift: float = 0.0
+) -> ConceptReview:
     """``result``: one concept of a search's ``search.json`` (a ``ConceptResult`` as a dict, its trials included)."""
     trials = result["trials"]
     if not trials:
@@ -82,8 +86,8 @@ def review_concept(result: dict[str, Any], min_retain: float, bar: float = 0.9, 
         blocks.setdefault(trial.get("hookpoint", ""), []).append(trial)
     # choose_block's rule on the blocks' choices: one that keeps the floor first, then the objective; the kind's
     # block wins ties (max keeps the first of equals).
-    per_block = [choose(ts, budget, min_retain) for ts in blocks.values() if any(t["prompts"] >= budget for t in ts)]
-    at_floor = max(per_block, key=lambda t: (retains(t, min_retain), t["objective"]))
+    per_block = [choose(ts, budget, min_retain, max_drift) for ts in blocks.values() if any(t["prompts"] >= budget for t in ts)]
+    at_floor = max(per_block, key=lambda t: (retains(t, min_retain, max_drift), t["objective"]))
     own_scored = any(t.get("cra_own") is not None for t in trials)
     cleanest = None
     if result["kind"] == "style" and own_scored:
@@ -101,7 +105,7 @@ def review_concept(result: dict[str, Any], min_retain: float, bar: float = 0.9, 
         result["kind"],
         searched_choice(result),
         at_floor,
-        retains(at_floor, min_retain),
+        retains(at_floor, min_retain, max_drift),
         cleanest,
         own_scored,
         len(trials),
@@ -110,11 +114,17 @@ def review_concept(result: dict[str, Any], min_retain: float, bar: float = 0.9, 
     )
 
 
-def review_search(summary: dict[str, Any], min_retain: float, bar: float = 0.9, min_prompts: int = 24) -> list[ConceptReview]:
+def review_search(
+    summary: dict[str, Any], min_retain: float, bar: float = 0.9, min_prompts: int = 24, max_drift: float = 0.0
+) -> list[ConceptReview]:
     """Every concept of a search's ``search.json``."""
     if not 0 <= min_retain <= 1 or not 0 <= bar <= 1:
         raise ValueError(f"min_retain and bar are accuracies in [0, 1], got {min_retain} and {bar}")
-    return [review_concept(result, min_retain, bar, min_prompts) for result in summary.values()]
+    if not 0 <= max_drift < 1:
+        raise ValueError(f"max_drift is a mean pixel change in [0, 1) (0: no ceiling), got {max_drift}")
+    if max_drift and any(t.get("drift") is None for r in summary.values() for t in r["trials"] if t["prompts"] > 0):
+        raise ValueError("--max_drift needs the trials' drift, and this search did not measure it (run before drift was)")
+    return [review_concept(result, min_retain, bar, min_prompts, max_drift) for result in summary.values()]
 
 
 def load_summary(search: str) -> dict[str, Any]:
@@ -135,13 +145,15 @@ def load_summary(search: str) -> dict[str, Any]:
 
 def scores(trial: dict[str, Any]) -> str:
     own = "" if trial.get("cra_own") is None else f" / {trial['cra_own']:.2f}"
-    return f"{trial['ua']:.2f} / {trial['ira']:.2f} / {trial['cra']:.2f}{own}"
+    drift = "" if trial.get("drift") is None else f", drift {trial['drift']:.3f}"
+    return f"{trial['ua']:.2f} / {trial['ira']:.2f} / {trial['cra']:.2f}{own}{drift}"
 
 
-def review_table(reviews: list[ConceptReview], min_retain: float, bar: float) -> str:
-    """The reviews as a plain-text table (tuning scores: UA / IRA / CRA / own-style CRA). A choice that differs from
-    the search's is marked *, one under the floor (no trial kept it) says so."""
-    header = ("concept", "search's choice", f"choice at floor {min_retain:g}", "its scores", "finished")
+def review_table(reviews: list[ConceptReview], min_retain: float, bar: float, max_drift: float = 0.0) -> str:
+    """The reviews as a plain-text table (tuning scores: UA / IRA / CRA / own-style CRA, then drift). A choice that
+    differs from the search's is marked *, one under the floor (no trial kept it) says so."""
+    ceiling = f", drift ≤ {max_drift:g}" if max_drift else ""
+    header = ("concept", "search's choice", f"choice at floor {min_retain:g}{ceiling}", "its scores", "finished")
     rows = [(*header, f"most objects kept at UA/IRA/CRA ≥ {bar:g}")]
     for r in reviews:
         blocks = r.blocks > 1

@@ -5,20 +5,21 @@ The edit is a multiplier γ (the paper's) or, with ``search.anchors``, steering 
 ``search.cond_multipliers`` / ``cond_strengths`` the grid also has edits of the conditional CFG half only.
 
 Per concept and block one Tune experiment over the grid (the block: the kind's, and every candidate block,
-``saeuron.tuning.choice``). A trial builds the recipe of its (p, γ), generates the
-concept's tuning prompts (``tuning_prompts``: never the evaluation prompts or seeds) chunk by chunk,
-judges them and reports UA, IRA, CRA and the objective (``search.objective``; the reference's (UA + IRA) / 2
-by default) after every chunk, with the images judged so far as its checkpoint. ``scheduler="asha"`` stops
-poor (p, γ) early (resource: tuning prompts scored). Trials are placed as ``resources.trial`` says (a GPU
-share, or CPU threads) and reuse their worker process, whose pipeline, SAE and judge are loaded once.
+``saeuron.tuning.choice``). A trial builds the recipe of its (p, γ), generates the concept's tuning prompts
+(``tuning_prompts``: never the evaluation prompts or seeds) chunk by chunk, judges them and reports UA, IRA, CRA, the
+objective (``search.objective``; the reference's (UA + IRA) / 2 by default) and the kept images' drift from the
+original model's (``saeuron.evaluation.drift``) after every chunk, with the images judged so far as its checkpoint.
+``scheduler="asha"`` stops poor (p, γ) early (resource: tuning prompts scored). Trials are placed as
+``resources.trial`` says (a GPU share, or CPU threads) and reuse their worker process, whose pipeline, SAE and judge
+are loaded once.
 
-ASHA ranks trials at its rungs by the graded objective (the judge's probabilities of the true classes
-instead of 0/1 hits): after a few images many (p, γ) tie on accuracy, and tied trials all survive a rung. The
-chosen (p, edit) of a concept is the best (hard) objective among the trials that scored every tuning prompt (and
-keep IRA and CRA at ``search.min_retain``, when any does); ties go to the graded objective, then the higher
-percentile, then scaling before steering, then both CFG halves before the conditional one, then the smaller edit
-(``saeuron.tuning.choice.choose``). With candidate
-blocks, the concept keeps the block whose choice scores best (a candidate must beat the kind's block).
+ASHA ranks trials at its rungs by the graded objective (the judge's probabilities of the true classes instead of 0/1
+hits): after a few images many (p, γ) tie on accuracy, and tied trials all survive a rung. The chosen (p, edit) of a
+concept is the best (hard) objective among the trials that scored every tuning prompt (and keep IRA and CRA at
+``search.min_retain`` and the kept images' drift at ``search.max_drift``, when any does); ties go to the graded
+objective, then the higher percentile, then scaling before steering, then both CFG halves before the conditional one,
+then the smaller edit (``saeuron.tuning.choice.choose``). With candidate blocks, the concept keeps the block whose
+choice scores best (a candidate must beat the kind's block).
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def run_concept_search(
             "sampling": [cfg.sampling.num_inference_steps, cfg.sampling.guidance_scale, cfg.edit.error_mode],
             **{k: v for k, v in (("contrast", cfg.contrast), ("objective", cfg.objective)) if v not in ("mean", "ua_ira")},
             **({"min_retain": cfg.min_retain} if cfg.min_retain else {}),
+            **({"max_drift": cfg.max_drift} if cfg.max_drift else {}),
         },
         sort_keys=True,
         default=str,
@@ -165,7 +167,7 @@ def run_concept_search(
                 "anchor": edit.get("anchor", ""),
                 "strength": edit.get("strength", 0.0),
                 "halves": halves_from_entry(edit),
-                **{k: float(m[k]) for k in ("objective", "objective_soft", "ua", "ira", "cra", "cra_own") if k in m},
+                **{k: float(m[k]) for k in ("objective", "objective_soft", "ua", "ira", "cra", "cra_own", "drift") if k in m},
                 "prompts": int(m["prompts"]),
                 "hookpoint": target.hookpoint,
             }
@@ -175,12 +177,13 @@ def run_concept_search(
         raise RuntimeError(
             f"{len(percentiles) * len(edits) - len(trials)} trials of {target.experiment} reported nothing; errors: {errors[:2]}"
         )
-    best = choose(trials, budget, cfg.min_retain)
+    best = choose(trials, budget, cfg.min_retain, cfg.max_drift)
     full = sum(t["prompts"] >= budget for t in trials)
+    ceiling = f" and drift at {cfg.max_drift}" if cfg.max_drift else ""
     logger.info(
         f"search: {target.experiment}: {len(trials)} trials in {time.perf_counter() - started:.0f}s, {full} scored every prompt, "
         f"{len(trials) - full} stopped early"
-        + ("" if retains(best, cfg.min_retain) else f"; none kept IRA and CRA at {cfg.min_retain}")
+        + ("" if retains(best, cfg.min_retain, cfg.max_drift) else f"; none kept IRA and CRA at {cfg.min_retain}{ceiling}")
     )
     return ConceptResult(
         concept,
@@ -200,6 +203,7 @@ def run_concept_search(
         best["strength"],
         best.get("cra_own"),
         best["halves"],
+        best.get("drift"),
     )
 
 
@@ -239,6 +243,7 @@ def search(cfg: SearchConfig) -> SearchResult:
         contrast=cfg.contrast,
         objective=cfg.objective,
         min_retain=cfg.min_retain,
+        max_drift=cfg.max_drift,
         error_mode=cfg.edit.error_mode,
         chunk=cfg.chunk,
         num_inference_steps=cfg.sampling.num_inference_steps,
@@ -262,7 +267,7 @@ def search(cfg: SearchConfig) -> SearchResult:
                 heatmaps.append(out / f"heatmap_{target.experiment}.png")
                 edits = [edit_label(edit_from_entry(e), halves_from_entry(e)) for e in edits_of(cfg, target.kind, target.anchors)]
                 objective_heatmap(at_block, grid_of(cfg, target.kind)[0], edits, heatmaps[-1])
-            result = choose_block(per_block, cfg.min_retain)
+            result = choose_block(per_block, cfg.min_retain, cfg.max_drift)
             results.append(result)
             recipe = Recipe.from_statistics(
                 ConceptStatistics.load(result.statistics),
@@ -272,12 +277,10 @@ def search(cfg: SearchConfig) -> SearchResult:
                 result.halves,
             )
             recipe.save(out / "recipes" / concept)
-            where = (
-                f" at {result.hookpoint} (objective by block: "
-                + ", ".join(f"{h} {o:.3f}" for h, o in result.blocks.items())
-                + ")"
-            )
+            by_block = ", ".join(f"{h} {o:.3f}" for h, o in result.blocks.items())
+            where = f" at {result.hookpoint} (objective by block: {by_block})"
             own = "" if result.cra_own is None else f", own {result.cra_own:.2f}"
+            own += "" if result.drift is None else f", drift {result.drift:.3f}"
             logger.info(
                 f"search: {concept} ({result.kind}) -> p={result.percentile} {result.label} objective {result.objective:.3f} "
                 f"(UA {result.ua:.2f}, IRA {result.ira:.2f}, CRA {result.cra:.2f}{own}){where if len(blocks) > 1 else ''}; "
@@ -289,7 +292,8 @@ def search(cfg: SearchConfig) -> SearchResult:
         for r in results:
             chosen = ("percentile", "multiplier", "hookpoint", "halves") + (("anchor", "strength") if r.anchor else ())
             mlflow.log_params({f"{r.concept}.{k}": getattr(r, k) for k in chosen})
-            mlflow.log_metrics({f"{r.concept}.{k}": getattr(r, k) for k in ("objective", "ua", "ira", "cra", "generations")})
+            measured = ("objective", "ua", "ira", "cra", "generations") + (("drift",) if r.drift is not None else ())
+            mlflow.log_metrics({f"{r.concept}.{k}": getattr(r, k) for k in measured})
         for heatmap in heatmaps:
             mlflow.log_artifact(str(heatmap), "heatmaps")
         mlflow.log_metric("generations", sum(r.generations for r in results))

@@ -1,8 +1,9 @@
 """One trial of a search: a (percentile, edit) for one concept, scored chunk by chunk.
 
 A Ray Tune function trainable. It generates the concept's tuning prompts with the recipe of its
-(p, edit) — the edit a multiplier γ or steering toward an anchor —, judges them with the benchmark's judge and reports UA, IRA, CRA and the objectives after
-every chunk, the images judged so far being its checkpoint (a retried trial goes on from there).
+(p, edit) — the edit a multiplier γ or steering toward an anchor —, judges them with the benchmark's judge and reports UA, IRA, CRA, the objectives and the kept images' drift
+from the original model's (``saeuron.evaluation.drift``) after every chunk, the images judged so far being its
+checkpoint (a retried trial goes on from there).
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from saeuron.benchmarks import get_benchmark
+from saeuron.evaluation.drift import image_drift, kept_rows, mean_drift
 from saeuron.evaluation.metrics import forgetting_scores, retain_image_counts
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.sections import JudgeConfig
-from saeuron.tuning.choice import may_retain, retains
+from saeuron.tuning.choice import may_retain, may_stay_within, retains
 from saeuron.tuning.config import objective_of
 
 _WORKER_CACHE: dict[tuple, Any] = {}
@@ -37,6 +41,7 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     from saeuron.benchmarks.judges import judge_batch
     from saeuron.cluster.actor_pool import load_pipeline_in_actor
     from saeuron.cluster.registry import load_sae
+    from saeuron.diffusion.hooks import HookedPipeline
     from saeuron.method.recipe import Recipe, edit_from_entry, halves_from_entry
     from saeuron.method.unlearned_pipeline import UnlearnedPipeline
 
@@ -65,6 +70,10 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     recipe = Recipe.from_statistics(stats, params, setup["base_model"], setup["contrast"], halves_from_entry(config["edit"]))
     generator = UnlearnedPipeline.from_recipe(pipe, sae, recipe, setup["base_model"], setup["error_mode"])
     rows = setup["prompts"][concept]
+    sampling = dict(num_inference_steps=setup["num_inference_steps"], guidance_scale=setup["guidance_scale"])
+    # The original model's images of the kept prompts, per worker: every trial compares its own with the same ones.
+    originals = _cached(("originals", setup["model_path"], setup["dtype"], setup["sampler"], *sampling.values()), dict)
+    plain = _cached(("plain", setup["model_path"], setup["dtype"], setup["sampler"]), lambda: HookedPipeline(pipe))
 
     judged: list[dict] = []
     checkpoint = ray.tune.get_checkpoint()
@@ -73,14 +82,18 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
             judged = json.loads((Path(folder_) / "judged.json").read_text())
     for start in range(len(judged), len(rows), setup["chunk"]):
         chunk = rows[start : start + setup["chunk"]]
-        images = generator.generate(
-            [r["prompt"] for r in chunk],
-            [r["seed"] for r in chunk],
-            output_type="pt",
-            num_inference_steps=setup["num_inference_steps"],
-            guidance_scale=setup["guidance_scale"],
-        ).images
-        judged += judge_batch(judge, images.float(), chunk)
+        images = generator.generate([r["prompt"] for r in chunk], [r["seed"] for r in chunk], output_type="pt", **sampling).images
+        new = judge_batch(judge, images.float(), chunk)
+        kept = [i for i, row in enumerate(chunk) if kept_rows([row], kind, [concept])]
+        missing = [chunk[i] for i in kept if (chunk[i]["prompt"], chunk[i]["seed"]) not in originals]
+        if missing:
+            made = plain.generate([r["prompt"] for r in missing], [r["seed"] for r in missing], output_type="pt", **sampling)
+            originals.update({(r["prompt"], r["seed"]): image.cpu() for r, image in zip(missing, made.images)})
+        if kept:
+            before = torch.stack([originals[(chunk[i]["prompt"], chunk[i]["seed"])] for i in kept])
+            for i, value in zip(kept, image_drift(images[kept].cpu(), before).tolist()):
+                new[i]["drift"] = value
+        judged += new
         scores = forgetting_scores(judged, kind, [concept])
         graded = forgetting_scores(judged, kind, [concept], soft=True)
         soft = objective_of(setup["objective"], graded.ua, graded.ira, graded.cra, graded.cra_forgotten)
@@ -89,11 +102,13 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
             "objective_soft": soft,
             # What ASHA ranks at its rungs: the graded objective, a trial under the retain floor below every other
             # (before the last prompt: only when it is under the floor beyond the noise of the images so far).
-            "rung_score": soft - float(not rung_within_floor(scores, judged, kind, concept, len(rows), setup["min_retain"])),
+            "rung_score": soft
+            - float(not rung_within_floor(scores, judged, kind, concept, len(rows), setup["min_retain"], setup["max_drift"])),
             "ua": scores.ua,
             "ira": scores.ira,
             "cra": scores.cra,
             **({} if scores.cra_forgotten is None else {"cra_own": scores.cra_forgotten}),
+            **({} if (drift := mean_drift(judged)) is None else {"drift": drift}),
             "prompts": len(judged),
             "rules": len(recipe.rules) + len(recipe.steering),
         }
@@ -102,9 +117,13 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
             ray.tune.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
 
-def rung_within_floor(scores: Any, judged: list[dict], kind: str, concept: str, budget: int, min_retain: float) -> bool:
-    """The retain floor as a rung applies it: strictly once every prompt is judged, within noise before."""
+def rung_within_floor(
+    scores: Any, judged: list[dict], kind: str, concept: str, budget: int, min_retain: float, max_drift: float = 0.0
+) -> bool:
+    """The retain floor and drift ceiling as a rung applies them: strictly once every prompt is judged, within noise
+    before."""
+    drifts = [r["drift"] for r in judged if r.get("drift") is not None]
     if len(judged) >= budget:
-        return retains(scores, min_retain)
+        return retains({"ira": scores.ira, "cra": scores.cra, "drift": mean_drift(judged)}, min_retain, max_drift)
     ira_images, cra_images = retain_image_counts(judged, kind, [concept])
-    return may_retain(scores.ira, ira_images, scores.cra, cra_images, min_retain)
+    return may_retain(scores.ira, ira_images, scores.cra, cra_images, min_retain) and may_stay_within(drifts, max_drift)

@@ -178,17 +178,22 @@ def test_evaluate_scores_a_sequence_logs_it_and_writes_a_report_a_browser_shows(
     assert 0 <= result.fid["original"] < 10 and result.fid["Neon_Glow"] < 15
     assert result.fid["Neon_Glow+Polka_Dots"] > 2 * result.fid["Neon_Glow"]
     assert "MiniCanvas classifier" in result.fid_extractor
+    # Drift of the kept styles' images from the original's (same prompts and seeds): the two-style model, which
+    # breaks the other styles, moved them more than Neon_Glow's.
+    assert 0 < result.drift["Neon_Glow"] < result.drift["Neon_Glow+Polka_Dots"]
 
     mlflow.set_tracking_uri(f"sqlite:///{study / 'mlflow.db'}")
     run = mlflow.get_run(result.run_id)
     assert run.data.metrics["Neon_Glow.UA"] == pytest.approx(first.ua)
     assert run.data.metrics["style.IRA"] == pytest.approx(result.averages["style"]["IRA"])
     assert "Neon_Glow.FID" in run.data.metrics and run.data.tags["saeuron.fid_extractor"] == result.fid_extractor
+    assert run.data.metrics["Neon_Glow.drift"] == pytest.approx(result.drift["Neon_Glow"])
     history = mlflow.MlflowClient().get_metric_history(result.run_id, "sequential.UA")
     assert [m.step for m in history] == [1, 2]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id, "report")}
     assert {"report/index.html", "report/scores.png", "report/scores.json", "report/samples_00.png"} <= artifacts
-    assert json.loads((result.report.parent / "scores.json").read_text())["scores"]["Neon_Glow"]["ua"] == first.ua
+    written = json.loads((result.report.parent / "scores.json").read_text())
+    assert written["scores"]["Neon_Glow"]["ua"] == first.ua and written["drift"] == result.drift
 
     loaded, total = browser_check(result.report)
     assert total == 3 and loaded == total  # bar chart + one sample grid per model

@@ -4,7 +4,15 @@ import pytest
 
 from saeuron.benchmarks import get_benchmark
 from saeuron.method.statistics import ConceptStatistics
-from saeuron.tuning.choice import ConceptResult, choose, choose_block, may_retain, retains, search_targets
+from saeuron.tuning.choice import (
+    ConceptResult,
+    choose,
+    choose_block,
+    may_retain,
+    may_stay_within,
+    retains,
+    search_targets,
+)
 from saeuron.tuning.config import SearchConfig
 
 MID, DOWN, STYLE = "unet.mid_block.attentions.0", "unet.down_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"
@@ -135,6 +143,33 @@ def test_a_floor_on_ira_and_cra_outranks_the_objective_and_gives_way_when_no_tri
     assert choose_block([at(MID, 0.7, 10), at(DOWN, 0.9, 10, ira=0.8)]).hookpoint == DOWN
 
 
+def test_a_drift_ceiling_outranks_the_objective_like_the_floor_and_needs_measured_drift():
+    # Sunset_Gradient's two candidates in item 16 (README, "Every concept"): →Pastel_Blur β6 scored 0.897 on the
+    # tuning prompts, γ −2 0.885; evaluated, their kept images moved by 0.067 and 0.018 (FID 7.86 and 4.58).
+    steer = dict(percentile=99.5, multiplier=None, anchor="Pastel_Blur", strength=6.0, objective=0.897, ira=0.94, cra=1.0,
+                 drift=0.067, prompts=120)  # fmt: skip
+    scale = dict(percentile=99.5, multiplier=-2.0, anchor="", strength=0.0, objective=0.885, ira=1.0, cra=1.0, drift=0.018,
+                 prompts=120)  # fmt: skip
+    assert choose([steer, scale], 120, min_retain=0.9) is steer
+    assert choose([steer, scale], 120, min_retain=0.9, max_drift=0.025) is scale
+    assert choose([steer, dict(scale, drift=0.03)], 120, 0.9, 0.025) is steer  # none within: the objective
+    assert retains(scale, 0.0, 0.018) and not retains(scale, 0.0, 0.017) and not retains(scale, 1.01, 0.025)
+    with pytest.raises(ValueError, match="needs the trials' drift"):
+        retains({"ira": 1.0, "cra": 1.0}, 0.9, 0.025)
+    assert retains({"ira": 1.0, "cra": 1.0}, 0.9)  # no ceiling: drift not needed
+    # Blocks: the one whose choice stays within the ceiling first.
+    low, high = at(MID, 0.7, 10)._replace(drift=0.01), at(DOWN, 0.9, 10)._replace(drift=0.05)
+    assert choose_block([low, high], max_drift=0.025).hookpoint == MID and choose_block([low, high]).hookpoint == DOWN
+
+
+def test_a_rung_applies_the_drift_ceiling_only_beyond_the_noise_of_the_images_so_far():
+    # Per kept image, drift differs several-fold from style to style: 0.02 and 0.10 halves average 0.06 (over a
+    # 0.05 ceiling), but on 4 images the lower 90 % bound is 0.030; on 40 it is 0.052.
+    assert may_stay_within([0.02, 0.10] * 2, 0.05)
+    assert not may_stay_within([0.02, 0.10] * 20, 0.05)
+    assert may_stay_within([0.2], 0.05) and may_stay_within([0.2] * 9, 0.0)  # one image says nothing; no ceiling
+
+
 def test_a_rung_applies_the_floor_only_beyond_the_noise_of_the_images_so_far():
     # Thick_Outline →Diagonal_Stripes β10 at 32 prompts (README, "Every concept", item 12): IRA 0.889 on 16 images
     # could still be 0.9 (upper 90 % Wilson bound 0.955); →none β12's full IRA 0.644 on 72 could not (0.712).
@@ -166,3 +201,10 @@ def test_a_trial_counts_the_images_behind_ira_and_cra_by_kind_and_is_strict_at_t
     scores = forgetting_scores(judged, "object", ["Rings"])
     assert (round(scores.ira, 3), scores.cra) == (0.667, 1.0) and retain_image_counts(judged, "object", ["Rings"]) == (5, 5)
     assert not rung_within_floor(scores, judged, "object", "Rings", 120, 0.9)
+    # The drift ceiling: within noise before the last prompt, strict at it.
+    judged = [dict(row("Neon_Glow", "Stars", "Neon_Glow", "Stars"), drift=d) for d in (0.02, 0.10, 0.02, 0.10)]
+    judged += [row("Checkerboard", "Stars", "none", "Stars"), row(None, "Stars", "none", "Stars")]
+    scores = forgetting_scores(judged, "style", ["Checkerboard"])
+    assert rung_within_floor(scores, judged, "style", "Checkerboard", 120, 0.9, max_drift=0.05)
+    assert not rung_within_floor(scores, judged, "style", "Checkerboard", len(judged), 0.9, max_drift=0.05)
+    assert rung_within_floor(scores, judged, "style", "Checkerboard", len(judged), 0.9, max_drift=0.061)

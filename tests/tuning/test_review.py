@@ -36,7 +36,7 @@ def result(concept, kind, chosen, trials):
         concept, kind, chosen["percentile"], chosen["multiplier"] or 0.0, chosen["objective"], chosen["ua"],
         chosen["ira"], chosen["cra"], sum(t["prompts"] for t in trials), trials, chosen["hookpoint"], "stats",
         {chosen["hookpoint"]: chosen["objective"]}, chosen["anchor"], chosen["strength"], chosen["cra_own"],
-        chosen["halves"],
+        chosen["halves"], chosen.get("drift"),
     )._asdict()  # fmt: skip
 
 
@@ -59,6 +59,22 @@ def test_a_stricter_floor_chooses_what_the_search_would_have_among_its_finished_
     (under,) = review_search({"Sunset_Gradient": broken}, 0.95)  # no trial keeps IRA at 0.95: still a choice
     assert not under.kept_floor and under.at_floor is STEER
     assert "p99.5 →Pastel_Blur β6 (under floor)" in review_table([under], 0.95, 0.9)
+
+
+def test_a_drift_ceiling_chooses_within_it_and_a_search_without_drift_is_refused():
+    # The two Sunset_Gradient candidates with the drift of their kept images (evaluated: 0.067 and 0.018).
+    steer, scale = dict(STEER, drift=0.067), dict(SCALE, drift=0.018)
+    measured = result("Sunset_Gradient", "style", steer, [scale, steer])
+    (review,) = review_search({"Sunset_Gradient": measured}, 0.9, max_drift=0.025)
+    assert review.at_floor is scale and review.kept_floor
+    table = review_table([review], 0.9, 0.9, max_drift=0.025)
+    assert "choice at floor 0.9, drift ≤ 0.025" in table and "p99.5 γ -2 *" in table and "drift 0.018" in table
+    (loose,) = review_search({"Sunset_Gradient": measured}, 0.9, max_drift=0.1)
+    assert loose.at_floor is steer
+    with pytest.raises(ValueError, match="--max_drift needs the trials' drift"):
+        review_search({"Sunset_Gradient": SUNSET}, 0.9, max_drift=0.025)
+    with pytest.raises(ValueError, match=r"max_drift is a mean pixel change in \[0, 1\)"):
+        review_search({"Sunset_Gradient": measured}, 0.9, max_drift=2.5)
 
 
 def test_the_cleanest_style_trial_reaches_the_bar_on_enough_prompts_and_an_object_has_none():

@@ -102,6 +102,11 @@ def test_search_picks_a_recipe_logs_trials_in_mlflow_and_evaluate_takes_it_by_ru
     assert chosen["objective"] == best
     assert chosen["objective_soft"] == max(t["objective_soft"] for t in complete if t["objective"] == best)
     assert len(neon.trials) == 4 and neon.generations < 4 * 22  # ASHA stopped at least one trial early
+    # Every trial measured how far its kept styles' images moved from the original model's (the same prompts and
+    # seeds, generated once per worker): γ −5, which damages other styles, moved them more than γ −1.
+    assert all(t["drift"] > 0 for t in neon.trials) and neon.drift == chosen["drift"]
+    drift = {(t["percentile"], t["multiplier"]): t["drift"] for t in neon.trials}
+    assert all(drift[(p, -5.0)] > drift[(p, -1.0)] for p in (98.0, 99.0))
     assert (result.recipes_dir / "Neon_Glow" / "recipe.json").is_file()
 
     mlflow.set_tracking_uri(f"sqlite:///{study / 'mlflow.db'}")
@@ -112,6 +117,7 @@ def test_search_picks_a_recipe_logs_trials_in_mlflow_and_evaluate_takes_it_by_ru
     )
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
     assert len(children) == 4 and all("objective" in c.data.metrics for c in children)
+    assert all("drift" in c.data.metrics for c in children) and parent.data.metrics["Neon_Glow.drift"] == neon.drift
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "heatmaps")}
     assert artifacts == {"heatmaps/heatmap_Neon_Glow.png"}
     assert client.get_model_version_by_alias("test-recipes", "current").run_id == result.run_id
