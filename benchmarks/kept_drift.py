@@ -1,0 +1,90 @@
+"""Which kept concepts a forget model's edit moves: drift per kept concept, from an evaluation's image folders.
+
+    python benchmarks/kept_drift.py --original STUDY/images/original-<key> \
+        --models STUDY/images/Neon_Glow-<key> STUDY/images/Thick_Outline-<key> ... [--out FILE.png] [--json FILE]
+
+Every folder is one written by the evaluation (``images.parquet`` beside the PNGs); a model's folder is named
+``<forgotten concept>-<key>``. For each model and each concept of its kind that it should keep, the mean absolute
+pixel change of that concept's styled images from the original model's at the same prompt and seed
+(``saeuron.evaluation.drift``): where FID's excess comes from (README, "Every concept", item 17). Prints the table
+and draws it as a heat map, one row per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from saeuron.benchmarks import get_benchmark
+from saeuron.evaluation.drift import folder_drift, kept_rows
+
+
+def drift_by_kept_concept(model: Path, original: Path, benchmark: str) -> tuple[dict[str, float], float]:
+    concept = model.name.rsplit("-", 1)[0]
+    spec = get_benchmark(benchmark)
+    kind = spec.concept_kind(concept)
+    rows = kept_rows(pq.read_table(model / "images.parquet").to_pylist(), kind, [concept])
+    original_rows = pq.read_table(original / "images.parquet").to_pylist()
+    kept = sorted({r[kind] for r in rows})
+    per = {c: folder_drift(model, original, [r for r in rows if r[kind] == c], original_rows) for c in kept}
+    return per, folder_drift(model, original, rows, original_rows)
+
+
+def heat_map(table: dict[str, dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    columns = sorted({c for per in table.values() for c in per})
+    values = np.array([[table[m].get(c, np.nan) for c in columns] for m in table])
+    fig, ax = plt.subplots(figsize=(0.8 * len(columns) + 3, 0.45 * len(table) + 1.8), dpi=110)
+    image = ax.imshow(values, cmap="magma_r", vmin=0, vmax=max(0.1, float(np.nanmax(values))), aspect="auto")
+    for i in range(len(table)):
+        for j in range(len(columns)):
+            if not np.isnan(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center", fontsize=7,
+                        color="white" if values[i, j] > 0.06 else "black")  # fmt: skip
+    ax.set_xticks(range(len(columns)), columns, rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(len(table)), list(table), fontsize=8)
+    ax.set_xlabel("kept concept (its images, against the original model's at the same prompt and seed)")
+    ax.set_title("drift: mean absolute pixel change of the kept images, per forget model", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--original", type=Path, required=True, help="the original model's evaluation image folder")
+    parser.add_argument("--models", type=Path, nargs="+", required=True, help="forget models' image folders")
+    parser.add_argument("--benchmark", default="minicanvas")
+    parser.add_argument("--labels", nargs="*", default=[], help="row labels (default: the folder names)")
+    parser.add_argument("--out", type=Path, help="the heat map's PNG")
+    parser.add_argument("--json", type=Path, help="the table as JSON")
+    args = parser.parse_args()
+    for folder in [args.original, *args.models]:
+        if not (folder / "images.parquet").is_file():
+            parser.error(f"{folder} has no images.parquet: pass folders written by the evaluation (STUDY/images/...)")
+    if args.labels and len(args.labels) != len(args.models):
+        parser.error(f"--labels names {len(args.labels)} rows for {len(args.models)} models")
+    table, totals = {}, {}
+    for i, model in enumerate(args.models):
+        per, total = drift_by_kept_concept(model, args.original, args.benchmark)
+        label = args.labels[i] if args.labels else model.name
+        table[label], totals[label] = per, total
+        top = sorted(per.items(), key=lambda kv: -kv[1])[:3]
+        print(f"{label:<40} drift {total:.4f}; most moved: " + ", ".join(f"{c} {v:.3f}" for c, v in top), flush=True)
+    if args.out:
+        heat_map(table, args.out)
+    if args.json:
+        args.json.write_text(json.dumps({"drift": totals, "by_kept_concept": table}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
