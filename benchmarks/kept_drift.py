@@ -23,10 +23,9 @@ from saeuron.evaluation.drift import folder_drift, kept_rows
 
 
 def drift_by_kept_concept(model: Path, original: Path, benchmark: str) -> tuple[dict[str, float], float]:
-    concept = model.name.rsplit("-", 1)[0]
-    spec = get_benchmark(benchmark)
-    kind = spec.concept_kind(concept)
-    rows = kept_rows(pq.read_table(model / "images.parquet").to_pylist(), kind, [concept])
+    forgotten = model.name.rsplit("-", 1)[0].split("+")  # a multi-concept model's folder: "A+B-<key>"
+    kind = get_benchmark(benchmark).concept_kind(forgotten[0])
+    rows = kept_rows(pq.read_table(model / "images.parquet").to_pylist(), kind, forgotten)
     original_rows = pq.read_table(original / "images.parquet").to_pylist()
     kept = sorted({r[kind] for r in rows})
     per = {c: folder_drift(model, original, [r for r in rows if r[kind] == c], original_rows) for c in kept}

@@ -227,7 +227,8 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
         kept = kept_rows(rows, model.kind, list(model.recipe.concepts))  # what FID and drift are measured on
         if mode != "none":
             fid[model.name] = compute_fid(cfg, mode, judge, images_dir, kept)
-        drift[model.name] = folder_drift(pull(images_dir), pull(original_dir), kept, original_rows)
+        if kept:  # a grid of the forgotten concepts alone keeps nothing to measure
+            drift[model.name] = folder_drift(pull(images_dir), pull(original_dir), kept, original_rows)
         # This node's copies, for the report's pictures.
         samples.append(ConceptSamples(model.name, pull(original_dir), pull(images_dir), sample_rows(model, rows, cfg.benchmark)))
     if mode != "none" and models:

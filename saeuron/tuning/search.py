@@ -179,11 +179,12 @@ def run_concept_search(
         )
     best = choose(trials, budget, cfg.min_retain, cfg.max_drift)
     full = sum(t["prompts"] >= budget for t in trials)
-    ceiling = f" and drift at {cfg.max_drift}" if cfg.max_drift else ""
+    ceiling = " and ".join(
+        [f"IRA and CRA at {cfg.min_retain}"] * bool(cfg.min_retain) + [f"drift at {cfg.max_drift}"] * bool(cfg.max_drift)
+    )
     logger.info(
         f"search: {target.experiment}: {len(trials)} trials in {time.perf_counter() - started:.0f}s, {full} scored every prompt, "
-        f"{len(trials) - full} stopped early"
-        + ("" if retains(best, cfg.min_retain, cfg.max_drift) else f"; none kept IRA and CRA at {cfg.min_retain}{ceiling}")
+        f"{len(trials) - full} stopped early" + ("" if retains(best, cfg.min_retain, cfg.max_drift) else f"; none kept {ceiling}")
     )
     return ConceptResult(
         concept,

@@ -84,15 +84,10 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         chunk = rows[start : start + setup["chunk"]]
         images = generator.generate([r["prompt"] for r in chunk], [r["seed"] for r in chunk], output_type="pt", **sampling).images
         new = judge_batch(judge, images.float(), chunk)
-        kept = [i for i, row in enumerate(chunk) if kept_rows([row], kind, [concept])]
-        missing = [chunk[i] for i in kept if (chunk[i]["prompt"], chunk[i]["seed"]) not in originals]
-        if missing:
-            made = plain.generate([r["prompt"] for r in missing], [r["seed"] for r in missing], output_type="pt", **sampling)
-            originals.update({(r["prompt"], r["seed"]): image.cpu() for r, image in zip(missing, made.images)})
-        if kept:
-            before = torch.stack([originals[(chunk[i]["prompt"], chunk[i]["seed"])] for i in kept])
-            for i, value in zip(kept, image_drift(images[kept].cpu(), before).tolist()):
-                new[i]["drift"] = value
+        mark_drift(
+            chunk, images, new, kind, concept, originals,
+            lambda prompts, seeds: plain.generate(prompts, seeds, output_type="pt", **sampling).images,
+        )  # fmt: skip
         judged += new
         scores = forgetting_scores(judged, kind, [concept])
         graded = forgetting_scores(judged, kind, [concept], soft=True)
@@ -115,6 +110,28 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "judged.json").write_text(json.dumps(judged))
             ray.tune.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+
+def _uint8(images: torch.Tensor) -> torch.Tensor:
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+
+
+def mark_drift(
+    chunk: list[dict], images: torch.Tensor, judged: list[dict], kind: str, concept: str, originals: dict, generate
+) -> None:
+    """Adds to ``judged[i]`` the drift of each kept row of ``chunk`` (its image ``images[i]``) from the original
+    model's image of the same prompt and seed. ``originals`` caches those by (prompt, seed) as uint8, as the
+    evaluation's PNGs are (a quarter of fp32's memory: at 512 px a style's kept prompts are ~1,000 images);
+    ``generate(prompts, seeds)`` makes them for the whole chunk, batched as the edited images were."""
+    kept = [i for i, row in enumerate(chunk) if kept_rows([row], kind, [concept])]
+    if not kept:
+        return
+    if any((chunk[i]["prompt"], chunk[i]["seed"]) not in originals for i in kept):
+        made = generate([r["prompt"] for r in chunk], [r["seed"] for r in chunk])
+        originals.update({(r["prompt"], r["seed"]): _uint8(image) for r, image in zip(chunk, made)})
+    before = torch.stack([originals[(chunk[i]["prompt"], chunk[i]["seed"])] for i in kept]).float() / 255
+    for i, value in zip(kept, image_drift(_uint8(images[kept]).float() / 255, before).tolist()):
+        judged[i]["drift"] = value
 
 
 def rung_within_floor(
