@@ -27,9 +27,10 @@ def drift_by_kept_concept(model: Path, original: Path, benchmark: str) -> tuple[
     kind = get_benchmark(benchmark).concept_kind(forgotten[0])
     rows = kept_rows(pq.read_table(model / "images.parquet").to_pylist(), kind, forgotten)
     original_rows = pq.read_table(original / "images.parquet").to_pylist()
-    kept = sorted({r[kind] for r in rows})
-    per = {c: folder_drift(model, original, [r for r in rows if r[kind] == c], original_rows) for c in kept}
-    return per, folder_drift(model, original, rows, original_rows)
+    groups = {c: [r for r in rows if r[kind] == c] for c in sorted({r[kind] for r in rows})}
+    per = {c: folder_drift(model, original, group, original_rows) for c, group in groups.items()}
+    # The model's drift is the mean over all its kept images: the groups' means weighted by their sizes, each image read once.
+    return per, sum(per[c] * len(group) for c, group in groups.items()) / len(rows)
 
 
 def heat_map(table: dict[str, dict[str, float]], path: Path) -> None:

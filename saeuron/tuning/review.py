@@ -81,6 +81,9 @@ def review_concept(
     # One budget a concept: every block is searched on the concept's tuning prompts, and the search fails when no
     # trial scores them all, so the most any trial scored is that count.
     budget = max(t["prompts"] for t in trials)
+    # Only the trials that scored every prompt are chosen from (an object's first chunk may hold no kept image).
+    if max_drift and any(t.get("drift") is None for t in trials if t["prompts"] >= budget):
+        raise ValueError("--max_drift needs the trials' drift, and this search did not measure it (run before drift was)")
     blocks: dict[str, list[dict[str, Any]]] = {}
     for trial in trials:  # the kind's block first, as the search ran them
         blocks.setdefault(trial.get("hookpoint", ""), []).append(trial)
@@ -122,10 +125,6 @@ def review_search(
         raise ValueError(f"min_retain and bar are accuracies in [0, 1], got {min_retain} and {bar}")
     if not 0 <= max_drift < 1:
         raise ValueError(f"max_drift is a mean pixel change in [0, 1) (0: no ceiling), got {max_drift}")
-    # Only the trials that scored every prompt are chosen from (an object's first chunk may hold no kept image).
-    finished = [t for r in summary.values() for t in r["trials"] if t["prompts"] >= max(u["prompts"] for u in r["trials"])]
-    if max_drift and any(t.get("drift") is None for t in finished):
-        raise ValueError("--max_drift needs the trials' drift, and this search did not measure it (run before drift was)")
     return [review_concept(result, min_retain, bar, min_prompts, max_drift) for result in summary.values()]
 
 
