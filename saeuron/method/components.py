@@ -18,7 +18,7 @@ import torch
 from diffusers import ConfigMixin, ModelMixin  # ModelMixin must be a name of this module: diffusers looks it up here when loading
 
 from saeuron.method.recipe import Recipe
-from saeuron.method.selection import Rules
+from saeuron.method.selection import Gate, Rules
 from saeuron.method.steering import TENSORS as STEER_TENSORS
 from saeuron.method.steering import Steering
 from saeuron.sae import Sae, SaeConfig
@@ -69,6 +69,7 @@ class DiffusersRecipe(ModelMixin, ConfigMixin):
             sae_inference=recipe.sae_inference,
             contrast=recipe.contrast,
             halves=recipe.halves,
+            gate=recipe.gate._asdict(),
         )
         for name in RULE_TENSORS:
             self.register_buffer(name, getattr(recipe.rules, name))
@@ -91,6 +92,7 @@ class DiffusersRecipe(ModelMixin, ConfigMixin):
             c.get("contrast", "mean"),
             Steering.from_tensors({f"steer_{name}": getattr(self, f"steer_{name}") for name in STEER_TENSORS}),
             c.get("halves", "both"),
+            Gate(**c.get("gate", {})),
         )
 
     def to(self, *args, **kwargs) -> DiffusersRecipe:

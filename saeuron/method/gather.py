@@ -22,7 +22,7 @@ from saeuron.cluster.registry import load_sae
 from saeuron.cluster.tracking import tracking_uri_of
 from saeuron.console import logger
 from saeuron.diffusion.pipeline import block_channels, check_sampler
-from saeuron.method.statistics import ConceptStatistics, patch_mean_latents, sae_fingerprint
+from saeuron.method.statistics import ConceptStatistics, PatchMoments, patch_moments, sae_fingerprint
 from saeuron.sections import WithModel, WithResources, WithSampling, WithTracking
 from saeuron.storage import Location, check_writable
 from saeuron.storage.mirror import mirror_path, push
@@ -105,18 +105,25 @@ class StatisticsActor:
             guidance_scale=self.guidance_scale,
         ).captures[self.hookpoint]
         maps = capture.stacked()  # [B, T, P, C]
-        latents = torch.stack([patch_mean_latents(self.sae, maps[:, t]) for t in range(maps.shape[1])], dim=1)  # [B, T, F]
+        per_step = [patch_moments(self.sae, maps[:, t]) for t in range(maps.shape[1])]
+        moments = PatchMoments(*(torch.stack(m, dim=1) for m in zip(*per_step)))  # each [B, T, F]
         concepts = [concept_of(r, self.kind) for r in rows]
         out: dict[str, list] = {"concept": [], "timestep": [], "count": []}
-        sums = []
+        sums: dict[str, list] = {name: [] for name in PatchMoments._fields}
         for concept in sorted(set(concepts)):
-            members = torch.tensor([c == concept for c in concepts], device=latents.device)
+            members = torch.tensor([c == concept for c in concepts], device=moments.mean.device)
             for t, timestep in enumerate(capture.timesteps):
                 out["concept"].append(concept)
                 out["timestep"].append(int(timestep))
                 out["count"].append(int(members.sum()))
-                sums.append(latents[members, t].double().sum(0).cpu().numpy())
-        return pa.table({**out, "sum": ArrowTensorArray.from_numpy(np.stack(sums))})
+                for name, values in moments._asdict().items():
+                    sums[name].append(values[members, t].double().sum(0).cpu().numpy())
+        columns = {COLUMNS[name]: ArrowTensorArray.from_numpy(np.stack(v)) for name, v in sums.items()}
+        return pa.table({**out, **columns})
+
+
+COLUMNS = {"mean": "sum", "fires": "fires", "squares": "squares"}
+"""The actors' table column of each :class:`PatchMoments` field's sum over a batch's prompts."""
 
 
 def concept_of(row: PromptRow | dict, kind: str) -> str:
@@ -197,11 +204,17 @@ def gather(cfg: GatherConfig) -> ConceptStatistics:
                 sae.inference_mode,
                 [r.seed for r in rows],
             )
-        sums = part.column("sum").to_numpy(zero_copy_only=False)
-        for concept, timestep, count, latent_sum in zip(
-            part.column("concept").to_pylist(), part.column("timestep").to_pylist(), part.column("count").to_pylist(), sums
+        sums, fires, squares = (part.column(COLUMNS[name]).to_numpy(zero_copy_only=False) for name in PatchMoments._fields)
+        for concept, timestep, count, latent_sum, fired, squared in zip(
+            part.column("concept").to_pylist(),
+            part.column("timestep").to_pylist(),
+            part.column("count").to_pylist(),
+            sums,
+            fires,
+            squares,
         ):
-            stats.add(concept, timestep, torch.from_numpy(np.array(latent_sum)), count)  # a writable copy
+            mean, fire, square = (torch.from_numpy(np.array(v)) for v in (latent_sum, fired, squared))  # writable copies
+            stats.add(concept, timestep, mean, count, fire, square)
     if stats is None:
         raise ValueError(
             f"gather: the actors returned no statistics for {len(rows)} prompts ({cfg.kind} at {cfg.resolved_hookpoint}); "

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from saeuron.benchmarks import get_benchmark
 from saeuron.console import logger
 from saeuron.method.recipe import Recipe, check_halves
-from saeuron.method.selection import check_contrast
+from saeuron.method.selection import Gate, check_contrast
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.method.steering import Steer
 from saeuron.sections import WithModel
@@ -34,6 +34,12 @@ class RecipeConfig(WithModel):
     """Steering moves the patches where the concept's latents fire ("fires") or every patch ("all")."""
     contrast: str = "mean"
     """Latents scored against the other concepts' "mean" (the paper) or their "max" (specific to the concept)."""
+    gate: str = "mean"
+    """Where a selected latent counts as firing: "mean", the paper's (above its patch-averaged mean over all concepts,
+    i.e. nearly wherever it is active), or "others" (above its mean + ``gate_sigmas`` standard deviations where it
+    fires on the concepts the recipe keeps; statistics gathered with firing moments)."""
+    gate_sigmas: float = 1.0
+    """z of the "others" gate."""
     halves: str = "both"
     """The CFG half the edit changes: "both" (the paper) or "cond", the conditional half only, where the guidance
     scale multiplies the edit (so it takes a much smaller γ or β: README, "Every concept", item 13)."""
@@ -64,6 +70,7 @@ def make_recipe(cfg: RecipeConfig) -> Recipe:
     check_contrast(cfg.contrast)
     check_halves(cfg.halves)
     check_one_edit(cfg)
+    gate = Gate(cfg.gate, cfg.gate_sigmas).check()
     stats = ConceptStatistics.load(cfg.statistics)
     recipe = Recipe.from_statistics(
         stats,
@@ -71,6 +78,7 @@ def make_recipe(cfg: RecipeConfig) -> Recipe:
         get_benchmark(cfg.model.benchmark).model_identity(cfg.model.model_path),
         cfg.contrast,
         cfg.halves,
+        gate,
     )
     local = mirror_path(cfg.recipe_dir())
     recipe.save(local)

@@ -5,7 +5,7 @@ and ``recipe.safetensors`` (the rules as parallel tensors). A concept's edit is 
 multiplier γ (``{"percentile": p, "multiplier": γ}``), or steering toward an anchor concept
 (``{"percentile": p, "anchor": a, "strength": β, "where": w}``, :mod:`saeuron.method.steering`, whose tensors are
 stored as ``steer_*``). ``halves`` says which classifier-free-guidance half the edit changes: "both", as the reference
-does, or "cond", the conditional half only.
+does, or "cond", the conditional half only; ``gate`` where a latent counts as firing (absent: the paper's).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from saeuron.atomic_files import save_tensors_and_json
-from saeuron.method.selection import Rules, build_rules
+from saeuron.method.selection import PAPER_GATE, Gate, Rules, build_rules
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.method.steering import Steer, Steering, build_steering
 
@@ -59,9 +59,12 @@ class Recipe:
     """Where its steered concepts fire and their anchor differences (empty: every concept is scaled)."""
     halves: str = "both"
     """The CFG half its edits change (:data:`HALVES`; older recipes: "both")."""
+    gate: Gate = PAPER_GATE
+    """Where its latents count as firing (``saeuron.method.selection.Gate``; older recipes: the paper's)."""
 
     def __post_init__(self) -> None:
         check_halves(self.halves)
+        self.gate.check()
 
     @classmethod
     def from_statistics(
@@ -71,9 +74,10 @@ class Recipe:
         base_model: str,
         contrast: str = "mean",
         halves: str = "both",
+        gate: Gate = PAPER_GATE,
     ) -> Recipe:
         """``params``: {concept: (percentile, edit)}, the edit a multiplier γ or a :class:`Steer`."""
-        rules = build_rules(stats, params, contrast)
+        rules = build_rules(stats, params, contrast, gate)
         concepts = {c: edit_entry(p, e) for c, (p, e) in params.items()}
         return cls(
             stats.hookpoint,
@@ -85,8 +89,9 @@ class Recipe:
             rules,
             stats.sae_inference,
             contrast,
-            build_steering(stats, params, contrast),
+            build_steering(stats, params, contrast, gate),
             halves,
+            gate,
         )
 
     def edit_of(self, concept: str) -> float | Steer:
@@ -146,6 +151,7 @@ class Recipe:
             # Absent for both halves: a recipe of the paper's edit stays byte for byte what it was before the setting
             # (images and atlas pages are keyed on recipe.json, so a rebuilt recipe reuses them).
             **({"halves": self.halves} if self.halves != "both" else {}),
+            **({"gate": self.gate._asdict()} if self.gate != PAPER_GATE else {}),
         }
         return save_tensors_and_json(folder, TENSORS, tensors, JSON, meta)
 
@@ -173,6 +179,7 @@ class Recipe:
             meta.get("contrast", "mean"),
             Steering.from_tensors(t),
             meta.get("halves", "both"),
+            Gate(**meta.get("gate", {})),
         )
 
 

@@ -12,24 +12,70 @@ Per timestep t, with μ_c [F] the mean patch-averaged activation of concept c:
 - selection: latents with score above the p-th percentile of the scores (``torch.quantile``, linear
   interpolation, strict ">", as the reference);
 - rule for a selected latent: scale factor s_f = γ·μ_c,f and mask threshold m_f = mean over all
-  concepts of μ_c',f (target included).
+  concepts of μ_c',f (target included): the paper's gate, ``Gate("mean")``. μ is a patch average with the zeros of
+  the patches where the latent is silent, so m_f is far below what the latent gives where it fires at all, and the
+  edit acts on every patch where a selected latent is active — on the kept concepts' patches too, which is where
+  MiniCanvas's FID excess comes from (README, "Every concept", item 17). ``Gate("others", z)`` raises m_f to the
+  largest, over the concepts the recipe keeps, of the latent's mean + z standard deviations where it fires on their
+  patches (never below the paper's m_f): the edit then acts where the latent fires more than it does on the kept
+  concepts.
 
-Several concepts at once: m_f does not depend on the concept, so rules for one latent differ only
-in s_f. We keep **one rule per (timestep, latent)**, the strongest (the most negative s_f, i.e. the
-largest suppression); ties go to the concept listed first. The reference concatenates the rules and
-scatters with duplicate indices, which is nondeterministic.
+Several concepts at once: m_f does not depend on the concept (either gate: "others" reads the concepts the
+recipe keeps, the same for all it forgets), so rules for one latent differ only in s_f. We keep **one rule
+per (timestep, latent)**, the strongest (the most negative s_f, i.e. the largest suppression); ties go to the
+concept listed first. The reference concatenates the rules and scatters with duplicate indices, which is
+nondeterministic.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from saeuron.method.statistics import ConceptStatistics
 
 CONTRASTS = ("mean", "max")
+GATES = ("mean", "others")
+
+
+class Gate(NamedTuple):
+    """Where a selected latent counts as firing for its concept (module docstring)."""
+
+    kind: str = "mean"
+    """"mean": the paper's, the latent's patch-averaged mean over all concepts; "others": above what it gives where it
+    fires on the concepts the recipe keeps."""
+    sigmas: float = 1.0
+    """With "others": z, the threshold is their firing mean + z standard deviations."""
+
+    def check(self) -> Gate:
+        if self.kind not in GATES:
+            raise ValueError(
+                f"gate must be one of {GATES} (the paper's all-concept mean, or above the kept concepts' firing), got {self.kind!r}"
+            )
+        if self.kind == "others" and not self.sigmas >= 0:
+            raise ValueError(
+                f"gate_sigmas is how many standard deviations above the kept concepts' firing mean (>= 0), got {self.sigmas}"
+            )
+        if self.kind == "mean" and self.sigmas != Gate().sigmas:
+            raise ValueError(f"gate_sigmas {self.sigmas:g} applies to the 'others' gate only: add gate: others, or drop it")
+        return self
+
+
+PAPER_GATE = Gate()
+"""The paper's gate (a module-level value: a default argument must not be a call)."""
+
+
+def gate_thresholds(stats: ConceptStatistics, kept: list[int], gate: Gate = PAPER_GATE) -> torch.Tensor:
+    """[T, F] mask thresholds of a concept whose recipe keeps the concepts ``kept`` (statistics indices)."""
+    means = stats.means()
+    paper = means.mean(0)  # [T, F]: over all concepts, target included
+    if gate.check().kind == "mean" or not kept:
+        return paper
+    firing_mean, spread = stats.firing_moments()
+    bar = (firing_mean[kept] + gate.sigmas * spread[kept]).amax(0)
+    return torch.maximum(paper, bar)
 
 
 def check_contrast(contrast: str) -> str:
@@ -80,16 +126,23 @@ class Rules:
         return len(self.latent)
 
 
-def build_rules(stats: ConceptStatistics, params: dict[str, tuple[float, Any]], contrast: str = "mean") -> Rules:
+def kept_concepts(stats: ConceptStatistics, params: dict) -> list[int]:
+    """Statistics indices of the concepts a recipe forgetting ``params``' concepts keeps."""
+    unknown = [c for c in params if c not in stats.concepts]
+    if unknown:
+        raise ValueError(f"unknown concepts {unknown}; the statistics know {stats.concepts}")
+    return [i for i, c in enumerate(stats.concepts) if c not in params]
+
+
+def build_rules(
+    stats: ConceptStatistics, params: dict[str, tuple[float, Any]], contrast: str = "mean", gate: Gate = PAPER_GATE
+) -> Rules:
     """Rules for the concepts in ``params`` ({concept: (percentile, multiplier)}), deduplicated. A concept whose edit
     is not a multiplier (a steered one, :mod:`saeuron.method.steering`) gets no rule; ``concept_index`` still counts it,
     so it indexes ``params``."""
     check_contrast(contrast)
-    unknown = [c for c in params if c not in stats.concepts]
-    if unknown:
-        raise ValueError(f"unknown concepts {unknown}; the statistics know {stats.concepts}")
+    thresholds = gate_thresholds(stats, kept_concepts(stats, params), gate)  # [T, F]
     means = stats.means()  # [C, T, F]
-    thresholds = means.mean(0)  # [T, F]: over all concepts, target included
     best: dict[tuple[int, int], tuple[float, int]] = {}
     for order, (concept, (percentile, multiplier)) in enumerate(params.items()):
         if not isinstance(multiplier, (int, float)):

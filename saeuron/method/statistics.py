@@ -4,6 +4,13 @@ For each concept (a style or an object) and each denoising timestep, the sum ove
 patch-averaged SAE latents and the number of prompts. Stored as ``statistics.safetensors``
 (``sums`` [C, T, F], ``counts`` [C, T], ``timesteps`` [T]) plus ``statistics.json`` (concept names,
 hookpoint, SAE reference and fingerprint) — a few MB where the reference wrote 4–6.5 GB pickles.
+
+Beside the means, how each latent fires on a concept's patches: ``fires`` (sum over prompts of the fraction of patches
+where it is active) and ``squares`` (of the patch-averaged squared activation), from which its mean and spread *where it
+fires* follow (:meth:`ConceptStatistics.firing_moments`). The paper's gate is a latent's patch-averaged mean, zeros
+included — far below what it gives on a patch where it fires at all — so the edit acts wherever a selected latent is
+active, other concepts' patches included; the firing moments let the gate sit above what the other concepts give
+(``saeuron.method.selection.gate_thresholds``). Statistics gathered before they existed load without them.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file
@@ -27,15 +35,32 @@ def sae_fingerprint(sae: Sae) -> str:
     return sae.fingerprint()
 
 
+class PatchMoments(NamedTuple):
+    """[B, F] per image, over its patches: the mean latent (zeros included, as the reference averages its densified
+    codes), the fraction of patches where the latent is active, and the mean squared latent."""
+
+    mean: torch.Tensor
+    fires: torch.Tensor
+    squares: torch.Tensor
+
+
 @torch.no_grad()
-def patch_mean_latents(sae: Sae, tokens: torch.Tensor) -> torch.Tensor:
-    """[B, P, d] block output → [B, F] mean over patches of the inference-mode SAE latents
-    (zeros included, as the reference averages its densified codes)."""
+def patch_moments(sae: Sae, tokens: torch.Tensor) -> PatchMoments:
+    """[B, P, d] block output → the inference-mode SAE latents' :class:`PatchMoments` over the P patches."""
     batch, patches, _ = tokens.shape
     acts, indices = sae.encode(tokens.reshape(-1, tokens.shape[-1]))
-    dense = torch.zeros(batch * patches, sae.num_latents, dtype=torch.float32, device=acts.device)
-    dense.scatter_add_(1, indices, acts.float())
-    return dense.reshape(batch, patches, -1).mean(1)
+    acts = acts.float()
+
+    def patch_mean(values: torch.Tensor) -> torch.Tensor:
+        dense = torch.zeros(batch * patches, sae.num_latents, dtype=torch.float32, device=acts.device)
+        return dense.scatter_add_(1, indices, values).reshape(batch, patches, -1).mean(1)
+
+    return PatchMoments(patch_mean(acts), patch_mean((acts > 0).float()), patch_mean(acts.square()))
+
+
+def patch_mean_latents(sae: Sae, tokens: torch.Tensor) -> torch.Tensor:
+    """[B, P, d] block output → [B, F] mean over patches of the inference-mode SAE latents, zeros included."""
+    return patch_moments(sae, tokens).mean
 
 
 @dataclass
@@ -56,6 +81,10 @@ class ConceptStatistics:
     """The SAE's inference mode the latents were computed in ("topk" or "threshold"; "" if not recorded)."""
     prompt_seeds: list[int] = field(default_factory=list)
     """The seed of every prompt summed, in prompt order (empty if not recorded)."""
+    fires: torch.Tensor | None = None
+    """[C, T, F] sums over prompts of the fraction of patches where the latent is active (None: gathered before)."""
+    squares: torch.Tensor | None = None
+    """[C, T, F] sums over prompts of the patch-averaged squared latent (None: gathered before)."""
 
     @classmethod
     def empty(
@@ -82,6 +111,8 @@ class ConceptStatistics:
             kind,
             sae_inference,
             list(prompt_seeds or []),
+            torch.zeros(c, t, num_latents, dtype=torch.float64),
+            torch.zeros(c, t, num_latents, dtype=torch.float64),
         )
 
     @property
@@ -92,13 +123,39 @@ class ConceptStatistics:
         """[C, T, F] mean patch-averaged activation per concept and timestep."""
         return (self.sums / self.counts.clamp_min(1)[..., None]).float()
 
-    def add(self, concept: str, timestep: int, latent_sum: torch.Tensor, count: int) -> None:
+    def firing_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """[C, T, F] mean and standard deviation of each latent's activation over the patches where it fires (0 where
+        it never fired), pooled over the concept's prompts."""
+        if self.fires is None or self.squares is None:
+            raise ValueError(
+                "these statistics hold only the latents' means, not how they fire on patches (gathered before "
+                "saeuron recorded it): run jobs/gather.py again, or use the paper's gate (gate: mean)"
+            )
+        fires = self.fires.clamp_min(1e-12)
+        mean = self.sums / fires
+        spread = (self.squares / fires - mean.square()).clamp_min(0).sqrt()
+        return mean.float(), spread.float()
+
+    def add(
+        self,
+        concept: str,
+        timestep: int,
+        latent_sum: torch.Tensor,
+        count: int,
+        fires: torch.Tensor | None = None,
+        squares: torch.Tensor | None = None,
+    ) -> None:
         c, t = self.concepts.index(concept), self.timesteps.index(timestep)
         self.sums[c, t] += latent_sum.to(torch.float64).cpu()
         self.counts[c, t] += count
+        for total, part in ((self.fires, fires), (self.squares, squares)):
+            if total is not None and part is not None:
+                total[c, t] += part.to(torch.float64).cpu()
 
     def save(self, folder: str | Path) -> Path:
         tensors = {"sums": self.sums, "counts": self.counts, "timesteps": torch.tensor(self.timesteps, dtype=torch.long)}
+        if self.fires is not None and self.squares is not None:
+            tensors.update(fires=self.fires, squares=self.squares)
         index = {
             "hookpoint": self.hookpoint,
             "concepts": self.concepts,
@@ -109,6 +166,7 @@ class ConceptStatistics:
             "sae_fingerprint": self.sae_fingerprint,
             "sae_inference": self.sae_inference,
             "prompt_seeds": self.prompt_seeds,
+            "firing_moments": self.fires is not None and self.squares is not None,
         }
         return save_tensors_and_json(folder, TENSORS, tensors, INDEX, index)
 
@@ -134,4 +192,6 @@ class ConceptStatistics:
             index.get("kind", "concept"),
             index.get("sae_inference", ""),
             index.get("prompt_seeds", []),
+            tensors.get("fires"),
+            tensors.get("squares"),
         )

@@ -9,7 +9,7 @@ difference of the anchor's and the concept's mean latents at that timestep,
     d_t = (μ_anchor,t − μ_concept,t) · W_dec,
 
 so the block is moved toward the anchor (for a style: another style, or the unstyled rendering, the statistics'
-``none`` concept from ``gather.unstyled_reference``). The selection (percentile, contrast, thresholds) is the paper's;
+``none`` concept from ``gather.unstyled_reference``). The selection (percentile, contrast, gate) is the scaling edit's;
 only what is done where it fires differs. A recipe stores the latent-space difference, so it stays tied to its SAE
 by the fingerprint, as the rules are.
 """
@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from saeuron.method.selection import importance_scores, selected_latents
+from saeuron.method.selection import PAPER_GATE, Gate, gate_thresholds, importance_scores, kept_concepts, selected_latents
 from saeuron.method.statistics import ConceptStatistics
 
 WHERE = ("fires", "all")
@@ -86,14 +86,14 @@ class Steering:
         return cls(*(tensors[f"steer_{name}"] for name in TENSORS))
 
 
-def build_steering(stats: ConceptStatistics, params: dict, contrast: str = "mean") -> Steering:
+def build_steering(stats: ConceptStatistics, params: dict, contrast: str = "mean", gate: Gate = PAPER_GATE) -> Steering:
     """Where each concept of ``params`` ({concept: (percentile, Steer | γ)}) given a :class:`Steer` fires, and its
     anchor difference. Unlike the scaling rules, steered concepts keep every selected latent: each has its own mask."""
     steered = {c: (p, e) for c, (p, e) in params.items() if isinstance(e, Steer)}
     if not steered:
         return Steering.empty()
     means = stats.means()  # [C, T, F]
-    thresholds = means.mean(0)  # [T, F]: over all concepts, as the scaling rules'
+    thresholds = gate_thresholds(stats, kept_concepts(stats, params), gate)  # [T, F]: as the scaling rules'
     delta = torch.zeros(len(params), *means.shape[1:])
     rows: list[tuple[int, int, int]] = []
     for order, concept in enumerate(params):

@@ -7,6 +7,7 @@ where it stopped (:mod:`saeuron.study.records`).
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -78,7 +79,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
             gather_tracked(c)
             return {"statistics": c.statistics_dir.uri}
 
-        out = records.run(f"gather-{name}", gather_cfg, run_gather, lambda out: exists(out["statistics"], "statistics.json"))
+        out = records.run(f"gather-{name}", gather_cfg, run_gather, lambda out: gathered_with_firing(out["statistics"]))
         statistics[name] = out["statistics"]
 
     search_cfg = replace(
@@ -153,6 +154,12 @@ def check_placements(cfg: StudyConfig) -> None:
 def exists(where: str, name: str = "") -> bool:
     location = Location.parse(where)
     return (location / name if name else location).is_file()
+
+
+def gathered_with_firing(statistics: str) -> bool:
+    """Statistics gathered before they recorded how latents fire (which the "others" gate reads) are gathered again."""
+    index = Location.parse(statistics) / "statistics.json"
+    return index.is_file() and json.loads(index.read_text()).get("firing_moments", False)
 
 
 def _cells(values: dict, fid: float | None, drift: float | None = None) -> str:

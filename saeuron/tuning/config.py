@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from saeuron.benchmarks import Benchmark, get_benchmark
-from saeuron.method.selection import check_contrast
+from saeuron.method.selection import Gate, check_contrast
 from saeuron.sections import WithEdit, WithJudge, WithModel, WithResources, WithSampling, WithTracking
 from saeuron.storage import Location
 
@@ -67,6 +67,12 @@ class SearchOptions:
     contrast: str = "mean"
     """How latents are scored against the other concepts: "mean" of theirs (the paper) or "max" (a latent must fire
     more, for its share, for the concept than for every other one: MiniCanvas's styles need it, README)."""
+    gate: str = "mean"
+    """Where a selected latent counts as firing (``saeuron.method.selection.Gate``): "mean", the paper's (its patch-
+    averaged mean over all concepts: nearly wherever it is active, the kept concepts' patches included), or "others"
+    (above its mean + ``gate_sigmas`` standard deviations where it fires on the kept concepts' patches)."""
+    gate_sigmas: float = 1.0
+    """z of the "others" gate."""
     objective: str = "ua_ira"
     """What a trial is ranked by: "ua_ira" = (UA + IRA) / 2 (the reference), "ua_ira_cra" = (UA + IRA + CRA) / 3, or
     "ua_ira_cra_own" = (UA + mean(IRA, CRA, CRA-own)) / 2, which also scores a style's objects on its own images."""
@@ -139,7 +145,7 @@ class SearchConfig(SearchOptions, WithResources, WithJudge, WithEdit, WithSampli
 def grid_of(cfg: SearchConfig, kind: str = "object") -> tuple[list[float], list[float]]:
     """The (percentiles, multipliers) searched for concepts of ``kind`` (and the search's contrast, objective, retain
     floor and error mode checked: the reference's error mode runs the paper's edit only)."""
-    check_contrast(cfg.contrast), check_objective(cfg.objective)
+    check_contrast(cfg.contrast), check_objective(cfg.objective), Gate(cfg.gate, cfg.gate_sigmas).check()
     one_half = cfg.cond_multipliers or cfg.cond_strengths
     if cfg.edit.error_mode == "reference" and (cfg.anchors or one_half):
         raise ValueError(

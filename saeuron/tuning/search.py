@@ -35,6 +35,7 @@ from saeuron.cluster.placement import unit_resources
 from saeuron.console import logger, tune_verbosity
 from saeuron.diffusion.pipeline import check_sampler
 from saeuron.method.recipe import Recipe, edit_from_entry, edit_label, halves_from_entry
+from saeuron.method.selection import Gate
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.storage import check_writable, holding_lease
 from saeuron.storage.mirror import mirror_path, push
@@ -88,7 +89,7 @@ def run_concept_search(
     filesystem = None if storage.is_local else storage.fs
     signature = json.dumps(
         {
-            "space": {k: v for k, v in space.items()},
+            "space": dict(space),
             "scheduler": cfg.scheduler,
             "prompts": setup["prompts"][concept],
             "chunk": cfg.chunk,
@@ -96,8 +97,8 @@ def run_concept_search(
             "reduction_factor": cfg.reduction_factor,
             "sampling": [cfg.sampling.num_inference_steps, cfg.sampling.guidance_scale, cfg.edit.error_mode],
             **{k: v for k, v in (("contrast", cfg.contrast), ("objective", cfg.objective)) if v not in ("mean", "ua_ira")},
-            **({"min_retain": cfg.min_retain} if cfg.min_retain else {}),
-            **({"max_drift": cfg.max_drift} if cfg.max_drift else {}),
+            **{k: v for k, v in (("min_retain", cfg.min_retain), ("max_drift", cfg.max_drift)) if v},
+            **({"gate": [cfg.gate, cfg.gate_sigmas]} if cfg.gate != "mean" else {}),
         },
         sort_keys=True,
         default=str,
@@ -242,6 +243,7 @@ def search(cfg: SearchConfig) -> SearchResult:
         judge=asdict(cfg.judge),
         base_model=base_model,
         contrast=cfg.contrast,
+        gate=[cfg.gate, cfg.gate_sigmas],
         objective=cfg.objective,
         min_retain=cfg.min_retain,
         max_drift=cfg.max_drift,
@@ -270,14 +272,9 @@ def search(cfg: SearchConfig) -> SearchResult:
                 objective_heatmap(at_block, grid_of(cfg, target.kind)[0], edits, heatmaps[-1])
             result = choose_block(per_block, cfg.min_retain, cfg.max_drift)
             results.append(result)
-            recipe = Recipe.from_statistics(
-                ConceptStatistics.load(result.statistics),
-                {concept: (result.percentile, result.edit)},
-                base_model,
-                cfg.contrast,
-                result.halves,
-            )
-            recipe.save(out / "recipes" / concept)
+            params = {concept: (result.percentile, result.edit)}
+            stats, gate = ConceptStatistics.load(result.statistics), Gate(cfg.gate, cfg.gate_sigmas)
+            Recipe.from_statistics(stats, params, base_model, cfg.contrast, result.halves, gate).save(out / "recipes" / concept)
             by_block = ", ".join(f"{h} {o:.3f}" for h, o in result.blocks.items())
             where = f" at {result.hookpoint} (objective by block: {by_block})"
             own = "" if result.cra_own is None else f", own {result.cra_own:.2f}"

@@ -18,6 +18,7 @@ import torch
 from saeuron.benchmarks import get_benchmark
 from saeuron.evaluation.drift import image_drift, kept_rows, mean_drift
 from saeuron.evaluation.metrics import forgetting_scores, retain_image_counts
+from saeuron.method.selection import Gate
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.sections import JudgeConfig
 from saeuron.tuning.choice import may_retain, may_stay_within, retains
@@ -67,7 +68,8 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         ),
     )
     params = {concept: (config["percentile"], edit_from_entry(config["edit"]))}
-    recipe = Recipe.from_statistics(stats, params, setup["base_model"], setup["contrast"], halves_from_entry(config["edit"]))
+    halves = halves_from_entry(config["edit"])
+    recipe = Recipe.from_statistics(stats, params, setup["base_model"], setup["contrast"], halves, Gate(*setup["gate"]))
     generator = UnlearnedPipeline.from_recipe(pipe, sae, recipe, setup["base_model"], setup["error_mode"])
     rows = setup["prompts"][concept]
     sampling = dict(num_inference_steps=setup["num_inference_steps"], guidance_scale=setup["guidance_scale"])
