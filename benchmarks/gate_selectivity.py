@@ -1,9 +1,9 @@
 """How selective the edit's gate is: the share of each concept's patches where a forgotten concept's selected latents fire
-above their threshold, under the paper's gate and the "others" gate (``saeuron.method.selection.Gate``).
+above their threshold, under the paper's gate, the "others" gate and the "image" gate (``saeuron.method.selection.Gate``).
 
     python benchmarks/gate_selectivity.py --sae STUDY/saes/<run>/unet.up_blocks.1.attentions.2 \
         --statistics STUDY/statistics/style-unet.up_blocks.1.attentions.2 --concepts Diagonal_Stripes Thick_Outline \
-        [--gates mean others:0 others:1 others:2] [--percentile 99] [--seeds 188] [--device cuda] [--out FILE.png] [--json FILE]
+        [--gates mean others:0 others:1 image:1:0.1] [--percentile 99] [--seeds 188] [--device cuda] [--out FILE.png] [--json FILE]
 
 The patches are the block's conditional half on the evaluation prompts ("An image of {object} in {style} style." and
 unstyled, at ``--seeds``: not the statistics' own prompts) at every sampling step. A gate that edits few of the kept
@@ -25,17 +25,20 @@ from saeuron.benchmarks.prompts import UNSTYLED
 from saeuron.cluster.registry import load_sae
 from saeuron.diffusion.hooks import HookedPipeline
 from saeuron.diffusion.pipeline import load_pipeline
-from saeuron.method.selection import Gate, gate_thresholds, importance_scores, selected_latents
+from saeuron.evaluation.report import table_heatmap
+from saeuron.method.selection import Gate, detection_thresholds, gate_thresholds, importance_scores, selected_latents
 from saeuron.method.statistics import ConceptStatistics
 
 
 def parse_gate(text: str) -> Gate:
-    """ "mean" or "others:Z"."""
-    kind, _, sigmas = text.partition(":")
-    return Gate(kind, float(sigmas) if sigmas else 1.0).check()
+    """ "mean", "others:Z" or "image:Z:SHARE"."""
+    kind, *numbers = text.split(":")
+    return Gate(kind, *(float(n) for n in numbers)).check()
 
 
 def gate_label(gate: Gate) -> str:
+    if gate.kind == "image":
+        return f"image {gate.sigmas:g}σ {gate.share:g}"
     return "paper's (mean)" if gate.kind == "mean" else f"others {gate.sigmas:g}σ"
 
 
@@ -69,49 +72,31 @@ def concept_codes(args, stats: ConceptStatistics) -> dict[str, tuple[torch.Tenso
 
 
 def gated_shares(stats, codes, concept: str, percentile: float, contrast: str, gate: Gate) -> dict[str, float]:
-    """Per concept, the share of its patches (over prompts and steps) where a selected latent of ``concept`` passes."""
-    means, target = stats.means(), stats.concepts.index(concept)
-    thresholds = gate_thresholds(stats, [i for i in range(len(stats.concepts)) if i != target], gate)  # [T, F]
-    table = torch.full_like(thresholds, float("inf"))
-    for t in range(len(stats.timesteps)):
-        chosen = selected_latents(importance_scores(means[:, t], target, contrast), percentile)
-        table[t, chosen] = thresholds[t, chosen]
+    """Per concept, the share of its patches (over prompts and steps) where a selected latent of ``concept`` passes:
+    with the "image" gate, on the images it finds, from the step it finds them on (the original model's activations:
+    what the edit would act on before it changes them)."""
+    kept = [i for i, c in enumerate(stats.concepts) if c != concept]
+
+    def at_selected(thresholds: torch.Tensor) -> torch.Tensor:
+        means, target = stats.means(), stats.concepts.index(concept)
+        table = torch.full_like(thresholds, float("inf"))
+        for t in range(len(stats.timesteps)):
+            chosen = selected_latents(importance_scores(means[:, t], target, contrast), percentile)
+            table[t, chosen] = thresholds[t, chosen]
+        return table
+
+    table = at_selected(gate_thresholds(stats, kept, gate))  # [T, F]
+    detect = at_selected(detection_thresholds(stats, kept, gate)) if gate.kind == "image" else None
     shares = {}
     for other, (acts, indices) in codes.items():
         steps = torch.arange(acts.shape[1])[None, :, None, None]
-        shares[other] = float((acts > table[steps, indices]).any(-1).float().mean())
+        passing = (acts > table[steps, indices]).any(-1)  # [B, T, P]
+        if detect is not None:  # as saeuron.method.detection: the mean share so far, sticky
+            strict = (acts > detect[steps, indices]).any(-1).float().mean(2)  # [B, T]
+            running = strict.cumsum(1) / torch.arange(1, strict.shape[1] + 1)
+            passing = passing & (running >= gate.share).cummax(1).values[..., None]
+        shares[other] = float(passing.float().mean())
     return shares
-
-
-def heat_map(table: dict[str, dict[str, float]], concepts: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    values = np.array([[table[row][c] for c in concepts] for row in table])
-    fig, ax = plt.subplots(figsize=(0.8 * len(concepts) + 3.5, 0.4 * len(table) + 1.8), dpi=110)
-    image = ax.imshow(values, cmap="magma_r", vmin=0, vmax=1, aspect="auto")
-    for i in range(len(table)):
-        for j in range(len(concepts)):
-            ax.text(
-                j,
-                i,
-                f"{values[i, j]:.2f}",
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if values[i, j] > 0.5 else "black",
-            )
-    ax.set_xticks(range(len(concepts)), concepts, rotation=35, ha="right", fontsize=8)
-    ax.set_yticks(range(len(table)), list(table), fontsize=8)
-    ax.set_xlabel("concept whose patches (evaluation prompts, every step) the edit would touch")
-    ax.set_title("share of patches where the forgotten concept's selected latents pass the gate", fontsize=9)
-    fig.colorbar(image, ax=ax, fraction=0.03)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def main() -> None:
@@ -152,7 +137,14 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"percentile": args.percentile, "contrast": args.contrast, "shares": table}, indent=1))
     if args.out:
-        heat_map(table, stats.concepts, args.out)
+        table_heatmap(
+            table,
+            stats.concepts,
+            args.out,
+            title="share of patches where the forgotten concept's selected latents pass the gate",
+            xlabel="concept whose patches (evaluation prompts, every step) the edit would touch",
+            vmax=1.0,
+        )
 
 
 if __name__ == "__main__":

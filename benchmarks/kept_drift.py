@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from saeuron.benchmarks import get_benchmark
 from saeuron.evaluation.drift import folder_drift, kept_rows
+from saeuron.evaluation.report import table_heatmap
 
 
 def drift_by_kept_concept(model: Path, original: Path, benchmark: str) -> tuple[dict[str, float], float]:
@@ -31,32 +32,6 @@ def drift_by_kept_concept(model: Path, original: Path, benchmark: str) -> tuple[
     per = {c: folder_drift(model, original, group, original_rows) for c, group in groups.items()}
     # The model's drift is the mean over all its kept images: the groups' means weighted by their sizes, each image read once.
     return per, sum(per[c] * len(group) for c, group in groups.items()) / len(rows)
-
-
-def heat_map(table: dict[str, dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    columns = sorted({c for per in table.values() for c in per})
-    values = np.array([[table[m].get(c, np.nan) for c in columns] for m in table])
-    fig, ax = plt.subplots(figsize=(0.8 * len(columns) + 3, 0.45 * len(table) + 1.8), dpi=110)
-    image = ax.imshow(values, cmap="magma_r", vmin=0, vmax=max(0.1, float(np.nanmax(values))), aspect="auto")
-    for i in range(len(table)):
-        for j in range(len(columns)):
-            if not np.isnan(values[i, j]):
-                ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center", fontsize=7,
-                        color="white" if values[i, j] > 0.06 else "black")  # fmt: skip
-    ax.set_xticks(range(len(columns)), columns, rotation=35, ha="right", fontsize=8)
-    ax.set_yticks(range(len(table)), list(table), fontsize=8)
-    ax.set_xlabel("kept concept (its images, against the original model's at the same prompt and seed)")
-    ax.set_title("drift: mean absolute pixel change of the kept images, per forget model", fontsize=9)
-    fig.colorbar(image, ax=ax, fraction=0.03)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def main() -> None:
@@ -81,7 +56,16 @@ def main() -> None:
         top = sorted(per.items(), key=lambda kv: -kv[1])[:3]
         print(f"{label:<40} drift {total:.4f}; most moved: " + ", ".join(f"{c} {v:.3f}" for c, v in top), flush=True)
     if args.out:
-        heat_map(table, args.out)
+        values = [v for per in table.values() for v in per.values()]
+        table_heatmap(
+            table,
+            sorted({c for per in table.values() for c in per}),
+            args.out,
+            title="drift: mean absolute pixel change of the kept images, per forget model",
+            xlabel="kept concept (its images, against the original model's at the same prompt and seed)",
+            vmax=max(0.1, *values),
+            digits=3,
+        )
     if args.json:
         args.json.write_text(json.dumps({"drift": totals, "by_kept_concept": table}, indent=2))
 

@@ -272,3 +272,31 @@ def log_table(scores, averages, fid, extractor, drift=None) -> None:
         logger.info(f"{'mean (' + kind + ')':<28} {'':<7} {avg['UA']:6.3f} {avg['IRA']:6.3f} {avg['CRA']:6.3f}")
     if fid:
         logger.info(f"FID extractor: {extractor}" + (f"; original model {fid['original']:.2f}" if "original" in fid else ""))
+
+
+def table_heatmap(
+    table: dict[str, dict[str, float]], columns: list[str], path: Path, *, title: str, xlabel: str, vmax: float, digits: int = 2
+) -> None:
+    """{row: {column: value}} drawn as an annotated heat map from 0 to ``vmax`` (a missing cell blank): the benchmarks'
+    per-concept tables (``benchmarks/kept_drift.py``, ``benchmarks/gate_selectivity.py``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    values = np.array([[table[row].get(c, np.nan) for c in columns] for row in table])
+    fig, ax = plt.subplots(figsize=(0.8 * len(columns) + 3.5, 0.42 * len(table) + 1.8), dpi=110)
+    image = ax.imshow(values, cmap="magma_r", vmin=0, vmax=vmax, aspect="auto")
+    for (i, j), value in np.ndenumerate(values):
+        if not np.isnan(value):
+            color = "white" if value > 0.55 * vmax else "black"
+            ax.text(j, i, f"{value:.{digits}f}", ha="center", va="center", fontsize=7, color=color)
+    ax.set_xticks(range(len(columns)), columns, rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(len(table)), list(table), fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

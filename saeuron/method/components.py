@@ -75,6 +75,8 @@ class DiffusersRecipe(ModelMixin, ConfigMixin):
             self.register_buffer(name, getattr(recipe.rules, name))
         for name, tensor in recipe.steering.tensors().items():
             self.register_buffer(name, tensor)
+        if recipe.detect is not None:
+            self.register_buffer("detect_threshold", recipe.detect)
 
     @property
     def recipe(self) -> Recipe:
@@ -93,6 +95,7 @@ class DiffusersRecipe(ModelMixin, ConfigMixin):
             Steering.from_tensors({f"steer_{name}": getattr(self, f"steer_{name}") for name in STEER_TENSORS}),
             c.get("halves", "both"),
             Gate(**c.get("gate", {})),
+            getattr(self, "detect_threshold", None),
         )
 
     def to(self, *args, **kwargs) -> DiffusersRecipe:
@@ -104,6 +107,7 @@ class DiffusersRecipe(ModelMixin, ConfigMixin):
         recipe = self.recipe
         recipe.rules = Rules(*(getattr(self, name).cpu() for name in RULE_TENSORS))
         recipe.steering = Steering(*(getattr(self, f"steer_{name}").cpu() for name in STEER_TENSORS))
+        recipe.detect = None if recipe.detect is None else recipe.detect.cpu()
         recipe.save(save_directory)
 
     @classmethod

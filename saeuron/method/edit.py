@@ -10,6 +10,9 @@ unless the recipe says ``halves="cond"``: then the unconditional half passes unc
 A recipe's steered concepts (:mod:`saeuron.method.steering`) add β·d_t on the patches where they fire, from the same
 encoding: output = x + (x̂' − x̂) + Σ_c fires_c · β_c·d_c,t (times the patch's scale for a unit-norm SAE).
 
+With the "image" gate (``saeuron.method.selection.Gate``) both edits act only on the images the recipe's
+:class:`~saeuron.method.detection.ImageDetector` finds showing a forgotten concept; the others pass unchanged.
+
 Gradients (an attacker optimising against the deployed model needs them; sampling runs without): with
 ``gradient="straight_through"`` the kept latents' values are differentiable as they are, and the hard "fires above
 its threshold" decision passes a sigmoid surrogate's gradient in the backward pass only — the forward is unchanged,
@@ -23,6 +26,7 @@ import torch
 from torch import Tensor
 
 from saeuron.diffusion.hooks import BlockCall
+from saeuron.method.detection import ImageDetector
 from saeuron.method.recipe import Recipe
 from saeuron.method.statistics import sae_fingerprint
 from saeuron.method.steering import SteeringTable, steering_shift, steering_table
@@ -79,6 +83,8 @@ class UnlearningEdit:
         self._tables: dict[int, tuple[Tensor, Tensor] | None] = {}
         self._steer_tables: dict[int, SteeringTable | None] = {}
         self._steers = recipe.steers()
+        self.detector = ImageDetector(recipe.detect, recipe.gate.share) if recipe.detect is not None else None
+        """With the "image" gate: which images of the current generation show the concept (the others are not edited)."""
 
     def _steering(self, timestep: int) -> SteeringTable | None:
         index = self.recipe.timestep_index(timestep)
@@ -103,17 +109,17 @@ class UnlearningEdit:
     def __call__(self, tokens: Tensor, call: BlockCall) -> Tensor:
         if self.recipe.halves == "cond" and call.num_uncond:
             cond = tokens[call.num_uncond :]
-            edited = self._edit_rows(cond, call)
+            edited = self._edit_rows(cond, call, 0)
             return tokens if edited is cond else torch.cat([tokens[: call.num_uncond], edited])  # no rule: no copy
-        return self._edit_rows(tokens, call)
+        return self._edit_rows(tokens, call, call.num_uncond)
 
-    def _edit_rows(self, tokens: Tensor, call: BlockCall) -> Tensor:
+    def _edit_rows(self, tokens: Tensor, call: BlockCall, num_uncond: int) -> Tensor:
         if self.gradient == "blocked":
             with torch.no_grad():
-                return self._edit(tokens, call)
-        return self._edit(tokens, call)
+                return self._edit(tokens, call, num_uncond)
+        return self._edit(tokens, call, num_uncond)
 
-    def _edit(self, tokens: Tensor, call: BlockCall) -> Tensor:
+    def _edit(self, tokens: Tensor, call: BlockCall, num_uncond: int) -> Tensor:
         table, steering = self._table(call.timestep), self._steering(call.timestep)
         if table is None and steering is None and self.error_mode == "correct":
             return tokens
@@ -121,21 +127,30 @@ class UnlearningEdit:
         flat = tokens.reshape(-1, tokens.shape[-1])
         x = flat.to(sae.dtype)
         acts, indices = sae.encode(x)
+        shown = None  # [N, 1] with the image gate: 1 on the patches of images that show the concept
+        if self.detector is not None:
+            index = self.recipe.timestep_index(call.timestep)
+            rows = self.detector(acts, indices, tokens.shape[0], num_uncond, call.timestep, index)
+            shown = rows.repeat_interleave(tokens.shape[1])[:, None]
         if table is None:
             edited = acts
         else:
             scale, threshold = table
             fire = acts > threshold[indices]
+            if shown is not None:
+                fire = fire & shown
             edited = torch.where(fire, acts * scale[indices], acts)
             if torch.is_grad_enabled() and self.gradient == "straight_through":
-                edited = edited + self._surrogate(acts, scale[indices], threshold[indices])
+                surrogate = self._surrogate(acts, scale[indices], threshold[indices])
+                edited = edited + (surrogate if shown is None else surrogate * shown)
         std = x.std(-1, keepdim=True) + 1e-5 if sae.cfg.input_unit_norm else None
         if self.error_mode == "correct":
             delta = decode_fixed_width(edited - acts, indices, sae.W_dec)  # x̂' − x̂ (biases cancel)
             if steering is not None:
                 straight_through = torch.is_grad_enabled() and self.gradient == "straight_through"
                 width = self.surrogate_width if straight_through else None
-                delta = delta + steering_shift(steering, acts, indices, width)
+                shift = steering_shift(steering, acts, indices, width)
+                delta = delta + (shift if shown is None else shift * shown)
             out = x + (delta if std is None else delta * std)
         else:
             x_hat = sae.decode(acts, indices)

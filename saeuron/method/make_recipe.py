@@ -36,10 +36,14 @@ class RecipeConfig(WithModel):
     """Latents scored against the other concepts' "mean" (the paper) or their "max" (specific to the concept)."""
     gate: str = "mean"
     """Where a selected latent counts as firing: "mean", the paper's (above its patch-averaged mean over all concepts,
-    i.e. nearly wherever it is active), or "others" (above its mean + ``gate_sigmas`` standard deviations where it
-    fires on the concepts the recipe keeps; statistics gathered with firing moments)."""
+    i.e. nearly wherever it is active), "others" (above its mean + ``gate_sigmas`` standard deviations where it
+    fires on the concepts the recipe keeps; statistics gathered with firing moments), or "image" (the paper's, on the
+    images whose patches pass the "others" threshold often enough: ``gate_share``)."""
     gate_sigmas: float = 1.0
-    """z of the "others" gate."""
+    """z of the "others" gate (and of the "image" gate's detection)."""
+    gate_share: float = 0.1
+    """The "image" gate's share of an image's patches past the detection threshold, averaged over the steps so far,
+    that makes it the concept's ("image": edit at the paper's threshold on those images only)."""
     halves: str = "both"
     """The CFG half the edit changes: "both" (the paper) or "cond", the conditional half only, where the guidance
     scale multiplies the edit (so it takes a much smaller γ or β: README, "Every concept", item 13)."""
@@ -70,7 +74,7 @@ def make_recipe(cfg: RecipeConfig) -> Recipe:
     check_contrast(cfg.contrast)
     check_halves(cfg.halves)
     check_one_edit(cfg)
-    gate = Gate(cfg.gate, cfg.gate_sigmas).check()
+    gate = Gate(cfg.gate, cfg.gate_sigmas, cfg.gate_share).check()
     stats = ConceptStatistics.load(cfg.statistics)
     recipe = Recipe.from_statistics(
         stats,

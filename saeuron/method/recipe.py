@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from saeuron.atomic_files import save_tensors_and_json
-from saeuron.method.selection import PAPER_GATE, Gate, Rules, build_rules
+from saeuron.method.selection import PAPER_GATE, Gate, Rules, build_rules, detection_thresholds, kept_concepts
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.method.steering import Steer, Steering, build_steering
 
@@ -61,10 +61,16 @@ class Recipe:
     """The CFG half its edits change (:data:`HALVES`; older recipes: "both")."""
     gate: Gate = PAPER_GATE
     """Where its latents count as firing (``saeuron.method.selection.Gate``; older recipes: the paper's)."""
+    detect: torch.Tensor | None = None
+    """[T, F] with the "image" gate: the thresholds by which the edit tells an image that shows a forgotten concept,
+    at its selected latents (+inf elsewhere); None with the other gates."""
 
     def __post_init__(self) -> None:
         check_halves(self.halves)
-        self.gate.check()
+        if self.gate.check().kind == "image" and self.detect is None and len(self.selection()):
+            raise ValueError(
+                "a recipe with the 'image' gate needs its detection thresholds: build it with Recipe.from_statistics"
+            )
 
     @classmethod
     def from_statistics(
@@ -77,21 +83,30 @@ class Recipe:
         gate: Gate = PAPER_GATE,
     ) -> Recipe:
         """``params``: {concept: (percentile, edit)}, the edit a multiplier γ or a :class:`Steer`."""
-        rules = build_rules(stats, params, contrast, gate)
-        concepts = {c: edit_entry(p, e) for c, (p, e) in params.items()}
+        rules, steering = build_rules(stats, params, contrast, gate), build_steering(stats, params, contrast, gate)
+        detect = None
+        if gate.kind == "image":  # the detection reads the recipe's own latents only, scaled or steered
+            strict = detection_thresholds(stats, kept_concepts(stats, params), gate)
+            steps, latents = (
+                torch.cat([rules.timestep_index, steering.timestep_index]),
+                torch.cat([rules.latent, steering.latent]),
+            )
+            detect = torch.full_like(strict, float("inf"))
+            detect[steps, latents] = strict[steps, latents]
         return cls(
             stats.hookpoint,
             stats.sae_ref,
             stats.sae_fingerprint,
             base_model,
-            concepts,
+            {c: edit_entry(p, e) for c, (p, e) in params.items()},
             list(stats.timesteps),
             rules,
             stats.sae_inference,
             contrast,
-            build_steering(stats, params, contrast, gate),
+            steering,
             halves,
             gate,
+            detect,
         )
 
     def edit_of(self, concept: str) -> float | Steer:
@@ -138,6 +153,8 @@ class Recipe:
         }
         if self.steers():
             tensors.update(self.steering.tensors())
+        if self.detect is not None:
+            tensors["detect_threshold"] = self.detect
         meta = {
             "hookpoint": self.hookpoint,
             "sae_ref": self.sae_ref,
@@ -180,6 +197,7 @@ class Recipe:
             Steering.from_tensors(t),
             meta.get("halves", "both"),
             Gate(**meta.get("gate", {})),
+            t.get("detect_threshold"),
         )
 
 

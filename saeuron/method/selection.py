@@ -37,7 +37,7 @@ import torch
 from saeuron.method.statistics import ConceptStatistics
 
 CONTRASTS = ("mean", "max")
-GATES = ("mean", "others")
+GATES = ("mean", "others", "image")
 
 
 class Gate(NamedTuple):
@@ -45,21 +45,32 @@ class Gate(NamedTuple):
 
     kind: str = "mean"
     """"mean": the paper's, the latent's patch-averaged mean over all concepts; "others": above what it gives where it
-    fires on the concepts the recipe keeps."""
+    fires on the concepts the recipe keeps; "image": the paper's on the images that show the concept, none elsewhere
+    (an image shows it once the share of its patches past the "others" threshold, averaged over the steps so far,
+    reaches ``share``)."""
     sigmas: float = 1.0
-    """With "others": z, the threshold is their firing mean + z standard deviations."""
+    """With "others" and "image": z, the threshold is the kept concepts' firing mean + z standard deviations."""
+    share: float = 0.1
+    """With "image": the share of an image's patches, averaged over the steps so far, that makes it the concept's."""
 
     def check(self) -> Gate:
         if self.kind not in GATES:
             raise ValueError(
-                f"gate must be one of {GATES} (the paper's all-concept mean, or above the kept concepts' firing), got {self.kind!r}"
+                f"gate must be one of {GATES} (the paper's all-concept mean, above the kept concepts' firing, or the "
+                f"paper's on the images that show the concept), got {self.kind!r}"
             )
-        if self.kind == "others" and not self.sigmas >= 0:
+        if not self.sigmas >= 0:
             raise ValueError(
                 f"gate_sigmas is how many standard deviations above the kept concepts' firing mean (>= 0), got {self.sigmas}"
             )
         if self.kind == "mean" and self.sigmas != Gate().sigmas:
-            raise ValueError(f"gate_sigmas {self.sigmas:g} applies to the 'others' gate only: add gate: others, or drop it")
+            raise ValueError(
+                f"gate_sigmas {self.sigmas:g} applies to the 'others' and 'image' gates only: set the gate, or drop it"
+            )
+        if not 0 < self.share <= 1:
+            raise ValueError(f"gate_share is a share of an image's patches in (0, 1], got {self.share}")
+        if self.kind != "image" and self.share != Gate().share:
+            raise ValueError(f"gate_share {self.share:g} applies to the 'image' gate only: add gate: image, or drop it")
         return self
 
 
@@ -68,14 +79,20 @@ PAPER_GATE = Gate()
 
 
 def gate_thresholds(stats: ConceptStatistics, kept: list[int], gate: Gate = PAPER_GATE) -> torch.Tensor:
-    """[T, F] mask thresholds of a concept whose recipe keeps the concepts ``kept`` (statistics indices)."""
+    """[T, F] mask thresholds of a concept whose recipe keeps the concepts ``kept`` (statistics indices): the edit's
+    (the "image" gate edits at the paper's, on the images :func:`detection_thresholds` finds)."""
     means = stats.means()
     paper = means.mean(0)  # [T, F]: over all concepts, target included
-    if gate.check().kind == "mean" or not kept:
+    if gate.check().kind != "others" or not kept:
         return paper
     firing_mean, spread = stats.firing_moments()
     bar = (firing_mean[kept] + gate.sigmas * spread[kept]).amax(0)
     return torch.maximum(paper, bar)
+
+
+def detection_thresholds(stats: ConceptStatistics, kept: list[int], gate: Gate) -> torch.Tensor:
+    """[T, F] thresholds by which the "image" gate tells an image that shows the concept: the "others" gate's."""
+    return gate_thresholds(stats, kept, Gate("others", gate.sigmas))
 
 
 def check_contrast(contrast: str) -> str:

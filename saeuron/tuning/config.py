@@ -70,9 +70,12 @@ class SearchOptions:
     gate: str = "mean"
     """Where a selected latent counts as firing (``saeuron.method.selection.Gate``): "mean", the paper's (its patch-
     averaged mean over all concepts: nearly wherever it is active, the kept concepts' patches included), or "others"
-    (above its mean + ``gate_sigmas`` standard deviations where it fires on the kept concepts' patches)."""
+    (above its mean + ``gate_sigmas`` standard deviations where it fires on the kept concepts' patches), or "image" (the
+    paper's, on the images that show the concept: ``saeuron.method.detection``)."""
     gate_sigmas: float = 1.0
-    """z of the "others" gate."""
+    """z of the "others" gate (and of the "image" gate's detection)."""
+    gate_share: float = 0.1
+    """The "image" gate's share of an image's patches, averaged over the steps so far, that makes it the concept's."""
     objective: str = "ua_ira"
     """What a trial is ranked by: "ua_ira" = (UA + IRA) / 2 (the reference), "ua_ira_cra" = (UA + IRA + CRA) / 3, or
     "ua_ira_cra_own" = (UA + mean(IRA, CRA, CRA-own)) / 2, which also scores a style's objects on its own images."""
@@ -145,7 +148,7 @@ class SearchConfig(SearchOptions, WithResources, WithJudge, WithEdit, WithSampli
 def grid_of(cfg: SearchConfig, kind: str = "object") -> tuple[list[float], list[float]]:
     """The (percentiles, multipliers) searched for concepts of ``kind`` (and the search's contrast, objective, retain
     floor and error mode checked: the reference's error mode runs the paper's edit only)."""
-    check_contrast(cfg.contrast), check_objective(cfg.objective), Gate(cfg.gate, cfg.gate_sigmas).check()
+    check_contrast(cfg.contrast), check_objective(cfg.objective), Gate(cfg.gate, cfg.gate_sigmas, cfg.gate_share).check()
     one_half = cfg.cond_multipliers or cfg.cond_strengths
     if cfg.edit.error_mode == "reference" and (cfg.anchors or one_half):
         raise ValueError(

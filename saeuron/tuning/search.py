@@ -98,7 +98,7 @@ def run_concept_search(
             "sampling": [cfg.sampling.num_inference_steps, cfg.sampling.guidance_scale, cfg.edit.error_mode],
             **{k: v for k, v in (("contrast", cfg.contrast), ("objective", cfg.objective)) if v not in ("mean", "ua_ira")},
             **{k: v for k, v in (("min_retain", cfg.min_retain), ("max_drift", cfg.max_drift)) if v},
-            **({"gate": [cfg.gate, cfg.gate_sigmas]} if cfg.gate != "mean" else {}),
+            **({"gate": [cfg.gate, cfg.gate_sigmas, cfg.gate_share]} if cfg.gate != "mean" else {}),
         },
         sort_keys=True,
         default=str,
@@ -243,7 +243,7 @@ def search(cfg: SearchConfig) -> SearchResult:
         judge=asdict(cfg.judge),
         base_model=base_model,
         contrast=cfg.contrast,
-        gate=[cfg.gate, cfg.gate_sigmas],
+        gate=[cfg.gate, cfg.gate_sigmas, cfg.gate_share],
         objective=cfg.objective,
         min_retain=cfg.min_retain,
         max_drift=cfg.max_drift,
@@ -273,7 +273,7 @@ def search(cfg: SearchConfig) -> SearchResult:
             result = choose_block(per_block, cfg.min_retain, cfg.max_drift)
             results.append(result)
             params = {concept: (result.percentile, result.edit)}
-            stats, gate = ConceptStatistics.load(result.statistics), Gate(cfg.gate, cfg.gate_sigmas)
+            stats, gate = ConceptStatistics.load(result.statistics), Gate(cfg.gate, cfg.gate_sigmas, cfg.gate_share)
             Recipe.from_statistics(stats, params, base_model, cfg.contrast, result.halves, gate).save(out / "recipes" / concept)
             by_block = ", ".join(f"{h} {o:.3f}" for h, o in result.blocks.items())
             where = f" at {result.hookpoint} (objective by block: {by_block})"

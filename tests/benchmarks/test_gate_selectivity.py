@@ -32,7 +32,7 @@ def test_a_bad_gate_or_statistics_without_firing_moments_are_refused_before_samp
 def test_the_others_gate_lets_through_fewer_kept_patches_than_the_papers(style_sae, style_statistics, tmp_path):
     done = run(
         "--sae", str(style_sae), "--statistics", str(style_statistics), "--concepts", "Neon_Glow",
-        "--gates", "mean", "others:1", "--json", str(tmp_path / "shares.json"), "--out", str(tmp_path / "shares.png"),
+        "--gates", "mean", "others:1", "image:1:0.1", "--json", str(tmp_path / "shares.json"), "--out", str(tmp_path / "shares.png"),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     shares = json.loads((tmp_path / "shares.json").read_text())["shares"]
@@ -45,4 +45,9 @@ def test_the_others_gate_lets_through_fewer_kept_patches_than_the_papers(style_s
         0.087, abs=0.003
     )
     assert "Neon_Glow          others 1σ       own 0.742" in done.stdout
+    # The image gate edits Neon_Glow's images as the paper's does (0.880 of 0.882) and, of the kept styles, only some
+    # of Thick_Outline's images (0.31 of its patches); every other kept style's are left alone.
+    image = shares["Neon_Glow, image 1σ 0.1"]
+    assert image["Neon_Glow"] == pytest.approx(0.880, abs=0.003) and image["Thick_Outline"] == pytest.approx(0.3125, abs=0.003)
+    assert all(v == 0 for c, v in image.items() if c not in ("Neon_Glow", "Thick_Outline"))
     assert (tmp_path / "shares.png").stat().st_size > 10_000

@@ -63,7 +63,7 @@ def test_the_gate_travels_with_the_recipe_and_the_papers_recipe_file_is_unchange
     assert "gate" not in json.loads((tmp_path / "paper" / "recipe.json").read_text())
     assert Recipe.load(tmp_path / "paper").gate == Gate()
     Recipe.from_statistics(stats, {"c0": (70, -1.0)}, "base", "max", gate=Gate("others", 0.5)).save(tmp_path / "gated")
-    assert json.loads((tmp_path / "gated" / "recipe.json").read_text())["gate"] == {"kind": "others", "sigmas": 0.5}
+    assert json.loads((tmp_path / "gated" / "recipe.json").read_text())["gate"] == {"kind": "others", "sigmas": 0.5, "share": 0.1}
     assert Recipe.load(tmp_path / "gated").gate == Gate("others", 0.5)
 
 
@@ -72,7 +72,7 @@ def test_bad_gates_and_statistics_without_firing_moments_are_refused(tmp_path):
         Gate("median").check()
     with pytest.raises(ValueError, match=">= 0"):
         Gate("others", -1.0).check()
-    with pytest.raises(ValueError, match="applies to the 'others' gate only"):
+    with pytest.raises(ValueError, match="applies to the .others. and .image. gates only"):
         Gate("mean", 2.0).check()
     stats = firing_stats()
     stats.save(tmp_path / "new")

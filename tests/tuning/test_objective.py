@@ -26,7 +26,7 @@ def test_an_unknown_objective_or_contrast_is_refused_before_the_search_starts():
         grid_of(build_config(SearchConfig, min_retain=95))
     with pytest.raises(ValueError, match="gate must be one of"):
         grid_of(build_config(SearchConfig, gate="median"))
-    with pytest.raises(ValueError, match="gate_sigmas 2 applies to the 'others' gate only"):
+    with pytest.raises(ValueError, match="gate_sigmas 2 applies to the 'others' and 'image' gates only"):
         grid_of(build_config(SearchConfig, gate_sigmas=2.0))
     assert grid_of(build_config(SearchConfig, objective="ua_ira_cra", contrast="max"), "style")[0] == [97.0, 98.0, 99.0, 99.5]
 
