@@ -26,6 +26,7 @@ from saeuron.cluster.registry import load_sae
 from saeuron.diffusion.hooks import HookedPipeline
 from saeuron.diffusion.pipeline import load_pipeline
 from saeuron.evaluation.report import table_heatmap
+from saeuron.method.detection import ImageDetector
 from saeuron.method.selection import Gate, detection_thresholds, gate_thresholds, importance_scores, selected_latents
 from saeuron.method.statistics import ConceptStatistics
 
@@ -91,10 +92,13 @@ def gated_shares(stats, codes, concept: str, percentile: float, contrast: str, g
     for other, (acts, indices) in codes.items():
         steps = torch.arange(acts.shape[1])[None, :, None, None]
         passing = (acts > table[steps, indices]).any(-1)  # [B, T, P]
-        if detect is not None:  # as saeuron.method.detection: the mean share so far, sticky
-            strict = (acts > detect[steps, indices]).any(-1).float().mean(2)  # [B, T]
-            running = strict.cumsum(1) / torch.arange(1, strict.shape[1] + 1)
-            passing = passing & (running >= gate.share).cummax(1).values[..., None]
+        if detect is not None:  # the edit's own detector, fed the generation step by step
+            detector, count = ImageDetector(detect, gate.share), acts.shape[1]
+            shown = [
+                detector(acts[:, t].flatten(0, 1), indices[:, t].flatten(0, 1), len(acts), 0, timestep=count - t, index=t)
+                for t in range(count)
+            ]
+            passing = passing & torch.stack(shown, 1)[..., None]
         shares[other] = float(passing.float().mean())
     return shares
 

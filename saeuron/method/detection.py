@@ -50,7 +50,7 @@ class ImageDetector:
         self._steps += 1
         self._detected |= self._sum / self._steps >= self.share
         if rows == images:
-            return self._detected
+            return self._detected.clone()  # the state changes in place at the next call
         if rows != 2 * images:
             raise ValueError(
                 f"the image gate reads a batch as its unconditional rows then as many conditional ones; got {rows} rows with {num_uncond} unconditional"

@@ -27,9 +27,11 @@ def code(values_per_image: list[list[float]]):
 def test_an_image_shows_the_concept_once_its_mean_share_reaches_the_gates_and_keeps_showing_it():
     detector = ImageDetector(torch.tensor([[1.0, float("inf")], [1.0, float("inf")]]), share=0.3)
     # Step 1: image 0 passes on 2 of 4 patches (0.5), image 1 on none.
-    assert detector(*code([[2, 2, 0, 0], [0, 0, 0, 0]]), 2, 0, timestep=901, index=0).tolist() == [True, False]
+    first = detector(*code([[2, 2, 0, 0], [0, 0, 0, 0]]), 2, 0, timestep=901, index=0)
+    assert first.tolist() == [True, False]
     # Step 2: image 1 on 3 of 4 (mean 0.375: found), image 0 on none (mean 0.25, but found already: it stays).
     assert detector(*code([[0, 0, 0, 0], [2, 2, 2, 0]]), 2, 0, timestep=451, index=1).tolist() == [True, True]
+    assert first.tolist() == [True, False]  # what a call returned is its own, not the detector's changing state
     # A higher timestep starts a new generation; with CFG the unconditional rows follow their image's conditional row.
     cfg = detector(*code([[2, 2, 2, 2], [0, 0, 0, 0], [0, 0, 0, 0], [2, 2, 0, 0]]), 4, 2, timestep=901, index=0)
     assert cfg.tolist() == [False, True, False, True] and detector.detected.tolist() == [False, True]
