@@ -118,12 +118,7 @@ class StatisticsActor:
                 out["count"].append(int(members.sum()))
                 for name, values in moments._asdict().items():
                     sums[name].append(values[members, t].double().sum(0).cpu().numpy())
-        columns = {COLUMNS[name]: ArrowTensorArray.from_numpy(np.stack(v)) for name, v in sums.items()}
-        return pa.table({**out, **columns})
-
-
-COLUMNS = {"mean": "sum", "fires": "fires", "squares": "squares"}
-"""The actors' table column of each :class:`PatchMoments` field's sum over a batch's prompts."""
+        return pa.table({**out, **{name: ArrowTensorArray.from_numpy(np.stack(v)) for name, v in sums.items()}})
 
 
 def concept_of(row: PromptRow | dict, kind: str) -> str:
@@ -204,7 +199,7 @@ def gather(cfg: GatherConfig) -> ConceptStatistics:
                 sae.inference_mode,
                 [r.seed for r in rows],
             )
-        sums, fires, squares = (part.column(COLUMNS[name]).to_numpy(zero_copy_only=False) for name in PatchMoments._fields)
+        sums, fires, squares = (part.column(name).to_numpy(zero_copy_only=False) for name in PatchMoments._fields)
         for concept, timestep, count, latent_sum, fired, squared in zip(
             part.column("concept").to_pylist(),
             part.column("timestep").to_pylist(),
