@@ -10,6 +10,10 @@ from saeuron.benchmarks.prompts import UNSTYLED
 # Measured on the fixture collection (64 prompts, 10 steps), 2 statistics prompts per concept:
 # (rules whose latent takes at least as large a share of the unstyled images' activation as of the
 # style's, without and with the reference; rules without and with it) at (97, -1), contrast "max".
+# The fixture SAE is trained in the test session, and CPUs with other float kernels train another one:
+# these are the earlier CI machine's figures; an AMD EPYC gives 0.1114 for the gap and rule counts within 3
+# (Diagonal_Stripes (6, 0, 104, 98), Thick_Outline (0, 0, 136, 136)). What the test claims does not move:
+# with the reference, no style keeps a rule whose latent the unstyled images use as much.
 MEASURED_SHARED = {
     "Diagonal_Stripes": (6, 0, 106, 100),
     "Polka_Dots": (9, 0, 103, 94),
@@ -23,6 +27,7 @@ MEASURED_SHARED = {
     "Mosaic_Tiles": (7, 0, 176, 173),
 }
 MEASURED_GAP = 0.1157
+ACROSS_MACHINES = {"gap": 0.006, "rules": 4}
 
 
 def test_the_unstyled_reference_adds_each_objects_first_caption_after_the_styled_rows():
@@ -66,7 +71,7 @@ def test_gathered_unstyled_reference_is_a_concept_and_leaves_the_styles_alone(st
     torch.testing.assert_close(with_none.means()[:-1], plain.means(), atol=1e-5, rtol=1e-5)
     # The unstyled images use the style block differently from any one style (largest gap in a latent's mean)...
     gap = (with_none.means()[-1:] - with_none.means()[:-1]).abs().amax(-1).min()
-    assert round(float(gap), 4) == MEASURED_GAP
+    assert float(gap) == pytest.approx(MEASURED_GAP, abs=ACROSS_MACHINES["gap"])
     # ...and with contrast "max" a latent that takes as large a share of the unstyled images' activation
     # as of the style's is no longer taken for the style's.
     shares = with_none.means() / with_none.means().sum(-1, keepdim=True)
@@ -85,4 +90,7 @@ def test_gathered_unstyled_reference_is_a_concept_and_leaves_the_styles_alone(st
             len(rules_plain),
             len(rules_none),
         )
-    assert shared == MEASURED_SHARED
+    assert {style: counts[1] for style, counts in shared.items()} == dict.fromkeys(styles, 0)
+    assert sum(counts[0] for counts in shared.values()) > 0  # without it, some styles do keep such rules
+    for style, counts in shared.items():
+        assert counts == pytest.approx(MEASURED_SHARED[style], abs=ACROSS_MACHINES["rules"]), style

@@ -286,8 +286,10 @@ def test_the_search_chooses_steering_where_it_keeps_a_styles_objects(unstyled_re
     (checkerboard,) = result.concepts
     # Measured here (22 tuning prompts, p 97, contrast max): the paper's γ −5 loses Checkerboard's objects on its own
     # images, steering toward the unstyled rendering keeps them (as on the evaluation grid, README "Every concept").
-    scores = {t["edit"]: round(t["objective"], 3) for t in checkerboard.trials}
-    assert scores == {"γ -5": 0.792, "→none β5": 0.896}
+    # Steering's 0.896 was measured on the earlier CI machine; an AMD EPYC's fixture SAE (other float kernels) gives 0.917.
+    scores = {t["edit"]: t["objective"] for t in checkerboard.trials}
+    assert scores == {"γ -5": pytest.approx(0.792, abs=1e-3), "→none β5": pytest.approx(0.896, abs=0.025)}
+    assert scores["→none β5"] - scores["γ -5"] > 0.1
     assert checkerboard.edit == Steer("none", 5.0) and checkerboard.multiplier == 0.0
     recipe = Recipe.load(result.recipes_dir / "Checkerboard")
     assert recipe.edit_of("Checkerboard") == Steer("none", 5.0) and len(recipe.rules) == 0 and len(recipe.steering) > 0
