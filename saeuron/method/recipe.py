@@ -221,13 +221,28 @@ def halves_from_entry(entry: dict) -> str:
     return check_halves(entry.get("halves", "both"))
 
 
-def edit_label(edit: float | Steer, halves: str = "both") -> str:
-    """Short: "γ -2", "→none β5" or, on the conditional half only, "γ -0.25 cond" (heat maps, logs, tables)."""
+def gate_from_entry(entry: dict, sigmas: float = PAPER_GATE.sigmas, share: float = PAPER_GATE.share) -> Gate:
+    """The gate a search trial's edit runs under (the paper's unless it says otherwise), with the search's z and
+    share where that gate uses them."""
+    kind = entry.get("gate", PAPER_GATE.kind)
+    if kind == PAPER_GATE.kind:
+        return PAPER_GATE
+    return Gate(kind, sigmas, share if kind == "image" else PAPER_GATE.share).check()
+
+
+def entry_label(entry: dict) -> str:
+    """A search trial's edit entry as :func:`edit_label` names it."""
+    return edit_label(edit_from_entry(entry), halves_from_entry(entry), entry.get("gate", PAPER_GATE.kind))
+
+
+def edit_label(edit: float | Steer, halves: str = "both", gate: str = PAPER_GATE.kind) -> str:
+    """Short: "γ -2", "→none β5", on the conditional half only "γ -0.25 cond", and under a gate other than the
+    paper's "γ -1 cond image" (heat maps, logs, tables)."""
     if isinstance(edit, Steer):
         label = f"→{edit.anchor} β{edit.strength:g}" + ("" if edit.where == "fires" else f" {edit.where}")
     else:
         label = f"γ {edit:g}"
-    return label + ("" if halves == "both" else f" {halves}")
+    return label + ("" if halves == "both" else f" {halves}") + ("" if gate == PAPER_GATE.kind else f" {gate}")
 
 
 def resolve_recipe_folders(refs: list[str], tracking_uri: str | None = None) -> list[str]:

@@ -63,6 +63,8 @@ class ConceptResult(NamedTuple):
     """The CFG half the chosen edit changes (``saeuron.method.recipe.HALVES``)."""
     drift: float | None = None
     """The chosen trial's mean pixel change of the kept concepts' tuning images (``saeuron.evaluation.drift``)."""
+    gate: str = "mean"
+    """The gate the chosen edit runs under (``search.gate``; its z and share are the search's)."""
 
     @property
     def edit(self) -> float | Steer:
@@ -70,8 +72,8 @@ class ConceptResult(NamedTuple):
 
     @property
     def label(self) -> str:
-        """The chosen edit as heat maps and tables name it ("γ -2", "→none β5", "γ -0.25 cond")."""
-        return edit_label(self.edit, self.halves)
+        """The chosen edit as heat maps and tables name it ("γ -2", "→none β5", "γ -0.25 cond", "γ -1 cond image")."""
+        return edit_label(self.edit, self.halves, self.gate)
 
 
 def search_targets(cfg: Any, benchmark: Benchmark) -> dict[str, list[SearchTarget]]:
@@ -197,15 +199,16 @@ def choose(trials: list[dict[str, Any]], budget: int, min_retain: float = 0.0, m
     ``min_retain`` and their kept images' drift at ``max_drift`` (among all of them when none does: the choice is
     still made, and its scores say what it cost);
     ties go to the graded objective, then the higher percentile, then the paper's scaling edit before steering, then
-    an edit of both CFG halves (the paper's) before one of the conditional half, then the smaller edit (the
-    multiplier closer to zero, the lower strength)."""
+    an edit of both CFG halves (the paper's) before one of the conditional half, then the paper's gate before
+    another, then the smaller edit (the multiplier closer to zero, the lower strength)."""
     full = [t for t in trials if t["prompts"] >= budget]
     if not full:
         raise RuntimeError("no trial scored every tuning prompt; see the Tune experiment's errors")
 
-    def size(t: dict[str, Any]) -> tuple[bool, bool, float]:
+    def size(t: dict[str, Any]) -> tuple[bool, bool, bool, float]:
         steered = t.get("multiplier") is None
-        return steered, t.get("halves", "both") != "both", t["strength"] if steered else -t["multiplier"]
+        one_half, gated = t.get("halves", "both") != "both", t.get("gate", "mean") != "mean"
+        return steered, one_half, gated, t["strength"] if steered else -t["multiplier"]
 
     def rank(t: dict[str, Any]) -> tuple:
         return (not retains(t, min_retain, max_drift), -t["objective"], -t.get("objective_soft", 0.0), -t["percentile"], *size(t))

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from saeuron.benchmarks import Benchmark, get_benchmark
-from saeuron.method.selection import Gate, check_contrast
+from saeuron.method.recipe import gate_from_entry
+from saeuron.method.selection import PAPER_GATE, Gate, check_contrast
 from saeuron.sections import WithEdit, WithJudge, WithModel, WithResources, WithSampling, WithTracking
 from saeuron.storage import Location
 
@@ -67,11 +68,13 @@ class SearchOptions:
     contrast: str = "mean"
     """How latents are scored against the other concepts: "mean" of theirs (the paper) or "max" (a latent must fire
     more, for its share, for the concept than for every other one: MiniCanvas's styles need it, README)."""
-    gate: str = "mean"
-    """Where a selected latent counts as firing (``saeuron.method.selection.Gate``): "mean", the paper's (its patch-
-    averaged mean over all concepts: nearly wherever it is active, the kept concepts' patches included), or "others"
-    (above its mean + ``gate_sigmas`` standard deviations where it fires on the kept concepts' patches), or "image" (the
-    paper's, on the images that show the concept: ``saeuron.method.detection``)."""
+    gate: list[str] = field(default_factory=lambda: [PAPER_GATE.kind])
+    """The gates searched (``saeuron.method.selection.Gate``), each with every edit of the grid: a concept keeps the
+    gate of the trial it chooses. "mean", the paper's (a latent's patch-averaged mean over all concepts: nearly
+    wherever it is active, the kept concepts' patches included); "others" (above its mean + ``gate_sigmas`` standard
+    deviations where it fires on the kept concepts' patches); "image" (the paper's, on the images that show the
+    concept: ``saeuron.method.detection``). ``[mean, image]``: per concept, whichever serves it (README, "Every
+    concept", item 19)."""
     gate_sigmas: float = 1.0
     """z of the "others" gate (and of the "image" gate's detection)."""
     gate_share: float = 0.1
@@ -148,7 +151,7 @@ class SearchConfig(SearchOptions, WithResources, WithJudge, WithEdit, WithSampli
 def grid_of(cfg: SearchConfig, kind: str = "object") -> tuple[list[float], list[float]]:
     """The (percentiles, multipliers) searched for concepts of ``kind`` (and the search's contrast, objective, retain
     floor and error mode checked: the reference's error mode runs the paper's edit only)."""
-    check_contrast(cfg.contrast), check_objective(cfg.objective), Gate(cfg.gate, cfg.gate_sigmas, cfg.gate_share).check()
+    check_contrast(cfg.contrast), check_objective(cfg.objective), gates_of(cfg)
     one_half = cfg.cond_multipliers or cfg.cond_strengths
     if cfg.edit.error_mode == "reference" and (cfg.anchors or one_half):
         raise ValueError(
@@ -171,9 +174,29 @@ def grid_of(cfg: SearchConfig, kind: str = "object") -> tuple[list[float], list[
     return [float(p) for p in percentiles], [float(g) for g in multipliers]
 
 
+def gates_of(cfg: SearchOptions) -> list[Gate]:
+    """The gates the search runs every edit under, checked: each named once, and ``gate_sigmas`` / ``gate_share``
+    refused where no gate searched uses them."""
+    if not cfg.gate or len(set(cfg.gate)) < len(cfg.gate):
+        raise ValueError(f"search.gate lists the gates searched, each once (e.g. [mean, image]), got {cfg.gate}")
+    gates = [gate_from_entry({"gate": g}, cfg.gate_sigmas, cfg.gate_share) for g in cfg.gate]
+    if cfg.gate_sigmas != PAPER_GATE.sigmas and all(g == PAPER_GATE for g in gates):
+        raise ValueError(
+            f"search.gate_sigmas {cfg.gate_sigmas:g} applies to the 'others' and 'image' gates, and the search runs "
+            f"{cfg.gate}: add one of them to search.gate, or drop gate_sigmas"
+        )
+    if cfg.gate_share != PAPER_GATE.share and "image" not in cfg.gate:
+        raise ValueError(
+            f"search.gate_share {cfg.gate_share:g} applies to the 'image' gate, and the search runs {cfg.gate}: add "
+            f"image to search.gate, or drop gate_share"
+        )
+    return gates
+
+
 def edits_of(cfg: SearchConfig, kind: str, anchors: tuple[str, ...] = ()) -> list[dict]:
     """The edits searched for a concept of ``kind`` whose statistics know ``anchors`` (itself excluded): every
-    multiplier, then every (anchor, strength), then the same on the conditional CFG half only."""
+    multiplier, then every (anchor, strength), then the same on the conditional CFG half only; under each gate of
+    ``search.gate`` in turn (an entry names its gate when it is not the paper's)."""
     _, multipliers = grid_of(cfg, kind)
     if any(g >= 0 for g in cfg.cond_multipliers):
         raise ValueError(f"cond_multipliers must be negative (γ < 0 suppresses a concept), got {cfg.cond_multipliers}")
@@ -181,9 +204,11 @@ def edits_of(cfg: SearchConfig, kind: str, anchors: tuple[str, ...] = ()) -> lis
         if anchors and not all(b > 0 for b in getattr(cfg, name)):
             raise ValueError(f"steering {name} must be positive (toward the anchor), got {getattr(cfg, name)}")
     cond = {"halves": "cond"}
-    return (
+    edits = (
         [{"multiplier": g} for g in multipliers]
         + [{"anchor": a, "strength": float(b)} for a in anchors for b in cfg.strengths]
         + [{"multiplier": float(g), **cond} for g in cfg.cond_multipliers]
         + [{"anchor": a, "strength": float(b), **cond} for a in anchors for b in cfg.cond_strengths]
     )
+    gates = [{} if gate == PAPER_GATE else {"gate": gate.kind} for gate in gates_of(cfg)]
+    return [{**edit, **gate} for gate in gates for edit in edits]

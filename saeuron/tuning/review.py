@@ -66,7 +66,7 @@ def searched_choice(result: dict[str, Any]) -> dict[str, Any]:
     edit = Steer(result["anchor"], result["strength"]) if result.get("anchor") else result["multiplier"]
     return {
         "percentile": result["percentile"],
-        "edit": edit_label(edit, result.get("halves", "both")),
+        "edit": edit_label(edit, result.get("halves", "both"), result.get("gate", "mean")),
         "hookpoint": result.get("hookpoint", ""),
     }
 

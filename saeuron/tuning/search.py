@@ -34,15 +34,15 @@ from saeuron.atomic_files import write_text_atomic
 from saeuron.cluster.placement import unit_resources
 from saeuron.console import logger, tune_verbosity
 from saeuron.diffusion.pipeline import check_sampler
-from saeuron.method.recipe import Recipe, edit_from_entry, edit_label, halves_from_entry
-from saeuron.method.selection import Gate
+from saeuron.method.recipe import Recipe, entry_label, gate_from_entry
+from saeuron.method.selection import PAPER_GATE
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.storage import check_writable, holding_lease
 from saeuron.storage.mirror import mirror_path, push
 from saeuron.tuning.choice import ConceptResult, SearchTarget, choose, choose_block, retains, search_targets
 from saeuron.tuning.config import SCHEDULERS, SearchConfig, edits_of, grid_of
 from saeuron.tuning.prompts import search_prompts
-from saeuron.tuning.trial import tuning_trial
+from saeuron.tuning.trial import trial_record, tuning_trial
 
 
 class SearchResult(NamedTuple):
@@ -98,7 +98,7 @@ def run_concept_search(
             "sampling": [cfg.sampling.num_inference_steps, cfg.sampling.guidance_scale, cfg.edit.error_mode],
             **{k: v for k, v in (("contrast", cfg.contrast), ("objective", cfg.objective)) if v not in ("mean", "ua_ira")},
             **{k: v for k, v in (("min_retain", cfg.min_retain), ("max_drift", cfg.max_drift)) if v},
-            **({"gate": [cfg.gate, cfg.gate_sigmas, cfg.gate_share]} if cfg.gate != "mean" else {}),
+            **({"gate": [cfg.gate_sigmas, cfg.gate_share]} if cfg.gate != [PAPER_GATE.kind] else {}),
         },
         sort_keys=True,
         default=str,
@@ -155,24 +155,11 @@ def run_concept_search(
     grid = tuner.fit()
     if grid.errors:  # a trial that failed more than max_failures times: its numbers are partial
         raise RuntimeError(f"{len(grid.errors)} trials of {target.experiment} failed for good (see {path.uri}): {grid.errors[0]}")
-    trials = []
-    for result in grid:
-        if result.metrics is None or "objective" not in result.metrics:
-            continue
-        m, edit = result.metrics, result.config["edit"]
-        trials.append(
-            {
-                "percentile": result.config["percentile"],
-                "edit": edit_label(edit_from_entry(edit), halves_from_entry(edit)),
-                "multiplier": edit.get("multiplier"),
-                "anchor": edit.get("anchor", ""),
-                "strength": edit.get("strength", 0.0),
-                "halves": halves_from_entry(edit),
-                **{k: float(m[k]) for k in ("objective", "objective_soft", "ua", "ira", "cra", "cra_own", "drift") if k in m},
-                "prompts": int(m["prompts"]),
-                "hookpoint": target.hookpoint,
-            }
-        )
+    trials = [
+        trial_record(result.config, result.metrics, target.hookpoint)
+        for result in grid
+        if result.metrics is not None and "objective" in result.metrics
+    ]
     errors = [str(e) for e in grid.errors]
     if len(trials) < len(percentiles) * len(edits):
         raise RuntimeError(
@@ -206,6 +193,7 @@ def run_concept_search(
         best.get("cra_own"),
         best["halves"],
         best.get("drift"),
+        best["gate"],
     )
 
 
@@ -243,7 +231,8 @@ def search(cfg: SearchConfig) -> SearchResult:
         judge=asdict(cfg.judge),
         base_model=base_model,
         contrast=cfg.contrast,
-        gate=[cfg.gate, cfg.gate_sigmas, cfg.gate_share],
+        gate_sigmas=cfg.gate_sigmas,
+        gate_share=cfg.gate_share,
         objective=cfg.objective,
         min_retain=cfg.min_retain,
         max_drift=cfg.max_drift,
@@ -268,12 +257,13 @@ def search(cfg: SearchConfig) -> SearchResult:
             per_block = [run_concept_search(cfg, target, setup, run.info.run_id, tracking_uri) for target in blocks]
             for target, at_block in zip(blocks, per_block):
                 heatmaps.append(out / f"heatmap_{target.experiment}.png")
-                edits = [edit_label(edit_from_entry(e), halves_from_entry(e)) for e in edits_of(cfg, target.kind, target.anchors)]
+                edits = [entry_label(e) for e in edits_of(cfg, target.kind, target.anchors)]
                 objective_heatmap(at_block, grid_of(cfg, target.kind)[0], edits, heatmaps[-1])
             result = choose_block(per_block, cfg.min_retain, cfg.max_drift)
             results.append(result)
             params = {concept: (result.percentile, result.edit)}
-            stats, gate = ConceptStatistics.load(result.statistics), Gate(cfg.gate, cfg.gate_sigmas, cfg.gate_share)
+            gate = gate_from_entry(result._asdict(), cfg.gate_sigmas, cfg.gate_share)
+            stats = ConceptStatistics.load(result.statistics)
             Recipe.from_statistics(stats, params, base_model, cfg.contrast, result.halves, gate).save(out / "recipes" / concept)
             by_block = ", ".join(f"{h} {o:.3f}" for h, o in result.blocks.items())
             where = f" at {result.hookpoint} (objective by block: {by_block})"
@@ -288,7 +278,7 @@ def search(cfg: SearchConfig) -> SearchResult:
         summary = {r.concept: r._asdict() for r in results}
         write_text_atomic(out / "search.json", json.dumps(summary, indent=2))
         for r in results:
-            chosen = ("percentile", "multiplier", "hookpoint", "halves") + (("anchor", "strength") if r.anchor else ())
+            chosen = ("percentile", "multiplier", "hookpoint", "halves", "gate") + (("anchor", "strength") if r.anchor else ())
             mlflow.log_params({f"{r.concept}.{k}": getattr(r, k) for k in chosen})
             measured = ("objective", "ua", "ira", "cra", "generations") + (("drift",) if r.drift is not None else ())
             mlflow.log_metrics({f"{r.concept}.{k}": getattr(r, k) for k in measured})

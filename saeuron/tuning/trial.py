@@ -18,7 +18,8 @@ import torch
 from saeuron.benchmarks import get_benchmark
 from saeuron.evaluation.drift import image_drift, kept_rows, mean_drift
 from saeuron.evaluation.metrics import forgetting_scores, retain_image_counts
-from saeuron.method.selection import Gate
+from saeuron.method.recipe import Recipe, edit_from_entry, entry_label, gate_from_entry, halves_from_entry
+from saeuron.method.selection import PAPER_GATE
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.sections import JudgeConfig
 from saeuron.tuning.choice import may_retain, may_stay_within, retains
@@ -43,7 +44,6 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     from saeuron.cluster.actor_pool import load_pipeline_in_actor
     from saeuron.cluster.registry import load_sae
     from saeuron.diffusion.hooks import HookedPipeline
-    from saeuron.method.recipe import Recipe, edit_from_entry, halves_from_entry
     from saeuron.method.unlearned_pipeline import UnlearnedPipeline
 
     pipe, device, dtype = _cached(
@@ -69,7 +69,8 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     )
     params = {concept: (config["percentile"], edit_from_entry(config["edit"]))}
     halves = halves_from_entry(config["edit"])
-    recipe = Recipe.from_statistics(stats, params, setup["base_model"], setup["contrast"], halves, Gate(*setup["gate"]))
+    gate = gate_from_entry(config["edit"], setup["gate_sigmas"], setup["gate_share"])
+    recipe = Recipe.from_statistics(stats, params, setup["base_model"], setup["contrast"], halves, gate)
     generator = UnlearnedPipeline.from_recipe(pipe, sae, recipe, setup["base_model"], setup["error_mode"])
     rows = setup["prompts"][concept]
     sampling = dict(num_inference_steps=setup["num_inference_steps"], guidance_scale=setup["guidance_scale"])
@@ -112,6 +113,24 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "judged.json").write_text(json.dumps(judged))
             ray.tune.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+
+def trial_record(config: dict[str, Any], metrics: dict[str, Any], hookpoint: str) -> dict[str, Any]:
+    """A finished trial as the search keeps it (``ConceptResult.trials``, ``search.json``): its (p, edit), by label
+    and by part, and its last report."""
+    edit = config["edit"]
+    return {
+        "percentile": config["percentile"],
+        "edit": entry_label(edit),
+        "multiplier": edit.get("multiplier"),
+        "anchor": edit.get("anchor", ""),
+        "strength": edit.get("strength", 0.0),
+        "halves": halves_from_entry(edit),
+        "gate": edit.get("gate", PAPER_GATE.kind),
+        **{k: float(metrics[k]) for k in ("objective", "objective_soft", "ua", "ira", "cra", "cra_own", "drift") if k in metrics},
+        "prompts": int(metrics["prompts"]),
+        "hookpoint": hookpoint,
+    }
 
 
 def _uint8(images: torch.Tensor) -> torch.Tensor:

@@ -124,6 +124,12 @@ def test_a_tie_prefers_the_papers_scaling_edit_on_both_halves_then_the_smaller_o
     assert choose([cond, scale], 88) is scale and choose([cond, steer3], 88) is cond
     assert choose([steer5, steer3], 88) is steer3
     assert choose([steer5, trial(0.9, -1.0)], 88) is steer5
+    # Under another gate (search.gate [mean, image]) an edit goes after the paper's gate's of the same halves, a
+    # larger one included.
+    gated, larger = {**cond, "gate": "image"}, {**trial(1.0, -0.5), "halves": "cond"}
+    assert choose([gated, cond], 88) is cond and choose([gated, larger], 88) is larger
+    gated_scale = {**scale, "gate": "image"}  # both halves still go before the conditional one
+    assert choose([cond, gated_scale], 88) is gated_scale
 
 
 def test_a_floor_on_ira_and_cra_outranks_the_objective_and_gives_way_when_no_trial_reaches_it():

@@ -1,5 +1,7 @@
 """The search's objective: the reference's (UA + IRA) / 2, or one that also keeps the other axis (CRA)."""
 
+from dataclasses import replace
+
 import pytest
 
 from saeuron.config import build_config
@@ -26,8 +28,14 @@ def test_an_unknown_objective_or_contrast_is_refused_before_the_search_starts():
         grid_of(build_config(SearchConfig, min_retain=95))
     with pytest.raises(ValueError, match="gate must be one of"):
         grid_of(build_config(SearchConfig, gate="median"))
-    with pytest.raises(ValueError, match="gate_sigmas 2 applies to the 'others' and 'image' gates only"):
+    with pytest.raises(
+        ValueError, match=r"gate_sigmas 2 applies to the 'others' and 'image' gates, and the search runs \['mean'\]"
+    ):
         grid_of(build_config(SearchConfig, gate_sigmas=2.0))
+    with pytest.raises(ValueError, match=r"gate_share 0.2 applies to the 'image' gate, and the search runs \['mean', 'others'\]"):
+        grid_of(build_config(SearchConfig, gate=["mean", "others"], gate_share=0.2))
+    with pytest.raises(ValueError, match=r"each once \(e.g. \[mean, image\]\), got \['image', 'image'\]"):
+        grid_of(build_config(SearchConfig, gate=["image", "image"]))
     assert grid_of(build_config(SearchConfig, objective="ua_ira_cra", contrast="max"), "style")[0] == [97.0, 98.0, 99.0, 99.5]
 
 
@@ -57,7 +65,8 @@ def test_the_grid_of_edits_is_every_multiplier_then_every_anchor_and_strength():
 
 
 def test_edits_of_the_conditional_half_follow_the_edits_of_both_halves_and_are_labelled_so():
-    from saeuron.method.recipe import edit_from_entry, edit_label, halves_from_entry
+    from saeuron.method.recipe import edit_from_entry, edit_label, entry_label, gate_from_entry, halves_from_entry
+    from saeuron.method.selection import Gate
 
     cfg = build_config(
         SearchConfig, multipliers=[-1.0], anchors=["none"], strengths=[5.0], cond_multipliers=[-0.25], cond_strengths=[2.0]
@@ -76,6 +85,17 @@ def test_edits_of_the_conditional_half_follow_the_edits_of_both_halves_and_are_l
         "→none β2 cond",
     ]
     assert edits_of(cfg, "object", ()) == [{"multiplier": -1.0}, {"multiplier": -0.25, "halves": "cond"}]
+    gated = edits_of(replace(cfg, gate=["mean", "image"], gate_sigmas=2.0), "object", ())
+    assert gated == [
+        {"multiplier": -1.0},
+        {"multiplier": -0.25, "halves": "cond"},
+        {"multiplier": -1.0, "gate": "image"},
+        {"multiplier": -0.25, "halves": "cond", "gate": "image"},
+    ]
+    assert [entry_label(e) for e in gated] == ["γ -1", "γ -0.25 cond", "γ -1 image", "γ -0.25 cond image"]
+    # Each trial's recipe is built under its entry's gate; the search's z and share go to the gates that use them.
+    assert [gate_from_entry(e, 2.0, 0.2) for e in gated[1:3]] == [Gate(), Gate("image", 2.0, 0.2)]
+    assert gate_from_entry({"gate": "others"}, 2.0, 0.2) == Gate("others", 2.0)
     with pytest.raises(ValueError, match=r"cond_multipliers must be negative.*\[0.5\]"):
         edits_of(build_config(SearchConfig, cond_multipliers=[0.5]), "style", ())
     with pytest.raises(ValueError, match="steering cond_strengths must be positive"):
