@@ -31,12 +31,6 @@ from saeuron.method.selection import Gate, detection_thresholds, gate_thresholds
 from saeuron.method.statistics import ConceptStatistics
 
 
-def parse_gate(text: str) -> Gate:
-    """ "mean", "others:Z" or "image:Z:SHARE"."""
-    kind, *numbers = text.split(":")
-    return Gate(kind, *(float(n) for n in numbers)).check()
-
-
 def gate_label(gate: Gate) -> str:
     if gate.kind == "image":
         return f"image {gate.sigmas:g}σ {gate.share:g}"
@@ -119,7 +113,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    gates = [parse_gate(g) for g in args.gates]  # a bad gate or concept fails before the pipeline loads
+    gates = [Gate.parse(g) for g in args.gates]  # a bad gate or concept fails before the pipeline loads
     stats = ConceptStatistics.load(args.statistics)
     unknown = [c for c in args.concepts if c not in stats.concepts]
     if unknown:

@@ -222,12 +222,9 @@ def halves_from_entry(entry: dict) -> str:
 
 
 def gate_from_entry(entry: dict, sigmas: float = PAPER_GATE.sigmas, share: float = PAPER_GATE.share) -> Gate:
-    """The gate a search trial's edit runs under (the paper's unless it says otherwise), with the search's z and
-    share where that gate uses them."""
-    kind = entry.get("gate", PAPER_GATE.kind)
-    if kind == PAPER_GATE.kind:
-        return PAPER_GATE
-    return Gate(kind, sigmas, share if kind == "image" else PAPER_GATE.share).check()
+    """The gate a search trial's edit runs under: the paper's unless the entry names another ("image",
+    "image:1:0.05": ``Gate.parse``), the search's z and share where the name gives none."""
+    return Gate.parse(entry.get("gate", PAPER_GATE.kind), sigmas, share)
 
 
 def entry_label(entry: dict) -> str:
@@ -237,7 +234,7 @@ def entry_label(entry: dict) -> str:
 
 def edit_label(edit: float | Steer, halves: str = "both", gate: str = PAPER_GATE.kind) -> str:
     """Short: "γ -2", "→none β5", on the conditional half only "γ -0.25 cond", and under a gate other than the
-    paper's "γ -1 cond image" (heat maps, logs, tables)."""
+    paper's "γ -1 cond image" or "→none β6 image:1:0.05" (heat maps, logs, tables)."""
     if isinstance(edit, Steer):
         label = f"→{edit.anchor} β{edit.strength:g}" + ("" if edit.where == "fires" else f" {edit.where}")
     else:

@@ -53,6 +53,21 @@ class Gate(NamedTuple):
     share: float = 0.1
     """With "image": the share of an image's patches, averaged over the steps so far, that makes it the concept's."""
 
+    @classmethod
+    def parse(cls, spec: str, sigmas: float = 1.0, share: float = 0.1) -> Gate:
+        """A gate from "mean", "others[:Z]" or "image[:Z[:SHARE]]", the numbers not given from ``sigmas`` and
+        ``share`` (where the gate uses them), checked."""
+        kind, *numbers = spec.split(":")
+        given = {"mean": 0, "others": 1, "image": 2}.get(kind, 0)
+        if len(numbers) > given:
+            raise ValueError(f"gate {spec!r}: 'mean', 'others:Z' or 'image:Z:SHARE' (z and share optional)")
+        try:
+            values = [float(n) for n in numbers]
+        except ValueError:
+            raise ValueError(f"gate {spec!r}: z and share are numbers ('image:1:0.05')") from None
+        defaults = [sigmas, share][len(values) : given]
+        return cls(kind, *values, *defaults).check()
+
     def check(self) -> Gate:
         if self.kind not in GATES:
             raise ValueError(

@@ -73,8 +73,9 @@ class SearchOptions:
     gate of the trial it chooses. "mean", the paper's (a latent's patch-averaged mean over all concepts: nearly
     wherever it is active, the kept concepts' patches included); "others" (above its mean + ``gate_sigmas`` standard
     deviations where it fires on the kept concepts' patches); "image" (the paper's, on the images that show the
-    concept: ``saeuron.method.detection``). ``[mean, image]``: per concept, whichever serves it (README, "Every
-    concept", item 19)."""
+    concept: ``saeuron.method.detection``), with ``gate_sigmas`` and ``gate_share`` or their own ("others:2",
+    "image:1:0.05"). ``[mean, image]``: per concept, whichever serves it; ``[image:1:0.05, image:1:0.1]``: the image
+    gate's detection chosen per concept (README, "Every concept", item 19)."""
     gate_sigmas: float = 1.0
     """z of the "others" gate (and of the "image" gate's detection)."""
     gate_share: float = 0.1
@@ -180,15 +181,20 @@ def gates_of(cfg: SearchOptions) -> list[Gate]:
     if not cfg.gate or len(set(cfg.gate)) < len(cfg.gate):
         raise ValueError(f"search.gate lists the gates searched, each once (e.g. [mean, image]), got {cfg.gate}")
     gates = [gate_from_entry({"gate": g}, cfg.gate_sigmas, cfg.gate_share) for g in cfg.gate]
-    if cfg.gate_sigmas != PAPER_GATE.sigmas and all(g == PAPER_GATE for g in gates):
+    if len(set(gates)) < len(gates):
         raise ValueError(
-            f"search.gate_sigmas {cfg.gate_sigmas:g} applies to the 'others' and 'image' gates, and the search runs "
-            f"{cfg.gate}: add one of them to search.gate, or drop gate_sigmas"
+            f"search.gate {cfg.gate} names one gate twice (with gate_sigmas {cfg.gate_sigmas:g}, gate_share {cfg.gate_share:g})"
         )
-    if cfg.gate_share != PAPER_GATE.share and "image" not in cfg.gate:
+    named = [spec.split(":") for spec in cfg.gate]  # [kind, *the numbers a spec gives itself]
+    if cfg.gate_sigmas != PAPER_GATE.sigmas and not any(n[0] in ("others", "image") and len(n) == 1 for n in named):
         raise ValueError(
-            f"search.gate_share {cfg.gate_share:g} applies to the 'image' gate, and the search runs {cfg.gate}: add "
-            f"image to search.gate, or drop gate_share"
+            f"search.gate_sigmas {cfg.gate_sigmas:g} applies to the 'others' and 'image' gates named without a z, and "
+            f"the search runs {cfg.gate}: add one to search.gate, or drop gate_sigmas"
+        )
+    if cfg.gate_share != PAPER_GATE.share and not any(n[0] == "image" and len(n) < 3 for n in named):
+        raise ValueError(
+            f"search.gate_share {cfg.gate_share:g} applies to an 'image' gate named without a share, and the search "
+            f"runs {cfg.gate}: add image to search.gate, or drop gate_share"
         )
     return gates
 
@@ -210,5 +216,6 @@ def edits_of(cfg: SearchConfig, kind: str, anchors: tuple[str, ...] = ()) -> lis
         + [{"multiplier": float(g), **cond} for g in cfg.cond_multipliers]
         + [{"anchor": a, "strength": float(b), **cond} for a in anchors for b in cfg.cond_strengths]
     )
-    gates = [{} if gate == PAPER_GATE else {"gate": gate.kind} for gate in gates_of(cfg)]
+    gates_of(cfg)
+    gates = [{} if name == PAPER_GATE.kind else {"gate": name} for name in cfg.gate]
     return [{**edit, **gate} for gate in gates for edit in edits]

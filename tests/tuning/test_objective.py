@@ -29,10 +29,14 @@ def test_an_unknown_objective_or_contrast_is_refused_before_the_search_starts():
     with pytest.raises(ValueError, match="gate must be one of"):
         grid_of(build_config(SearchConfig, gate="median"))
     with pytest.raises(
-        ValueError, match=r"gate_sigmas 2 applies to the 'others' and 'image' gates, and the search runs \['mean'\]"
+        ValueError,
+        match=r"gate_sigmas 2 applies to the 'others' and 'image' gates named without a z, and the search runs \['mean'\]",
     ):
         grid_of(build_config(SearchConfig, gate_sigmas=2.0))
-    with pytest.raises(ValueError, match=r"gate_share 0.2 applies to the 'image' gate, and the search runs \['mean', 'others'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"gate_share 0.2 applies to an 'image' gate named without a share, and the search runs \['mean', 'others'\]",
+    ):
         grid_of(build_config(SearchConfig, gate=["mean", "others"], gate_share=0.2))
     with pytest.raises(ValueError, match=r"each once \(e.g. \[mean, image\]\), got \['image', 'image'\]"):
         grid_of(build_config(SearchConfig, gate=["image", "image"]))
@@ -96,6 +100,20 @@ def test_edits_of_the_conditional_half_follow_the_edits_of_both_halves_and_are_l
     # Each trial's recipe is built under its entry's gate; the search's z and share go to the gates that use them.
     assert [gate_from_entry(e, 2.0, 0.2) for e in gated[1:3]] == [Gate(), Gate("image", 2.0, 0.2)]
     assert gate_from_entry({"gate": "others"}, 2.0, 0.2) == Gate("others", 2.0)
+    # A gate may give its own z and share, so that the search chooses the image gate's detection per concept.
+    specs = replace(cfg, gate=["image:1:0.05", "image:2", "others:0.5"], gate_share=0.2)
+    assert [e.get("gate") for e in edits_of(specs, "object", ())] == ["image:1:0.05"] * 2 + ["image:2"] * 2 + ["others:0.5"] * 2
+    assert [gate_from_entry({"gate": g}, 1.0, 0.2) for g in specs.gate] == [
+        Gate("image", 1, 0.05),
+        Gate("image", 2, 0.2),
+        Gate("others", 0.5),
+    ]
+    assert entry_label({"multiplier": -1.0, "gate": "image:1:0.05"}) == "γ -1 image:1:0.05"
+    with pytest.raises(ValueError, match=r"names one gate twice"):
+        edits_of(replace(cfg, gate=["image", "image:1:0.1"]), "object", ())
+    for bad, why in (("image:1:0.05:3", "'image:Z:SHARE'"), ("image:one", "are numbers"), ("image:1:0", "gate_share is a share")):
+        with pytest.raises(ValueError, match=why):
+            edits_of(replace(cfg, gate=[bad]), "object", ())
     with pytest.raises(ValueError, match=r"cond_multipliers must be negative.*\[0.5\]"):
         edits_of(build_config(SearchConfig, cond_multipliers=[0.5]), "style", ())
     with pytest.raises(ValueError, match="steering cond_strengths must be positive"):
