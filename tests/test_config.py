@@ -53,6 +53,7 @@ def test_the_steering_preset_is_the_all_concepts_study_on_the_styles_with_steeri
     assert (steering.collect, steering.train, steering.evaluate) == (every.collect, every.train, every.evaluate)
     assert (steering.search.percentiles, steering.search.multipliers) == (every.search.percentiles, every.search.multipliers)
     assert (steering.search.forget_prompts_per_cell, steering.search.other_axis_prompts_per_cell) == (4, 2)
+    assert (steering.search.gate, steering.search.gate_sigmas, steering.search.gate_share) == (["image"], 1.0, 0.1)
 
 
 def test_the_quick_preset_is_the_default():
