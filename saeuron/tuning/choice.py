@@ -64,7 +64,8 @@ class ConceptResult(NamedTuple):
     drift: float | None = None
     """The chosen trial's mean pixel change of the kept concepts' tuning images (``saeuron.evaluation.drift``)."""
     gate: str = "mean"
-    """The gate the chosen edit runs under (``search.gate``; its z and share are the search's)."""
+    """The gate the chosen edit runs under, as ``search.gate`` names it ("mean", "image", "image:1:0.05"; a z or share
+    the name does not give is the search's)."""
 
     @property
     def edit(self) -> float | Steer:

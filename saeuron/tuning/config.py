@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from saeuron.benchmarks import Benchmark, get_benchmark
-from saeuron.method.recipe import gate_from_entry
 from saeuron.method.selection import PAPER_GATE, Gate, check_contrast
 from saeuron.sections import WithEdit, WithJudge, WithModel, WithResources, WithSampling, WithTracking
 from saeuron.storage import Location
@@ -77,7 +76,7 @@ class SearchOptions:
     "image:1:0.05"). ``[mean, image]``: per concept, whichever serves it; ``[image:1:0.05, image:1:0.1]``: the image
     gate's detection chosen per concept (README, "Every concept", item 19)."""
     gate_sigmas: float = 1.0
-    """z of the "others" gate (and of the "image" gate's detection)."""
+    """z of the "others" gate and of the "image" gate's detection, where a ``gate`` entry gives none of its own."""
     gate_share: float = 0.1
     """The "image" gate's share of an image's patches, averaged over the steps so far, that makes it the concept's."""
     objective: str = "ua_ira"
@@ -180,18 +179,18 @@ def gates_of(cfg: SearchOptions) -> list[Gate]:
     refused where no gate searched uses them."""
     if not cfg.gate or len(set(cfg.gate)) < len(cfg.gate):
         raise ValueError(f"search.gate lists the gates searched, each once (e.g. [mean, image]), got {cfg.gate}")
-    gates = [gate_from_entry({"gate": g}, cfg.gate_sigmas, cfg.gate_share) for g in cfg.gate]
+    gates = [Gate.parse(g, cfg.gate_sigmas, cfg.gate_share) for g in cfg.gate]
     if len(set(gates)) < len(gates):
         raise ValueError(
             f"search.gate {cfg.gate} names one gate twice (with gate_sigmas {cfg.gate_sigmas:g}, gate_share {cfg.gate_share:g})"
         )
-    named = [spec.split(":") for spec in cfg.gate]  # [kind, *the numbers a spec gives itself]
-    if cfg.gate_sigmas != PAPER_GATE.sigmas and not any(n[0] in ("others", "image") and len(n) == 1 for n in named):
+    # A search-wide z or share that no gate takes (every gate the same without it) would be silently ignored.
+    if gates == [Gate.parse(g, PAPER_GATE.sigmas, cfg.gate_share) for g in cfg.gate] and cfg.gate_sigmas != PAPER_GATE.sigmas:
         raise ValueError(
             f"search.gate_sigmas {cfg.gate_sigmas:g} applies to the 'others' and 'image' gates named without a z, and "
             f"the search runs {cfg.gate}: add one to search.gate, or drop gate_sigmas"
         )
-    if cfg.gate_share != PAPER_GATE.share and not any(n[0] == "image" and len(n) < 3 for n in named):
+    if gates == [Gate.parse(g, cfg.gate_sigmas, PAPER_GATE.share) for g in cfg.gate] and cfg.gate_share != PAPER_GATE.share:
         raise ValueError(
             f"search.gate_share {cfg.gate_share:g} applies to an 'image' gate named without a share, and the search "
             f"runs {cfg.gate}: add image to search.gate, or drop gate_share"
@@ -216,6 +215,5 @@ def edits_of(cfg: SearchConfig, kind: str, anchors: tuple[str, ...] = ()) -> lis
         + [{"multiplier": float(g), **cond} for g in cfg.cond_multipliers]
         + [{"anchor": a, "strength": float(b), **cond} for a in anchors for b in cfg.cond_strengths]
     )
-    gates_of(cfg)
-    gates = [{} if name == PAPER_GATE.kind else {"gate": name} for name in cfg.gate]
+    gates = [{} if name == PAPER_GATE.kind else {"gate": name} for name in cfg.gate]  # checked by grid_of
     return [{**edit, **gate} for gate in gates for edit in edits]

@@ -34,8 +34,8 @@ from saeuron.atomic_files import write_text_atomic
 from saeuron.cluster.placement import unit_resources
 from saeuron.console import logger, tune_verbosity
 from saeuron.diffusion.pipeline import check_sampler
-from saeuron.method.recipe import Recipe, entry_label, gate_from_entry
-from saeuron.method.selection import PAPER_GATE
+from saeuron.method.recipe import Recipe, entry_label
+from saeuron.method.selection import PAPER_GATE, Gate
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.storage import check_writable, holding_lease
 from saeuron.storage.mirror import mirror_path, push
@@ -262,7 +262,7 @@ def search(cfg: SearchConfig) -> SearchResult:
             result = choose_block(per_block, cfg.min_retain, cfg.max_drift)
             results.append(result)
             params = {concept: (result.percentile, result.edit)}
-            gate = gate_from_entry(result._asdict(), cfg.gate_sigmas, cfg.gate_share)
+            gate = Gate.parse(result.gate, cfg.gate_sigmas, cfg.gate_share)
             stats = ConceptStatistics.load(result.statistics)
             Recipe.from_statistics(stats, params, base_model, cfg.contrast, result.halves, gate).save(out / "recipes" / concept)
             by_block = ", ".join(f"{h} {o:.3f}" for h, o in result.blocks.items())

@@ -27,7 +27,7 @@ MEASURED_SHARED = {
     "Mosaic_Tiles": (7, 0, 176, 173),
 }
 MEASURED_GAP = 0.1157
-ACROSS_MACHINES = {"gap": 0.006, "rules": 4}
+ACROSS_MACHINES = {"gap": 0.005, "rules": 3}  # the two machines' differences (0.0043, 3), rounded up
 
 
 def test_the_unstyled_reference_adds_each_objects_first_caption_after_the_styled_rows():
