@@ -69,7 +69,7 @@ class DiffusersRecipe(ModelMixin, ConfigMixin):
             sae_inference=recipe.sae_inference,
             contrast=recipe.contrast,
             halves=recipe.halves,
-            gate=recipe.gate._asdict(),
+            gate=recipe.gate.record(),
         )
         for name in RULE_TENSORS:
             self.register_buffer(name, getattr(recipe.rules, name))

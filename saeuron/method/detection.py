@@ -1,4 +1,5 @@
-"""The "image" gate's detector: which images of a generation show a forgotten concept (``saeuron.method.selection.Gate``).
+"""The detectors of the "image" and "nearest" gates: which images of a generation show a forgotten concept
+(``saeuron.method.selection.Gate``).
 
 The paper's gate passes a selected latent wherever it is active, on the kept concepts' patches too (README, "Every
 concept", items 17-18); a stricter per-patch threshold spares them but also most of the concept's own patches. Over a
@@ -10,6 +11,14 @@ shows the concept once the mean share over the generation's steps so far reaches
 showing it for the rest of the generation — the edit removes what the detector sees, so an image being edited would
 otherwise stop being edited. A call whose timestep is above the previous one, or with another batch, starts a new
 generation.
+
+The "nearest" gate's detector reads the whole SAE code instead of the recipe's latents: an image's code averaged over
+its patches is compared with every concept's mean at that timestep (the statistics' own means), the squared
+distances summed over the generation's steps so far, and the image shows a forgotten concept once that concept's
+mean is the nearest. The selected latents carry a style late: on MiniCanvas's Diagonal_Stripes, 18 of 40 images
+reach share 0.1 only at steps 7-11 of 20, when steering can no longer redraw them; the nearest mean finds 98 % of every
+style's images by step 2 (README, "Every concept", item 20). Its first decisions, on the noisiest steps, take a few
+of the neighbours' images for the concept's, so it decides after ``wait`` steps.
 """
 
 from __future__ import annotations
@@ -18,37 +27,41 @@ import torch
 from torch import Tensor
 
 
-class ImageDetector:
-    def __init__(self, detect: Tensor, share: float):
-        self.detect = detect
-        """[T, F] detection thresholds at the recipe's timesteps (+inf at latents it does not select)."""
-        self.share = share
-        self._tables: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
+class _GenerationDetector:
+    """Per image of the current generation: the evidence added up over its steps so far, and whether it shows the
+    concept (sticky: the edit removes what the detector sees, so an image being edited would otherwise stop being
+    edited). A call whose timestep is above the previous one, or with another batch, starts a new generation."""
+
+    def __init__(self) -> None:
         self._sum: Tensor | None = None
         self._steps = 0
         self._detected: Tensor | None = None
         self._last_timestep: int | None = None
+
+    def evidence(self, acts: Tensor, indices: Tensor, rows: int, num_uncond: int, index: int) -> Tensor:
+        """[images, ...] this call's evidence per image (its conditional row)."""
+        raise NotImplementedError
+
+    def decide(self, total: Tensor, steps: int) -> Tensor:
+        """[images] bool: the images the evidence ``total`` over ``steps`` steps shows the concept in."""
+        raise NotImplementedError
 
     def __call__(self, acts: Tensor, indices: Tensor, rows: int, num_uncond: int, timestep: int, index: int) -> Tensor:
         """[rows] bool: the rows (both CFG halves of an image alike) of images that show the concept, after this call.
 
         ``acts``, ``indices`` [rows·P, k]: the SAE code of the call's patches; ``index``: the recipe timestep
         ``timestep`` maps to."""
-        key = (index, acts.device, acts.dtype)
-        if key not in self._tables:
-            self._tables[key] = self.detect[index].to(acts.device, acts.dtype)
-        passing = (acts.detach() > self._tables[key][indices]).any(-1).reshape(rows, -1).float().mean(1)  # [rows]
-        per_image = passing[num_uncond:]
-        images = per_image.shape[0]
+        evidence = self.evidence(acts.detach(), indices, rows, num_uncond, index)
+        images = evidence.shape[0]
         new_generation = self._last_timestep is None or timestep > self._last_timestep
-        if new_generation or self._sum is None or self._sum.shape[0] != images or self._sum.device != per_image.device:
-            self._sum, self._steps = torch.zeros_like(per_image), 0
-            self._detected = torch.zeros(images, dtype=torch.bool, device=per_image.device)
+        if new_generation or self._sum is None or self._sum.shape != evidence.shape or self._sum.device != evidence.device:
+            self._sum, self._steps = torch.zeros_like(evidence), 0
+            self._detected = torch.zeros(images, dtype=torch.bool, device=evidence.device)
         assert self._detected is not None
         self._last_timestep = timestep
-        self._sum += per_image
+        self._sum += evidence
         self._steps += 1
-        self._detected |= self._sum / self._steps >= self.share
+        self._detected |= self.decide(self._sum, self._steps)
         if rows == images:
             return self._detected.clone()  # the state changes in place at the next call
         if rows != 2 * images:
@@ -61,3 +74,57 @@ class ImageDetector:
     def detected(self) -> Tensor | None:
         """[images] bool of the current generation (None before the first call)."""
         return self._detected
+
+
+class ImageDetector(_GenerationDetector):
+    """The "image" gate's: the mean share over the steps so far of an image's patches where a selected latent fires
+    above its detection threshold reaches ``share``."""
+
+    def __init__(self, detect: Tensor, share: float):
+        super().__init__()
+        self.detect = detect
+        """[T, F] detection thresholds at the recipe's timesteps (+inf at latents it does not select)."""
+        self.share = share
+        self._tables: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
+
+    def evidence(self, acts: Tensor, indices: Tensor, rows: int, num_uncond: int, index: int) -> Tensor:
+        key = (index, acts.device, acts.dtype)
+        if key not in self._tables:
+            self._tables[key] = self.detect[index].to(acts.device, acts.dtype)
+        passing = (acts > self._tables[key][indices]).any(-1).reshape(rows, -1).float().mean(1)  # [rows]
+        return passing[num_uncond:]
+
+    def decide(self, total: Tensor, steps: int) -> Tensor:
+        return total / steps >= self.share
+
+
+class NearestDetector(_GenerationDetector):
+    """The "nearest" gate's: after ``wait`` steps, the concept mean nearest an image's patch-averaged code (squared
+    distances summed over the steps so far) is one of the ``forgotten`` first ones of ``centroids``."""
+
+    def __init__(self, centroids: Tensor, forgotten: int, wait: int):
+        super().__init__()
+        self.centroids = centroids
+        """[C, T, F] every concept's mean patch-averaged code at the recipe's timesteps, the forgotten ones first."""
+        self.forgotten = forgotten
+        self.wait = wait
+        self._tables: dict[tuple[int, torch.device], Tensor] = {}
+
+    def evidence(self, acts: Tensor, indices: Tensor, rows: int, num_uncond: int, index: int) -> Tensor:
+        key = (index, acts.device)
+        if key not in self._tables:
+            self._tables[key] = self.centroids[:, index].to(acts.device, torch.float32)
+        means = self._tables[key]
+        patches = acts.shape[0] // rows
+        cond = slice(num_uncond * patches, None)
+        # The code's patch average, [images, F], by index_add: a dense [patches, F] copy would not fit at SD's sizes.
+        image = torch.arange(rows - num_uncond, device=acts.device).repeat_interleave(patches)[:, None]
+        flat = (image * means.shape[-1] + indices[cond]).reshape(-1)
+        code = torch.zeros((rows - num_uncond) * means.shape[-1], device=acts.device)
+        code = code.index_add_(0, flat, acts[cond].float().reshape(-1)).reshape(rows - num_uncond, -1) / patches
+        return torch.cdist(code, means).square()  # [images, C]
+
+    def decide(self, total: Tensor, steps: int) -> Tensor:
+        if steps <= self.wait:
+            return torch.zeros(total.shape[0], dtype=torch.bool, device=total.device)
+        return total.argmin(-1) < self.forgotten

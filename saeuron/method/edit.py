@@ -10,8 +10,8 @@ unless the recipe says ``halves="cond"``: then the unconditional half passes unc
 A recipe's steered concepts (:mod:`saeuron.method.steering`) add β·d_t on the patches where they fire, from the same
 encoding: output = x + (x̂' − x̂) + Σ_c fires_c · β_c·d_c,t (times the patch's scale for a unit-norm SAE).
 
-With the "image" gate (``saeuron.method.selection.Gate``) both edits act only on the images the recipe's
-:class:`~saeuron.method.detection.ImageDetector` finds showing a forgotten concept; the others pass unchanged.
+With the "image" and "nearest" gates (``saeuron.method.selection.Gate``) both edits act only on the images the
+recipe's detector (:mod:`saeuron.method.detection`) finds showing a forgotten concept; the others pass unchanged.
 
 Gradients (an attacker optimising against the deployed model needs them; sampling runs without): with
 ``gradient="straight_through"`` the kept latents' values are differentiable as they are, and the hard "fires above
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from saeuron.diffusion.hooks import BlockCall
-from saeuron.method.detection import ImageDetector
+from saeuron.method.detection import ImageDetector, NearestDetector
 from saeuron.method.recipe import Recipe
 from saeuron.method.statistics import sae_fingerprint
 from saeuron.method.steering import SteeringTable, steering_shift, steering_table
@@ -35,6 +35,14 @@ from saeuron.sae.sparse import decode_fixed_width
 
 ERROR_MODES = ("correct", "reference")
 GRADIENTS = ("straight_through", "blocked")
+
+
+def detector_of(recipe: Recipe) -> ImageDetector | NearestDetector | None:
+    if recipe.detect is None:
+        return None
+    if recipe.gate.kind == "nearest":
+        return NearestDetector(recipe.detect, len(recipe.concepts), recipe.gate.wait)
+    return ImageDetector(recipe.detect, recipe.gate.share)
 
 
 class UnlearningEdit:
@@ -83,8 +91,9 @@ class UnlearningEdit:
         self._tables: dict[int, tuple[Tensor, Tensor] | None] = {}
         self._steer_tables: dict[int, SteeringTable | None] = {}
         self._steers = recipe.steers()
-        self.detector = ImageDetector(recipe.detect, recipe.gate.share) if recipe.detect is not None else None
-        """With the "image" gate: which images of the current generation show the concept (the others are not edited)."""
+        self.detector = detector_of(recipe)
+        """With the "image" and "nearest" gates: which images of the current generation show the concept (the others
+        are not edited)."""
 
     def _steering(self, timestep: int) -> SteeringTable | None:
         index = self.recipe.timestep_index(timestep)

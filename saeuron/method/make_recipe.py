@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from saeuron.benchmarks import get_benchmark
 from saeuron.console import logger
 from saeuron.method.recipe import Recipe, check_halves
-from saeuron.method.selection import Gate, check_contrast
+from saeuron.method.selection import PAPER_GATE, Gate, check_contrast
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.method.steering import Steer
 from saeuron.sections import WithModel
@@ -37,8 +37,10 @@ class RecipeConfig(WithModel):
     gate: str = "mean"
     """Where a selected latent counts as firing: "mean", the paper's (above its patch-averaged mean over all concepts,
     i.e. nearly wherever it is active), "others" (above its mean + ``gate_sigmas`` standard deviations where it
-    fires on the concepts the recipe keeps; statistics gathered with firing moments), or "image" (the paper's, on the
-    images whose patches pass the "others" threshold often enough: ``gate_share``)."""
+    fires on the concepts the recipe keeps; statistics gathered with firing moments), "image" (the paper's, on the
+    images whose patches pass the "others" threshold often enough: ``gate_share``) or "nearest" (the paper's, on the
+    images whose SAE code is nearest the concept's mean, after ``wait`` steps: "nearest:2"); a spec may give its own
+    numbers ("image:1:0.05")."""
     gate_sigmas: float = 1.0
     """z of the "others" gate (and of the "image" gate's detection)."""
     gate_share: float = 0.1
@@ -74,7 +76,16 @@ def make_recipe(cfg: RecipeConfig) -> Recipe:
     check_contrast(cfg.contrast)
     check_halves(cfg.halves)
     check_one_edit(cfg)
-    gate = Gate(cfg.gate, cfg.gate_sigmas, cfg.gate_share).check()
+    gate = Gate.parse(cfg.gate, cfg.gate_sigmas, cfg.gate_share)
+    # A z or share the gate does not take (or gives its own of) would be silently ignored.
+    if cfg.gate_sigmas != PAPER_GATE.sigmas and gate.sigmas != cfg.gate_sigmas:
+        raise ValueError(
+            f"gate_sigmas {cfg.gate_sigmas:g} applies to the 'others' and 'image' gates named without a z, not {cfg.gate!r}: drop it"
+        )
+    if cfg.gate_share != PAPER_GATE.share and gate.share != cfg.gate_share:
+        raise ValueError(
+            f"gate_share {cfg.gate_share:g} applies to an 'image' gate named without a share, not {cfg.gate!r}: drop it"
+        )
     stats = ConceptStatistics.load(cfg.statistics)
     recipe = Recipe.from_statistics(
         stats,

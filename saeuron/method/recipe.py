@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from saeuron.atomic_files import save_tensors_and_json
-from saeuron.method.selection import PAPER_GATE, Gate, Rules, build_rules, detection_thresholds, kept_concepts
+from saeuron.method.selection import DETECTING, PAPER_GATE, Gate, Rules, build_rules, detection_thresholds, kept_concepts
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.method.steering import Steer, Steering, build_steering
 
@@ -62,14 +62,15 @@ class Recipe:
     gate: Gate = PAPER_GATE
     """Where its latents count as firing (``saeuron.method.selection.Gate``; older recipes: the paper's)."""
     detect: torch.Tensor | None = None
-    """[T, F] with the "image" gate: the thresholds by which the edit tells an image that shows a forgotten concept,
-    at its selected latents (+inf elsewhere); None with the other gates."""
+    """What the edit tells an image that shows a forgotten concept by: with the "image" gate, [T, F] thresholds at its
+    selected latents (+inf elsewhere); with "nearest", [C, T, F] every statistics concept's mean code, the recipe's
+    concepts first, in its order; None with the other gates."""
 
     def __post_init__(self) -> None:
         check_halves(self.halves)
-        if self.gate.check().kind == "image" and self.detect is None and len(self.selection()):
+        if self.gate.check().kind in DETECTING and self.detect is None and len(self.selection()):
             raise ValueError(
-                "a recipe with the 'image' gate needs its detection thresholds: build it with Recipe.from_statistics"
+                f"a recipe with the {self.gate.kind!r} gate needs what it detects images by: build it with Recipe.from_statistics"
             )
 
     @classmethod
@@ -93,6 +94,9 @@ class Recipe:
             )
             detect = torch.full_like(strict, float("inf"))
             detect[steps, latents] = strict[steps, latents]
+        elif gate.kind == "nearest":
+            order = [stats.concepts.index(c) for c in params] + kept_concepts(stats, params)
+            detect = stats.means()[order].float()
         return cls(
             stats.hookpoint,
             stats.sae_ref,
@@ -168,7 +172,7 @@ class Recipe:
             # Absent for both halves: a recipe of the paper's edit stays byte for byte what it was before the setting
             # (images and atlas pages are keyed on recipe.json, so a rebuilt recipe reuses them).
             **({"halves": self.halves} if self.halves != "both" else {}),
-            **({"gate": self.gate._asdict()} if self.gate != PAPER_GATE else {}),
+            **({"gate": self.gate.record()} if self.gate != PAPER_GATE else {}),
         }
         return save_tensors_and_json(folder, TENSORS, tensors, JSON, meta)
 

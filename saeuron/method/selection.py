@@ -37,7 +37,11 @@ import torch
 from saeuron.method.statistics import ConceptStatistics
 
 CONTRASTS = ("mean", "max")
-GATES = ("mean", "others", "image")
+GATES = ("mean", "others", "image", "nearest")
+GATE_NUMBERS = {"mean": (), "others": ("sigmas",), "image": ("sigmas", "share"), "nearest": ("wait",)}
+"""The numbers each gate takes, in the order a spec gives them ("image:1:0.05", "nearest:2")."""
+DETECTING = ("image", "nearest")
+"""The gates that edit only the images their detector finds showing the concept (``saeuron.method.detection``)."""
 
 
 class Gate(NamedTuple):
@@ -47,38 +51,50 @@ class Gate(NamedTuple):
     """"mean": the paper's, the latent's patch-averaged mean over all concepts; "others": above what it gives where it
     fires on the concepts the recipe keeps; "image": the paper's on the images that show the concept, none elsewhere
     (an image shows it once the share of its patches past the "others" threshold, averaged over the steps so far,
-    reaches ``share``)."""
+    reaches ``share``); "nearest": the same, an image showing it once its SAE code, summed over the steps so far, is
+    nearer the concept's mean than every kept concept's (``saeuron.method.detection``)."""
     sigmas: float = 1.0
     """With "others" and "image": z, the threshold is the kept concepts' firing mean + z standard deviations."""
     share: float = 0.1
     """With "image": the share of an image's patches, averaged over the steps so far, that makes it the concept's."""
+    wait: int = 2
+    """With "nearest": the steps that pass before the detector decides (on the first, from noise, it takes a
+    neighbour's images for the concept's: README, "Every concept", item 20)."""
 
     @classmethod
     def parse(cls, spec: str, sigmas: float = 1.0, share: float = 0.1) -> Gate:
-        """A gate from "mean", "others[:Z]" or "image[:Z[:SHARE]]", the numbers not given from ``sigmas`` and
-        ``share`` (where the gate uses them), checked."""
+        """A gate from "mean", "others[:Z]", "image[:Z[:SHARE]]" or "nearest[:WAIT]", the numbers not given from
+        ``sigmas`` and ``share`` (where the gate uses them), checked."""
         kind, *numbers = spec.split(":")
-        given = {"mean": 0, "others": 1, "image": 2}.get(kind, 0)
-        if len(numbers) > given:
-            raise ValueError(f"gate {spec!r}: 'mean', 'others:Z' or 'image:Z:SHARE' (z and share optional)")
+        names = GATE_NUMBERS.get(kind, ())
+        if len(numbers) > len(names):
+            raise ValueError(f"gate {spec!r}: 'mean', 'others:Z', 'image:Z:SHARE' or 'nearest:WAIT' (the numbers optional)")
         try:
-            values = [float(n) for n in numbers]
+            given = {n: int(v) if n == "wait" else float(v) for n, v in zip(names, numbers)}
         except ValueError:
-            raise ValueError(f"gate {spec!r}: z and share are numbers ('image:1:0.05')") from None
-        defaults = [sigmas, share][len(values) : given]
-        return cls(kind, *values, *defaults).check()
+            raise ValueError(
+                f"gate {spec!r}: z and share are numbers, wait a whole number of steps ('image:1:0.05', 'nearest:2')"
+            ) from None
+        defaults = {"sigmas": sigmas, "share": share}
+        return cls(kind, **{n: defaults[n] for n in names if n in defaults and n not in given}, **given).check()
+
+    def record(self) -> dict:
+        """The gate as a recipe records it: the numbers it takes (a recipe of another gate reads as it did before
+        "nearest" existed, byte for byte, so the images keyed on it stay valid)."""
+        return {k: v for k, v in self._asdict().items() if k != "wait" or self.kind == "nearest"}
 
     def check(self) -> Gate:
         if self.kind not in GATES:
             raise ValueError(
                 f"gate must be one of {GATES} (the paper's all-concept mean, above the kept concepts' firing, or the "
-                f"paper's on the images that show the concept), got {self.kind!r}"
+                f"paper's on the images that show the concept, found by their firing or by the nearest concept mean), "
+                f"got {self.kind!r}"
             )
         if not self.sigmas >= 0:
             raise ValueError(
                 f"gate_sigmas is how many standard deviations above the kept concepts' firing mean (>= 0), got {self.sigmas}"
             )
-        if self.kind == "mean" and self.sigmas != Gate().sigmas:
+        if self.kind in ("mean", "nearest") and self.sigmas != Gate().sigmas:
             raise ValueError(
                 f"gate_sigmas {self.sigmas:g} applies to the 'others' and 'image' gates only: set the gate, or drop it"
             )
@@ -86,6 +102,10 @@ class Gate(NamedTuple):
             raise ValueError(f"gate_share is a share of an image's patches in (0, 1], got {self.share}")
         if self.kind != "image" and self.share != Gate().share:
             raise ValueError(f"gate_share {self.share:g} applies to the 'image' gate only: add gate: image, or drop it")
+        if not (isinstance(self.wait, int) and self.wait >= 0):
+            raise ValueError(f"the 'nearest' gate's wait is a whole number of steps (>= 0), got {self.wait!r}")
+        if self.kind != "nearest" and self.wait != Gate().wait:
+            raise ValueError(f"wait {self.wait} applies to the 'nearest' gate only: use gate 'nearest:{self.wait}', or drop it")
         return self
 
 

@@ -84,7 +84,7 @@ def test_the_image_gate_travels_with_the_recipe_and_its_component(tmp_path):
     assert torch.equal(Recipe.load(tmp_path / "again").detect, recipe.detect)
     assert torch.equal(UnlearningEdit(sae, loaded)(tokens, CALL), UnlearningEdit(sae, recipe)(tokens, CALL))
     loaded.detect = None
-    with pytest.raises(ValueError, match="needs its detection thresholds"):
+    with pytest.raises(ValueError, match="'image' gate needs what it detects images by"):
         loaded.__post_init__()
     with pytest.raises(ValueError, match="gate_share 0.5 applies to the 'image' gate only"):
         Gate("others", 1.0, 0.5).check()

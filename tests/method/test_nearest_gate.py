@@ -1,0 +1,99 @@
+"""The "nearest" gate: the paper's edit on the images whose patch-averaged SAE code, its squared distance to each
+concept's mean summed over the generation's steps, is nearest a forgotten concept's mean, decided after ``wait``
+steps; no edit on the others."""
+
+import json
+
+import pytest
+import torch
+from test_image_gate import CALL, setup
+
+from saeuron.method.components import DiffusersRecipe
+from saeuron.method.detection import NearestDetector
+from saeuron.method.edit import UnlearningEdit
+from saeuron.method.recipe import Recipe
+from saeuron.method.selection import Gate
+
+
+def codes(per_image: list[list[float]]):
+    """(acts, indices) [images·2 patches, 1]: each image's two patches carry latent 0 and latent 1 with the values
+    given, so its patch-averaged code is [a / 2, b / 2, 0]."""
+    acts = torch.tensor([[v] for a, b in per_image for v in (a, b)])
+    indices = torch.tensor([[i % 2] for i in range(len(acts))])
+    return acts, indices
+
+
+def test_an_image_shows_the_concept_once_the_concepts_mean_is_nearest_over_the_steps_so_far_after_the_wait():
+    # Concepts "gone" (forgotten, first), "kept" and "other" at two timesteps; latent 2 never fires in these codes.
+    centroids = torch.tensor([[[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]], [[0.0, 0.0, 1.0]] * 2])
+    detector = NearestDetector(centroids, forgotten=1, wait=1)
+    # Step 1, decided on nothing yet: image 0 is at "gone"'s mean, image 1 nearer "kept".
+    assert detector(*codes([[2, 0], [0, 1.6]]), 2, 0, timestep=901, index=0).tolist() == [False, False]
+    # Step 2: image 0 drifts to "kept" ([0, 0.6]: 1.16 from "gone", 0.16 from "kept") but its sum stays nearer "gone"
+    # (1.16 against 2.16); image 1 moves to "gone" ([0.75, 0]: 0.0625 vs 1.5625) yet its sum (0.7225 vs 1.5825) does
+    # not tip. Both halves of an image alike.
+    found = detector(*codes([[0, 1.2], [1.5, 0]]), 2, 0, timestep=451, index=1)
+    assert found.tolist() == [True, False]
+    # Sticky, whatever step 3 says; a higher timestep starts a new generation, waiting again.
+    assert detector(*codes([[0, 2], [0, 2]]), 2, 0, timestep=201, index=1).tolist() == [True, False]
+    cfg = detector(*codes([[0, 0], [0, 0], [2, 0], [0, 2]]), 4, 2, timestep=901, index=0)
+    assert cfg.tolist() == [False] * 4 and detector.detected.tolist() == [False, False]
+    assert detector(*codes([[0, 0], [0, 0], [2, 0], [0, 2]]), 4, 2, timestep=451, index=1).tolist() == [True, False] * 2
+
+
+@pytest.mark.parametrize("edit", [-2.0, -5.0], ids=["gamma-2", "gamma-5"])
+def test_the_nearest_gate_edits_the_concepts_images_as_the_paper_does_and_leaves_the_others_bit_for_bit(edit):
+    sae, stats, tokens = setup()
+    paper = UnlearningEdit(sae, Recipe.from_statistics(stats, {"c": (90.0, edit)}, "base", "max"))(tokens, CALL)
+    recipe = Recipe.from_statistics(stats, {"c": (90.0, edit)}, "base", "max", gate=Gate("nearest", wait=0))
+    assert torch.equal(recipe.detect, stats.means().float())  # "c" is the statistics' first concept already
+    assert torch.equal(recipe.rules.threshold, Recipe.from_statistics(stats, {"c": (90.0, edit)}, "base", "max").rules.threshold)
+    edit_fn = UnlearningEdit(sae, recipe)
+    gated = edit_fn(tokens, CALL)
+    assert edit_fn.detector.detected.tolist() == [True, True, False, False]
+    assert torch.equal(gated[:2], paper[:2]) and not torch.equal(gated[:2], tokens[:2])
+    assert torch.equal(gated[2:], tokens[2:]) and not torch.equal(paper[2:], tokens[2:])
+    # Forgetting "other" instead puts its mean first: the same images, the other way round.
+    other = Recipe.from_statistics(stats, {"other": (90.0, edit)}, "base", "max", gate=Gate("nearest", wait=0))
+    assert torch.equal(other.detect, stats.means().float().flip(0))
+    edit_other = UnlearningEdit(sae, other)
+    edit_other(tokens, CALL)
+    assert edit_other.detector.detected.tolist() == [False, False, True, True]
+    # With the default wait nothing is found, nor edited, on a generation's first step.
+    waiting = UnlearningEdit(sae, Recipe.from_statistics(stats, {"c": (90.0, edit)}, "base", "max", gate=Gate("nearest")))
+    assert torch.equal(waiting(tokens, CALL), tokens)
+
+
+def test_the_nearest_gate_travels_with_the_recipe_and_its_component(tmp_path):
+    sae, stats, tokens = setup()
+    recipe = Recipe.from_statistics(stats, {"c": (90.0, -2.0)}, "base", "max", gate=Gate.parse("nearest:0"))
+    recipe.save(tmp_path / "r")
+    assert json.loads((tmp_path / "r" / "recipe.json").read_text())["gate"] == {
+        "kind": "nearest",
+        "sigmas": 1.0,
+        "share": 0.1,
+        "wait": 0,
+    }
+    loaded = Recipe.load(tmp_path / "r")
+    assert loaded.gate == Gate("nearest", wait=0) and torch.equal(loaded.detect, recipe.detect)
+    DiffusersRecipe.from_pretrained(tmp_path / "r").save_pretrained(tmp_path / "again")
+    assert torch.equal(Recipe.load(tmp_path / "again").detect, recipe.detect)
+    assert torch.equal(UnlearningEdit(sae, loaded)(tokens, CALL), UnlearningEdit(sae, recipe)(tokens, CALL))
+    loaded.detect = None
+    with pytest.raises(ValueError, match="'nearest' gate needs what it detects images by"):
+        loaded.__post_init__()
+
+
+def test_the_nearest_gates_spec_and_refusals():
+    assert Gate.parse("nearest") == Gate("nearest", wait=2) and Gate.parse("nearest:5", 2.0, 0.3) == Gate("nearest", wait=5)
+    assert Gate.parse("image:0.5:0.2").record() == {"kind": "image", "sigmas": 0.5, "share": 0.2}  # recipes as before
+    with pytest.raises(ValueError, match="wait a whole number of steps"):
+        Gate.parse("nearest:1.5")
+    with pytest.raises(ValueError, match="'nearest:WAIT'"):
+        Gate.parse("nearest:1:2")
+    with pytest.raises(ValueError, match="wait 3 applies to the 'nearest' gate only"):
+        Gate("image", wait=3).check()
+    with pytest.raises(ValueError, match=r"whole number of steps \(>= 0\), got -1"):
+        Gate("nearest", wait=-1).check()
+    with pytest.raises(ValueError, match="gate_sigmas 2 applies to the 'others' and 'image' gates only"):
+        Gate("nearest", 2.0).check()
