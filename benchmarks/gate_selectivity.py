@@ -1,15 +1,18 @@
 """How selective the edit's gate is: the share of each concept's patches where a forgotten concept's selected latents fire
-above their threshold, under the paper's gate, the "others" gate and the "image" gate (``saeuron.method.selection.Gate``).
+above their threshold, under the paper's gate, the "others" gate and the detecting gates, "image" and "nearest"
+(``saeuron.method.selection.Gate``), and when the detecting gates find each concept's images.
 
     python benchmarks/gate_selectivity.py --sae STUDY/saes/<run>/unet.up_blocks.1.attentions.2 \
         --statistics STUDY/statistics/style-unet.up_blocks.1.attentions.2 --concepts Diagonal_Stripes Thick_Outline \
-        [--gates mean others:0 others:1 image:1:0.1] [--percentile 99] [--seeds 188] [--device cuda] [--out FILE.png] [--json FILE]
+        [--gates mean others:0 others:1 image:1:0.1 nearest:2] [--percentile 99] [--by_step 2] [--seeds 188] [--device cuda] [--out FILE.png] [--json FILE]
 
 The patches are the block's conditional half on the evaluation prompts ("An image of {object} in {style} style." and
 unstyled, at ``--seeds``: not the statistics' own prompts) at every sampling step. A gate that edits few of the kept
 concepts' patches and many of the forgotten one's leaves the kept images alone (README, "Every concept", items 17–18).
 Needs statistics gathered with firing moments (``jobs/gather.py`` since the gate existed). Prints, per forgotten
-concept and gate, the share on its own patches and the mean and largest share on a kept concept's; draws a heat map.
+concept and gate, the share on its own patches and the mean and largest share on a kept concept's; with a detecting
+gate, also the share of its own images found by step ``--by_step`` (steering redraws an image found early, not one found
+late: README, "Every concept", items 19-20) and of a kept concept's images found at all; draws a heat map.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -26,14 +30,16 @@ from saeuron.cluster.registry import load_sae
 from saeuron.diffusion.hooks import HookedPipeline
 from saeuron.diffusion.pipeline import load_pipeline
 from saeuron.evaluation.report import table_heatmap
-from saeuron.method.detection import ImageDetector
-from saeuron.method.selection import Gate, detection_thresholds, gate_thresholds, importance_scores, selected_latents
+from saeuron.method.detection import ImageDetector, NearestDetector
+from saeuron.method.selection import DETECTING, Gate, detection_thresholds, gate_thresholds, importance_scores, selected_latents
 from saeuron.method.statistics import ConceptStatistics
 
 
 def gate_label(gate: Gate) -> str:
     if gate.kind == "image":
         return f"image {gate.sigmas:g}σ {gate.share:g}"
+    if gate.kind == "nearest":
+        return f"nearest, wait {gate.wait}"
     return "paper's (mean)" if gate.kind == "mean" else f"others {gate.sigmas:g}σ"
 
 
@@ -66,10 +72,18 @@ def concept_codes(args, stats: ConceptStatistics) -> dict[str, tuple[torch.Tenso
     return codes
 
 
-def gated_shares(stats, codes, concept: str, percentile: float, contrast: str, gate: Gate) -> dict[str, float]:
-    """Per concept, the share of its patches (over prompts and steps) where a selected latent of ``concept`` passes:
-    with the "image" gate, on the images it finds, from the step it finds them on (the original model's activations:
-    what the edit would act on before it changes them)."""
+class Gated(NamedTuple):
+    """Per concept: the share of its patches (over prompts and steps) where a selected latent passes; with a
+    detecting gate, the first step each of its images is found on (-1: never)."""
+
+    share: float
+    found_at: list[int]
+
+
+def gated_shares(stats, codes, concept: str, percentile: float, contrast: str, gate: Gate) -> dict[str, Gated]:
+    """Per concept, what the gate lets ``concept``'s selected latents act on: with a detecting gate, on the images it
+    finds, from the step it finds them on (the original model's activations: what the edit would act on before it
+    changes them)."""
     kept = [i for i, c in enumerate(stats.concepts) if c != concept]
 
     def at_selected(thresholds: torch.Tensor) -> torch.Tensor:
@@ -81,20 +95,34 @@ def gated_shares(stats, codes, concept: str, percentile: float, contrast: str, g
         return table
 
     table = at_selected(gate_thresholds(stats, kept, gate))  # [T, F]
-    detect = at_selected(detection_thresholds(stats, kept, gate)) if gate.kind == "image" else None
     shares = {}
     for other, (acts, indices) in codes.items():
         steps = torch.arange(acts.shape[1])[None, :, None, None]
         passing = (acts > table[steps, indices]).any(-1)  # [B, T, P]
-        if detect is not None:  # the edit's own detector, fed the generation step by step
-            detector, count = ImageDetector(detect, gate.share), acts.shape[1]
-            shown = [
-                detector(acts[:, t].flatten(0, 1), indices[:, t].flatten(0, 1), len(acts), 0, timestep=count - t, index=t)
-                for t in range(count)
-            ]
-            passing = passing & torch.stack(shown, 1)[..., None]
-        shares[other] = float(passing.float().mean())
+        found_at: list[int] = []
+        if gate.kind in DETECTING:  # the edit's own detector, fed the generation step by step
+            if gate.kind == "image":
+                detector = ImageDetector(at_selected(detection_thresholds(stats, kept, gate)), gate.share)
+            else:
+                order = [stats.concepts.index(concept), *kept]
+                detector = NearestDetector(stats.means()[order].float(), 1, gate.wait)
+            count = acts.shape[1]
+            shown = torch.stack(
+                [
+                    detector(acts[:, t].flatten(0, 1), indices[:, t].flatten(0, 1), len(acts), 0, timestep=count - t, index=t)
+                    for t in range(count)
+                ],
+                1,
+            )  # [B, T]
+            passing = passing & shown[..., None]
+            found_at = [int(row.float().argmax()) if row.any() else -1 for row in shown]
+        shares[other] = Gated(float(passing.float().mean()), found_at)
     return shares
+
+
+def found_by(found_at: list[int], step: int | None = None) -> float:
+    """The share of images found by ``step`` (None: at all)."""
+    return sum(0 <= f <= (len(found_at) if step is None else step) for f in found_at) / len(found_at) if found_at else 0.0
 
 
 def main() -> None:
@@ -106,6 +134,7 @@ def main() -> None:
     parser.add_argument("--percentile", type=float, default=99.0)
     parser.add_argument("--contrast", default="max")
     parser.add_argument("--seeds", type=int, nargs="+", default=[188])
+    parser.add_argument("--by_step", type=int, default=2)
     parser.add_argument("--benchmark", default="minicanvas")
     parser.add_argument("--model_path", default=None)
     parser.add_argument("--guidance_scale", type=float, default=7.5)
@@ -118,22 +147,43 @@ def main() -> None:
     unknown = [c for c in args.concepts if c not in stats.concepts]
     if unknown:
         raise SystemExit(f"{unknown}: the statistics know {stats.concepts}")
-    if any(g.kind != "mean" for g in gates):
+    if any(g.kind in ("others", "image") for g in gates):
         stats.firing_moments()  # statistics without them are refused with the fix, before any sampling
     codes = concept_codes(args, stats)
-    table = {}
+    table, found = {}, {}
     for concept in args.concepts:
         for gate in gates:
-            shares = gated_shares(stats, codes, concept, args.percentile, args.contrast, gate)
+            gated = gated_shares(stats, codes, concept, args.percentile, args.contrast, gate)
+            shares = {c: g.share for c, g in gated.items()}
             kept = {c: v for c, v in shares.items() if c != concept}
             nearest = max(kept, key=kept.__getitem__)
-            print(
+            line = (
                 f"{concept:18s} {gate_label(gate):15s} own {shares[concept]:.3f}   kept: mean {sum(kept.values()) / len(kept):.3f}, "
                 f"largest {kept[nearest]:.3f} ({nearest})"
             )
-            table[f"{concept}, {gate_label(gate)}"] = shares
+            label = f"{concept}, {gate_label(gate)}"
+            if gate.kind in DETECTING:
+                found[label] = {
+                    c: {"by_step": found_by(g.found_at, args.by_step), "ever": found_by(g.found_at)} for c, g in gated.items()
+                }
+                others = [g.found_at for c, g in gated.items() if c != concept]
+                worst = max((c for c in gated if c != concept), key=lambda c: found_by(gated[c].found_at))
+                line += (
+                    f"   images found: own by step {args.by_step} {found_by(gated[concept].found_at, args.by_step):.2f} "
+                    f"(at all {found_by(gated[concept].found_at):.2f}), kept {found_by(sum(others, [])):.3f} "
+                    f"(most {worst} {found_by(gated[worst].found_at):.2f})"
+                )
+            print(line)
+            table[label] = shares
     if args.json:
-        args.json.write_text(json.dumps({"percentile": args.percentile, "contrast": args.contrast, "shares": table}, indent=1))
+        record = {
+            "percentile": args.percentile,
+            "contrast": args.contrast,
+            "shares": table,
+            "found": found,
+            "by_step": args.by_step,
+        }
+        args.json.write_text(json.dumps(record, indent=1))
     if args.out:
         table_heatmap(
             table,

@@ -32,7 +32,7 @@ def test_a_bad_gate_or_statistics_without_firing_moments_are_refused_before_samp
 def test_the_others_gate_lets_through_fewer_kept_patches_than_the_papers(style_sae, style_statistics, tmp_path):
     done = run(
         "--sae", str(style_sae), "--statistics", str(style_statistics), "--concepts", "Neon_Glow",
-        "--gates", "mean", "others:1", "image:1:0.1", "--json", str(tmp_path / "shares.json"), "--out", str(tmp_path / "shares.png"),
+        "--gates", "mean", "others:1", "image:1:0.1", "nearest:2", "--json", str(tmp_path / "shares.json"), "--out", str(tmp_path / "shares.png"),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     shares = json.loads((tmp_path / "shares.json").read_text())["shares"]
@@ -50,4 +50,15 @@ def test_the_others_gate_lets_through_fewer_kept_patches_than_the_papers(style_s
     image = shares["Neon_Glow, image 1σ 0.1"]
     assert image["Neon_Glow"] == pytest.approx(0.880, abs=0.003) and image["Thick_Outline"] == pytest.approx(0.3125, abs=0.003)
     assert all(v == 0 for c, v in image.items() if c not in ("Neon_Glow", "Thick_Outline"))
+    # When the detecting gates find the images (8 a style; measured here, within one image of it on another machine's
+    # fixture SAE): the image gate finds Neon_Glow's by step 2 and 5 of Thick_Outline's 8 too, from step 2 on 4 of
+    # them; the nearest concept mean finds 7 of Neon_Glow's by step 2, all of them later, and no kept style's image.
+    found = json.loads((tmp_path / "shares.json").read_text())["found"]
+    image, nearest = found["Neon_Glow, image 1σ 0.1"], found["Neon_Glow, nearest, wait 2"]
+    assert image["Neon_Glow"] == {"by_step": 1.0, "ever": 1.0}, found
+    assert image["Thick_Outline"]["ever"] == pytest.approx(0.625, abs=0.125) and image["Thick_Outline"]["by_step"] > 0, found
+    assert nearest["Neon_Glow"]["by_step"] == pytest.approx(0.875, abs=0.125) and nearest["Neon_Glow"]["ever"] == 1.0, found
+    assert sum(v["ever"] for c, v in nearest.items() if c != "Neon_Glow") <= 0.125, found
+    assert sum(v["ever"] for c, v in image.items() if c != "Neon_Glow") >= 0.5, found
+    assert "Neon_Glow          nearest, wait 2 own" in done.stdout and "images found: own by step 2 " in done.stdout
     assert (tmp_path / "shares.png").stat().st_size > 10_000
