@@ -70,13 +70,13 @@ class Gate(NamedTuple):
         if len(numbers) > len(names):
             raise ValueError(f"gate {spec!r}: 'mean', 'others:Z', 'image:Z:SHARE' or 'nearest:WAIT' (the numbers optional)")
         try:
-            given = {n: int(v) if n == "wait" else float(v) for n, v in zip(names, numbers)}
+            given: dict[str, Any] = {n: int(v) if n == "wait" else float(v) for n, v in zip(names, numbers)}
         except ValueError:
             raise ValueError(
                 f"gate {spec!r}: z and share are numbers, wait a whole number of steps ('image:1:0.05', 'nearest:2')"
             ) from None
-        defaults = {"sigmas": sigmas, "share": share}
-        return cls(kind, **{n: defaults[n] for n in names if n in defaults and n not in given}, **given).check()
+        numbers_of: dict[str, Any] = {"sigmas": sigmas, "share": share} | given
+        return cls(kind, **{n: numbers_of[n] for n in names if n in numbers_of}).check()
 
     def record(self) -> dict:
         """The gate as a recipe records it: the numbers it takes (a recipe of another gate reads as it did before
