@@ -12,7 +12,8 @@ concepts' patches and many of the forgotten one's leaves the kept images alone (
 Needs statistics gathered with firing moments (``jobs/gather.py`` since the gate existed). Prints, per forgotten
 concept and gate, the share on its own patches and the mean and largest share on a kept concept's; with a detecting
 gate, also the share of its own images found by step ``--by_step`` (steering redraws an image found early, not one found
-late: README, "Every concept", items 19-20) and of a kept concept's images found at all; draws a heat map.
+late: README, "Every concept", items 19-20) and of a kept concept's images found at all; draws a heat map of the
+shares and (``--timing_out``) the share of the images found by each step.
 """
 
 from __future__ import annotations
@@ -125,6 +126,42 @@ def found_by(found_at: list[int], step: int | None = None) -> float:
     return sum(0 <= f <= (len(found_at) if step is None else step) for f in found_at) / len(found_at) if found_at else 0.0
 
 
+def draw_timing(found_at: dict[str, dict[str, dict[str, list[int]]]], steps: int, path: Path) -> None:
+    """{concept: {gate: {concept whose images: first steps}}} as one panel per forgotten concept: the share of its own
+    images (solid) and of the kept concepts' (dashed) found by each step, a colour per detecting gate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(5, len(found_at))
+    rows = -(-len(found_at) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.3 * rows + 0.6), dpi=110, squeeze=False, sharey=True)
+    for ax, (concept, gates) in zip(axes.flat, found_at.items()):
+        for color, (gate, per_concept) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], gates.items()):
+            kept = sum((at for c, at in per_concept.items() if c != concept), [])
+            for images, style in ((per_concept[concept], "-"), (kept, "--")):
+                ax.plot(
+                    range(steps),
+                    [found_by(images, t) for t in range(steps)],
+                    style,
+                    color=color,
+                    label=gate if style == "-" else None,
+                )
+        ax.set_title(concept, fontsize=8)
+        ax.set_ylim(-0.03, 1.03)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(found_at) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6, loc="center right")
+    fig.supxlabel("sampling step", fontsize=8)
+    fig.supylabel("share of images found by then", fontsize=8)
+    fig.suptitle("when the detecting gates find the images: the concept's own (solid), the kept concepts' (dashed)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sae", required=True)
@@ -141,6 +178,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--timing_out", type=Path)
     args = parser.parse_args()
     gates = [Gate.parse(g) for g in args.gates]  # a bad gate or concept fails before the pipeline loads
     stats = ConceptStatistics.load(args.statistics)
@@ -151,6 +189,7 @@ def main() -> None:
         stats.firing_moments()  # statistics without them are refused with the fix, before any sampling
     codes = concept_codes(args, stats)
     table, found = {}, {}
+    found_at: dict[str, dict[str, dict[str, list[int]]]] = {}
     for concept in args.concepts:
         for gate in gates:
             gated = gated_shares(stats, codes, concept, args.percentile, args.contrast, gate)
@@ -163,6 +202,7 @@ def main() -> None:
             )
             label = f"{concept}, {gate_label(gate)}"
             if gate.kind in DETECTING:
+                found_at.setdefault(concept, {})[gate_label(gate)] = {c: g.found_at for c, g in gated.items()}
                 found[label] = {
                     c: {"by_step": found_by(g.found_at, args.by_step), "ever": found_by(g.found_at)} for c, g in gated.items()
                 }
@@ -184,6 +224,8 @@ def main() -> None:
             "by_step": args.by_step,
         }
         args.json.write_text(json.dumps(record, indent=1))
+    if args.timing_out and found_at:
+        draw_timing(found_at, len(stats.timesteps), args.timing_out)
     if args.out:
         table_heatmap(
             table,
