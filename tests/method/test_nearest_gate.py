@@ -97,3 +97,25 @@ def test_the_nearest_gates_spec_and_refusals():
         Gate("nearest", wait=-1).check()
     with pytest.raises(ValueError, match="gate_sigmas 2 applies to the 'others' and 'image' gates only"):
         Gate("nearest", 2.0).check()
+
+
+def test_jobs_recipe_takes_the_nearest_gates_spec_and_refuses_numbers_it_would_ignore(tmp_path):
+    from saeuron.config import build_config
+    from saeuron.method.make_recipe import RecipeConfig, make_recipe
+
+    sae, stats, _ = setup()
+    stats.save(tmp_path / "stats")
+    made = make_recipe(
+        build_config(
+            RecipeConfig, statistics=str(tmp_path / "stats"), concepts=["c"], gate="nearest:1", output_dir=str(tmp_path / "r")
+        )
+    )
+    assert Recipe.load(tmp_path / "r").gate == made.gate == Gate("nearest", wait=1)
+    # Refused before the statistics are read: there are none at that path, which would raise FileNotFoundError.
+    nothing = str(tmp_path / "nothing")
+    with pytest.raises(
+        ValueError, match="gate_sigmas 2 applies to the 'others' and 'image' gates named without a z, not 'nearest'"
+    ):
+        make_recipe(build_config(RecipeConfig, statistics=nothing, concepts=["c"], gate="nearest", gate_sigmas=2.0))
+    with pytest.raises(ValueError, match="gate_share 0.3 applies to an 'image' gate named without a share, not 'image:1:0.05'"):
+        make_recipe(build_config(RecipeConfig, statistics=nothing, concepts=["c"], gate="image:1:0.05", gate_share=0.3))
