@@ -11,6 +11,13 @@ for every γ and growing N. Its answer at the SAE's retain accuracy is its best 
 model is N = 0) whose IRA and CRA both reach the SAE's, less ``--tolerance``; the SAE is ahead when its UA is
 higher. For each γ, N stops growing once the baseline's IRA or CRA falls below that bar: more channels only lose
 more.
+
+A recipe under the "nearest" gate (README, "Every concept", item 20) edits only the images it finds showing the
+concept, on the CFG halves it names. Its baseline does the same without the SAE: the images are found by the nearest
+concept mean of the *raw* block output (``saeuron.method.baseline.RawGatedEdit``, means over the collection), and on
+them it adds β·(μ_anchor − μ_concept) of the raw means to every patch (``--strengths``; toward the recipe's anchor for
+a steered recipe, the unstyled "none" or the recipe's kept concepts otherwise) or scales the N channels by γ. With
+``--retain_own`` a style's objects on its own images count as retained accuracy too.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from functools import cache, partial
 from pathlib import Path
 from typing import NamedTuple
@@ -27,18 +35,25 @@ import torch
 from saeuron.diffusion.hooks import HookedPipeline
 from saeuron.evaluation.in_process import Grid, add_grid_arguments, judge_grid, load_grid, short
 from saeuron.evaluation.metrics import ForgettingScores, forgetting_scores
-from saeuron.method.baseline import ChannelScaleEdit, channel_rankings
+from saeuron.method.baseline import ChannelScaleEdit, RawGatedEdit, channel_rankings, raw_means
 from saeuron.method.recipe import Recipe, edit_label, resolve_recipe_folders
+from saeuron.method.steering import Steer
 from saeuron.method.unlearned_pipeline import UnlearnedPipeline
 from saeuron.sae import Sae
 
 
 class Point(NamedTuple):
     channels: int
-    """Raw channels edited (0: the unedited model)."""
+    """Raw channels edited (0: the unedited model, or a steering point)."""
     multiplier: float
     """What they were multiplied by (0: zeroed)."""
     scores: ForgettingScores
+    steer: str = ""
+    """A gated recipe's steering point: "→anchor β" (raw means); empty for a channel point."""
+
+    @property
+    def label(self) -> str:
+        return self.steer or f"{self.channels} × {self.multiplier:g}"
 
 
 class Comparison(NamedTuple):
@@ -53,14 +68,18 @@ class Comparison(NamedTuple):
         return self.sae.ua > self.baseline.scores.ua
 
 
-def retains(scores: ForgettingScores, bar: ForgettingScores, tolerance: float) -> bool:
-    return scores.ira >= bar.ira - tolerance and scores.cra >= bar.cra - tolerance
+def retains(scores: ForgettingScores, bar: ForgettingScores, tolerance: float, own: bool = False) -> bool:
+    """IRA and CRA at least the bar's less ``tolerance``; with ``own``, a style's objects on its own images too."""
+    kept = scores.ira >= bar.ira - tolerance and scores.cra >= bar.cra - tolerance
+    if own and scores.cra_forgotten is not None and bar.cra_forgotten is not None:
+        kept = kept and scores.cra_forgotten >= bar.cra_forgotten - tolerance
+    return kept
 
 
-def baseline_at_retain(sae: ForgettingScores, points: list[Point], tolerance: float) -> Point:
+def baseline_at_retain(sae: ForgettingScores, points: list[Point], tolerance: float, own: bool = False) -> Point:
     """The point with the highest UA among those that retain as much as ``sae`` (the first such on ties:
     fewer channels). ``points`` must include one that qualifies: the unedited model's."""
-    eligible = [p for p in points if retains(p.scores, sae, tolerance)]
+    eligible = [p for p in points if retains(p.scores, sae, tolerance, own)]
     if not eligible:
         raise ValueError("no baseline point retains as much as the SAE: include the unedited model (N = 0)")
     return max(eligible, key=lambda p: (p.scores.ua, -p.channels))
@@ -74,6 +93,11 @@ def score(generate, rows: list[dict], judge, kind: str, concept: str, batch_size
 @cache
 def hookpoint_sae(saes: str, hookpoint: str, device: str, dtype: torch.dtype, inference: str) -> Sae:
     return Sae.load_from_disk(Path(saes) / hookpoint, device, dtype, inference or None)
+
+
+@cache
+def hookpoint_means(activations_dir: str, hookpoint: str, kind: str):
+    return raw_means(activations_dir, hookpoint, kind)
 
 
 @cache
@@ -104,19 +128,43 @@ def compare(recipe_dir: str, args, grid: Grid, original) -> Comparison:
     ranked = rankings[concept]
     points = [Point(0, 1.0, forgetting_scores(original, kind, [concept]))]
     hooked = HookedPipeline(pipe)
+    gated = recipe.gate.kind == "nearest"
+    if gated:
+        concepts, timesteps, means = hookpoint_means(args.activations, recipe.hookpoint, kind)
+        if concept not in concepts:
+            raise ValueError(f"no vectors of {kind} {concept!r} in {args.activations}: take the means on its collection")
+        order = [concept] + [c for c in concepts if c != concept]
+        means = means[[concepts.index(c) for c in order]]
+        own_edit = recipe.edit_of(concept)
+        anchor = own_edit.anchor if isinstance(own_edit, Steer) else ("none" if "none" in order else order[1])
+        gate = partial(RawGatedEdit, means, timesteps, recipe.gate.wait, recipe.halves)
+        strengths = sorted(set(args.strengths) | ({own_edit.strength} if isinstance(own_edit, Steer) else set()))
+        for beta in strengths:
+            edits: dict[str, Callable] = {recipe.hookpoint: gate(anchor=order.index(anchor), strength=beta)}
+            scores = score(partial(hooked.generate, edits=edits, **sampling), rows, judge, kind, concept, args.batch_size)
+            points.append(Point(0, 1.0, scores, f"raw →{anchor} β{beta:g}"))
+            print(f"  raw →{anchor} β{beta:g} ({recipe.halves}, raw nearest gate): {short(scores)}", flush=True)
     for multiplier in args.multipliers:
         for n in sorted(args.channels):
-            edits = {recipe.hookpoint: ChannelScaleEdit(ranked[:n], multiplier)}
+            channel_edit: Callable = (
+                gate(channels=ranked[:n], multiplier=multiplier) if gated else ChannelScaleEdit(ranked[:n], multiplier)
+            )
+            edits = {recipe.hookpoint: channel_edit}
             scores = score(partial(hooked.generate, edits=edits, **sampling), rows, judge, kind, concept, args.batch_size)
             points.append(Point(n, multiplier, scores))
-            print(f"  {n:>3} channels × {multiplier:g}: {short(scores)}", flush=True)
-            if not retains(scores, sae_scores, args.tolerance):
+            print(f"  {n:>3} channels × {multiplier:g}{' (raw nearest gate)' if gated else ''}: {short(scores)}", flush=True)
+            if not retains(scores, sae_scores, args.tolerance, args.retain_own):
                 break
-    best = baseline_at_retain(sae_scores, points, args.tolerance)
+    best = baseline_at_retain(sae_scores, points, args.tolerance, args.retain_own)
     result = Comparison(concept, sae_scores, points, best)
     verdict = "SAE ahead" if result.sae_ahead else "baseline not behind"
-    print(f"  at the SAE's retain: {best.channels} channels × {best.multiplier:g}, UA {best.scores.ua:.3f} -> {verdict}")
+    print(f"  at the SAE's retain: {best.label}, UA {best.scores.ua:.3f} -> {verdict}")
     return result
+
+
+def scores_cell(s: ForgettingScores) -> str:
+    own = "" if s.cra_forgotten is None else f" / {s.cra_forgotten:.3f}"
+    return f"{s.ua:.3f} / {s.ira:.3f} / {s.cra:.3f}{own}"
 
 
 def as_json(c: Comparison) -> dict:
@@ -124,8 +172,11 @@ def as_json(c: Comparison) -> dict:
         "concept": c.concept,
         "kind": c.sae.kind,
         "sae": c.sae._asdict(),
-        "points": [{"channels": p.channels, "multiplier": p.multiplier, **p.scores._asdict()} for p in c.points],
+        "points": [
+            {"channels": p.channels, "multiplier": p.multiplier, "steer": p.steer, **p.scores._asdict()} for p in c.points
+        ],
         "baseline_channels": c.baseline.channels,
+        "baseline_steer": c.baseline.steer,
         "baseline_multiplier": c.baseline.multiplier,
         "baseline_ua": c.baseline.scores.ua,
         "sae_ahead": c.sae_ahead,
@@ -141,11 +192,21 @@ def main() -> None:
     parser.add_argument("--channels", nargs="+", type=int, default=[4, 16, 32])
     parser.add_argument("--multipliers", nargs="+", type=float, default=[-1.0, -3.0], help="γ values; 0 zeroes the channels")
     parser.add_argument("--tolerance", type=float, default=0.02)
+    parser.add_argument(
+        "--strengths",
+        nargs="+",
+        type=float,
+        default=[1.0, 2.0, 3.0, 4.0, 6.0],
+        help="β of the raw steering points, for recipes under the nearest gate (the recipe's own β is added)",
+    )
+    parser.add_argument("--retain_own", action="store_true", help="a style's objects on its own images count as retained too")
     add_grid_arguments(parser)
     parser.add_argument("--out", default="", help="write the comparisons as JSON here")
     args = parser.parse_args()
     if min(args.channels) < 1:
         parser.error("--channels: counts of channels to edit, each at least 1")
+    if min(args.strengths) <= 0:
+        parser.error("--strengths: β of the raw steering, each above 0 (toward the anchor)")
     if max(args.multipliers) >= 1:
         parser.error("--multipliers: what the channels are multiplied by, each below 1 (0 zeroes them)")
     folders = resolve_recipe_folders(args.recipes)
@@ -158,13 +219,11 @@ def main() -> None:
     original = judge_grid(partial(HookedPipeline(grid.pipe).generate, **grid.sampling), grid.rows, grid.judge, args.batch_size)
     results = [compare(folder, args, grid, original) for folder in folders]
     print(f"\n{len(grid.rows)} images a point, seeds {args.seeds}, {time.perf_counter() - started:.0f} s")
-    print("| forget | kind | SAE: UA / IRA / CRA | baseline at the SAE's retain: N × γ, UA / IRA / CRA | SAE ahead |")
+    print("| forget | kind | SAE: UA / IRA / CRA / own | baseline at the SAE's retain: point, UA / IRA / CRA / own | SAE ahead |")
     print("|---|---|---|---|---|")
     for c in results:
-        b = c.baseline.scores
         print(
-            f"| {c.concept} | {c.sae.kind} | {c.sae.ua:.3f} / {c.sae.ira:.3f} / {c.sae.cra:.3f} | "
-            f"{c.baseline.channels} × {c.baseline.multiplier:g}, {b.ua:.3f} / {b.ira:.3f} / {b.cra:.3f} | "
+            f"| {c.concept} | {c.sae.kind} | {scores_cell(c.sae)} | {c.baseline.label}, {scores_cell(c.baseline.scores)} | "
             f"{'yes' if c.sae_ahead else '**no**'} |"
         )
     print(f"SAE ahead on {sum(c.sae_ahead for c in results)} of {len(results)} concepts")

@@ -3,6 +3,11 @@
 The channels are ranked by how much higher their mean activation is on the concept's vectors
 than on all others, in units of their overall standard deviation, over the collected (labelled)
 activation dataset. The SAE method has to beat this at the same retain accuracy.
+
+A recipe under the "nearest" gate edits only the images whose SAE code is nearest a forgotten concept's mean, and
+steers them by a difference of mean codes. Its baseline does both without the SAE (``RawGatedEdit``): the images
+are found by the nearest mean of the raw block output, and moved by the difference of raw means — on every patch,
+where the SAE's steering moves only the patches its selected latents fire on.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from torch import Tensor
 
 from saeuron.collection import activations
 from saeuron.diffusion.hooks import BlockCall
+from saeuron.method.detection import NearestDetector
 
 
 def channel_rankings(root: str | Path, hookpoint: str, kind: str, count: int) -> dict[str, list[int]]:
@@ -57,4 +63,93 @@ class ChannelScaleEdit:
         out = tokens.clone()
         channels = self.channels.to(tokens.device)
         out[..., channels] = out[..., channels] * self.multiplier
+        return out
+
+
+def raw_means(root: str | Path, hookpoint: str, kind: str) -> tuple[list[str], list[int], Tensor]:
+    """Every concept's mean raw block output per denoising step, over the collected vectors: (concepts, the "none"
+    of unlabelled prompts last where the collection has them; timesteps [T], noisiest first; means [C, T, d]). The
+    raw counterpart of the statistics' mean SAE codes, which the "nearest" gate and steering read."""
+    manifest = activations.read_manifest(root)
+    if manifest is None:
+        raise FileNotFoundError(f"{root} has no {activations.MANIFEST}: not an activation dataset (run jobs/collect.py first)")
+    d_in = manifest["d_in"][hookpoint]
+    table = activations.read_hookpoint(root, hookpoint, ["timestep", kind, "activations", "patch_index"])
+    patches = {len(p) for p in table.column("patch_index").to_pylist()}
+    if len(patches) != 1:
+        raise ValueError(f"{root}/{hookpoint}: rows hold {sorted(patches)} patches; the means need whole images")
+    vectors = activations.binary_to_vectors(table.column("activations"), d_in).astype(np.float32)
+    per_row = torch.from_numpy(vectors).reshape(table.num_rows, patches.pop(), d_in).mean(1)  # [rows, d]
+    labels = ["none" if label is None else label for label in table.column(kind).to_pylist()]
+    steps = np.array(table.column("timestep").to_pylist())
+    timesteps = sorted({int(t) for t in steps}, reverse=True)
+    concepts = sorted(set(labels) - {"none"}) + (["none"] if "none" in labels else [])
+    label_index = torch.tensor([concepts.index(label) for label in labels])
+    step_index = torch.tensor([timesteps.index(int(t)) for t in steps])
+    cell = label_index * len(timesteps) + step_index
+    sums = torch.zeros(len(concepts) * len(timesteps), d_in).index_add_(0, cell, per_row)
+    counts = torch.bincount(cell, minlength=len(concepts) * len(timesteps)).clamp_min(1)[:, None]
+    return concepts, timesteps, (sums / counts).reshape(len(concepts), len(timesteps), d_in)
+
+
+_NO_CODE = torch.empty(0, dtype=torch.long)
+"""What the raw detector is given for the SAE code's indices: it reads the block output itself."""
+
+
+class RawNearestDetector(NearestDetector):
+    """The "nearest" gate without the SAE: the image's patch-averaged raw block output against every concept's raw
+    mean (``raw_means``), the forgotten ones first; the evidence adds up and decides as the SAE gate's does."""
+
+    def evidence(self, acts: Tensor, indices: Tensor, rows: int, num_uncond: int, index: int) -> Tensor:
+        key = (index, acts.device)
+        if key not in self._tables:
+            self._tables[key] = self.centroids[:, index].to(acts.device, torch.float32)
+        image = acts.float().reshape(rows, -1, acts.shape[-1])[num_uncond:].mean(1)  # [images, d]
+        return torch.cdist(image, self._tables[key]).square()
+
+
+class RawGatedEdit:
+    """The baseline of a gated recipe, without the SAE: on the images a :class:`RawNearestDetector` finds (on the
+    ``halves`` the recipe edits), either add β·(μ_anchor,t − μ_concept,t) of the raw means to every patch
+    (``anchor``), or multiply ``channels`` by ``multiplier``."""
+
+    def __init__(
+        self,
+        means: Tensor,
+        timesteps: list[int],
+        wait: int,
+        halves: str = "both",
+        anchor: int | None = None,
+        strength: float = 0.0,
+        channels: list[int] | None = None,
+        multiplier: float = 1.0,
+    ):
+        """``means`` [C, T, d]: the forgotten concept's row first; ``anchor``: another row of it."""
+        if (anchor is None) == (channels is None):
+            raise ValueError("a raw gated edit either steers toward an anchor or scales channels: give one of them")
+        self.detector = RawNearestDetector(means, 1, wait)
+        self.means, self.timesteps, self.halves = means, timesteps, halves
+        self.anchor, self.strength = anchor, float(strength)
+        self.channels = None if channels is None else torch.tensor(channels, dtype=torch.long)
+        self.multiplier = float(multiplier)
+
+    def __call__(self, tokens: Tensor, call: BlockCall) -> Tensor:
+        if self.halves == "cond" and call.num_uncond:
+            return torch.cat([tokens[: call.num_uncond], self._edit(tokens[call.num_uncond :], call, 0)])
+        return self._edit(tokens, call, call.num_uncond)
+
+    def _edit(self, tokens: Tensor, call: BlockCall, num_uncond: int) -> Tensor:
+        index = min(range(len(self.timesteps)), key=lambda i: abs(self.timesteps[i] - call.timestep))
+        flat = tokens.reshape(-1, tokens.shape[-1])
+        shown = self.detector(flat, _NO_CODE, tokens.shape[0], num_uncond, call.timestep, index)  # [rows]
+        out = tokens.clone()
+        if self.anchor is not None:
+            step = self.strength * (self.means[self.anchor, index] - self.means[0, index]).to(tokens.device, tokens.dtype)
+            out[shown] = out[shown] + step
+        else:
+            assert self.channels is not None
+            channels = self.channels.to(tokens.device)
+            picked = out[shown]
+            picked[..., channels] = picked[..., channels] * self.multiplier
+            out[shown] = picked
         return out

@@ -58,3 +58,16 @@ def test_the_channel_edit_scales_only_its_channels():
     assert flipped[0, 1].tolist() == [6.0, -14.0, 8.0, 9.0, -20.0, 11.0]
     assert ChannelScaleEdit([0])(tokens, call=None)[..., 0].tolist() == [[0.0, 0.0]]
     assert tokens[0, 1, 1] == 7.0  # the block's own output is left as it was
+
+
+def test_with_retain_own_a_point_that_erases_the_styles_objects_does_not_count():
+    script = load_script()
+
+    def own(ua: float, cra_forgotten: float) -> ForgettingScores:
+        return ForgettingScores("style", ("Neon_Glow",), ua, 1.0, 1.0, 1.0, cra_forgotten, {})
+
+    sae = own(0.95, 0.90)
+    points = [script.Point(0, 1.0, own(0.0, 1.0)), script.Point(0, 1.0, own(1.0, 0.30), "raw →none β6")]
+    assert script.baseline_at_retain(sae, points, tolerance=0.02).label == "raw →none β6"
+    best = script.baseline_at_retain(sae, points, tolerance=0.02, own=True)
+    assert best.label == "0 × 1" and script.Comparison("Neon_Glow", sae, points, best).sae_ahead
