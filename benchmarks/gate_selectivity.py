@@ -32,7 +32,15 @@ from saeuron.diffusion.hooks import HookedPipeline
 from saeuron.diffusion.pipeline import load_pipeline
 from saeuron.evaluation.report import table_heatmap
 from saeuron.method.detection import ImageDetector, NearestDetector
-from saeuron.method.selection import DETECTING, Gate, detection_thresholds, gate_thresholds, importance_scores, selected_latents
+from saeuron.method.selection import (
+    DETECTING,
+    Gate,
+    detection_thresholds,
+    gate_thresholds,
+    importance_scores,
+    nearest_means,
+    selected_latents,
+)
 from saeuron.method.statistics import ConceptStatistics
 
 
@@ -102,11 +110,12 @@ def gated_shares(stats, codes, concept: str, percentile: float, contrast: str, g
         passing = (acts > table[steps, indices]).any(-1)  # [B, T, P]
         found_at: list[int] = []
         if gate.kind in DETECTING:  # the edit's own detector, fed the generation step by step
+            detector: ImageDetector | NearestDetector
             if gate.kind == "image":
                 detector = ImageDetector(at_selected(detection_thresholds(stats, kept, gate)), gate.share)
             else:
-                order = [stats.concepts.index(concept), *kept]
-                detector = NearestDetector(stats.means()[order].float(), 1, gate.wait)
+                means, latents = nearest_means(stats, {concept: None}, gate.keep)
+                detector = NearestDetector(means, 1, gate.wait, latents, stats.means().shape[-1])
             count = acts.shape[1]
             shown = torch.stack(
                 [

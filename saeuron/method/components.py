@@ -77,6 +77,8 @@ class DiffusersRecipe(ModelMixin, ConfigMixin):
             self.register_buffer(name, tensor)
         if recipe.detect is not None:
             self.register_buffer("detect_threshold", recipe.detect)
+        if recipe.detect_index is not None:
+            self.register_buffer("detect_index", recipe.detect_index)
 
     @property
     def recipe(self) -> Recipe:
@@ -96,6 +98,7 @@ class DiffusersRecipe(ModelMixin, ConfigMixin):
             c.get("halves", "both"),
             Gate(**c.get("gate", {})),
             getattr(self, "detect_threshold", None),
+            getattr(self, "detect_index", None),
         )
 
     def to(self, *args, **kwargs) -> DiffusersRecipe:
@@ -108,6 +111,7 @@ class DiffusersRecipe(ModelMixin, ConfigMixin):
         recipe.rules = Rules(*(getattr(self, name).cpu() for name in RULE_TENSORS))
         recipe.steering = Steering(*(getattr(self, f"steer_{name}").cpu() for name in STEER_TENSORS))
         recipe.detect = None if recipe.detect is None else recipe.detect.cpu()
+        recipe.detect_index = None if recipe.detect_index is None else recipe.detect_index.cpu()
         recipe.save(save_directory)
 
     @classmethod

@@ -103,19 +103,39 @@ class NearestDetector(_GenerationDetector):
     """The "nearest" gate's: after ``wait`` steps, the concept mean nearest an image's patch-averaged code (squared
     distances summed over the steps so far) is one of the ``forgotten`` first ones of ``centroids``."""
 
-    def __init__(self, centroids: Tensor, forgotten: int, wait: int):
+    def __init__(self, centroids: Tensor, forgotten: int, wait: int, latents: Tensor | None = None, num_latents: int = 0):
         super().__init__()
         self.centroids = centroids
-        """[C, T, F] every concept's mean patch-averaged code at the recipe's timesteps, the forgotten ones first."""
+        """[C, T, F] every concept's mean patch-averaged code at the recipe's timesteps, the forgotten ones first; or,
+        with ``latents``, [C, T, n] its n largest entries (the others count as 0), at ``latents`` [C, T, n] of the
+        SAE's ``num_latents``."""
+        if latents is not None and (
+            latents.shape != centroids.shape or (latents.numel() > 0 and num_latents <= int(latents.max()))
+        ):
+            raise ValueError(
+                f"compact concept means need their latents' indices, shaped as the means {tuple(centroids.shape)} and "
+                f"below the SAE's number of latents; got {tuple(latents.shape)}, {num_latents} latents"
+            )
+        self.latents, self.num_latents = latents, num_latents
         self.forgotten = forgotten
         self.wait = wait
         self._tables: dict[tuple[int, torch.device], Tensor] = {}
 
-    def evidence(self, acts: Tensor, indices: Tensor, rows: int, num_uncond: int, index: int) -> Tensor:
-        key = (index, acts.device)
+    def _means(self, index: int, device: torch.device) -> Tensor:
+        """[C, F] the concept means at recipe timestep ``index``. Compact means are made whole for the current step
+        only: all steps at once are what ``keep`` avoids holding."""
+        key = (index, device)
         if key not in self._tables:
-            self._tables[key] = self.centroids[:, index].to(acts.device, torch.float32)
-        means = self._tables[key]
+            means = self.centroids[:, index].to(device, torch.float32)
+            if self.latents is not None:
+                self._tables.clear()
+                whole = torch.zeros(means.shape[0], self.num_latents, device=device)
+                means = whole.scatter_(1, self.latents[:, index].to(device), means)
+            self._tables[key] = means
+        return self._tables[key]
+
+    def evidence(self, acts: Tensor, indices: Tensor, rows: int, num_uncond: int, index: int) -> Tensor:
+        means = self._means(index, acts.device)
         patches = acts.shape[0] // rows
         cond = slice(num_uncond * patches, None)
         # The code's patch average, [images, F], by index_add: a dense [patches, F] copy would not fit at SD's sizes.

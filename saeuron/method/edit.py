@@ -37,11 +37,11 @@ ERROR_MODES = ("correct", "reference")
 GRADIENTS = ("straight_through", "blocked")
 
 
-def detector_of(recipe: Recipe) -> ImageDetector | NearestDetector | None:
+def detector_of(recipe: Recipe, num_latents: int) -> ImageDetector | NearestDetector | None:
     if recipe.detect is None:
         return None
     if recipe.gate.kind == "nearest":
-        return NearestDetector(recipe.detect, len(recipe.concepts), recipe.gate.wait)
+        return NearestDetector(recipe.detect, len(recipe.concepts), recipe.gate.wait, recipe.detect_index, num_latents)
     return ImageDetector(recipe.detect, recipe.gate.share)
 
 
@@ -91,7 +91,7 @@ class UnlearningEdit:
         self._tables: dict[int, tuple[Tensor, Tensor] | None] = {}
         self._steer_tables: dict[int, SteeringTable | None] = {}
         self._steers = recipe.steers()
-        self.detector = detector_of(recipe)
+        self.detector = detector_of(recipe, sae.num_latents)
         """With the "image" and "nearest" gates: which images of the current generation show the concept (the others
         are not edited)."""
 

@@ -19,7 +19,16 @@ import torch
 from safetensors.torch import load_file
 
 from saeuron.atomic_files import save_tensors_and_json
-from saeuron.method.selection import DETECTING, PAPER_GATE, Gate, Rules, build_rules, detection_thresholds, kept_concepts
+from saeuron.method.selection import (
+    DETECTING,
+    PAPER_GATE,
+    Gate,
+    Rules,
+    build_rules,
+    detection_thresholds,
+    kept_concepts,
+    nearest_means,
+)
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.method.steering import Steer, Steering, build_steering
 
@@ -64,7 +73,10 @@ class Recipe:
     detect: torch.Tensor | None = None
     """What the edit tells an image that shows a forgotten concept by: with the "image" gate, [T, F] thresholds at its
     selected latents (+inf elsewhere); with "nearest", [C, T, F] every statistics concept's mean code, the recipe's
-    concepts first, in its order; None with the other gates."""
+    concepts first, in its order ([C, T, keep] of its largest entries with the gate's ``keep``); None with the other
+    gates."""
+    detect_index: torch.Tensor | None = None
+    """With "nearest" and ``keep``: [C, T, keep] the latents of ``detect``'s entries."""
 
     def __post_init__(self) -> None:
         check_halves(self.halves)
@@ -72,6 +84,8 @@ class Recipe:
             raise ValueError(
                 f"a recipe with the {self.gate.kind!r} gate needs what it detects images by: build it with Recipe.from_statistics"
             )
+        if self.detect_index is not None and (self.detect is None or self.detect_index.shape != self.detect.shape):
+            raise ValueError("a recipe's compact concept means need one latent index per entry: detect_index shaped as detect")
 
     @classmethod
     def from_statistics(
@@ -85,7 +99,7 @@ class Recipe:
     ) -> Recipe:
         """``params``: {concept: (percentile, edit)}, the edit a multiplier γ or a :class:`Steer`."""
         rules, steering = build_rules(stats, params, contrast, gate), build_steering(stats, params, contrast, gate)
-        detect = None
+        detect = detect_index = None
         if gate.kind == "image":  # the detection reads the recipe's own latents only, scaled or steered
             strict = detection_thresholds(stats, kept_concepts(stats, params), gate)
             steps, latents = (
@@ -95,8 +109,7 @@ class Recipe:
             detect = torch.full_like(strict, float("inf"))
             detect[steps, latents] = strict[steps, latents]
         elif gate.kind == "nearest":
-            order = [stats.concepts.index(c) for c in params] + kept_concepts(stats, params)
-            detect = stats.means()[order].float()
+            detect, detect_index = nearest_means(stats, params, gate.keep)
         return cls(
             stats.hookpoint,
             stats.sae_ref,
@@ -111,6 +124,7 @@ class Recipe:
             halves,
             gate,
             detect,
+            detect_index,
         )
 
     def edit_of(self, concept: str) -> float | Steer:
@@ -159,6 +173,8 @@ class Recipe:
             tensors.update(self.steering.tensors())
         if self.detect is not None:
             tensors["detect_threshold"] = self.detect
+        if self.detect_index is not None:
+            tensors["detect_index"] = self.detect_index
         meta = {
             "hookpoint": self.hookpoint,
             "sae_ref": self.sae_ref,
@@ -202,6 +218,7 @@ class Recipe:
             meta.get("halves", "both"),
             Gate(**meta.get("gate", {})),
             t.get("detect_threshold"),
+            t.get("detect_index"),
         )
 
 

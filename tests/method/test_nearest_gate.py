@@ -87,10 +87,10 @@ def test_the_nearest_gate_travels_with_the_recipe_and_its_component(tmp_path):
 def test_the_nearest_gates_spec_and_refusals():
     assert Gate.parse("nearest") == Gate("nearest", wait=2) and Gate.parse("nearest:5", 2.0, 0.3) == Gate("nearest", wait=5)
     assert Gate.parse("image:0.5:0.2").record() == {"kind": "image", "sigmas": 0.5, "share": 0.2}  # recipes as before
-    with pytest.raises(ValueError, match="wait a whole number of steps"):
+    with pytest.raises(ValueError, match="wait and keep whole numbers of steps and latents"):
         Gate.parse("nearest:1.5")
-    with pytest.raises(ValueError, match="'nearest:WAIT'"):
-        Gate.parse("nearest:1:2")
+    with pytest.raises(ValueError, match="'nearest:WAIT:KEEP'"):
+        Gate.parse("nearest:1:2:3")
     with pytest.raises(ValueError, match="wait 3 applies to the 'nearest' gate only"):
         Gate("image", wait=3).check()
     with pytest.raises(ValueError, match=r"whole number of steps \(>= 0\), got -1"):
@@ -119,3 +119,47 @@ def test_jobs_recipe_takes_the_nearest_gates_spec_and_refuses_numbers_it_would_i
         make_recipe(build_config(RecipeConfig, statistics=nothing, concepts=["c"], gate="nearest", gate_sigmas=2.0))
     with pytest.raises(ValueError, match="gate_share 0.3 applies to an 'image' gate named without a share, not 'image:1:0.05'"):
         make_recipe(build_config(RecipeConfig, statistics=nothing, concepts=["c"], gate="image:1:0.05", gate_share=0.3))
+
+
+def test_compact_means_keep_each_concepts_largest_entries_and_find_the_same_images(tmp_path):
+    sae, stats, tokens = setup()
+    means = stats.means().float()
+    whole = Recipe.from_statistics(stats, {"c": (90.0, -2.0)}, "base", "max", gate=Gate("nearest", wait=0))
+    compact = Recipe.from_statistics(stats, {"c": (90.0, -2.0)}, "base", "max", gate=Gate.parse("nearest:0:3"))
+    assert compact.gate == Gate("nearest", wait=0, keep=3) and compact.detect.shape == (2, 1, 3)
+    top = means.topk(3, -1)
+    assert torch.equal(compact.detect, top.values) and torch.equal(compact.detect_index, top.indices)
+    # Three of 64 latents a concept are enough here to tell the images apart: the same images, edited alike.
+    edit = UnlearningEdit(sae, compact)
+    assert torch.equal(edit(tokens, CALL), UnlearningEdit(sae, whole)(tokens, CALL))
+    assert edit.detector.detected.tolist() == [True, True, False, False]
+    # The detector measures the distance to the truncated mean: the rest of the mean counts as 0.
+    truncated = torch.zeros_like(means).scatter_(-1, top.indices, top.values)
+    acts, indices = sae.encode(tokens.reshape(-1, 16))
+    expected = NearestDetector(truncated, 1, 0).evidence(acts, indices, 4, 0, 0)
+    torch.testing.assert_close(NearestDetector(top.values, 1, 0, top.indices, 64).evidence(acts, indices, 4, 0, 0), expected)
+    # Recorded (keep 0, every entry, is recorded as before it existed), saved, loaded, and through the component.
+    compact.save(tmp_path / "r")
+    assert json.loads((tmp_path / "r" / "recipe.json").read_text())["gate"]["keep"] == 3
+    assert "keep" not in Gate("nearest").record()
+    loaded = Recipe.load(tmp_path / "r")
+    assert loaded.gate == compact.gate and torch.equal(loaded.detect_index, compact.detect_index)
+    DiffusersRecipe.from_pretrained(tmp_path / "r").save_pretrained(tmp_path / "again")
+    again = Recipe.load(tmp_path / "again")
+    assert torch.equal(again.detect, compact.detect) and torch.equal(again.detect_index, compact.detect_index)
+    # A keep at or above the SAE's latents keeps the means whole.
+    assert Recipe.from_statistics(stats, {"c": (90.0, -2.0)}, "base", "max", gate=Gate("nearest", keep=64)).detect_index is None
+
+
+def test_compact_means_refusals():
+    with pytest.raises(ValueError, match=r"keep is a number of latents \(>= 0; 0 keeps every one\), got -1"):
+        Gate("nearest", keep=-1).check()
+    with pytest.raises(ValueError, match="keep 8 applies to the 'nearest' gate only"):
+        Gate("image", keep=8).check()
+    with pytest.raises(ValueError, match="below the SAE's number of latents"):
+        NearestDetector(torch.ones(2, 1, 3), 1, 0, torch.tensor([[[0, 1, 64]], [[0, 1, 2]]]), 64)
+    sae, stats, _ = setup()
+    recipe = Recipe.from_statistics(stats, {"c": (90.0, -2.0)}, "base", "max", gate=Gate("nearest", keep=3))
+    recipe.detect_index = recipe.detect_index[:, :, :2]
+    with pytest.raises(ValueError, match="detect_index shaped as detect"):
+        recipe.__post_init__()
