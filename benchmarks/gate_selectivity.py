@@ -48,7 +48,7 @@ def gate_label(gate: Gate) -> str:
     if gate.kind == "image":
         return f"image {gate.sigmas:g}σ {gate.share:g}"
     if gate.kind == "nearest":
-        return f"nearest, wait {gate.wait}"
+        return f"nearest, wait {gate.wait}" + (f", keep {gate.keep}" if gate.keep else "")
     return "paper's (mean)" if gate.kind == "mean" else f"others {gate.sigmas:g}σ"
 
 

@@ -74,7 +74,8 @@ class SearchOptions:
     deviations where it fires on the kept concepts' patches); "image" (the paper's, on the images that show the
     concept: ``saeuron.method.detection``), with ``gate_sigmas`` and ``gate_share`` or their own ("others:2",
     "image:1:0.05"); "nearest" (the same, the images found by the nearest concept mean of their SAE code, after
-    2 steps or "nearest:WAIT"). ``[mean, image]``: per concept, whichever serves it; ``[image:1:0.05, image:1:0.1]``:
+    2 steps or "nearest:WAIT"; "nearest:WAIT:KEEP" stores each concept's mean as its KEEP largest entries, for SAEs
+    of SD's width). ``[mean, image]``: per concept, whichever serves it; ``[image:1:0.05, image:1:0.1]``:
     the image gate's detection chosen per concept (README, "Every concept", items 19-20)."""
     gate_sigmas: float = 1.0
     """z of the "others" gate and of the "image" gate's detection, where a ``gate`` entry gives none of its own."""
