@@ -84,6 +84,31 @@ def test_the_nearest_preset_is_the_steering_preset_with_the_nearest_gate_and_ste
     )
 
 
+def test_the_objects_nearest_preset_is_the_all_concepts_study_on_the_objects_with_both_gates_and_a_drift_ceiling():
+    from saeuron.benchmarks.minicanvas.concepts import OBJECTS
+
+    objects = parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study-objects-nearest.yaml")])
+    every = parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study-all.yaml")])
+    assert sorted(objects.search.concepts) == sorted(OBJECTS)
+    assert (objects.search.gate, objects.search.objective, objects.search.min_retain, objects.search.max_drift) == (
+        ["mean", "nearest"],
+        "ua_ira_cra",
+        0.9,
+        0.025,
+    )
+    assert objects.object_candidate_hookpoints == every.object_candidate_hookpoints
+    assert (objects.collect, objects.train, objects.gather, objects.evaluate) == (
+        every.collect,
+        every.train,
+        every.gather,
+        every.evaluate,
+    )
+    same = {"concepts", "gate", "objective", "min_retain", "max_drift", "register_as"}
+    assert {k: v for k, v in vars(objects.search).items() if k not in same} == {
+        k: v for k, v in vars(every.search).items() if k not in same
+    }
+
+
 def test_the_quick_preset_is_the_default():
     assert parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study.yaml")]) == StudyConfig()
 
