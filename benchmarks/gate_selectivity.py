@@ -115,7 +115,7 @@ def gated_shares(stats, codes, concept: str, percentile: float, contrast: str, g
                 detector = ImageDetector(at_selected(detection_thresholds(stats, kept, gate)), gate.share)
             else:
                 means, latents = nearest_means(stats, {concept: None}, gate.keep)
-                detector = NearestDetector(means, 1, gate.wait, latents, stats.means().shape[-1])
+                detector = NearestDetector(means, 1, gate.wait, latents, stats.num_latents)
             count = acts.shape[1]
             shown = torch.stack(
                 [

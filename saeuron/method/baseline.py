@@ -15,26 +15,33 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import Tensor
 
 from saeuron.collection import activations
 from saeuron.diffusion.hooks import BlockCall
 from saeuron.method.detection import NearestDetector
+from saeuron.method.recipe import nearest_timestep
+
+
+def labelled_vectors(root: str | Path, hookpoint: str, kind: str) -> tuple[pa.Table, np.ndarray]:
+    """A hookpoint's rows (with their ``kind`` label, timestep and patches) and their vectors [patches, d] float32."""
+    manifest = activations.read_manifest(root)
+    if manifest is None:
+        raise FileNotFoundError(f"{root} has no {activations.MANIFEST}: not an activation dataset (run jobs/collect.py first)")
+    d_in = manifest["d_in"][hookpoint]
+    table = activations.read_hookpoint(root, hookpoint, ["timestep", kind, "activations", "patch_index"])
+    return table, activations.binary_to_vectors(table.column("activations"), d_in).astype(np.float32)
 
 
 def channel_rankings(root: str | Path, hookpoint: str, kind: str, count: int) -> dict[str, list[int]]:
     """For every concept of ``kind`` in the dataset, its ``count`` channels most tied to it: the hookpoint's vectors
     are read once for all of them (a collection at SD scale holds gigabytes of them)."""
-    manifest = activations.read_manifest(root)
-    if manifest is None:
-        raise FileNotFoundError(f"{root} has no {activations.MANIFEST}: not an activation dataset (run jobs/collect.py first)")
-    d_in = manifest["d_in"][hookpoint]
-    table = activations.read_hookpoint(root, hookpoint, ["prompt_id", "step_index", kind, "activations", "patch_index"])
+    table, vectors = labelled_vectors(root, hookpoint, kind)
     labels = np.repeat(
         np.array(table.column(kind).to_pylist(), dtype=object), [len(p) for p in table.column("patch_index").to_pylist()]
     )
-    vectors = activations.binary_to_vectors(table.column("activations"), d_in).astype(np.float32)
     spread = vectors.std(0) + 1e-6
     rankings = {}
     for concept in sorted({label for label in labels if label is not None}):
@@ -70,23 +77,18 @@ def raw_means(root: str | Path, hookpoint: str, kind: str) -> tuple[list[str], l
     """Every concept's mean raw block output per denoising step, over the collected vectors: (concepts, the "none"
     of unlabelled prompts last where the collection has them; timesteps [T], noisiest first; means [C, T, d]). The
     raw counterpart of the statistics' mean SAE codes, which the "nearest" gate and steering read."""
-    manifest = activations.read_manifest(root)
-    if manifest is None:
-        raise FileNotFoundError(f"{root} has no {activations.MANIFEST}: not an activation dataset (run jobs/collect.py first)")
-    d_in = manifest["d_in"][hookpoint]
-    table = activations.read_hookpoint(root, hookpoint, ["timestep", kind, "activations", "patch_index"])
+    table, vectors = labelled_vectors(root, hookpoint, kind)
     patches = {len(p) for p in table.column("patch_index").to_pylist()}
     if len(patches) != 1:
         raise ValueError(f"{root}/{hookpoint}: rows hold {sorted(patches)} patches; the means need whole images")
-    vectors = activations.binary_to_vectors(table.column("activations"), d_in).astype(np.float32)
+    d_in = vectors.shape[-1]
     per_row = torch.from_numpy(vectors).reshape(table.num_rows, patches.pop(), d_in).mean(1)  # [rows, d]
     labels = ["none" if label is None else label for label in table.column(kind).to_pylist()]
-    steps = np.array(table.column("timestep").to_pylist())
-    timesteps = sorted({int(t) for t in steps}, reverse=True)
+    steps = [int(t) for t in table.column("timestep").to_pylist()]
+    timesteps = sorted(set(steps), reverse=True)
     concepts = sorted(set(labels) - {"none"}) + (["none"] if "none" in labels else [])
-    label_index = torch.tensor([concepts.index(label) for label in labels])
-    step_index = torch.tensor([timesteps.index(int(t)) for t in steps])
-    cell = label_index * len(timesteps) + step_index
+    concept_of, step_of = {c: i for i, c in enumerate(concepts)}, {t: i for i, t in enumerate(timesteps)}
+    cell = torch.tensor([concept_of[label] * len(timesteps) + step_of[t] for label, t in zip(labels, steps)])
     sums = torch.zeros(len(concepts) * len(timesteps), d_in).index_add_(0, cell, per_row)
     counts = torch.bincount(cell, minlength=len(concepts) * len(timesteps)).clamp_min(1)[:, None]
     return concepts, timesteps, (sums / counts).reshape(len(concepts), len(timesteps), d_in)
@@ -101,11 +103,8 @@ class RawNearestDetector(NearestDetector):
     mean (``raw_means``), the forgotten ones first; the evidence adds up and decides as the SAE gate's does."""
 
     def evidence(self, acts: Tensor, indices: Tensor, rows: int, num_uncond: int, index: int) -> Tensor:
-        key = (index, acts.device)
-        if key not in self._tables:
-            self._tables[key] = self.centroids[:, index].to(acts.device, torch.float32)
         image = acts.float().reshape(rows, -1, acts.shape[-1])[num_uncond:].mean(1)  # [images, d]
-        return torch.cdist(image, self._tables[key]).square()
+        return torch.cdist(image, self._means(index, acts.device)).square()
 
 
 class RawGatedEdit:
@@ -139,7 +138,7 @@ class RawGatedEdit:
         return self._edit(tokens, call, call.num_uncond)
 
     def _edit(self, tokens: Tensor, call: BlockCall, num_uncond: int) -> Tensor:
-        index = min(range(len(self.timesteps)), key=lambda i: abs(self.timesteps[i] - call.timestep))
+        index = nearest_timestep(self.timesteps, call.timestep)
         flat = tokens.reshape(-1, tokens.shape[-1])
         shown = self.detector(flat, _NO_CODE, tokens.shape[0], num_uncond, call.timestep, index)  # [rows]
         out = tokens.clone()

@@ -153,8 +153,7 @@ class Recipe:
     def timestep_index(self, timestep: int) -> int:
         """Rules are looked up by the actual scheduler timestep; a timestep the statistics do not
         cover maps to the nearest one they do (so any number of sampling steps works)."""
-        distances = [abs(t - timestep) for t in self.timesteps]
-        return distances.index(min(distances))
+        return nearest_timestep(self.timesteps, timestep)
 
     def rules_at(self, timestep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mask = self.rules.timestep_index == self.timestep_index(timestep)
@@ -220,6 +219,12 @@ class Recipe:
             t.get("detect_threshold"),
             t.get("detect_index"),
         )
+
+
+def nearest_timestep(timesteps: list[int], timestep: int) -> int:
+    """The index of the timestep of ``timesteps`` nearest ``timestep`` (the first on ties)."""
+    distances = [abs(t - timestep) for t in timesteps]
+    return distances.index(min(distances))
 
 
 def edit_entry(percentile: float, edit: float | Steer) -> dict:

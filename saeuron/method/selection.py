@@ -88,7 +88,9 @@ class Gate(NamedTuple):
         """The gate as a recipe records it: the numbers it takes (a recipe of another gate reads as it did before
         "nearest" existed, and one keeping every mean entry as before ``keep``, byte for byte, so the images keyed on
         it stay valid)."""
-        unused = {"wait", "keep"} if self.kind != "nearest" else set() if self.keep else {"keep"}
+        unused = set() if self.kind == "nearest" else {"wait", "keep"}
+        if not self.keep:
+            unused.add("keep")
         return {k: v for k, v in self._asdict().items() if k not in unused}
 
     def check(self) -> Gate:
