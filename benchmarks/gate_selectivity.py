@@ -1,5 +1,5 @@
 """How selective the edit's gate is: the share of each concept's patches where a forgotten concept's selected latents fire
-above their threshold, under the paper's gate, the "others" gate and the detecting gates, "image" and "nearest"
+above their threshold, under the paper's gate, the "others" gate and the detecting gates, "image", "nearest" and "cell"
 (``saeuron.method.selection.Gate``), and when the detecting gates find each concept's images.
 
     python benchmarks/gate_selectivity.py --sae STUDY/saes/<run>/unet.up_blocks.1.attentions.2 \
@@ -47,8 +47,8 @@ from saeuron.method.statistics import ConceptStatistics
 def gate_label(gate: Gate) -> str:
     if gate.kind == "image":
         return f"image {gate.sigmas:g}σ {gate.share:g}"
-    if gate.kind == "nearest":
-        return f"nearest, wait {gate.wait}" + (f", keep {gate.keep}" if gate.keep else "")
+    if gate.kind in ("nearest", "cell"):
+        return f"{gate.kind}, wait {gate.wait}" + (f", keep {gate.keep}" if gate.keep else "")
     return "paper's (mean)" if gate.kind == "mean" else f"others {gate.sigmas:g}σ"
 
 
@@ -114,7 +114,7 @@ def gated_shares(stats, codes, concept: str, percentile: float, contrast: str, g
             if gate.kind == "image":
                 detector = ImageDetector(at_selected(detection_thresholds(stats, kept, gate)), gate.share)
             else:
-                means, latents = nearest_means(stats, {concept: None}, gate.keep)
+                means, latents = nearest_means(stats, {concept: None}, gate.keep, cells=gate.kind == "cell")
                 detector = NearestDetector(means, 1, gate.wait, latents, stats.num_latents)
             count = acts.shape[1]
             shown = torch.stack(
@@ -196,6 +196,8 @@ def main() -> None:
         raise SystemExit(f"{unknown}: the statistics know {stats.concepts}")
     if any(g.kind in ("others", "image") for g in gates):
         stats.firing_moments()  # statistics without them are refused with the fix, before any sampling
+    if any(g.kind == "cell" for g in gates):
+        stats.cell_means()
     codes = concept_codes(args, stats)
     table, found = {}, {}
     found_at: dict[str, dict[str, dict[str, list[int]]]] = {}

@@ -19,7 +19,9 @@ mean is the nearest. The selected latents carry a style late: on MiniCanvas's Di
 reach share 0.1 only at steps 7-11 of 20, when steering can no longer redraw them; the nearest mean finds 97.8 % of
 the ten styles' images by step 2, and a tenth as many of the kept concepts' (README, "Every concept", item 20). Its
 first decisions, on the noisiest steps, take a few of the neighbours' images for the concept's, so it decides from
-step ``wait`` on.
+step ``wait`` on. The "cell" gate's is the same detector over finer means, one per concept and value of the prompts'
+other label: a style's mean blurs its renderings of eight objects, and Neon_Glow's rings sit nearer Thick_Outline's
+mean than their own for 15 of 20 steps, but nearest Neon_Glow's rings from step 2 (README, "Every concept", item 22).
 """
 
 from __future__ import annotations
@@ -100,11 +102,20 @@ class ImageDetector(_GenerationDetector):
 
 
 class NearestDetector(_GenerationDetector):
-    """The "nearest" gate's: after ``wait`` steps, the concept mean nearest an image's patch-averaged code (squared
-    distances summed over the steps so far) is one of the ``forgotten`` first ones of ``centroids``."""
+    """The "nearest" and "cell" gates': after ``wait`` steps, the concept mean nearest an image's patch-averaged code
+    (squared distances summed over the steps so far) is one of the ``forgotten`` first ones of ``centroids``.
+
+    Cell means, [C, K, T, ...], count as C·K means, the ``forgotten`` first concepts' cells forgotten; a cell no
+    statistics prompt had (NaN) is left out."""
 
     def __init__(self, centroids: Tensor, forgotten: int, wait: int, latents: Tensor | None = None, num_latents: int = 0):
         super().__init__()
+        if centroids.dim() == 4:
+            concepts, cells = centroids.shape[:2]
+            present = ~centroids.flatten(2).isnan().all(-1).flatten()
+            forgotten = int(present[: forgotten * cells].sum())
+            centroids = centroids.flatten(0, 1)[present]
+            latents = None if latents is None else latents.flatten(0, 1)[present]
         self.centroids = centroids
         """[C, T, F] every concept's mean patch-averaged code at the recipe's timesteps, the forgotten ones first; or,
         with ``latents``, [C, T, n] its n largest entries (the others count as 0), at ``latents`` [C, T, n] of the

@@ -28,6 +28,7 @@ from torch import Tensor
 from saeuron.diffusion.hooks import BlockCall
 from saeuron.method.detection import ImageDetector, NearestDetector
 from saeuron.method.recipe import Recipe
+from saeuron.method.selection import NEAREST
 from saeuron.method.statistics import sae_fingerprint
 from saeuron.method.steering import SteeringTable, steering_shift, steering_table
 from saeuron.sae import Sae
@@ -40,7 +41,7 @@ GRADIENTS = ("straight_through", "blocked")
 def detector_of(recipe: Recipe, num_latents: int) -> ImageDetector | NearestDetector | None:
     if recipe.detect is None:
         return None
-    if recipe.gate.kind == "nearest":
+    if recipe.gate.kind in NEAREST:
         return NearestDetector(recipe.detect, len(recipe.concepts), recipe.gate.wait, recipe.detect_index, num_latents)
     return ImageDetector(recipe.detect, recipe.gate.share)
 

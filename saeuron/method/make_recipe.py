@@ -39,8 +39,9 @@ class RecipeConfig(WithModel):
     i.e. nearly wherever it is active), "others" (above its mean + ``gate_sigmas`` standard deviations where it
     fires on the concepts the recipe keeps; statistics gathered with firing moments), "image" (the paper's, on the
     images whose patches pass the "others" threshold often enough: ``gate_share``) or "nearest" (the paper's, on the
-    images whose SAE code is nearest the concept's mean, after ``wait`` steps: "nearest:2"); a spec may give its own
-    numbers ("image:1:0.05")."""
+    images whose SAE code is nearest the concept's mean, after ``wait`` steps: "nearest:2") or "cell" (the same with
+    a mean per concept and value of the other label: statistics gathered with ``cell_means``); a spec may give its
+    own numbers ("image:1:0.05")."""
     gate_sigmas: float = 1.0
     """z of the "others" gate (and of the "image" gate's detection)."""
     gate_share: float = 0.1

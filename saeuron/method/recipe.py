@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from saeuron.atomic_files import save_tensors_and_json
 from saeuron.method.selection import (
     DETECTING,
+    NEAREST,
     PAPER_GATE,
     Gate,
     Rules,
@@ -73,10 +74,10 @@ class Recipe:
     detect: torch.Tensor | None = None
     """What the edit tells an image that shows a forgotten concept by: with the "image" gate, [T, F] thresholds at its
     selected latents (+inf elsewhere); with "nearest", [C, T, F] every statistics concept's mean code, the recipe's
-    concepts first, in its order ([C, T, keep] of its largest entries with the gate's ``keep``); None with the other
-    gates."""
+    concepts first, in its order ([C, T, keep] of its largest entries with the gate's ``keep``); with "cell", [C, K, T,
+    F] the same per value of the other label (NaN for a pair no statistics prompt had); None with the other gates."""
     detect_index: torch.Tensor | None = None
-    """With "nearest" and ``keep``: [C, T, keep] the latents of ``detect``'s entries."""
+    """With "nearest" or "cell" and ``keep``: the latents of ``detect``'s entries, shaped as it."""
 
     def __post_init__(self) -> None:
         check_halves(self.halves)
@@ -108,8 +109,8 @@ class Recipe:
             )
             detect = torch.full_like(strict, float("inf"))
             detect[steps, latents] = strict[steps, latents]
-        elif gate.kind == "nearest":
-            detect, detect_index = nearest_means(stats, params, gate.keep)
+        elif gate.kind in NEAREST:
+            detect, detect_index = nearest_means(stats, params, gate.keep, cells=gate.kind == "cell")
         return cls(
             stats.hookpoint,
             stats.sae_ref,

@@ -37,11 +37,19 @@ import torch
 from saeuron.method.statistics import ConceptStatistics
 
 CONTRASTS = ("mean", "max")
-GATES = ("mean", "others", "image", "nearest")
-GATE_NUMBERS = {"mean": (), "others": ("sigmas",), "image": ("sigmas", "share"), "nearest": ("wait", "keep")}
+GATES = ("mean", "others", "image", "nearest", "cell")
+GATE_NUMBERS = {
+    "mean": (),
+    "others": ("sigmas",),
+    "image": ("sigmas", "share"),
+    "nearest": ("wait", "keep"),
+    "cell": ("wait", "keep"),
+}
 """The numbers each gate takes, in the order a spec gives them ("image:1:0.05", "nearest:2", "nearest:2:256")."""
 WHOLE_NUMBERS = ("wait", "keep")
-DETECTING = ("image", "nearest")
+NEAREST = ("nearest", "cell")
+"""The gates that find an image by the nearest mean code: a concept's, or a (concept, other label) cell's."""
+DETECTING = ("image", *NEAREST)
 """The gates that edit only the images their detector finds showing the concept (``saeuron.method.detection``)."""
 
 
@@ -53,16 +61,18 @@ class Gate(NamedTuple):
     fires on the concepts the recipe keeps; "image": the paper's on the images that show the concept, none elsewhere
     (an image shows it once the share of its patches past the "others" threshold, averaged over the steps so far,
     reaches ``share``); "nearest": the same, an image showing it once its SAE code, summed over the steps so far, is
-    nearer the concept's mean than every kept concept's (``saeuron.method.detection``)."""
+    nearer the concept's mean than every kept concept's (``saeuron.method.detection``); "cell": the same with the
+    means per concept and value of the other label (a style's rendering of each object: statistics gathered with
+    ``cell_means``), an image showing the concept once one of its cells is the nearest."""
     sigmas: float = 1.0
     """With "others" and "image": z, the threshold is the kept concepts' firing mean + z standard deviations."""
     share: float = 0.1
     """With "image": the share of an image's patches, averaged over the steps so far, that makes it the concept's."""
     wait: int = 2
-    """With "nearest": the steps that pass before the detector decides (on the first, from noise, it takes a
+    """With "nearest" and "cell": the steps that pass before the detector decides (on the first, from noise, it takes a
     neighbour's images for the concept's: README, "Every concept", item 20)."""
     keep: int = 0
-    """With "nearest": the entries of every concept's mean code (per step) the recipe keeps, the largest; the rest count
+    """With "nearest" and "cell": the entries of every concept's mean code (per step) the recipe keeps, the largest; the rest count
     as 0 (``saeuron.method.detection``). 0 keeps them all. The means are [concepts, steps, latents]: at SD v1.5's
     20,480 latents, 50 styles and 100 steps 0.4 GB, at 256 kept 10 MB (README, "Every concept", item 21)."""
 
@@ -73,7 +83,9 @@ class Gate(NamedTuple):
         kind, *numbers = spec.split(":")
         names = GATE_NUMBERS.get(kind, ())
         if len(numbers) > len(names):
-            raise ValueError(f"gate {spec!r}: 'mean', 'others:Z', 'image:Z:SHARE' or 'nearest:WAIT:KEEP' (the numbers optional)")
+            raise ValueError(
+                f"gate {spec!r}: 'mean', 'others:Z', 'image:Z:SHARE', 'nearest:WAIT:KEEP' or 'cell:WAIT:KEEP' (the numbers optional)"
+            )
         try:
             given: dict[str, Any] = {n: int(v) if n in WHOLE_NUMBERS else float(v) for n, v in zip(names, numbers)}
         except ValueError:
@@ -88,7 +100,7 @@ class Gate(NamedTuple):
         """The gate as a recipe records it: the numbers it takes (a recipe of another gate reads as it did before
         "nearest" existed, and one keeping every mean entry as before ``keep``, byte for byte, so the images keyed on
         it stay valid)."""
-        unused = set() if self.kind == "nearest" else {"wait", "keep"}
+        unused = set() if self.kind in NEAREST else {"wait", "keep"}
         if not self.keep:
             unused.add("keep")
         return {k: v for k, v in self._asdict().items() if k not in unused}
@@ -97,14 +109,15 @@ class Gate(NamedTuple):
         if self.kind not in GATES:
             raise ValueError(
                 f"gate must be one of {GATES} (the paper's all-concept mean, above the kept concepts' firing, or the "
-                f"paper's on the images that show the concept, found by their firing or by the nearest concept mean), "
+                f"paper's on the images that show the concept, found by their firing, by the nearest concept mean or by "
+                f"the nearest (concept, other label) mean), "
                 f"got {self.kind!r}"
             )
         if not self.sigmas >= 0:
             raise ValueError(
                 f"gate_sigmas is how many standard deviations above the kept concepts' firing mean (>= 0), got {self.sigmas}"
             )
-        if self.kind in ("mean", "nearest") and self.sigmas != Gate().sigmas:
+        if self.kind in ("mean", *NEAREST) and self.sigmas != Gate().sigmas:
             raise ValueError(
                 f"gate_sigmas {self.sigmas:g} applies to the 'others' and 'image' gates only: set the gate, or drop it"
             )
@@ -113,13 +126,17 @@ class Gate(NamedTuple):
         if self.kind != "image" and self.share != Gate().share:
             raise ValueError(f"gate_share {self.share:g} applies to the 'image' gate only: add gate: image, or drop it")
         if not (isinstance(self.wait, int) and self.wait >= 0):
-            raise ValueError(f"the 'nearest' gate's wait is a whole number of steps (>= 0), got {self.wait!r}")
-        if self.kind != "nearest" and self.wait != Gate().wait:
-            raise ValueError(f"wait {self.wait} applies to the 'nearest' gate only: use gate 'nearest:{self.wait}', or drop it")
+            raise ValueError(f"the {self.kind!r} gate's wait is a whole number of steps (>= 0), got {self.wait!r}")
+        if self.kind not in NEAREST and self.wait != Gate().wait:
+            raise ValueError(
+                f"wait {self.wait} applies to the 'nearest' and 'cell' gates only: use gate 'nearest:{self.wait}', or drop it"
+            )
         if not (isinstance(self.keep, int) and self.keep >= 0):
-            raise ValueError(f"the 'nearest' gate's keep is a number of latents (>= 0; 0 keeps every one), got {self.keep!r}")
-        if self.kind != "nearest" and self.keep != Gate().keep:
-            raise ValueError(f"keep {self.keep} applies to the 'nearest' gate only: use gate 'nearest:2:{self.keep}', or drop it")
+            raise ValueError(f"the {self.kind!r} gate's keep is a number of latents (>= 0; 0 keeps every one), got {self.keep!r}")
+        if self.kind not in NEAREST and self.keep != Gate().keep:
+            raise ValueError(
+                f"keep {self.keep} applies to the 'nearest' and 'cell' gates only: use gate 'nearest:2:{self.keep}', or drop it"
+            )
         return self
 
 
@@ -200,10 +217,14 @@ def kept_concepts(stats: ConceptStatistics, params: dict) -> list[int]:
     return [i for i, c in enumerate(stats.concepts) if c not in params]
 
 
-def nearest_means(stats: ConceptStatistics, params: dict, keep: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+def nearest_means(
+    stats: ConceptStatistics, params: dict, keep: int = 0, cells: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """What the "nearest" gate detects by: [C, T, F] every concept's mean code, ``params``' concepts first, in their
-    order; with ``keep`` below F, [C, T, keep] of each one's largest entries and their latents."""
-    means = stats.means()[[stats.concepts.index(c) for c in params] + kept_concepts(stats, params)].float()
+    order; with ``keep`` below F, [C, T, keep] of each one's largest entries and their latents. With ``cells`` (the
+    "cell" gate), [C, K, T, F] (or [C, K, T, keep]) per value of the other label, NaN where no prompt had it."""
+    order = [stats.concepts.index(c) for c in params] + kept_concepts(stats, params)
+    means = (stats.cell_means() if cells else stats.means())[order].float()
     if 0 < keep < means.shape[-1]:
         values, latents = means.topk(keep, -1)
         return values, latents

@@ -11,6 +11,11 @@ fires* follow (:meth:`ConceptStatistics.firing_moments`). The paper's gate is a 
 included — far below what it gives on a patch where it fires at all — so the edit acts wherever a selected latent is
 active, other concepts' patches included; the firing moments let the gate sit above what the other concepts give
 (``saeuron.method.selection.gate_thresholds``). Statistics gathered before they existed load without them.
+
+With ``cells`` (gathered with ``cell_means``), the same sums per concept *and* value of the prompts' other label (a
+style's object, an object's style): ``cell_sums`` [C, K, T, F], ``cell_counts`` [C, K, T]. A concept's mean code blurs
+its renderings of different objects; the "cell" gate tells an image by the nearest of these finer means (README,
+"Every concept", item 22).
 """
 
 from __future__ import annotations
@@ -85,6 +90,12 @@ class ConceptStatistics:
     """[C, T, F] sums over prompts of the fraction of patches where the latent is active (None: gathered before)."""
     squares: torch.Tensor | None = None
     """[C, T, F] sums over prompts of the patch-averaged squared latent (None: gathered before)."""
+    cells: list[str] = field(default_factory=list)
+    """The values of the prompts' other label ("none" for unstyled) whose sums are kept per concept; empty: not kept."""
+    cell_sums: torch.Tensor | None = None
+    """[C, K, T, F] the sums of ``sums`` per concept and value of ``cells``."""
+    cell_counts: torch.Tensor | None = None
+    """[C, K, T] the prompts summed per concept and value of ``cells`` (0: no prompt of that pair)."""
 
     @classmethod
     def empty(
@@ -98,8 +109,9 @@ class ConceptStatistics:
         kind: str,
         sae_inference: str = "",
         prompt_seeds: list[int] | None = None,
+        cells: list[str] | None = None,
     ):
-        c, t = len(concepts), len(timesteps)
+        c, t, k = len(concepts), len(timesteps), len(cells or [])
         return cls(
             hookpoint,
             list(concepts),
@@ -113,6 +125,9 @@ class ConceptStatistics:
             list(prompt_seeds or []),
             torch.zeros(c, t, num_latents, dtype=torch.float64),
             torch.zeros(c, t, num_latents, dtype=torch.float64),
+            list(cells or []),
+            torch.zeros(c, k, t, num_latents, dtype=torch.float64) if k else None,
+            torch.zeros(c, k, t, dtype=torch.long) if k else None,
         )
 
     @property
@@ -122,6 +137,17 @@ class ConceptStatistics:
     def means(self) -> torch.Tensor:
         """[C, T, F] mean patch-averaged activation per concept and timestep."""
         return (self.sums / self.counts.clamp_min(1)[..., None]).float()
+
+    def cell_means(self) -> torch.Tensor:
+        """[C, K, T, F] the mean patch-averaged activation per concept, value of the other label and timestep; NaN
+        where no prompt had that pair."""
+        if self.cell_sums is None or self.cell_counts is None:
+            raise ValueError(
+                "these statistics hold each concept's means only, not per value of the prompts' other label: gather "
+                "them with cell_means: true (the 'cell' gate needs them)"
+            )
+        means = self.cell_sums / self.cell_counts.clamp_min(1)[..., None]
+        return means.masked_fill((self.cell_counts == 0)[..., None], float("nan")).float()
 
     def firing_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         """[C, T, F] mean and standard deviation of each latent's activation over the patches where it fires (0 where
@@ -144,10 +170,18 @@ class ConceptStatistics:
         count: int,
         fires: torch.Tensor | None = None,
         squares: torch.Tensor | None = None,
+        cell: str | None = None,
     ) -> None:
+        """Adds ``count`` prompts' sums; ``cell``, their other label, where the statistics keep ``cells``."""
         c, t = self.concepts.index(concept), self.timesteps.index(timestep)
         self.sums[c, t] += latent_sum.to(torch.float64).cpu()
         self.counts[c, t] += count
+        if self.cell_sums is not None and self.cell_counts is not None:
+            if cell not in self.cells:
+                raise ValueError(f"statistics kept per {self.cells}: got prompts of {cell!r}")
+            k = self.cells.index(cell)
+            self.cell_sums[c, k, t] += latent_sum.to(torch.float64).cpu()
+            self.cell_counts[c, k, t] += count
         for total, part in ((self.fires, fires), (self.squares, squares)):
             if total is not None and part is not None:
                 total[c, t] += part.to(torch.float64).cpu()
@@ -156,6 +190,8 @@ class ConceptStatistics:
         tensors = {"sums": self.sums, "counts": self.counts, "timesteps": torch.tensor(self.timesteps, dtype=torch.long)}
         if self.fires is not None and self.squares is not None:
             tensors.update(fires=self.fires, squares=self.squares)
+        if self.cell_sums is not None and self.cell_counts is not None:
+            tensors.update(cell_sums=self.cell_sums, cell_counts=self.cell_counts)
         index = {
             "hookpoint": self.hookpoint,
             "concepts": self.concepts,
@@ -167,6 +203,7 @@ class ConceptStatistics:
             "sae_inference": self.sae_inference,
             "prompt_seeds": self.prompt_seeds,
             "firing_moments": self.fires is not None and self.squares is not None,
+            **({"cells": self.cells} if self.cells else {}),
         }
         return save_tensors_and_json(folder, TENSORS, tensors, INDEX, index)
 
@@ -194,4 +231,7 @@ class ConceptStatistics:
             index.get("prompt_seeds", []),
             tensors.get("fires"),
             tensors.get("squares"),
+            index.get("cells", []),
+            tensors.get("cell_sums"),
+            tensors.get("cell_counts"),
         )

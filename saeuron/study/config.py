@@ -96,6 +96,11 @@ class StudyConfig(WithResources, WithJudge, WithEdit, WithSampling, WithModel, W
 
     def __post_init__(self) -> None:
         get_benchmark(self.model.benchmark)  # an unknown benchmark fails here, before any stage
+        if any(g.split(":")[0] == "cell" for g in self.search.gate) and not self.gather.cell_means:
+            raise ValueError(
+                f"search.gate {self.search.gate} has the 'cell' gate, which detects by a mean per concept and value of "
+                f"the other label: set gather.cell_means: true"
+            )
         for kind, block in self.candidate_hookpoints:
             if block == self.hookpoints[kind]:
                 raise ValueError(f"{kind}_candidate_hookpoints lists {block}, the {kind} block itself: list only other blocks")

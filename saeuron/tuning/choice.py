@@ -86,8 +86,11 @@ def search_targets(cfg: Any, benchmark: Benchmark) -> dict[str, list[SearchTarge
             f"search.anchors {cfg.anchors}: {ALL_ANCHORS!r} already steers toward every concept the statistics know; "
             f"give it alone or name the anchors"
         )
+    cells = any(g.split(":")[0] == "cell" for g in cfg.gate)
     candidates = [(folder, ConceptStatistics.load(folder)) for folder in cfg.candidate_statistics]
     for folder, stats in candidates:
+        if cells:
+            stats.cell_means()  # statistics without cells are refused with the fix, before Ray starts
         if stats.kind not in ("style", "object"):
             raise ValueError(
                 f"the candidate statistics in {folder} say kind {stats.kind!r}: gather them with --kind style|object"
@@ -105,6 +108,8 @@ def search_targets(cfg: Any, benchmark: Benchmark) -> dict[str, list[SearchTarge
             )
         if folder not in loaded:
             loaded[folder] = ConceptStatistics.load(folder)
+            if cells:
+                loaded[folder].cell_means()
         own = _covering(loaded[folder], folder, concept)
         known |= set(own.concepts)
         targets = [SearchTarget(concept, kind, own.hookpoint, Location.parse(folder).uri, concept, _anchors(cfg, own, concept))]

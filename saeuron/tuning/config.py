@@ -75,8 +75,9 @@ class SearchOptions:
     concept: ``saeuron.method.detection``), with ``gate_sigmas`` and ``gate_share`` or their own ("others:2",
     "image:1:0.05"); "nearest" (the same, the images found by the nearest concept mean of their SAE code, after
     2 steps or "nearest:WAIT"; "nearest:WAIT:KEEP" stores each concept's mean as its KEEP largest entries, for SAEs
-    of SD's width). ``[mean, image]``: per concept, whichever serves it; ``[image:1:0.05, image:1:0.1]``:
-    the image gate's detection chosen per concept (README, "Every concept", items 19-20)."""
+    of SD's width); "cell" (the same with a mean per concept and value of the other label, "cell:WAIT:KEEP":
+    statistics gathered with ``cell_means``). ``[mean, image]``: per concept, whichever serves it; ``[image:1:0.05, image:1:0.1]``:
+    the image gate's detection chosen per concept (README, "Every concept", items 19-22)."""
     gate_sigmas: float = 1.0
     """z of the "others" gate and of the "image" gate's detection, where a ``gate`` entry gives none of its own."""
     gate_share: float = 0.1

@@ -91,7 +91,7 @@ def test_the_nearest_gates_spec_and_refusals():
         Gate.parse("nearest:1.5")
     with pytest.raises(ValueError, match="'nearest:WAIT:KEEP'"):
         Gate.parse("nearest:1:2:3")
-    with pytest.raises(ValueError, match="wait 3 applies to the 'nearest' gate only"):
+    with pytest.raises(ValueError, match="wait 3 applies to the 'nearest' and 'cell' gates only"):
         Gate("image", wait=3).check()
     with pytest.raises(ValueError, match=r"whole number of steps \(>= 0\), got -1"):
         Gate("nearest", wait=-1).check()
@@ -154,7 +154,7 @@ def test_compact_means_keep_each_concepts_largest_entries_and_find_the_same_imag
 def test_compact_means_refusals():
     with pytest.raises(ValueError, match=r"keep is a number of latents \(>= 0; 0 keeps every one\), got -1"):
         Gate("nearest", keep=-1).check()
-    with pytest.raises(ValueError, match="keep 8 applies to the 'nearest' gate only"):
+    with pytest.raises(ValueError, match="keep 8 applies to the 'nearest' and 'cell' gates only"):
         Gate("image", keep=8).check()
     with pytest.raises(ValueError, match="below the SAE's number of latents"):
         NearestDetector(torch.ones(2, 1, 3), 1, 0, torch.tensor([[[0, 1, 64]], [[0, 1, 2]]]), 64)
