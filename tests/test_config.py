@@ -103,6 +103,18 @@ def test_the_objects_nearest_preset_is_the_all_concepts_study_on_the_objects_wit
         every.gather,
         every.evaluate,
     )
+    # The header's command for Rings (README, "Every concept", item 22): steering toward every other object added.
+    rings = parse_config(
+        StudyConfig,
+        ["--config", str(CONFIGS / "minicanvas" / "study-objects-nearest.yaml"), "--search.concepts", "Rings"]
+        + ["--search.anchors", "all", "--search.cond_strengths", "4", "6", "8"],
+    )
+    assert (rings.search.concepts, rings.search.anchors, rings.search.strengths, rings.search.cond_strengths) == (
+        ["Rings"],
+        ["all"],
+        [3.0, 5.0, 7.0],
+        [4.0, 6.0, 8.0],
+    )
     same = {"concepts", "gate", "objective", "min_retain", "max_drift", "register_as"}
     assert {k: v for k, v in vars(objects.search).items() if k not in same} == {
         k: v for k, v in vars(every.search).items() if k not in same
