@@ -34,6 +34,7 @@ from saeuron.evaluation.report import table_heatmap
 from saeuron.method.detection import ImageDetector, NearestDetector
 from saeuron.method.selection import (
     DETECTING,
+    NEAREST,
     Gate,
     detection_thresholds,
     gate_thresholds,
@@ -47,7 +48,7 @@ from saeuron.method.statistics import ConceptStatistics
 def gate_label(gate: Gate) -> str:
     if gate.kind == "image":
         return f"image {gate.sigmas:g}σ {gate.share:g}"
-    if gate.kind in ("nearest", "cell"):
+    if gate.kind in NEAREST:
         return f"{gate.kind}, wait {gate.wait}" + (f", keep {gate.keep}" if gate.keep else "")
     return "paper's (mean)" if gate.kind == "mean" else f"others {gate.sigmas:g}σ"
 
@@ -197,7 +198,7 @@ def main() -> None:
     if any(g.kind in ("others", "image") for g in gates):
         stats.firing_moments()  # statistics without them are refused with the fix, before any sampling
     if any(g.kind == "cell" for g in gates):
-        stats.cell_means()
+        stats.cell_means()  # as are statistics without cells
     codes = concept_codes(args, stats)
     table, found = {}, {}
     found_at: dict[str, dict[str, dict[str, list[int]]]] = {}

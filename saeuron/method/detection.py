@@ -111,7 +111,7 @@ class NearestDetector(_GenerationDetector):
     def __init__(self, centroids: Tensor, forgotten: int, wait: int, latents: Tensor | None = None, num_latents: int = 0):
         super().__init__()
         if centroids.dim() == 4:
-            concepts, cells = centroids.shape[:2]
+            cells = centroids.shape[1]
             present = ~centroids.flatten(2).isnan().all(-1).flatten()
             forgotten = int(present[: forgotten * cells].sum())
             centroids = centroids.flatten(0, 1)[present]

@@ -30,7 +30,7 @@ from saeuron.sections import (
     WithTracking,
 )
 from saeuron.training.ray_train import TrainConfig, TrainOptions
-from saeuron.tuning.config import SearchConfig, SearchOptions
+from saeuron.tuning.config import SearchConfig, SearchOptions, gates_of
 
 
 def _quick_steps() -> SamplingConfig:
@@ -96,7 +96,7 @@ class StudyConfig(WithResources, WithJudge, WithEdit, WithSampling, WithModel, W
 
     def __post_init__(self) -> None:
         get_benchmark(self.model.benchmark)  # an unknown benchmark fails here, before any stage
-        if any(g.split(":")[0] == "cell" for g in self.search.gate) and not self.gather.cell_means:
+        if any(g.kind == "cell" for g in gates_of(self.search)) and not self.gather.cell_means:
             raise ValueError(
                 f"search.gate {self.search.gate} has the 'cell' gate, which detects by a mean per concept and value of "
                 f"the other label: set gather.cell_means: true"

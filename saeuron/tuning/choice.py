@@ -17,7 +17,7 @@ from saeuron.method.recipe import edit_label
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.method.steering import Steer
 from saeuron.storage import Location
-from saeuron.tuning.config import ALL_ANCHORS
+from saeuron.tuning.config import ALL_ANCHORS, gates_of
 
 
 class SearchTarget(NamedTuple):
@@ -86,11 +86,16 @@ def search_targets(cfg: Any, benchmark: Benchmark) -> dict[str, list[SearchTarge
             f"search.anchors {cfg.anchors}: {ALL_ANCHORS!r} already steers toward every concept the statistics know; "
             f"give it alone or name the anchors"
         )
-    cells = any(g.split(":")[0] == "cell" for g in cfg.gate)
-    candidates = [(folder, ConceptStatistics.load(folder)) for folder in cfg.candidate_statistics]
-    for folder, stats in candidates:
+    cells = any(g.kind == "cell" for g in gates_of(cfg))
+
+    def load(folder: str) -> ConceptStatistics:
+        stats = ConceptStatistics.load(folder)
         if cells:
-            stats.cell_means()  # statistics without cells are refused with the fix, before Ray starts
+            stats.cell_means()  # statistics without them are refused with the fix, before Ray starts
+        return stats
+
+    candidates = [(folder, load(folder)) for folder in cfg.candidate_statistics]
+    for folder, stats in candidates:
         if stats.kind not in ("style", "object"):
             raise ValueError(
                 f"the candidate statistics in {folder} say kind {stats.kind!r}: gather them with --kind style|object"
@@ -107,9 +112,7 @@ def search_targets(cfg: Any, benchmark: Benchmark) -> dict[str, list[SearchTarge
                 f"(a folder written by jobs/gather.py --kind {kind})"
             )
         if folder not in loaded:
-            loaded[folder] = ConceptStatistics.load(folder)
-            if cells:
-                loaded[folder].cell_means()
+            loaded[folder] = load(folder)
         own = _covering(loaded[folder], folder, concept)
         known |= set(own.concepts)
         targets = [SearchTarget(concept, kind, own.hookpoint, Location.parse(folder).uri, concept, _anchors(cfg, own, concept))]

@@ -103,6 +103,25 @@ def test_the_cell_gates_spec_and_refusals():
         StudyConfig(search=SearchOptions(gate=["nearest", "cell"]))
 
 
+def test_a_search_under_the_cell_gate_refuses_statistics_without_cells_before_ray(tmp_path):
+    from saeuron.benchmarks import get_benchmark
+    from saeuron.tuning.choice import search_targets
+    from saeuron.tuning.config import SearchConfig
+
+    for name, cells in (("plain", None), ("cells", ["Circles"])):
+        stats = ConceptStatistics.empty("h", ["Neon_Glow", "Flat_Pop"], [501], 8, "sae", "f", "style", cells=cells)
+        stats.save(tmp_path / name)
+    benchmark = get_benchmark("minicanvas")
+
+    def search(folder: str, gate: list[str]):
+        return search_targets(SearchConfig(concepts=["Neon_Glow"], style_statistics=str(tmp_path / folder), gate=gate), benchmark)
+
+    assert search("plain", ["nearest"])["Neon_Glow"][0].hookpoint == "h"
+    with pytest.raises(ValueError, match="cell_means: true"):
+        search("plain", ["nearest", "cell"])
+    assert search("cells", ["cell:2:16"])["Neon_Glow"][0].hookpoint == "h"
+
+
 @pytest.mark.slow
 def test_gathered_cells_add_up_to_each_styles_statistics(style_sae, tmp_path):
     from helpers import fixture_statistics
