@@ -56,13 +56,13 @@ def test_the_steering_preset_is_the_all_concepts_study_on_the_styles_with_steeri
     assert (steering.search.gate, steering.search.gate_sigmas, steering.search.gate_share) == (["image"], 1.0, 0.1)
 
 
-def test_the_nearest_preset_is_the_steering_preset_with_the_nearest_gate_and_steering_on_the_conditional_half():
+def test_the_nearest_preset_is_the_steering_preset_with_the_cell_gate_and_steering_on_the_conditional_half():
     from saeuron.tuning.config import edits_of
 
     nearest = parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study-styles-nearest.yaml")])
     steering = parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study-styles-steering.yaml")])
     assert (nearest.search.gate, nearest.search.strengths, nearest.search.cond_strengths) == (
-        ["nearest"],
+        ["cell"],
         [],
         [2.0, 3.0, 4.0, 6.0],
     )
@@ -70,15 +70,15 @@ def test_the_nearest_preset_is_the_steering_preset_with_the_nearest_gate_and_ste
     assert {k: v for k, v in vars(nearest.search).items() if k not in same} == {
         k: v for k, v in vars(steering.search).items() if k not in same
     }
-    assert (nearest.collect, nearest.train, nearest.gather, nearest.evaluate) == (
-        steering.collect,
-        steering.train,
-        steering.gather,
-        steering.evaluate,
-    )
+    assert (nearest.collect, nearest.train, nearest.evaluate) == (steering.collect, steering.train, steering.evaluate)
+    # The cell gate reads one mean per (style, object): the statistics keep them, nothing else of the gather changes.
+    assert nearest.gather.cell_means and not steering.gather.cell_means
+    assert {k: v for k, v in vars(nearest.gather).items() if k != "cell_means"} == {
+        k: v for k, v in vars(steering.gather).items() if k != "cell_means"
+    }
     search = stage_configs(nearest, "run")["search"]
     edits = edits_of(search, "style", tuple(f"s{i}" for i in range(10)))  # ten anchors: the other 9 styles and none
-    assert len(edits) * len(nearest.search.percentiles) == 196 and all(e["gate"] == "nearest" for e in edits)
+    assert len(edits) * len(nearest.search.percentiles) == 196 and all(e["gate"] == "cell" for e in edits)
     assert sum(e.get("halves") == "cond" and "anchor" in e for e in edits) == 40 and not any(
         "anchor" in e and "halves" not in e for e in edits
     )
