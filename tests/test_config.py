@@ -115,6 +115,18 @@ def test_the_objects_nearest_preset_is_the_all_concepts_study_on_the_objects_wit
         [3.0, 5.0, 7.0],
         [4.0, 6.0, 8.0],
     )
+    # And Hearts' (item 24): four of its own images a cell, so that the tuning images see what its scaling misses.
+    hearts = parse_config(
+        StudyConfig,
+        ["--config", str(CONFIGS / "minicanvas" / "study-objects-nearest.yaml"), "--search.concepts", "Hearts"]
+        + ["--search.forget_prompts_per_cell", "4", "--search.anchors", "all", "--search.cond_strengths", "4", "6", "8"],
+    )
+    assert (hearts.search.concepts, hearts.search.forget_prompts_per_cell, objects.search.forget_prompts_per_cell) == (
+        ["Hearts"],
+        4,
+        0,
+    )
+    assert (hearts.search.anchors, hearts.search.cond_strengths) == (["all"], [4.0, 6.0, 8.0])
     same = {"concepts", "gate", "objective", "min_retain", "max_drift", "register_as"}
     assert {k: v for k, v in vars(objects.search).items() if k not in same} == {
         k: v for k, v in vars(every.search).items() if k not in same
