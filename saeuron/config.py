@@ -169,8 +169,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser(config_class: type, description: str | None) -> argparse.ArgumentParser:
+    # No prefixes: argparse would take --search.anchor for --search.anchors, so a misspelt flag set a field silently.
     parser = _Parser(
-        description=description, formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,
     )
     parser.add_argument(
         "--config", type=Path, default=None, help="YAML file of field values (nested like the flags); flags override it"
