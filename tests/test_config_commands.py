@@ -1,0 +1,109 @@
+"""The study commands the presets' headers and the README print are read from those files and parsed, so an edit
+that breaks one (a renamed flag, a value of the wrong type, a config path that moved) fails here, not for a user."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from helpers import REPO
+
+from saeuron.config import parse_config
+from saeuron.study import StudyConfig
+
+CONFIGS = REPO / "configs"
+SCRIPT = "python jobs/pipeline.py"
+
+
+def pipeline_commands(text: str) -> list[list[str]]:
+    """Each `python jobs/pipeline.py ...` command in TEXT (shell continuations joined, `# ...` comments and optional
+    `[...]` parts dropped) as the argv after the script."""
+    joined = re.sub(r"\\\n\s*(#\s*)?", " ", text)
+    commands = []
+    for line in joined.splitlines():
+        if SCRIPT in line:
+            rest = re.sub(r"\[[^\]]*\]", "", line.split(SCRIPT, 1)[1])
+            commands.append(shlex.split(rest, comments=True))
+    return commands
+
+
+def code_blocks(markdown: str) -> str:
+    """The lines inside MARKDOWN's fenced code blocks (indented fences too: the README's lists hold some)."""
+    inside, kept = False, []
+    for line in markdown.splitlines():
+        if line.strip().startswith("```"):
+            inside = not inside
+        elif inside:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def header(path: Path) -> str:
+    lines = path.read_text().splitlines()
+    return "\n".join(line[1:] for line in lines[: next(i for i, line in enumerate(lines) if not line.startswith("#"))])
+
+
+PRESETS = sorted(p for p in CONFIGS.rglob("study*.yaml") if SCRIPT in header(p)) + sorted(
+    p for p in CONFIGS.rglob("paper.yaml") if SCRIPT in header(p)
+)
+
+
+def test_the_command_reader_joins_continuations_and_drops_comments_and_optional_parts():
+    text = "x\n#   python jobs/pipeline.py --config a.yaml --search.concepts Rings \\\n#       --epochs 3  # why\n"
+    assert pipeline_commands(text) == [["--config", "a.yaml", "--search.concepts", "Rings", "--epochs", "3"]]
+    assert pipeline_commands("python jobs/pipeline.py --config b.yaml [--search.concepts X ...]\n") == [["--config", "b.yaml"]]
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_command_in_a_presets_header_runs_that_preset_and_parses(preset):
+    commands = pipeline_commands(header(preset))
+    assert commands, f"{preset} names no command"
+    for argv in commands:
+        assert argv[:2] == ["--config", str(preset.relative_to(REPO))]
+        cfg = parse_config(StudyConfig, [str(REPO / argv[1]) if i == 1 else a for i, a in enumerate(argv)])
+        assert cfg == parse_config(StudyConfig, ["--config", str(preset)] + argv[2:])
+
+
+def test_every_study_command_in_the_readme_parses(capsys):
+    commands = pipeline_commands(code_blocks((REPO / "README.md").read_text()))
+    assert len(commands) >= 14
+    for argv in commands:
+        argv = [str(REPO / a) if a.startswith("configs/") else a for a in argv]
+        if "--dry_run" in argv:
+            with pytest.raises(SystemExit) as exit_:
+                parse_config(StudyConfig, argv)
+            assert exit_.value.code == 0 and "name: minicanvas-full" in capsys.readouterr().out
+        else:
+            parse_config(StudyConfig, argv)
+
+
+def objects_header_command(concept: str) -> StudyConfig:
+    preset = CONFIGS / "minicanvas" / "study-objects-nearest.yaml"
+    (argv,) = [a for a in pipeline_commands(header(preset)) if concept in a]
+    return parse_config(StudyConfig, ["--config", str(preset)] + argv[2:])
+
+
+def test_the_objects_presets_header_commands_steer_rings_and_hearts_as_the_readme_says():
+    # Rings (README, "Every concept", item 22): steering toward every other object added to the preset's grid.
+    rings = objects_header_command("Rings")
+    assert (rings.search.concepts, rings.search.anchors, rings.search.strengths, rings.search.cond_strengths) == (
+        ["Rings"],
+        ["all"],
+        [3.0, 5.0, 7.0],
+        [4.0, 6.0, 8.0],
+    )
+    assert rings.search.forget_prompts_per_cell == 0
+    # Hearts (item 24): the same steering and four of its own images a cell, so the tuning sees what scaling misses.
+    hearts = objects_header_command("Hearts")
+    assert (hearts.search.concepts, hearts.search.forget_prompts_per_cell) == (["Hearts"], 4)
+    assert (hearts.search.anchors, hearts.search.strengths, hearts.search.cond_strengths) == (
+        rings.search.anchors,
+        rings.search.strengths,
+        rings.search.cond_strengths,
+    )
+
+
+def test_the_readme_lists_every_command_the_presets_headers_give():
+    readme = pipeline_commands(code_blocks((REPO / "README.md").read_text()))
+    missing = [argv for preset in PRESETS for argv in pipeline_commands(header(preset)) if argv not in readme]
+    assert missing == []
