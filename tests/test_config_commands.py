@@ -93,9 +93,10 @@ def test_the_objects_presets_header_commands_steer_rings_and_hearts_as_the_readm
         [4.0, 6.0, 8.0],
     )
     assert rings.search.forget_prompts_per_cell == 0
-    # Hearts (item 24): the same steering and four of its own images a cell, so the tuning sees what scaling misses.
+    # Hearts and Squares (items 24-25): the same steering and four of their own images a cell, so the tuning sees
+    # what their scaling misses.
     hearts = objects_header_command("Hearts")
-    assert (hearts.search.concepts, hearts.search.forget_prompts_per_cell) == (["Hearts"], 4)
+    assert (hearts.search.concepts, hearts.search.forget_prompts_per_cell) == (["Hearts", "Squares"], 4)
     assert (hearts.search.anchors, hearts.search.strengths, hearts.search.cond_strengths) == (
         rings.search.anchors,
         rings.search.strengths,
