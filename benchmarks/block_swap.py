@@ -1,0 +1,208 @@
+"""What an edit of one block would have to do to redraw a style's images with their objects: the anchor prompt's output
+of that block, on the same latents, in place of the style prompt's.
+
+    python benchmarks/block_swap.py --styles Noisy_Texture Neon_Glow [--anchor none] \
+        [--block unet.up_blocks.1.attentions.2] [--windows 0:20 2:20] [--fits mean linear] [--seeds 188] [--out FILE]
+
+Every image of a style's own prompts ("An image of {object} in {style} style.") is sampled beside the same prompt
+with the style replaced by ``--anchor`` (``none``: the unstyled caption), both from the image's noise; after every
+step the anchor row takes the style row's latents again, so both prompts see the same latents at every step. Within a
+window of steps (``START:END``, 0 the noisiest) the style row's conditional output of ``--block`` is replaced by the
+anchor row's — the *swap*. No edit of the block's output can redraw an image better than that: the swap is the
+rendering the UNet itself gives those latents with the other prompt. The images are judged by the benchmark's
+classifiers: UA (the style no longer read) and the object accuracy on those images (is the object still drawn?).
+
+``--fits`` asks how much of the swap a map of the block's own output carries: from pairs (style output, anchor
+output) recorded on the swapped trajectories of ``--fit_seeds``, per step, ``mean`` adds the mean difference,
+``linear`` is the least-squares affine map of the output (ridge ``--ridge``). Each is scored on held-out pairs
+(the evaluation images', the share of the swap's change it leaves unexplained) and as an edit of its own, from the
+first window's start, without the anchor prompt. Only the style's own images are sampled: which images an edit
+reaches is the gate's business (``gate_selectivity.py``), not this benchmark's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from saeuron.benchmarks import prompts
+from saeuron.benchmarks.judges import judge_batch
+from saeuron.diffusion.hooks import BlockCall, HookedPipeline, initial_noise
+from saeuron.evaluation.in_process import Grid, add_grid_arguments, load_grid
+
+FITS = ("mean", "linear")
+Pairs = dict[int, tuple[Tensor, Tensor]]
+"""Step index → (style output, anchor output), ``[patches, channels]`` each, conditional half."""
+StepMap = dict[int, Callable[[Tensor], Tensor]]
+
+
+def parse_window(text: str) -> tuple[int, int]:
+    try:
+        start, end = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a window is START:END in steps (e.g. 2:20), got {text!r}") from None
+    if not 0 <= start < end:
+        raise argparse.ArgumentTypeError(f"a window needs 0 <= START < END, got {text!r}")
+    return start, end
+
+
+def swapped_run(
+    grid: Grid,
+    hooked: HookedPipeline,
+    block: str,
+    rows: Sequence[dict],
+    anchor: str | None,
+    window: tuple[int, int],
+    step_map: StepMap | None = None,
+) -> tuple[Tensor, Pairs]:
+    """Images of ``rows`` with the block swapped in ``window`` (or, with ``step_map``, mapped there instead of
+    swapped), and the (style, anchor) output pairs of every step."""
+    n = len(rows)
+    anchor_prompts = [prompts.eval_prompt(r["object"], anchor) for r in rows]
+    seeds = [r["seed"] for r in rows] * 2
+    pairs: dict[int, list[tuple[Tensor, Tensor]]] = {}
+
+    def edit(tokens: Tensor, call: BlockCall) -> Tensor:
+        cond = call.num_uncond
+        style_out, anchor_out = tokens[cond : cond + n], tokens[cond + n : cond + 2 * n]
+        pairs.setdefault(call.step_index, []).append((style_out.float().clone(), anchor_out.float().clone()))
+        if not window[0] <= call.step_index < window[1]:
+            return tokens
+        out = tokens.clone()
+        out[cond : cond + n] = anchor_out if step_map is None else step_map[call.step_index](style_out.float()).to(tokens.dtype)
+        return out
+
+    def same_latents(_pipe, _step, _t, tensors: dict) -> dict:
+        latents = tensors["latents"]
+        latents[n:] = latents[:n]
+        return {"latents": latents}
+
+    latents = initial_noise(seeds, hooked.latent_shape(), hooked.device, hooked.dtype)
+    sampling = {k: v for k, v in grid.sampling.items() if k != "output_type"}
+    with hooked.hooks({block: edit}), torch.no_grad():
+        images = grid.pipe(
+            [r["prompt"] for r in rows] + anchor_prompts,
+            latents=latents,
+            output_type="pt",
+            **sampling,
+            callback_on_step_end=same_latents,
+            callback_on_step_end_tensor_inputs=["latents"],
+        ).images
+    joined = {
+        t: (torch.cat([s for s, _ in v]).flatten(0, 1), torch.cat([a for _, a in v]).flatten(0, 1)) for t, v in pairs.items()
+    }
+    return images[:n], joined
+
+
+def fit_map(kind: str, pairs: Pairs, ridge: float) -> StepMap:
+    """Per step, the style output → anchor output map of ``kind`` fitted on ``pairs``."""
+    fitted: StepMap = {}
+    for step, (x, y) in pairs.items():
+        if kind == "mean":
+            shift = (y - x).mean(0)
+            fitted[step] = lambda z, shift=shift: z + shift
+        else:
+            design = torch.cat([x, torch.ones(len(x), 1)], 1)
+            weights = torch.linalg.solve(design.T @ design + ridge * torch.eye(design.shape[1]), design.T @ y)
+            fitted[step] = lambda z, w=weights: torch.cat([z, torch.ones(*z.shape[:-1], 1)], -1) @ w
+    return fitted
+
+
+def unexplained(step_map: StepMap, pairs: Pairs, window: tuple[int, int]) -> float:
+    """Share of the swap's change (anchor − style output) the map leaves unexplained, over the window's steps."""
+    steps = [t for t in pairs if window[0] <= t < window[1]]
+    miss = sum(float((step_map[t](pairs[t][0]) - pairs[t][1]).square().sum()) for t in steps)
+    change = sum(float((pairs[t][1] - pairs[t][0]).square().sum()) for t in steps)
+    return miss / change
+
+
+def judged_scores(grid: Grid, images: Tensor, rows: Sequence[dict], style: str) -> dict:
+    judged = judge_batch(grid.judge, images.float(), rows)
+    lost = sorted(f"{j['object']}->{j['object_pred']}" for j in judged if j["object_pred"] != j["object"])
+    return {
+        "UA": sum(j["style_pred"] != style for j in judged) / len(judged),
+        "objects": sum(j["object_pred"] == j["object"] for j in judged) / len(judged),
+        "lost": lost,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--styles", nargs="+", required=True, help="the styles whose own images are redrawn")
+    parser.add_argument("--anchor", default=prompts.UNSTYLED, help="the style whose prompt's block output is swapped in")
+    parser.add_argument("--block", default="unet.up_blocks.1.attentions.2", help="the cross-attention block swapped")
+    parser.add_argument("--windows", nargs="+", type=parse_window, default=[], help="START:END steps (default: 0:STEPS 2:STEPS)")
+    parser.add_argument("--fits", nargs="*", choices=FITS, default=list(FITS))
+    parser.add_argument("--fit_seeds", nargs="+", type=int, default=list(range(11, 21)))
+    parser.add_argument("--ridge", type=float, default=10.0)
+    add_grid_arguments(parser)
+    parser.add_argument("--out", default="", help="write the scores as JSON here")
+    args = parser.parse_args()
+    grid = load_grid(args)
+    styles = grid.benchmark.styles
+    unknown = [s for s in args.styles if s not in styles]
+    if unknown or (args.anchor != prompts.UNSTYLED and args.anchor not in styles):
+        parser.error(f"{unknown or [args.anchor]} not a style of {grid.benchmark.name}: {list(styles)} (anchor: or 'none')")
+    if args.anchor in args.styles:
+        parser.error(f"the anchor {args.anchor} is one of --styles; swap a style for another")
+    args.windows = args.windows or [(0, args.steps), (2, args.steps)]
+    if max(end for _, end in args.windows) > args.steps:
+        parser.error(f"a window ends after the last of {args.steps} steps: {args.windows}")
+    if set(args.fit_seeds) & set(args.seeds):
+        parser.error(f"--fit_seeds {args.fit_seeds} overlap the evaluation --seeds {args.seeds}: the fit must be held out")
+    hooked = HookedPipeline(grid.pipe)
+    hooked.validate_hookpoints([args.block])
+    anchor = None if args.anchor == prompts.UNSTYLED else args.anchor
+    started, results = time.perf_counter(), []
+
+    def report(style: str, edit: str, images: Tensor, rows: list[dict], **extra) -> None:
+        scores = {"style": style, "anchor": args.anchor, "edit": edit, **extra, **judged_scores(grid, images, rows, style)}
+        results.append(scores)
+        more = "".join(f" {k} {v:.3f}" for k, v in extra.items())
+        print(f"  {edit}: UA {scores['UA']:.3f} objects {scores['objects']:.3f}{more}  lost {scores['lost']}", flush=True)
+
+    for style in args.styles:
+        rows = [r for r in grid.rows if r["style"] == style]
+        print(f"{style} ({len(rows)} images) at {args.block}, anchor {args.anchor}", flush=True)
+        report(
+            style,
+            "unedited",
+            hooked.generate([r["prompt"] for r in rows], [r["seed"] for r in rows], **grid.sampling).images,
+            rows,
+        )
+        held: Pairs = {}
+        for window in args.windows:
+            images, pairs = swapped_run(grid, hooked, args.block, rows, anchor, window)
+            held = held or pairs  # the first window's: the one the fits are scored on
+            report(style, f"swap {window[0]}:{window[1]}", images, rows)
+        if not args.fits:
+            continue
+        fit_rows = [
+            {"prompt": prompts.eval_prompt(o, style), "object": o, "seed": s}
+            for o in grid.benchmark.objects
+            for s in args.fit_seeds
+        ]
+        _, fit_pairs = swapped_run(grid, hooked, args.block, fit_rows, anchor, args.windows[0])
+        for kind in args.fits:
+            step_map = fit_map(kind, fit_pairs, args.ridge)
+            images, _ = swapped_run(grid, hooked, args.block, rows, anchor, args.windows[0], step_map)
+            report(
+                style,
+                f"{kind} fit {args.windows[0][0]}:{args.windows[0][1]}",
+                images,
+                rows,
+                unexplained=unexplained(step_map, held, args.windows[0]),
+            )
+    print(f"\nseeds {args.seeds}, {time.perf_counter() - started:.0f} s")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
