@@ -59,44 +59,55 @@ def swapped_run(
     anchor: str | None,
     window: tuple[int, int],
     step_map: StepMap | None = None,
+    batch_size: int = 44,
 ) -> tuple[Tensor, Pairs]:
     """Images of ``rows`` with the block swapped in ``window`` (or, with ``step_map``, mapped there instead of
-    swapped), and the (style, anchor) output pairs of every step."""
-    n = len(rows)
-    anchor_prompts = [prompts.eval_prompt(r["object"], anchor) for r in rows]
-    seeds = [r["seed"] for r in rows] * 2
-    pairs: dict[int, list[tuple[Tensor, Tensor]]] = {}
-
-    def edit(tokens: Tensor, call: BlockCall) -> Tensor:
-        cond = call.num_uncond
-        style_out, anchor_out = tokens[cond : cond + n], tokens[cond + n : cond + 2 * n]
-        pairs.setdefault(call.step_index, []).append((style_out.float().clone(), anchor_out.float().clone()))
-        if not window[0] <= call.step_index < window[1]:
-            return tokens
-        out = tokens.clone()
-        out[cond : cond + n] = anchor_out if step_map is None else step_map[call.step_index](style_out.float()).to(tokens.dtype)
-        return out
-
-    def same_latents(_pipe, _step, _t, tensors: dict) -> dict:
-        latents = tensors["latents"]
-        latents[n:] = latents[:n]
-        return {"latents": latents}
-
-    latents = initial_noise(seeds, hooked.latent_shape(), hooked.device, hooked.dtype)
+    swapped), and the (style, anchor) output pairs of every step, ``batch_size`` rows (twice as many prompts) a batch."""
     sampling = {k: v for k, v in grid.sampling.items() if k != "output_type"}
-    with hooked.hooks({block: edit}), torch.no_grad():
-        images = grid.pipe(
-            [r["prompt"] for r in rows] + anchor_prompts,
-            latents=latents,
-            output_type="pt",
-            **sampling,
-            callback_on_step_end=same_latents,
-            callback_on_step_end_tensor_inputs=["latents"],
-        ).images
+    images: list[Tensor] = []
+    pairs: dict[int, list[tuple[Tensor, Tensor]]] = {}
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        n = len(chunk)
+
+        def edit(tokens: Tensor, call: BlockCall, n: int = n) -> Tensor:
+            cond = call.num_uncond
+            style_out, anchor_out = tokens[cond : cond + n], tokens[cond + n : cond + 2 * n]
+            pairs.setdefault(call.step_index, []).append((style_out.float().clone(), anchor_out.float().clone()))
+            if not window[0] <= call.step_index < window[1]:
+                return tokens
+            out = tokens.clone()
+            mapped = anchor_out if step_map is None else step_map[call.step_index](style_out.float()).to(tokens.dtype)
+            out[cond : cond + n] = mapped
+            return out
+
+        def same_latents(_pipe, _step, _t, tensors: dict, n: int = n) -> dict:
+            # The anchor rows follow the style rows' trajectory: both captions are read on the same latents.
+            latents = tensors["latents"]
+            latents[n:] = latents[:n]
+            return {"latents": latents}
+
+        seeds = [r["seed"] for r in chunk] * 2
+        latents = initial_noise(seeds, hooked.latent_shape(), hooked.device, hooked.dtype)
+        captions = [r["prompt"] for r in chunk] + [prompts.eval_prompt(r["object"], anchor) for r in chunk]
+        with hooked.hooks({block: edit}), torch.no_grad():
+            out = grid.pipe(
+                captions,
+                latents=latents,
+                output_type="pt",
+                **sampling,
+                callback_on_step_end=same_latents,
+                callback_on_step_end_tensor_inputs=["latents"],
+            )
+        images.append(out.images[:n])
     joined = {
         t: (torch.cat([s for s, _ in v]).flatten(0, 1), torch.cat([a for _, a in v]).flatten(0, 1)) for t, v in pairs.items()
     }
-    return images[:n], joined
+    return torch.cat(images), joined
+
+
+def _with_bias(x: Tensor) -> Tensor:
+    return torch.cat([x, torch.ones(*x.shape[:-1], 1, device=x.device, dtype=x.dtype)], -1)
 
 
 def fit_map(kind: str, pairs: Pairs, ridge: float) -> StepMap:
@@ -107,9 +118,10 @@ def fit_map(kind: str, pairs: Pairs, ridge: float) -> StepMap:
             shift = (y - x).mean(0)
             fitted[step] = lambda z, shift=shift: z + shift
         else:
-            design = torch.cat([x, torch.ones(len(x), 1)], 1)
-            weights = torch.linalg.solve(design.T @ design + ridge * torch.eye(design.shape[1]), design.T @ y)
-            fitted[step] = lambda z, w=weights: torch.cat([z, torch.ones(*z.shape[:-1], 1)], -1) @ w
+            design = _with_bias(x)
+            eye = torch.eye(design.shape[1], device=x.device, dtype=x.dtype)
+            weights = torch.linalg.solve(design.T @ design + ridge * eye, design.T @ y)
+            fitted[step] = lambda z, w=weights: _with_bias(z) @ w
     return fitted
 
 
@@ -177,7 +189,7 @@ def main() -> None:
         )
         held: Pairs = {}
         for window in args.windows:
-            images, pairs = swapped_run(grid, hooked, args.block, rows, anchor, window)
+            images, pairs = swapped_run(grid, hooked, args.block, rows, anchor, window, None, args.batch_size)
             held = held or pairs  # the first window's: the one the fits are scored on
             report(style, f"swap {window[0]}:{window[1]}", images, rows)
         if not args.fits:
@@ -187,10 +199,10 @@ def main() -> None:
             for o in grid.benchmark.objects
             for s in args.fit_seeds
         ]
-        _, fit_pairs = swapped_run(grid, hooked, args.block, fit_rows, anchor, args.windows[0])
+        _, fit_pairs = swapped_run(grid, hooked, args.block, fit_rows, anchor, args.windows[0], None, args.batch_size)
         for kind in args.fits:
             step_map = fit_map(kind, fit_pairs, args.ridge)
-            images, _ = swapped_run(grid, hooked, args.block, rows, anchor, args.windows[0], step_map)
+            images, _ = swapped_run(grid, hooked, args.block, rows, anchor, args.windows[0], step_map, args.batch_size)
             report(
                 style,
                 f"{kind} fit {args.windows[0][0]}:{args.windows[0][1]}",
