@@ -15,8 +15,8 @@ classifiers: UA (the style no longer read) and the object accuracy on those imag
 ``--fits`` asks how much of the swap a map of the block's own output carries: from pairs (style output, anchor
 output) recorded on the swapped trajectories of ``--fit_seeds``, per step, ``mean`` adds the mean difference,
 ``linear`` is the least-squares affine map of the output (ridge ``--ridge``). Each is scored on held-out pairs
-(the evaluation images', the share of the swap's change it leaves unexplained) and as an edit of its own, from the
-first window's start, without the anchor prompt. Only the style's own images are sampled: which images an edit
+(the evaluation images', the share of the swap's change it leaves unexplained) and as an edit of its own within the
+first window, sampled without the anchor caption. Only the style's own images are sampled: which images an edit
 reaches is the gate's business (``gate_selectivity.py``), not this benchmark's.
 """
 
@@ -30,10 +30,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from saeuron.benchmarks import prompts
+from saeuron.benchmarks import get_benchmark, prompts
 from saeuron.benchmarks.judges import judge_batch
 from saeuron.diffusion.hooks import BlockCall, HookedPipeline, initial_noise
 from saeuron.evaluation.in_process import Grid, add_grid_arguments, load_grid
+from saeuron.evaluation.metrics import object_accuracy, style_accuracy
 
 FITS = ("mean", "linear")
 Pairs = dict[int, tuple[Tensor, Tensor]]
@@ -58,11 +59,10 @@ def swapped_run(
     rows: Sequence[dict],
     anchor: str | None,
     window: tuple[int, int],
-    step_map: StepMap | None = None,
     batch_size: int = 44,
 ) -> tuple[Tensor, Pairs]:
-    """Images of ``rows`` with the block swapped in ``window`` (or, with ``step_map``, mapped there instead of
-    swapped), and the (style, anchor) output pairs of every step, ``batch_size`` rows (twice as many prompts) a batch."""
+    """Images of ``rows`` with the block swapped in ``window``, and the (style, anchor) output pairs of every step,
+    ``batch_size`` rows (twice as many prompts) a batch."""
     sampling = {k: v for k, v in grid.sampling.items() if k != "output_type"}
     images: list[Tensor] = []
     pairs: dict[int, list[tuple[Tensor, Tensor]]] = {}
@@ -77,8 +77,7 @@ def swapped_run(
             if not window[0] <= call.step_index < window[1]:
                 return tokens
             out = tokens.clone()
-            mapped = anchor_out if step_map is None else step_map[call.step_index](style_out.float()).to(tokens.dtype)
-            out[cond : cond + n] = mapped
+            out[cond : cond + n] = anchor_out
             return out
 
         def same_latents(_pipe, _step, _t, tensors: dict, n: int = n) -> dict:
@@ -125,6 +124,20 @@ def fit_map(kind: str, pairs: Pairs, ridge: float) -> StepMap:
     return fitted
 
 
+class MappedEdit:
+    """The fitted map as an edit of the block's conditional half within ``window``: the anchor caption is not sampled."""
+
+    def __init__(self, step_map: StepMap, window: tuple[int, int]):
+        self.step_map, self.window = step_map, window
+
+    def __call__(self, tokens: Tensor, call: BlockCall) -> Tensor:
+        if not self.window[0] <= call.step_index < self.window[1]:
+            return tokens
+        out = tokens.clone()
+        out[call.cond_rows] = self.step_map[call.step_index](tokens[call.cond_rows].float()).to(tokens.dtype)
+        return out
+
+
 def unexplained(step_map: StepMap, pairs: Pairs, window: tuple[int, int]) -> float:
     """Share of the swap's change (anchor − style output) the map leaves unexplained, over the window's steps."""
     steps = [t for t in pairs if window[0] <= t < window[1]]
@@ -134,13 +147,11 @@ def unexplained(step_map: StepMap, pairs: Pairs, window: tuple[int, int]) -> flo
 
 
 def judged_scores(grid: Grid, images: Tensor, rows: Sequence[dict], style: str) -> dict:
+    """UA and the objects kept on a style's own images, as the evaluation reads them (its ``CRA_forgotten``)."""
     judged = judge_batch(grid.judge, images.float(), rows)
     lost = sorted(f"{j['object']}->{j['object_pred']}" for j in judged if j["object_pred"] != j["object"])
-    return {
-        "UA": sum(j["style_pred"] != style for j in judged) / len(judged),
-        "objects": sum(j["object_pred"] == j["object"] for j in judged) / len(judged),
-        "lost": lost,
-    }
+    objects = object_accuracy(judged, "styled")
+    return {"UA": 1 - style_accuracy(judged)[style], "objects": sum(objects.values()) / len(objects), "lost": lost}
 
 
 def main() -> None:
@@ -155,11 +166,10 @@ def main() -> None:
     add_grid_arguments(parser)
     parser.add_argument("--out", default="", help="write the scores as JSON here")
     args = parser.parse_args()
-    grid = load_grid(args)
-    styles = grid.benchmark.styles
-    unknown = [s for s in args.styles if s not in styles]
-    if unknown or (args.anchor != prompts.UNSTYLED and args.anchor not in styles):
-        parser.error(f"{unknown or [args.anchor]} not a style of {grid.benchmark.name}: {list(styles)} (anchor: or 'none')")
+    benchmark = get_benchmark(args.benchmark)
+    unknown = [s for s in args.styles if s not in benchmark.styles]
+    if unknown or (args.anchor != prompts.UNSTYLED and args.anchor not in benchmark.styles):
+        parser.error(f"{unknown or [args.anchor]} not a style of {benchmark.name}: {list(benchmark.styles)} (anchor: or 'none')")
     if args.anchor in args.styles:
         parser.error(f"the anchor {args.anchor} is one of --styles; swap a style for another")
     args.windows = args.windows or [(0, args.steps), (2, args.steps)]
@@ -167,10 +177,21 @@ def main() -> None:
         parser.error(f"a window ends after the last of {args.steps} steps: {args.windows}")
     if set(args.fit_seeds) & set(args.seeds):
         parser.error(f"--fit_seeds {args.fit_seeds} overlap the evaluation --seeds {args.seeds}: the fit must be held out")
+    grid = load_grid(args)
     hooked = HookedPipeline(grid.pipe)
     hooked.validate_hookpoints([args.block])
     anchor = None if args.anchor == prompts.UNSTYLED else args.anchor
     started, results = time.perf_counter(), []
+
+    def generate(rows: list[dict], edits: dict | None) -> Tensor:
+        batches = range(0, len(rows), args.batch_size)
+        chunks = [rows[i : i + args.batch_size] for i in batches]
+        return torch.cat(
+            [
+                hooked.generate([r["prompt"] for r in c], [r["seed"] for r in c], edits=edits, **grid.sampling).images
+                for c in chunks
+            ]
+        )
 
     def report(style: str, edit: str, images: Tensor, rows: list[dict], **extra) -> None:
         scores = {"style": style, "anchor": args.anchor, "edit": edit, **extra, **judged_scores(grid, images, rows, style)}
@@ -181,28 +202,22 @@ def main() -> None:
     for style in args.styles:
         rows = [r for r in grid.rows if r["style"] == style]
         print(f"{style} ({len(rows)} images) at {args.block}, anchor {args.anchor}", flush=True)
-        report(
-            style,
-            "unedited",
-            hooked.generate([r["prompt"] for r in rows], [r["seed"] for r in rows], **grid.sampling).images,
-            rows,
-        )
+        report(style, "unedited", generate(rows, None), rows)
         held: Pairs = {}
         for window in args.windows:
-            images, pairs = swapped_run(grid, hooked, args.block, rows, anchor, window, None, args.batch_size)
+            images, pairs = swapped_run(grid, hooked, args.block, rows, anchor, window, args.batch_size)
             held = held or pairs  # the first window's: the one the fits are scored on
             report(style, f"swap {window[0]}:{window[1]}", images, rows)
         if not args.fits:
             continue
         fit_rows = [
-            {"prompt": prompts.eval_prompt(o, style), "object": o, "seed": s}
-            for o in grid.benchmark.objects
-            for s in args.fit_seeds
+            {"prompt": prompts.eval_prompt(o, style), "object": o, "seed": s} for o in benchmark.objects for s in args.fit_seeds
         ]
-        _, fit_pairs = swapped_run(grid, hooked, args.block, fit_rows, anchor, args.windows[0], None, args.batch_size)
+        _, fit_pairs = swapped_run(grid, hooked, args.block, fit_rows, anchor, args.windows[0], args.batch_size)
         for kind in args.fits:
             step_map = fit_map(kind, fit_pairs, args.ridge)
-            images, _ = swapped_run(grid, hooked, args.block, rows, anchor, args.windows[0], step_map, args.batch_size)
+            edits = {args.block: MappedEdit(step_map, args.windows[0])}
+            images = generate(rows, edits)
             report(
                 style,
                 f"{kind} fit {args.windows[0][0]}:{args.windows[0][1]}",
