@@ -32,9 +32,10 @@ from torch import Tensor
 
 from saeuron.benchmarks import get_benchmark, prompts
 from saeuron.benchmarks.judges import judge_batch
-from saeuron.diffusion.hooks import BlockCall, HookedPipeline, initial_noise
+from saeuron.diffusion.hooks import BlockCall, HookedPipeline
 from saeuron.evaluation.in_process import Grid, add_grid_arguments, load_grid
 from saeuron.evaluation.metrics import object_accuracy, style_accuracy
+from saeuron.method.block_map import AffineSums, apply_map, paired_sampling, solve_affine
 
 FITS = ("mean", "linear")
 Pairs = dict[int, tuple[Tensor, Tensor]]
@@ -66,47 +67,20 @@ def swapped_run(
     sampling = {k: v for k, v in grid.sampling.items() if k != "output_type"}
     images: list[Tensor] = []
     pairs: dict[int, list[tuple[Tensor, Tensor]]] = {}
+
+    def keep(step: int, own: Tensor, other: Tensor) -> None:
+        pairs.setdefault(step, []).append((own.float().clone(), other.float().clone()))
+
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        n = len(chunk)
-
-        def edit(tokens: Tensor, call: BlockCall, n: int = n) -> Tensor:
-            cond = call.num_uncond
-            style_out, anchor_out = tokens[cond : cond + n], tokens[cond + n : cond + 2 * n]
-            pairs.setdefault(call.step_index, []).append((style_out.float().clone(), anchor_out.float().clone()))
-            if not window[0] <= call.step_index < window[1]:
-                return tokens
-            out = tokens.clone()
-            out[cond : cond + n] = anchor_out
-            return out
-
-        def same_latents(_pipe, _step, _t, tensors: dict, n: int = n) -> dict:
-            # The anchor rows follow the style rows' trajectory: both captions are read on the same latents.
-            latents = tensors["latents"]
-            latents[n:] = latents[:n]
-            return {"latents": latents}
-
-        seeds = [r["seed"] for r in chunk] * 2
-        latents = initial_noise(seeds, hooked.latent_shape(), hooked.device, hooked.dtype)
-        captions = [r["prompt"] for r in chunk] + [prompts.eval_prompt(r["object"], anchor) for r in chunk]
-        with hooked.hooks({block: edit}), torch.no_grad():
-            out = grid.pipe(
-                captions,
-                latents=latents,
-                output_type="pt",
-                **sampling,
-                callback_on_step_end=same_latents,
-                callback_on_step_end_tensor_inputs=["latents"],
-            )
-        images.append(out.images[:n])
+        captions = [r["prompt"] for r in chunk]
+        anchors = [prompts.eval_prompt(r["object"], anchor) for r in chunk]
+        seeds = [r["seed"] for r in chunk]
+        images.append(paired_sampling(hooked, block, captions, anchors, seeds, window, keep, output_type="pt", **sampling))
     joined = {
         t: (torch.cat([s for s, _ in v]).flatten(0, 1), torch.cat([a for _, a in v]).flatten(0, 1)) for t, v in pairs.items()
     }
     return torch.cat(images), joined
-
-
-def _with_bias(x: Tensor) -> Tensor:
-    return torch.cat([x, torch.ones(*x.shape[:-1], 1, device=x.device, dtype=x.dtype)], -1)
 
 
 def fit_map(kind: str, pairs: Pairs, ridge: float) -> StepMap:
@@ -117,10 +91,10 @@ def fit_map(kind: str, pairs: Pairs, ridge: float) -> StepMap:
             shift = (y - x).mean(0)
             fitted[step] = lambda z, shift=shift: z + shift
         else:
-            design = _with_bias(x)
-            eye = torch.eye(design.shape[1], device=x.device, dtype=x.dtype)
-            weights = torch.linalg.solve(design.T @ design + ridge * eye, design.T @ y)
-            fitted[step] = lambda z, w=weights: _with_bias(z) @ w
+            sums = AffineSums.zeros(1, x.shape[-1])
+            sums.add(0, x, y)
+            weights = solve_affine(sums, ridge)[0][0]
+            fitted[step] = lambda z, w=weights: apply_map(w, z)
     return fitted
 
 

@@ -298,3 +298,25 @@ def test_candidate_blocks_are_collected_and_trained_beside_the_kinds_blocks_and_
     with pytest.raises(SystemExit):
         parse_config(StudyConfig, ["--object_candidate_hookpoints", "unet.mid_block.attentions.0"])
     assert "object_candidate_hookpoints lists unet.mid_block.attentions.0, the object block itself" in capsys.readouterr().err
+
+
+def test_a_study_searching_map_edits_gathers_the_style_maps_and_only_those(capsys):
+    from saeuron.study.config import gather_config
+
+    with pytest.raises(SystemExit):
+        parse_config(StudyConfig, ["--search.map_strengths", "1", "--search.gate", "cell", "--gather.cell_means", "true"])
+    assert (
+        "search.map_strengths [1.0] searches map edits, fitted when the style statistics are gathered: set gather.map_anchor"
+        in capsys.readouterr().err
+    )
+    cfg = parse_config(
+        StudyConfig,
+        ["--search.map_strengths", "1", "--search.gate", "cell", "--gather.cell_means", "true", "--gather.map_anchor", "none"],
+    )
+    tracking = stage_configs(cfg, "run")["search"].tracking
+    style = gather_config(cfg, tracking, "style", "unet.up_blocks.1.attentions.2", "sae")
+    objects = gather_config(cfg, tracking, "object", "unet.mid_block.attentions.0", "sae")
+    assert (style.map_anchor, objects.map_anchor) == ("none", "")  # an object's statistics hold no maps
+    assert {k: v for k, v in vars(style).items() if k not in ("map_anchor", "kind", "hookpoint")} == {
+        k: v for k, v in vars(objects).items() if k not in ("map_anchor", "kind", "hookpoint")
+    }

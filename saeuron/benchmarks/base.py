@@ -173,6 +173,28 @@ class Benchmark:
                     rows.append(prompts.PromptRow(len(rows), prompts.train_prompt(caption, style), obj, style, seed + len(rows)))
         return rows
 
+    def map_prompt_pairs(
+        self, rows: Sequence[prompts.PromptRow], anchor: str, anchor_prompts_dir: str | None = None, seeds: int = 10
+    ) -> list[tuple[prompts.PromptRow, str]]:
+        """The style statistics prompts ``rows`` (unstyled ones and ``anchor``'s own left out), each with ``seeds``
+        fresh seeds, and beside each the same caption in ``anchor``'s style (``prompts.UNSTYLED``: unstyled): the pairs
+        a map edit is fitted on. Seed j of a prompt is its statistics seed + (j + 1)·``MAP_SEED_OFFSET``, never a
+        statistics, tuning or evaluation seed."""
+        captions = self.training_captions(anchor_prompts_dir)
+        other = None if anchor == prompts.UNSTYLED else anchor
+        return [
+            (
+                prompts.PromptRow(row.prompt_id, row.prompt, row.object, row.style, row.seed + (j + 1) * MAP_SEED_OFFSET),
+                prompts.train_prompt(captions[row.object][0], other),
+            )
+            for row in rows
+            if row.style is not None and row.style != other
+            for j in range(seeds)
+        ]
+
+
+MAP_SEED_OFFSET = 100_000
+
 
 def check_kind(kind: str) -> None:
     if kind not in KINDS:

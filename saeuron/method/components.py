@@ -19,7 +19,6 @@ from diffusers import ConfigMixin, ModelMixin  # ModelMixin must be a name of th
 
 from saeuron.method.recipe import Recipe
 from saeuron.method.selection import Gate, Rules
-from saeuron.method.steering import TENSORS as STEER_TENSORS
 from saeuron.method.steering import Steering
 from saeuron.sae import Sae, SaeConfig
 
@@ -94,12 +93,16 @@ class DiffusersRecipe(ModelMixin, ConfigMixin):
             rules,
             c.get("sae_inference", ""),
             c.get("contrast", "mean"),
-            Steering.from_tensors({f"steer_{name}": getattr(self, f"steer_{name}") for name in STEER_TENSORS}),
+            Steering.from_tensors(self._steering_buffers()),
             c.get("halves", "both"),
             Gate(**c.get("gate", {})),
             getattr(self, "detect_threshold", None),
             getattr(self, "detect_index", None),
         )
+
+    def _steering_buffers(self) -> dict[str, torch.Tensor]:
+        """The recipe's ``steer_*`` tensors (``steer_map`` only where a concept steers by a map)."""
+        return {name: tensor for name, tensor in self.named_buffers() if name.startswith("steer_")}
 
     def to(self, *args, **kwargs) -> DiffusersRecipe:
         # Rules keep their dtype: the edit casts them to the SAE's, and a cast pipeline must save the same recipe.
@@ -109,7 +112,7 @@ class DiffusersRecipe(ModelMixin, ConfigMixin):
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         recipe = self.recipe
         recipe.rules = Rules(*(getattr(self, name).cpu() for name in RULE_TENSORS))
-        recipe.steering = Steering(*(getattr(self, f"steer_{name}").cpu() for name in STEER_TENSORS))
+        recipe.steering = Steering.from_tensors({name: tensor.cpu() for name, tensor in self._steering_buffers().items()})
         recipe.detect = None if recipe.detect is None else recipe.detect.cpu()
         recipe.detect_index = None if recipe.detect_index is None else recipe.detect_index.cpu()
         recipe.save(save_directory)

@@ -8,7 +8,8 @@ no latent is edited — only to compare with the paper's numbers. Both CFG halve
 unless the recipe says ``halves="cond"``: then the unconditional half passes unchanged (``saeuron.method.recipe.HALVES``).
 
 A recipe's steered concepts (:mod:`saeuron.method.steering`) add β·d_t on the patches where they fire, from the same
-encoding: output = x + (x̂' − x̂) + Σ_c fires_c · β_c·d_c,t (times the patch's scale for a unit-norm SAE).
+encoding: output = x + (x̂' − x̂) + Σ_c fires_c · β_c·d_c,t (times the patch's scale for a unit-norm SAE); those steered
+by a map add fires_c · β_c·(M_c,t(x) − x) (:mod:`saeuron.method.block_map`).
 
 With the "image" and "nearest" gates (``saeuron.method.selection.Gate``) both edits act only on the images the
 recipe's detector (:mod:`saeuron.method.detection`) finds showing a forgotten concept; the others pass unchanged.
@@ -30,7 +31,7 @@ from saeuron.method.detection import ImageDetector, NearestDetector
 from saeuron.method.recipe import Recipe
 from saeuron.method.selection import NEAREST
 from saeuron.method.statistics import sae_fingerprint
-from saeuron.method.steering import SteeringTable, steering_shift, steering_table
+from saeuron.method.steering import SteeringTable, map_shift, steering_fires, steering_shift, steering_table
 from saeuron.sae import Sae
 from saeuron.sae.sparse import decode_fixed_width
 
@@ -156,12 +157,16 @@ class UnlearningEdit:
         std = x.std(-1, keepdim=True) + 1e-5 if sae.cfg.input_unit_norm else None
         if self.error_mode == "correct":
             delta = decode_fixed_width(edited - acts, indices, sae.W_dec)  # x̂' − x̂ (biases cancel)
+            mapped = None
             if steering is not None:
                 straight_through = torch.is_grad_enabled() and self.gradient == "straight_through"
-                width = self.surrogate_width if straight_through else None
-                shift = steering_shift(steering, acts, indices, width)
+                fires = steering_fires(steering, acts, indices, self.surrogate_width if straight_through else None)
+                shift = steering_shift(steering, fires)
                 delta = delta + (shift if shown is None else shift * shown)
+                mapped = map_shift(steering, fires, x)  # in the block's units: no unit-norm scale
             out = x + (delta if std is None else delta * std)
+            if mapped is not None:
+                out = out + (mapped if shown is None else mapped * shown).to(out.dtype)
         else:
             x_hat = sae.decode(acts, indices)
             x_hat_edited = sae.decode(edited, indices)

@@ -22,6 +22,7 @@ from saeuron.cluster.registry import load_sae
 from saeuron.cluster.tracking import tracking_uri_of
 from saeuron.console import logger
 from saeuron.diffusion.pipeline import block_channels, check_sampler
+from saeuron.method.gather_maps import check_map_options, gather_maps
 from saeuron.method.statistics import ConceptStatistics, PatchMoments, patch_moments, sae_fingerprint
 from saeuron.sections import WithModel, WithResources, WithSampling, WithTracking
 from saeuron.storage import Location, check_writable
@@ -49,6 +50,17 @@ class GatherOptions:
     """Also keep the sums per concept and value of the prompts' other label (a style's object, an object's style or
     "none"): what the "cell" gate detects by. [concepts, values, timesteps, latents] more: 14 MB on MiniCanvas's
     styles; at SD v1.5 scale use the gate's ``keep``."""
+    map_anchor: str = ""
+    """For styles: also fit each style's map edit toward this caption ("none": the unstyled one, or another style;
+    :mod:`saeuron.method.block_map`): every statistics prompt is sampled ``map_seeds`` more times beside the anchor's
+    caption on the same latents. Empty: no maps. A recipe's map edit (``search.map_strengths``) needs them."""
+    map_seeds: int = 10
+    """Fresh seeds per style statistics prompt for the map's pairs (MiniCanvas: 8 prompts a style, 80 images)."""
+    map_start: int = 2
+    """The step from which the fitting trajectories are swapped (0 the noisiest): where the edit starts, the step the
+    "cell" and "nearest" gates decide on (their default wait, 2)."""
+    map_ridge: float = 10.0
+    """Ridge added to the diagonal of each step's summed XᵀX."""
 
 
 @dataclass
@@ -171,6 +183,7 @@ def _check(cfg: GatherConfig):
         rows = kept
     if not rows:
         raise ValueError(f"no statistics prompts for {cfg.model.benchmark!r}")
+    check_map_options(cfg, benchmark.styles)
     return model_path, sae, rows
 
 
@@ -237,6 +250,8 @@ def gather(cfg: GatherConfig) -> ConceptStatistics:
             f"gather: the statistics cover {counted} of {len(rows)} prompts at some timestep although no actor failed; "
             f"nothing was saved, run again"
         )
+    if cfg.map_anchor:
+        stats.maps = gather_maps(cfg, str(model_path), rows, stats.concepts, sae.d_in)
     local = mirror_path(cfg.statistics_dir)
     stats.save(local)
     push(local, cfg.statistics_dir)

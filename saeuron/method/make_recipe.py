@@ -32,6 +32,9 @@ class RecipeConfig(WithModel):
     """β of the steering, with ``anchor``."""
     where: str = "fires"
     """Steering moves the patches where the concept's latents fire ("fires") or every patch ("all")."""
+    by: str = "mean"
+    """Steering by the "mean" difference of the two concepts' codes, or by the concept's fitted "map" of the block's
+    output toward the anchor's (statistics gathered with map_anchor; with ``halves: cond``)."""
     contrast: str = "mean"
     """Latents scored against the other concepts' "mean" (the paper) or their "max" (specific to the concept)."""
     gate: str = "mean"
@@ -64,7 +67,7 @@ def check_one_edit(cfg: RecipeConfig) -> None:
     defaults = RecipeConfig()
     if cfg.anchor and cfg.multiplier != defaults.multiplier:
         raise ValueError(f"--anchor {cfg.anchor} steers and --multiplier {cfg.multiplier} scales: give one of them")
-    unused = [f"--{k} {getattr(cfg, k)}" for k in ("strength", "where") if getattr(cfg, k) != getattr(defaults, k)]
+    unused = [f"--{k} {getattr(cfg, k)}" for k in ("strength", "where", "by") if getattr(cfg, k) != getattr(defaults, k)]
     if not cfg.anchor and unused:
         raise ValueError(f"{' '.join(unused)} only apply to steering: add --anchor CONCEPT (e.g. none), or drop them")
 
@@ -90,7 +93,10 @@ def make_recipe(cfg: RecipeConfig) -> Recipe:
     stats = ConceptStatistics.load(cfg.statistics)
     recipe = Recipe.from_statistics(
         stats,
-        {c: (cfg.percentile, Steer(cfg.anchor, cfg.strength, cfg.where) if cfg.anchor else cfg.multiplier) for c in cfg.concepts},
+        {
+            c: (cfg.percentile, Steer(cfg.anchor, cfg.strength, cfg.where, cfg.by) if cfg.anchor else cfg.multiplier)
+            for c in cfg.concepts
+        },
         get_benchmark(cfg.model.benchmark).model_identity(cfg.model.model_path),
         cfg.contrast,
         cfg.halves,

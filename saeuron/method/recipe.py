@@ -3,8 +3,8 @@
 Saved as ``recipe.json`` (SAE reference and fingerprint, hookpoint, base model, concepts with their edit, timesteps)
 and ``recipe.safetensors`` (the rules as parallel tensors). A concept's edit is the paper's, its latents scaled by a
 multiplier γ (``{"percentile": p, "multiplier": γ}``), or steering toward an anchor concept
-(``{"percentile": p, "anchor": a, "strength": β, "where": w}``, :mod:`saeuron.method.steering`, whose tensors are
-stored as ``steer_*``). ``halves`` says which classifier-free-guidance half the edit changes: "both", as the reference
+(``{"percentile": p, "anchor": a, "strength": β, "where": w}``, with ``"by": "map"`` by the concept's fitted map of
+the block's output; :mod:`saeuron.method.steering`, whose tensors are stored as ``steer_*``). ``halves`` says which classifier-free-guidance half the edit changes: "both", as the reference
 does, or "cond", the conditional half only; ``gate`` where a latent counts as firing (absent: the paper's).
 """
 
@@ -87,6 +87,13 @@ class Recipe:
             )
         if self.detect_index is not None and (self.detect is None or self.detect_index.shape != self.detect.shape):
             raise ValueError("a recipe's compact concept means need one latent index per entry: detect_index shaped as detect")
+        mapped = [list(self.concepts)[i] for i, steer in self.steers() if steer.by == "map"]
+        if mapped and self.halves != "cond":
+            raise ValueError(
+                f"{mapped}: a map edit was fitted on the conditional CFG half and edits that half only: halves 'cond'"
+            )
+        if mapped and self.steering.maps is None:
+            raise ValueError(f"{mapped} steer by a map the recipe does not hold: build it with Recipe.from_statistics")
 
     @classmethod
     def from_statistics(
@@ -231,15 +238,22 @@ def nearest_timestep(timesteps: list[int], timestep: int) -> int:
 def edit_entry(percentile: float, edit: float | Steer) -> dict:
     """A concept's entry in ``recipe.json``."""
     if isinstance(edit, Steer):
-        return {"percentile": float(percentile), "anchor": edit.anchor, "strength": float(edit.strength), "where": edit.where}
+        by = {} if edit.by == "mean" else {"by": edit.by}  # absent: a steering recipe stays what it was
+        return {
+            "percentile": float(percentile),
+            "anchor": edit.anchor,
+            "strength": float(edit.strength),
+            "where": edit.where,
+            **by,
+        }
     return {"percentile": float(percentile), "multiplier": float(edit)}
 
 
 def edit_from_entry(entry: dict) -> float | Steer:
     """The edit an entry names (a recipe's concept entry, a search trial's edit): ``multiplier``, or ``anchor`` +
-    ``strength`` (+ ``where``)."""
+    ``strength`` (+ ``where``, ``by``)."""
     if "anchor" in entry:
-        return Steer(entry["anchor"], float(entry["strength"]), entry.get("where", "fires"))
+        return Steer(entry["anchor"], float(entry["strength"]), entry.get("where", "fires"), entry.get("by", "mean"))
     return float(entry["multiplier"])
 
 
@@ -264,6 +278,7 @@ def edit_label(edit: float | Steer, halves: str = "both", gate: str = PAPER_GATE
     paper's "γ -1 cond image" or "→none β6 image:1:0.05" (heat maps, logs, tables)."""
     if isinstance(edit, Steer):
         label = f"→{edit.anchor} β{edit.strength:g}" + ("" if edit.where == "fires" else f" {edit.where}")
+        label += "" if edit.by == "mean" else f" {edit.by}"
     else:
         label = f"γ {edit:g}"
     return label + ("" if halves == "both" else f" {halves}") + ("" if gate == PAPER_GATE.kind else f" {gate}")

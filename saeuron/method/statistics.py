@@ -16,6 +16,9 @@ With ``cells`` (gathered with ``cell_means``), the same sums per concept *and* v
 style's object, an object's style): ``cell_sums`` [C, K, T, F], ``cell_counts`` [C, K, T]. A concept's mean code blurs
 its renderings of different objects; the "cell" gate tells an image by the nearest of these finer means (README,
 "Every concept", item 22).
+
+With ``maps`` (gathered with ``map_anchor``), each concept's per-step affine map of the block's output toward the
+anchor caption's (``map_weights`` [C, T, d+1, d], ``map_unexplained`` [C, T]): what a map edit applies.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 from safetensors.torch import load_file
 
 from saeuron.atomic_files import save_tensors_and_json
+from saeuron.method.block_map import BlockMaps
 from saeuron.sae import Sae
 
 TENSORS = "statistics.safetensors"
@@ -96,6 +100,9 @@ class ConceptStatistics:
     """[C, K, T, F] the sums of ``sums`` per concept and value of ``cells``."""
     cell_counts: torch.Tensor | None = None
     """[C, K, T] the prompts summed per concept and value of ``cells`` (0: no prompt of that pair)."""
+    maps: BlockMaps | None = None
+    """Each concept's affine map of the block's output toward an anchor's (gathered with ``map_anchor``;
+    :mod:`saeuron.method.block_map`); None: not gathered."""
 
     @classmethod
     def empty(
@@ -192,6 +199,8 @@ class ConceptStatistics:
             tensors.update(fires=self.fires, squares=self.squares)
         if self.cell_sums is not None and self.cell_counts is not None:
             tensors.update(cell_sums=self.cell_sums, cell_counts=self.cell_counts)
+        if self.maps is not None:
+            tensors.update(map_weights=self.maps.weights, map_unexplained=self.maps.unexplained)
         index = {
             "hookpoint": self.hookpoint,
             "concepts": self.concepts,
@@ -204,6 +213,7 @@ class ConceptStatistics:
             "prompt_seeds": self.prompt_seeds,
             "firing_moments": self.fires is not None and self.squares is not None,
             **({"cells": self.cells} if self.cells else {}),
+            **({"map": {"anchor": self.maps.anchor, **self.maps.record}} if self.maps is not None else {}),
         }
         return save_tensors_and_json(folder, TENSORS, tensors, INDEX, index)
 
@@ -234,4 +244,12 @@ class ConceptStatistics:
             index.get("cells", []),
             tensors.get("cell_sums"),
             tensors.get("cell_counts"),
+            _maps(index, tensors),
         )
+
+
+def _maps(index: dict, tensors: dict[str, torch.Tensor]) -> BlockMaps | None:
+    if "map" not in index:
+        return None
+    record = dict(index["map"])
+    return BlockMaps(record.pop("anchor"), tensors["map_weights"], tensors["map_unexplained"], record)

@@ -12,6 +12,11 @@ so the block is moved toward the anchor (for a style: another style, or the unst
 ``none`` concept from ``gather.unstyled_reference``). The selection (percentile, contrast, gate) is the scaling edit's;
 only what is done where it fires differs. A recipe stores the latent-space difference, so it stays tied to its SAE
 by the fingerprint, as the rules are.
+
+A steer ``by="map"`` moves the block output x instead by β·(M_t(x) − x), M_t the concept's affine map toward the
+anchor's rendering at that timestep (:mod:`saeuron.method.block_map`, from statistics gathered with ``map_anchor``):
+β = 1 is the map itself. The map was fitted on the conditional CFG half, so it edits that half only (``halves:
+cond``), and on MiniCanvas on whole images (``where="all"``) that a detecting gate found.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from saeuron.method.selection import PAPER_GATE, Gate, gate_thresholds, importan
 from saeuron.method.statistics import ConceptStatistics
 
 WHERE = ("fires", "all")
+BY = ("mean", "map")
 TENSORS = ("timestep_index", "latent", "threshold", "concept_index", "delta")
 
 
@@ -38,6 +44,8 @@ class Steer(NamedTuple):
     """β > 0: how far, in units of the two concepts' mean difference."""
     where: str = "fires"
     """"fires": the patches where the concept's selected latents fire above their thresholds; "all": every patch."""
+    by: str = "mean"
+    """"mean": add β times the decoded mean difference; "map": move β of the way to the fitted map's output."""
 
 
 def check_steer(concept: str, steer: Steer, known: list[str]) -> Steer:
@@ -45,8 +53,12 @@ def check_steer(concept: str, steer: Steer, known: list[str]) -> Steer:
         raise ValueError(f"{concept}: steering's where must be one of {WHERE}, got {steer.where!r}")
     if not steer.strength > 0:
         raise ValueError(f"{concept}: steering strength β must be positive (toward the anchor), got {steer.strength}")
+    if steer.by not in BY:
+        raise ValueError(f"{concept}: steering's by must be one of {BY}, got {steer.by!r}")
     if steer.anchor == concept:
         raise ValueError(f"{concept} cannot be steered toward itself: pick another concept as its anchor")
+    if steer.by == "map":
+        return steer  # its anchor is the statistics' map anchor: checked where the map is read
     if steer.anchor not in known:
         raise ValueError(
             f"{concept}: the statistics know {known}, not the anchor {steer.anchor!r}; for the unstyled anchor 'none' "
@@ -66,6 +78,8 @@ class Steering:
     threshold: Tensor
     concept_index: Tensor
     delta: Tensor
+    maps: Tensor | None = None
+    """[C, T, d+1, d]: the map of each recipe concept steered ``by="map"`` (NaN rows for the others); None: none is."""
 
     @classmethod
     def empty(cls) -> Steering:
@@ -76,14 +90,16 @@ class Steering:
         return len(self.latent)
 
     def tensors(self) -> dict[str, Tensor]:
-        return {f"steer_{name}": getattr(self, name) for name in TENSORS}
+        maps = {} if self.maps is None else {"steer_map": self.maps}
+        return {**{f"steer_{name}": getattr(self, name) for name in TENSORS}, **maps}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, Tensor]) -> Steering:
         """The recipe's steering tensors; an empty Steering for a recipe without (older, or scaling only)."""
         if "steer_latent" not in tensors:
             return cls.empty()
-        return cls(*(tensors[f"steer_{name}"] for name in TENSORS))
+        parts = {name: tensors[f"steer_{name}"] for name in TENSORS}
+        return cls(**parts, maps=tensors.get("steer_map"))
 
 
 def build_steering(stats: ConceptStatistics, params: dict, contrast: str = "mean", gate: Gate = PAPER_GATE) -> Steering:
@@ -95,6 +111,7 @@ def build_steering(stats: ConceptStatistics, params: dict, contrast: str = "mean
     means = stats.means()  # [C, T, F]
     thresholds = gate_thresholds(stats, kept_concepts(stats, params), gate)  # [T, F]: as the scaling rules'
     delta = torch.zeros(len(params), *means.shape[1:])
+    maps = None
     rows: list[tuple[int, int, int]] = []
     for order, concept in enumerate(params):
         if concept not in steered:
@@ -102,7 +119,12 @@ def build_steering(stats: ConceptStatistics, params: dict, contrast: str = "mean
         percentile, steer = steered[concept]
         check_steer(concept, steer, stats.concepts)
         c = stats.concepts.index(concept)
-        delta[order] = means[stats.concepts.index(steer.anchor)] - means[c]
+        if steer.by == "map":
+            fitted = map_of(stats, concept, steer.anchor)
+            maps = torch.full((len(params), *fitted.shape), float("nan")) if maps is None else maps
+            maps[order] = fitted
+        else:
+            delta[order] = means[stats.concepts.index(steer.anchor)] - means[c]
         for t in range(len(stats.timesteps)):
             rows += [(order, t, f) for f in selected_latents(importance_scores(means[:, t], c, contrast), percentile).tolist()]
     return Steering(
@@ -111,7 +133,18 @@ def build_steering(stats: ConceptStatistics, params: dict, contrast: str = "mean
         threshold=torch.tensor([float(thresholds[t, f]) for _, t, f in rows], dtype=torch.float32),
         concept_index=torch.tensor([o for o, _, _ in rows], dtype=torch.long),
         delta=delta,
+        maps=maps,
     )
+
+
+def map_of(stats: ConceptStatistics, concept: str, anchor: str) -> Tensor:
+    """[T, d+1, d] the statistics' map of ``concept`` toward ``anchor``, refused when they hold none."""
+    if stats.maps is None or stats.maps.anchor != anchor:
+        held = "no maps" if stats.maps is None else f"maps toward {stats.maps.anchor!r}"
+        raise ValueError(
+            f"{concept}: a map edit toward {anchor!r} needs statistics gathered with map_anchor {anchor!r}; these hold {held}"
+        )
+    return stats.maps.of(stats.concepts, concept)
 
 
 class SteeringTable(NamedTuple):
@@ -123,6 +156,9 @@ class SteeringTable(NamedTuple):
     """[S, d]: β · d_t, in the block's units (before a unit-norm SAE's per-patch scale)."""
     everywhere: Tensor
     """[S] bool: the concept moves every patch (``where="all"``)."""
+    maps: Tensor | None = None
+    """[S, d+1, d]: β·(W_t − [I; 0]) of a concept steered ``by="map"`` (zeros for the others), so that a patch's shift
+    is [x, 1]·maps[s] = β·(M_t(x) − x); None: no concept is."""
 
 
 def steering_table(steering: Steering, steers: list[tuple[int, Steer]], index: int, w_dec: Tensor) -> SteeringTable | None:
@@ -134,16 +170,39 @@ def steering_table(steering: Steering, steers: list[tuple[int, Steer]], index: i
     threshold = torch.full((len(steers), w_dec.shape[0]), float("inf"), device=device, dtype=dtype)
     step = torch.zeros(len(steers), w_dec.shape[1], device=device, dtype=dtype)
     at_step = steering.timestep_index == index
+    maps = None
     for row, (order, steer) in enumerate(steers):
         mine = at_step & (steering.concept_index == order)
         threshold[row, steering.latent[mine].to(device)] = steering.threshold[mine].to(device, dtype)
-        step[row] = steer.strength * (steering.delta[order, index].to(device, dtype) @ w_dec)
+        if steer.by == "map":
+            assert steering.maps is not None, "a recipe steering by a map stores it (Recipe checks)"
+            fitted = steering.maps[order, index].to(device, torch.float32)
+            maps = torch.zeros(len(steers), *fitted.shape, device=device) if maps is None else maps
+            identity = torch.eye(fitted.shape[0], fitted.shape[1], device=device)  # [I; 0]: x̃ ↦ x
+            maps[row] = steer.strength * (fitted - identity)
+        else:
+            step[row] = steer.strength * (steering.delta[order, index].to(device, dtype) @ w_dec)
     everywhere = torch.tensor([s.where == "all" for _, s in steers], device=device)
-    return SteeringTable(threshold, step, everywhere)
+    return SteeringTable(threshold, step, everywhere, maps)
 
 
-def steering_shift(table: SteeringTable, acts: Tensor, indices: Tensor, surrogate_width: float | None) -> Tensor:
-    """[N, d]: what steering adds to N patches whose SAE code is (``acts``, ``indices``) [N, k].
+def steering_shift(table: SteeringTable, fires: Tensor) -> Tensor:
+    """[N, d]: what the mean-difference steers add to N patches, in the SAE's input units (before a unit-norm SAE's
+    per-patch scale), ``fires`` [S, N] from :func:`steering_fires`."""
+    return fires.T @ table.step
+
+
+def map_shift(table: SteeringTable, fires: Tensor, x: Tensor) -> Tensor | None:
+    """[N, d]: what the map steers add to N patches ``x`` [N, d] of the block's output, in its units (float32);
+    None when no concept steers by a map."""
+    if table.maps is None:
+        return None
+    design = torch.cat([x.float(), torch.ones(len(x), 1, device=x.device)], -1)
+    return torch.einsum("sn,nd,sde->ne", fires.float(), design, table.maps)
+
+
+def steering_fires(table: SteeringTable, acts: Tensor, indices: Tensor, surrogate_width: float | None) -> Tensor:
+    """[S, N]: where each steered concept moves N patches whose SAE code is (``acts``, ``indices``) [N, k].
 
     With ``surrogate_width`` (gradients enabled, straight-through), the hard "fires" decision passes a sigmoid
     surrogate's gradient in the backward pass only, as the scaling edit does; the forward is unchanged."""
@@ -155,4 +214,4 @@ def steering_shift(table: SteeringTable, acts: Tensor, indices: Tensor, surrogat
         width = ((theta0.abs() + acts.detach().abs()) * surrogate_width).clamp_min(1e-6)
         soft = (torch.sigmoid((acts - theta0) / width) * ruled).amax(-1) * (~table.everywhere[:, None])
         fires = fires + (soft - soft.detach())
-    return fires.T @ table.step
+    return fires

@@ -101,6 +101,11 @@ class StudyConfig(WithResources, WithJudge, WithEdit, WithSampling, WithModel, W
                 f"search.gate {self.search.gate} has the 'cell' gate, which detects by a mean per concept and value of "
                 f"the other label: set gather.cell_means: true"
             )
+        if self.search.map_strengths and not self.gather.map_anchor:
+            raise ValueError(
+                f"search.map_strengths {self.search.map_strengths} searches map edits, fitted when the style statistics "
+                f"are gathered: set gather.map_anchor (e.g. none)"
+            )
         for kind, block in self.candidate_hookpoints:
             if block == self.hookpoints[kind]:
                 raise ValueError(f"{kind}_candidate_hookpoints lists {block}, the {kind} block itself: list only other blocks")
@@ -142,9 +147,11 @@ def stage_configs(cfg: StudyConfig, parent_run_id: str) -> dict[str, Any]:
 
 
 def gather_config(cfg: StudyConfig, tracking: TrackingConfig, kind: str, hookpoint: str, sae: str) -> GatherConfig:
-    """The statistics stage of one kind at one block, for the SAE that training produced (known only after it ran)."""
+    """The statistics stage of one kind at one block, for the SAE that training produced (known only after it ran).
+    ``gather.map_anchor`` fits maps of the styles' rendering: the object statistics are gathered without."""
+    options = _fields(cfg.gather) if kind == "style" else {**_fields(cfg.gather), "map_anchor": ""}
     return GatherConfig(
-        **_fields(cfg.gather),
+        **options,
         sae=sae,
         kind=kind,
         hookpoint=hookpoint,

@@ -33,6 +33,8 @@ class SearchTarget(NamedTuple):
     ``<concept>@<block>`` at a candidate block."""
     anchors: tuple[str, ...] = ()
     """The search's steering anchors that these statistics know (the concept itself excluded)."""
+    map_anchor: str = ""
+    """With ``search.map_strengths``: the anchor of the concept's map in these statistics ("": no map edits)."""
 
 
 class ConceptResult(NamedTuple):
@@ -66,10 +68,12 @@ class ConceptResult(NamedTuple):
     gate: str = "mean"
     """The gate the chosen edit runs under, as ``search.gate`` names it ("mean", "image", "image:1:0.05"; a z or share
     the name does not give is the search's)."""
+    by: str = "mean"
+    """Steered: by the mean difference or by the concept's map (``saeuron.method.steering.Steer.by``)."""
 
     @property
     def edit(self) -> float | Steer:
-        return Steer(self.anchor, self.strength) if self.anchor else self.multiplier
+        return searched_steer(self.anchor, self.strength, self.by) if self.anchor else self.multiplier
 
     @property
     def label(self) -> str:
@@ -115,7 +119,17 @@ def search_targets(cfg: Any, benchmark: Benchmark) -> dict[str, list[SearchTarge
             loaded[folder] = load(folder)
         own = _covering(loaded[folder], folder, concept)
         known |= set(own.concepts)
-        targets = [SearchTarget(concept, kind, own.hookpoint, Location.parse(folder).uri, concept, _anchors(cfg, own, concept))]
+        targets = [
+            SearchTarget(
+                concept,
+                kind,
+                own.hookpoint,
+                Location.parse(folder).uri,
+                concept,
+                _anchors(cfg, own, concept),
+                _map(cfg, own, folder),
+            )
+        ]
         for other, stats in candidates:
             if stats.kind != kind:
                 continue
@@ -133,6 +147,7 @@ def search_targets(cfg: Any, benchmark: Benchmark) -> dict[str, list[SearchTarge
                     Location.parse(other).uri,
                     f"{concept}@{stats.hookpoint}",
                     _anchors(cfg, stats, concept),
+                    _map(cfg, stats, other),
                 )
             )
         out[concept] = targets
@@ -148,6 +163,25 @@ def search_targets(cfg: Any, benchmark: Benchmark) -> dict[str, list[SearchTarge
 def _anchors(cfg: Any, stats: ConceptStatistics, concept: str) -> tuple[str, ...]:
     wanted = stats.concepts if list(cfg.anchors) == [ALL_ANCHORS] else cfg.anchors
     return tuple(a for a in wanted if a in stats.concepts and a != concept)
+
+
+def _map(cfg: Any, stats: ConceptStatistics, folder: str) -> str:
+    """The map anchor a style's map edits go toward at this block, refused when ``search.map_strengths`` asks for maps
+    the statistics lack (an object's statistics hold none: it is searched without)."""
+    if not getattr(cfg, "map_strengths", None) or stats.kind != "style":
+        return ""
+    if stats.maps is None:
+        raise ValueError(
+            f"search.map_strengths searches map edits, and the style statistics in {folder} hold no maps: gather them "
+            f"with map_anchor (e.g. --gather.map_anchor none), or drop map_strengths"
+        )
+    return stats.maps.anchor
+
+
+def searched_steer(anchor: str, strength: float, by: str = "mean") -> Steer:
+    """A searched steering edit: by the mean difference where the concept's latents fire, or by its map on every
+    patch of the images its gate finds (the only ``where`` each is searched with)."""
+    return Steer(anchor, strength, "all" if by == "map" else "fires", by)
 
 
 def _covering(stats: ConceptStatistics, folder: str, concept: str) -> ConceptStatistics:

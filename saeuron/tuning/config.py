@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from saeuron.benchmarks import Benchmark, get_benchmark
-from saeuron.method.selection import PAPER_GATE, Gate, check_contrast
+from saeuron.method.selection import DETECTING, PAPER_GATE, Gate, check_contrast
 from saeuron.sections import WithEdit, WithJudge, WithModel, WithResources, WithSampling, WithTracking
 from saeuron.storage import Location
 
@@ -64,6 +64,10 @@ class SearchOptions:
     "Every concept", item 13). Empty: every edit changes both halves, as the paper's."""
     cond_strengths: list[float] = field(default_factory=list)
     """Steering strengths β toward every anchor with the edit on the conditional CFG half only."""
+    map_strengths: list[float] = field(default_factory=list)
+    """A style's map edit (``saeuron.method.block_map``) at these β (1: the fitted map), toward the anchor its
+    statistics' maps were gathered for (``gather.map_anchor``), on the conditional half of every patch of the images
+    its gate finds: with a detecting gate ("image", "nearest", "cell"). Empty: no map edits."""
     contrast: str = "mean"
     """How latents are scored against the other concepts: "mean" of theirs (the paper) or "max" (a latent must fire
     more, for its share, for the concept than for every other one: MiniCanvas's styles need it, README)."""
@@ -155,11 +159,19 @@ def grid_of(cfg: SearchConfig, kind: str = "object") -> tuple[list[float], list[
     """The (percentiles, multipliers) searched for concepts of ``kind`` (and the search's contrast, objective, retain
     floor and error mode checked: the reference's error mode runs the paper's edit only)."""
     check_contrast(cfg.contrast), check_objective(cfg.objective), gates_of(cfg)
-    one_half = cfg.cond_multipliers or cfg.cond_strengths
+    one_half = cfg.cond_multipliers or cfg.cond_strengths or cfg.map_strengths
     if cfg.edit.error_mode == "reference" and (cfg.anchors or one_half):
         raise ValueError(
             "edit.error_mode 'reference' reproduces the paper's scaling edit of both CFG halves; search.anchors and "
-            "search.cond_multipliers / cond_strengths search other edits: use error_mode 'correct' or drop them"
+            "search.cond_multipliers / cond_strengths / map_strengths search other edits: use error_mode 'correct' or "
+            "drop them"
+        )
+    if cfg.map_strengths and not all(b > 0 for b in cfg.map_strengths):
+        raise ValueError(f"search.map_strengths must be positive (1: the fitted map), got {cfg.map_strengths}")
+    if cfg.map_strengths and not any(g.kind in DETECTING for g in gates_of(cfg)):
+        raise ValueError(
+            f"search.map_strengths redraws whole images, which only a detecting gate confines to the concept's: add "
+            f"one of {DETECTING} to search.gate (now {cfg.gate})"
         )
     if not 0.0 <= cfg.min_retain <= 1.0:
         raise ValueError(f"search.min_retain is an accuracy in [0, 1] (0: no floor), got {cfg.min_retain}")
@@ -201,10 +213,11 @@ def gates_of(cfg: SearchOptions) -> list[Gate]:
     return gates
 
 
-def edits_of(cfg: SearchConfig, kind: str, anchors: tuple[str, ...] = ()) -> list[dict]:
+def edits_of(cfg: SearchConfig, kind: str, anchors: tuple[str, ...] = (), map_anchor: str = "") -> list[dict]:
     """The edits searched for a concept of ``kind`` whose statistics know ``anchors`` (itself excluded): every
-    multiplier, then every (anchor, strength), then the same on the conditional CFG half only; under each gate of
-    ``search.gate`` in turn (an entry names its gate when it is not the paper's)."""
+    multiplier, then every (anchor, strength), then the same on the conditional CFG half only, then the map edit
+    toward ``map_anchor`` at every map strength; under each gate of ``search.gate`` in turn (an entry names its gate
+    when it is not the paper's; map edits only under a detecting gate)."""
     _, multipliers = grid_of(cfg, kind)
     if any(g >= 0 for g in cfg.cond_multipliers):
         raise ValueError(f"cond_multipliers must be negative (γ < 0 suppresses a concept), got {cfg.cond_multipliers}")
@@ -218,5 +231,9 @@ def edits_of(cfg: SearchConfig, kind: str, anchors: tuple[str, ...] = ()) -> lis
         + [{"multiplier": float(g), **cond} for g in cfg.cond_multipliers]
         + [{"anchor": a, "strength": float(b), **cond} for a in anchors for b in cfg.cond_strengths]
     )
+    maps = [{"anchor": map_anchor, "strength": float(b), "where": "all", "by": "map", **cond} for b in cfg.map_strengths]
     gates = [{} if name == PAPER_GATE.kind else {"gate": name} for name in cfg.gate]  # checked by grid_of
-    return [{**edit, **gate} for gate in gates for edit in edits]
+    detecting = [g for g, parsed in zip(gates, gates_of(cfg)) if parsed.kind in DETECTING]
+    return [{**edit, **gate} for gate in gates for edit in edits] + [
+        {**edit, **gate} for gate in detecting for edit in (maps if map_anchor else [])
+    ]

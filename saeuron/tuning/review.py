@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from saeuron.method.recipe import edit_label
-from saeuron.method.steering import Steer
 from saeuron.storage import Location
-from saeuron.tuning.choice import choose, retains
+from saeuron.tuning.choice import choose, retains, searched_steer
 
 
 @dataclass
@@ -63,7 +62,11 @@ def trial_label(trial: dict[str, Any], with_block: bool = False) -> str:
 
 def searched_choice(result: dict[str, Any]) -> dict[str, Any]:
     """The chosen (p, edit) of one concept of ``search.json``, labelled as its trials are."""
-    edit = Steer(result["anchor"], result["strength"]) if result.get("anchor") else result["multiplier"]
+    edit = (
+        searched_steer(result["anchor"], result["strength"], result.get("by", "mean"))
+        if result.get("anchor")
+        else result["multiplier"]
+    )
     return {
         "percentile": result["percentile"],
         "edit": edit_label(edit, result.get("halves", "both"), result.get("gate", "mean")),

@@ -61,7 +61,7 @@ def run_concept_search(
 
     concept, kind, statistics = target.concept, target.kind, target.statistics
     percentiles, _ = grid_of(cfg, kind)
-    edits = edits_of(cfg, kind, target.anchors)
+    edits = edits_of(cfg, kind, target.anchors, target.map_anchor)
     budget = len(setup["prompts"][concept])
     unit = unit_resources(cfg.resources, "trial")
     trainable = tune.with_resources(tune.with_parameters(tuning_trial, setup=setup), unit.tune_resources())
@@ -194,6 +194,7 @@ def run_concept_search(
         best["halves"],
         best.get("drift"),
         best["gate"],
+        best.get("by", "mean"),
     )
 
 
@@ -214,7 +215,7 @@ def search(cfg: SearchConfig) -> SearchResult:
     targets = search_targets(cfg, cfg.benchmark)
     for blocks in targets.values():
         for target in blocks:
-            edits_of(cfg, target.kind, target.anchors)
+            edits_of(cfg, target.kind, target.anchors, target.map_anchor)
     kinds = {c: blocks[0].kind for c, blocks in targets.items()}
     model_path = cfg.benchmark.resolve_model_path(cfg.model.model_path)
     check_sampler(model_path, cfg.model.sampler)
@@ -257,7 +258,7 @@ def search(cfg: SearchConfig) -> SearchResult:
             per_block = [run_concept_search(cfg, target, setup, run.info.run_id, tracking_uri) for target in blocks]
             for target, at_block in zip(blocks, per_block):
                 heatmaps.append(out / f"heatmap_{target.experiment}.png")
-                edits = [entry_label(e) for e in edits_of(cfg, target.kind, target.anchors)]
+                edits = [entry_label(e) for e in edits_of(cfg, target.kind, target.anchors, target.map_anchor)]
                 objective_heatmap(at_block, grid_of(cfg, target.kind)[0], edits, heatmaps[-1])
             result = choose_block(per_block, cfg.min_retain, cfg.max_drift)
             results.append(result)
@@ -278,7 +279,9 @@ def search(cfg: SearchConfig) -> SearchResult:
         summary = {r.concept: r._asdict() for r in results}
         write_text_atomic(out / "search.json", json.dumps(summary, indent=2))
         for r in results:
-            chosen = ("percentile", "multiplier", "hookpoint", "halves", "gate") + (("anchor", "strength") if r.anchor else ())
+            chosen = ("percentile", "multiplier", "hookpoint", "halves", "gate") + (
+                ("anchor", "strength", "by") if r.anchor else ()
+            )
             mlflow.log_params({f"{r.concept}.{k}": getattr(r, k) for k in chosen})
             measured = ("objective", "ua", "ira", "cra", "generations") + (("drift",) if r.drift is not None else ())
             mlflow.log_metrics({f"{r.concept}.{k}": getattr(r, k) for k in measured})

@@ -125,6 +125,7 @@ def trial_record(config: dict[str, Any], metrics: dict[str, Any], hookpoint: str
         "multiplier": edit.get("multiplier"),
         "anchor": edit.get("anchor", ""),
         "strength": edit.get("strength", 0.0),
+        "by": edit.get("by", "mean"),
         "halves": halves_from_entry(edit),
         "gate": edit.get("gate", PAPER_GATE.kind),
         **{k: float(metrics[k]) for k in ("objective", "objective_soft", "ua", "ira", "cra", "cra_own", "drift") if k in metrics},

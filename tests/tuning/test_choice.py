@@ -214,3 +214,22 @@ def test_a_trial_counts_the_images_behind_ira_and_cra_by_kind_and_is_strict_at_t
     assert rung_within_floor(scores, judged, "style", "Checkerboard", 120, 0.9, max_drift=0.05)
     assert not rung_within_floor(scores, judged, "style", "Checkerboard", len(judged), 0.9, max_drift=0.05)
     assert rung_within_floor(scores, judged, "style", "Checkerboard", len(judged), 0.9, max_drift=0.061)
+
+
+def test_a_style_searched_with_map_edits_needs_statistics_that_hold_its_maps(tmp_path):
+    import torch
+
+    from saeuron.method.block_map import BlockMaps
+
+    style = statistics(tmp_path / "style", STYLE, "style", ["Neon_Glow", "Checkerboard"])
+    mid = statistics(tmp_path / "mid", MID, "object")
+    cfg = SearchConfig(
+        concepts=["Neon_Glow", "Rings"], style_statistics=style, object_statistics=mid, map_strengths=[1.0], gate=["image"]
+    )
+    with pytest.raises(ValueError, match="hold no maps: gather them with map_anchor .*--gather.map_anchor none"):
+        search_targets(cfg, get_benchmark("minicanvas"))
+    stats = ConceptStatistics.load(style)
+    stats.maps = BlockMaps("none", torch.zeros(2, 2, 5, 4), torch.zeros(2, 2), {"start": 2, "ridge": 10.0, "seeds": 1})
+    stats.save(style)
+    targets = search_targets(cfg, get_benchmark("minicanvas"))
+    assert [t.map_anchor for t in targets["Neon_Glow"]] == ["none"] and [t.map_anchor for t in targets["Rings"]] == [""]

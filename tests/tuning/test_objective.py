@@ -120,3 +120,23 @@ def test_edits_of_the_conditional_half_follow_the_edits_of_both_halves_and_are_l
         edits_of(build_config(SearchConfig, anchors=["none"], cond_strengths=[-1.0]), "style", ("none",))
     with pytest.raises(ValueError, match="error_mode 'reference' reproduces the paper's scaling edit of both CFG halves"):
         grid_of(build_config(SearchConfig, cond_multipliers=[-0.25], edit={"error_mode": "reference"}), "style")
+
+
+def test_map_edits_follow_the_grid_under_the_detecting_gates_only_and_are_labelled_so():
+    from saeuron.method.recipe import edit_from_entry, entry_label
+    from saeuron.method.steering import Steer
+
+    cfg = build_config(SearchConfig, multipliers=[-1.0], map_strengths=[0.5, 1.0], gate=["mean", "cell"])
+    edits = edits_of(cfg, "style", (), "none")
+    assert edits[:2] == [{"multiplier": -1.0}, {"multiplier": -1.0, "gate": "cell"}]
+    map_entry = {"anchor": "none", "strength": 1.0, "where": "all", "by": "map", "halves": "cond", "gate": "cell"}
+    assert edits[2:] == [{**map_entry, "strength": 0.5}, map_entry]
+    assert entry_label(map_entry) == "→none β1 all map cond cell"
+    assert edit_from_entry(map_entry) == Steer("none", 1.0, "all", "map")
+    assert edits_of(cfg, "object", ()) == edits[:2]  # statistics without maps (an object's): no map edits
+    with pytest.raises(ValueError, match=r"only a detecting gate confines.*search.gate \(now \['mean'\]\)"):
+        edits_of(replace(cfg, gate=["mean"]), "style", (), "none")
+    with pytest.raises(ValueError, match=r"map_strengths must be positive \(1: the fitted map\), got \[0.0\]"):
+        grid_of(replace(cfg, map_strengths=[0.0]), "style")
+    with pytest.raises(ValueError, match="map_strengths search other edits: use error_mode 'correct'"):
+        grid_of(replace(cfg, edit=replace(cfg.edit, error_mode="reference")), "style")
