@@ -49,10 +49,13 @@ class MapPairsActor:
         steps = self.steps
         sums: dict[str, AffineSums] = {}
 
+        # Each style's rows of the batch, found once rather than at every step of every generation.
+        members = {style: torch.tensor([s == style for s in styles]) for style in dict.fromkeys(styles)}
+
         def add(step: int, own: torch.Tensor, anchor: torch.Tensor) -> None:
-            for style in dict.fromkeys(styles):
-                members = torch.tensor([s == style for s in styles], device=own.device)
-                sums.setdefault(style, AffineSums.zeros(steps, own.shape[-1])).add(step, own[members], anchor[members])
+            for style, rows_of in members.items():
+                mine = rows_of.to(own.device)
+                sums.setdefault(style, AffineSums.zeros(steps, own.shape[-1])).add(step, own[mine], anchor[mine])
 
         paired_sampling(
             self.hooked,

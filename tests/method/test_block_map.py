@@ -99,13 +99,13 @@ def test_a_map_edit_moves_the_conditional_half_beta_of_the_way_to_the_map(tmp_pa
     assert torch.equal(UnlearningEdit(sae, Recipe.load(tmp_path / "again"))(tokens, call), out)
 
 
-def test_a_map_edit_under_an_image_gate_moves_only_the_images_it_finds():
+def test_a_map_edit_under_the_nearest_gate_moves_only_the_images_it_finds():
     sae, stats, tokens = setup()
     recipe = Recipe.from_statistics(stats, {"c": (90.0, MAP)}, "base", halves="cond", gate=_gate("nearest:0"))
     call = BlockCall("h", timestep=501, step_index=0, num_uncond=0, height=2, width=2)
     out = UnlearningEdit(sae, recipe)(tokens, call)
     moved = [not torch.equal(out[i], tokens[i]) for i in range(3)]
-    assert moved == [True, False, False]  # image 0's code is c's mean (measured): the others pass unchanged
+    assert moved == [True, False, False]  # c's mean is image 0's code, the others' are images 1 and 2's
 
 
 def _gate(spec: str):
