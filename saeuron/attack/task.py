@@ -82,7 +82,7 @@ def _edits(setup: dict[str, Any], variant: str, pipe) -> dict:
         tracking_uri=setup["tracking_uri"] or None,
     )
     gradient = "blocked" if variant == "sae_blocked" else "straight_through"
-    return {recipe.hookpoint: UnlearningEdit(sae, recipe, setup["error_mode"], gradient=gradient)}
+    return UnlearningEdit(sae, recipe, setup["error_mode"], gradient=gradient).hooks()
 
 
 def run_attack(spec: dict[str, Any], setup: dict[str, Any], output: str) -> dict[str, Any]:

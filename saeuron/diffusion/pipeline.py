@@ -88,16 +88,16 @@ def check_pipeline_folder(path: str | Path) -> dict:
     return model_index
 
 
-def block_channels(path: str | Path, hookpoints: Sequence[str]) -> dict[str, int]:
-    """Channels (d_in) of each hookpoint's block, from the UNet config on the meta device;
-    an unknown hookpoint fails listing the cross-attention blocks of that UNet."""
+def block_channels(path: str | Path, hookpoints: Sequence[str] | None = None) -> dict[str, int]:
+    """Channels (d_in) of each hookpoint's block (None: of every cross-attention block, in the UNet's order), from the
+    UNet config on the meta device; an unknown hookpoint fails listing the cross-attention blocks of that UNet."""
     check_pipeline_folder(path)
     config = UNet2DConditionModel.load_config(Path(path) / "unet")
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(config)
     blocks = unet_cross_attention_blocks(unet)
     channels = {}
-    for hookpoint in hookpoints:
+    for hookpoint in blocks if hookpoints is None else hookpoints:
         if hookpoint not in blocks:
             raise ValueError(
                 f"unknown hookpoint {hookpoint!r} for {path}; the cross-attention blocks of this UNet are: {', '.join(blocks)}"

@@ -22,8 +22,8 @@ from torch import Tensor
 
 from saeuron.diffusion.hooks import BlockCall, HookedPipeline, initial_noise
 
-OnPairs = Callable[[int, Tensor, Tensor], None]
-"""(step index, concept output, anchor output): ``[rows, patches, channels]`` of the conditional half each."""
+OnPairs = Callable[[str, int, Tensor, Tensor], None]
+"""(block, step index, concept output, anchor output): ``[rows, patches, channels]`` of the conditional half each."""
 
 
 class AffineSums(NamedTuple):
@@ -91,7 +91,11 @@ class BlockMaps(NamedTuple):
     unexplained: Tensor
     """[C, T] share of the swap's change each map leaves unexplained on its fitting pairs (NaN: no map)."""
     record: dict
-    """How they were fitted: ``start`` (first swapped step), ``ridge``, ``seeds`` (per statistics caption)."""
+    """How they were fitted: ``start`` (first swapped step), ``ridge``, ``seeds`` (per statistics caption), and
+    ``companions`` (the other blocks mapped with it, in order)."""
+    companions: dict[str, tuple[Tensor, Tensor]] = {}
+    """Per other block mapped with the statistics' block (:class:`CompanionSchedule`): its ([C, T, d_b+1, d_b]
+    weights, [C, T] unexplained), fitted on the same trajectories, all blocks swapped. Empty: the block alone."""
 
     def of(self, concepts: list[str], concept: str) -> Tensor:
         """[T, d+1, d] the map of ``concept`` (statistics order ``concepts``), refused where there is none."""
@@ -99,6 +103,32 @@ class BlockMaps(NamedTuple):
         if torch.isnan(weights).any():
             raise ValueError(f"the statistics hold no map of {concept!r} toward {self.anchor!r} (a concept has none to itself)")
         return weights
+
+    def companions_of(self, concepts: list[str], concept: str) -> dict[str, Tensor]:
+        """{block: [T, d_b+1, d_b]} the companion blocks' maps of ``concept`` (checked by :meth:`of`)."""
+        self.of(concepts, concept)
+        return {block: weights[concepts.index(concept)] for block, (weights, _) in self.companions.items()}
+
+
+class CompanionSchedule:
+    """Which calls a map edit at ``block`` and its ``companions`` (other blocks) edits, within ``window``.
+
+    The gate decides at ``block``, at ``window``'s first step; a companion that runs before it in a UNet call can
+    act on that decision from the next step only, one that runs after it from the same step. Which is which is read
+    from the calls as they come (a companion called in a step before ``block`` runs before it)."""
+
+    def __init__(self, block: str, companions: Sequence[str], window: tuple[int, int]):
+        if block in companions:
+            raise ValueError(f"{block} is the block the gate reads; its companions are other blocks, got {list(companions)}")
+        self.block, self.window = block, window
+        self._decided_at = -1  # the step at which ``block`` last ran
+
+    def active(self, path: str, step: int) -> bool:
+        """Whether this call of ``path`` at ``step`` is edited."""
+        if path == self.block:
+            self._decided_at = step
+        first = self.window[0] + int(path != self.block and self._decided_at != step)
+        return first <= step < self.window[1]
 
 
 def paired_sampling(
@@ -109,28 +139,38 @@ def paired_sampling(
     seeds: Sequence[int],
     window: tuple[int, int],
     on_pairs: OnPairs | None = None,
+    companions: Sequence[str] = (),
     **sampling,
 ) -> Tensor:
     """``captions`` sampled beside ``anchor_captions`` from the same noise, the anchor rows put back on the caption
     rows' latents after every step (both captions read the same latents), and within ``window`` (steps START:END, 0
     the noisiest) the caption rows' conditional output of ``block`` replaced by the anchor rows' (the swap). Every
-    step's output pairs go to ``on_pairs``; returns the caption rows' images (``sampling``'s output type)."""
+    step's output pairs go to ``on_pairs``; returns the caption rows' images (``sampling``'s output type).
+
+    ``companions``, other blocks, are swapped too, as a map edit at several blocks is applied: ``block`` is where the
+    gate decides, so a companion that runs before it in a UNet call is swapped from the step after ``window``'s first,
+    one that runs after it from that step (on SD's UNet, MiniCanvas's too, the text reaches the image through the
+    cross-attention blocks only: swapping all of them is sampling the anchor caption)."""
     n = len(captions)
     if len(anchor_captions) != n or len(seeds) != n:
         raise ValueError(
             f"paired sampling needs one anchor caption and one seed per caption: {n}, {len(anchor_captions)}, {len(seeds)}"
         )
+    schedule = CompanionSchedule(block, companions, window)
 
-    def swap(tokens: Tensor, call: BlockCall) -> Tensor:
-        cond = call.num_uncond
-        own, anchor = tokens[cond : cond + n], tokens[cond + n : cond + 2 * n]
-        if on_pairs is not None:
-            on_pairs(call.step_index, own, anchor)
-        if not window[0] <= call.step_index < window[1]:
-            return tokens
-        out = tokens.clone()
-        out[cond : cond + n] = anchor
-        return out
+    def swapper(path: str):
+        def swap(tokens: Tensor, call: BlockCall) -> Tensor:
+            cond = call.num_uncond
+            own, anchor = tokens[cond : cond + n], tokens[cond + n : cond + 2 * n]
+            if on_pairs is not None:
+                on_pairs(path, call.step_index, own, anchor)
+            if not schedule.active(path, call.step_index):
+                return tokens
+            out = tokens.clone()
+            out[cond : cond + n] = anchor
+            return out
+
+        return swap
 
     def same_latents(_pipe, _step, _t, tensors: dict) -> dict:
         latents = tensors["latents"]
@@ -138,7 +178,7 @@ def paired_sampling(
         return {"latents": latents}
 
     latents = initial_noise([*seeds, *seeds], hooked.latent_shape(), hooked.device, hooked.dtype)
-    with hooked.hooks({block: swap}), torch.no_grad():
+    with hooked.hooks({path: swapper(path) for path in [block, *companions]}), torch.no_grad():
         out = hooked.pipe(
             [*captions, *anchor_captions],
             latents=latents,

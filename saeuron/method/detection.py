@@ -73,6 +73,14 @@ class _GenerationDetector:
             )
         return self._detected.repeat(2)
 
+    def found(self, timestep: int, images: int) -> Tensor | None:
+        """[images] bool: what the detector has decided so far of the generation a call at ``timestep`` with
+        ``images`` images belongs to (another block's call, before or after the detecting block's); None when that call
+        starts a generation the detector has not seen yet, or has another batch."""
+        if self._detected is None or self._last_timestep is None or timestep > self._last_timestep:
+            return None
+        return self._detected if self._detected.shape[0] == images else None
+
     @property
     def detected(self) -> Tensor | None:
         """[images] bool of the current generation (None before the first call)."""

@@ -9,7 +9,9 @@ unless the recipe says ``halves="cond"``: then the unconditional half passes unc
 
 A recipe's steered concepts (:mod:`saeuron.method.steering`) add β·d_t on the patches where they fire, from the same
 encoding: output = x + (x̂' − x̂) + Σ_c fires_c · β_c·d_c,t (times the patch's scale for a unit-norm SAE); those steered
-by a map add fires_c · β_c·(M_c,t(x) − x) (:mod:`saeuron.method.block_map`).
+by a map add fires_c · β_c·(M_c,t(x) − x) (:mod:`saeuron.method.block_map`); where the map was fitted with companion
+blocks, :class:`CompanionMapEdit` moves each of them the same way on the images the gate has found (install
+:meth:`UnlearningEdit.hooks`, not the edit alone).
 
 With the "image" and "nearest" gates (``saeuron.method.selection.Gate``) both edits act only on the images the
 recipe's detector (:mod:`saeuron.method.detection`) finds showing a forgotten concept; the others pass unchanged.
@@ -23,15 +25,25 @@ reaches the blocks before it through this path.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import Tensor
 
-from saeuron.diffusion.hooks import BlockCall
+from saeuron.diffusion.hooks import BlockCall, EditFn
+from saeuron.method.block_map import with_bias
 from saeuron.method.detection import ImageDetector, NearestDetector
 from saeuron.method.recipe import Recipe
 from saeuron.method.selection import NEAREST
 from saeuron.method.statistics import sae_fingerprint
-from saeuron.method.steering import SteeringTable, map_shift, steering_fires, steering_shift, steering_table
+from saeuron.method.steering import (
+    SteeringTable,
+    companion_map,
+    map_shift,
+    steering_fires,
+    steering_shift,
+    steering_table,
+)
 from saeuron.sae import Sae
 from saeuron.sae.sparse import decode_fixed_width
 
@@ -96,6 +108,11 @@ class UnlearningEdit:
         self.detector = detector_of(recipe, sae.num_latents)
         """With the "image" and "nearest" gates: which images of the current generation show the concept (the others
         are not edited)."""
+        self.companions = {block: CompanionMapEdit(self, block) for block in recipe.steering.companions}
+
+    def hooks(self) -> dict[str, EditFn]:
+        """What to install, by block: this edit at the recipe's hookpoint, and its map's companion blocks'."""
+        return {self.recipe.hookpoint: self, **self.companions}
 
     def _steering(self, timestep: int) -> SteeringTable | None:
         index = self.recipe.timestep_index(timestep)
@@ -184,3 +201,34 @@ class UnlearningEdit:
         width = ((theta.abs() + acts.detach().abs()) * self.surrogate_width).clamp_min(1e-6)
         soft = torch.sigmoid((acts - theta) / width) * ruled
         return acts * (scale - 1) * (soft - soft.detach())
+
+
+class CompanionMapEdit:
+    """A map edit at one of the other blocks its map was fitted with: the conditional half of each image the
+    recipe's detector has found so far moves by Σ β·(M_t(x) − x), as at the hookpoint. A block that runs before the
+    hookpoint in a UNet call acts on the previous step's decision, one after it on this step's: the schedule the
+    companions' maps were fitted on (:class:`saeuron.method.block_map.CompanionSchedule`). The recipe refuses
+    companions without a detecting gate."""
+
+    def __init__(self, edit: UnlearningEdit, block: str):
+        self.edit, self.block = edit, block
+        self._tables: dict[tuple[int, torch.device], Tensor | None] = {}
+
+    def __call__(self, tokens: Tensor, call: BlockCall) -> Tensor:
+        detector = self.edit.detector
+        found = None if detector is None else detector.found(call.timestep, tokens.shape[0] - call.num_uncond)
+        if found is None:
+            return tokens
+        index = self.edit.recipe.timestep_index(call.timestep)
+        key = (index, tokens.device)
+        if key not in self._tables:
+            self._tables[key] = companion_map(self.edit.recipe.steering, self.edit._steers, self.block, index, tokens.device)
+        table = self._tables[key]
+        if table is None:
+            return tokens
+        cond = tokens[call.num_uncond :]
+        with torch.no_grad() if self.edit.gradient == "blocked" else nullcontext():
+            moved = cond + (with_bias(cond.float()) @ table).to(cond.dtype)
+        # Every row moved and the found ones kept: no host sync on which rows were found.
+        edited = torch.where(found[:, None, None], moved, cond)
+        return torch.cat([tokens[: call.num_uncond], edited])

@@ -9,7 +9,7 @@ per-(concept, timestep) sums and counts; the driver adds them up into
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -61,6 +61,12 @@ class GatherOptions:
     "cell" and "nearest" gates decide on (their default wait, 2)."""
     map_ridge: float = 10.0
     """Ridge added to the diagonal of each step's summed XᵀX."""
+    map_companions: list[str] = field(default_factory=list)
+    """Other cross-attention blocks mapped with the hookpoint (``all``: every one), all swapped on the fitting
+    trajectories; a map edit then moves each of them too, from the step after the gate's decision for a block that
+    runs before the hookpoint (:class:`saeuron.method.block_map.CompanionSchedule`). The hookpoint's map alone misses
+    what fills a shape on four MiniCanvas styles; with every block, all ten keep their objects (README, "Every
+    concept", item 28). Empty: the hookpoint alone."""
 
 
 @dataclass
@@ -183,7 +189,7 @@ def _check(cfg: GatherConfig):
         rows = kept
     if not rows:
         raise ValueError(f"no statistics prompts for {cfg.model.benchmark!r}")
-    check_map_options(cfg, benchmark.styles)
+    check_map_options(cfg, benchmark.styles, model_path)
     return model_path, sae, rows
 
 
@@ -251,7 +257,7 @@ def gather(cfg: GatherConfig) -> ConceptStatistics:
             f"nothing was saved, run again"
         )
     if cfg.map_anchor:
-        stats.maps = gather_maps(cfg, str(model_path), rows, stats.concepts, sae.d_in)
+        stats.maps = gather_maps(cfg, str(model_path), rows, stats.concepts)
     local = mirror_path(cfg.statistics_dir)
     stats.save(local)
     push(local, cfg.statistics_dir)

@@ -94,6 +94,11 @@ class Recipe:
             )
         if mapped and self.steering.maps is None:
             raise ValueError(f"{mapped} steer by a map the recipe does not hold: build it with Recipe.from_statistics")
+        if mapped and self.steering.companions and self.gate.kind not in DETECTING:
+            raise ValueError(
+                f"{mapped}: maps at the blocks {list(self.steering.companions)} move the images the gate finds; the "
+                f"{self.gate.kind!r} gate finds none: use a detecting gate ('cell', 'nearest' or 'image')"
+            )
 
     @classmethod
     def from_statistics(

@@ -18,7 +18,8 @@ its renderings of different objects; the "cell" gate tells an image by the neare
 "Every concept", item 22).
 
 With ``maps`` (gathered with ``map_anchor``), each concept's per-step affine map of the block's output toward the
-anchor caption's (``map_weights`` [C, T, d+1, d], ``map_unexplained`` [C, T]): what a map edit applies.
+anchor caption's (``map_weights`` [C, T, d+1, d], ``map_unexplained`` [C, T]): what a map edit applies; with
+companion blocks, theirs as ``map_weights@<block>`` and ``map_unexplained@<block>``.
 """
 
 from __future__ import annotations
@@ -201,6 +202,8 @@ class ConceptStatistics:
             tensors.update(cell_sums=self.cell_sums, cell_counts=self.cell_counts)
         if self.maps is not None:
             tensors.update(map_weights=self.maps.weights, map_unexplained=self.maps.unexplained)
+            for block, (weights, unexplained) in self.maps.companions.items():
+                tensors.update({f"map_weights@{block}": weights, f"map_unexplained@{block}": unexplained})
         index = {
             "hookpoint": self.hookpoint,
             "concepts": self.concepts,
@@ -213,7 +216,11 @@ class ConceptStatistics:
             "prompt_seeds": self.prompt_seeds,
             "firing_moments": self.fires is not None and self.squares is not None,
             **({"cells": self.cells} if self.cells else {}),
-            **({"map": {"anchor": self.maps.anchor, **self.maps.record}} if self.maps is not None else {}),
+            **(
+                {"map": {"anchor": self.maps.anchor, **self.maps.record, **_companions(self.maps)}}
+                if self.maps is not None
+                else {}
+            ),
         }
         return save_tensors_and_json(folder, TENSORS, tensors, INDEX, index)
 
@@ -252,4 +259,10 @@ def _maps(index: dict, tensors: dict[str, torch.Tensor]) -> BlockMaps | None:
     if "map" not in index:
         return None
     record = dict(index["map"])
-    return BlockMaps(record.pop("anchor"), tensors["map_weights"], tensors["map_unexplained"], record)
+    companions = {b: (tensors[f"map_weights@{b}"], tensors[f"map_unexplained@{b}"]) for b in record.pop("companions", [])}
+    return BlockMaps(record.pop("anchor"), tensors["map_weights"], tensors["map_unexplained"], record, companions)
+
+
+def _companions(maps: BlockMaps) -> dict:
+    # Statistics of the block alone read as they did before companions existed.
+    return {"companions": list(maps.companions)} if maps.companions else {}

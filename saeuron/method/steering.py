@@ -21,7 +21,7 @@ cond``), and on MiniCanvas on whole images (``where="all"``) that a detecting ga
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -32,6 +32,9 @@ from saeuron.method.statistics import ConceptStatistics
 
 WHERE = ("fires", "all")
 BY = ("mean", "map")
+COMPANION = "steer_map@"
+"""A companion block's map in a recipe's tensors: ``steer_map@unet/down_blocks/1/attentions/0`` (a module buffer's
+name has no dots)."""
 TENSORS = ("timestep_index", "latent", "threshold", "concept_index", "delta")
 
 
@@ -80,6 +83,9 @@ class Steering:
     delta: Tensor
     maps: Tensor | None = None
     """[C, T, d+1, d]: the map of each recipe concept steered ``by="map"`` (NaN rows for the others); None: none is."""
+    companions: dict[str, Tensor] = field(default_factory=dict)
+    """{block: [C, T, d_b+1, d_b]} the same maps at the other blocks they were fitted with (statistics gathered with
+    ``map_companions``), stored as ``steer_map@<block, / for .>``; empty: the hookpoint alone."""
 
     @classmethod
     def empty(cls) -> Steering:
@@ -91,7 +97,8 @@ class Steering:
 
     def tensors(self) -> dict[str, Tensor]:
         maps = {} if self.maps is None else {"steer_map": self.maps}
-        return {**{f"steer_{name}": getattr(self, name) for name in TENSORS}, **maps}
+        companions = {COMPANION + block.replace(".", "/"): weights for block, weights in self.companions.items()}
+        return {**{f"steer_{name}": getattr(self, name) for name in TENSORS}, **maps, **companions}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, Tensor]) -> Steering:
@@ -99,7 +106,8 @@ class Steering:
         if "steer_latent" not in tensors:
             return cls.empty()
         parts = {name: tensors[f"steer_{name}"] for name in TENSORS}
-        return cls(**parts, maps=tensors.get("steer_map"))
+        companions = {k[len(COMPANION) :].replace("/", "."): v for k, v in tensors.items() if k.startswith(COMPANION)}
+        return cls(**parts, maps=tensors.get("steer_map"), companions=companions)
 
 
 def build_steering(stats: ConceptStatistics, params: dict, contrast: str = "mean", gate: Gate = PAPER_GATE) -> Steering:
@@ -112,6 +120,7 @@ def build_steering(stats: ConceptStatistics, params: dict, contrast: str = "mean
     thresholds = gate_thresholds(stats, kept_concepts(stats, params), gate)  # [T, F]: as the scaling rules'
     delta = torch.zeros(len(params), *means.shape[1:])
     maps = None
+    companions: dict[str, Tensor] = {}
     rows: list[tuple[int, int, int]] = []
     for order, concept in enumerate(params):
         if concept not in steered:
@@ -123,6 +132,9 @@ def build_steering(stats: ConceptStatistics, params: dict, contrast: str = "mean
             fitted = map_of(stats, concept, steer.anchor)
             maps = torch.full((len(params), *fitted.shape), float("nan")) if maps is None else maps
             maps[order] = fitted
+            assert stats.maps is not None  # map_of refuses statistics without
+            for block, weights in stats.maps.companions_of(stats.concepts, concept).items():
+                companions.setdefault(block, torch.full((len(params), *weights.shape), float("nan")))[order] = weights
         else:
             delta[order] = means[stats.concepts.index(steer.anchor)] - means[c]
         for t in range(len(stats.timesteps)):
@@ -134,6 +146,7 @@ def build_steering(stats: ConceptStatistics, params: dict, contrast: str = "mean
         concept_index=torch.tensor([o for o, _, _ in rows], dtype=torch.long),
         delta=delta,
         maps=maps,
+        companions=companions,
     )
 
 
@@ -184,6 +197,21 @@ def steering_table(steering: Steering, steers: list[tuple[int, Steer]], index: i
             step[row] = steer.strength * (steering.delta[order, index].to(device, dtype) @ w_dec)
     everywhere = torch.tensor([s.where == "all" for _, s in steers], device=device)
     return SteeringTable(threshold, step, everywhere, maps)
+
+
+def companion_map(
+    steering: Steering, steers: list[tuple[int, Steer]], block: str, index: int, device: torch.device
+) -> Tensor | None:
+    """[d_b+1, d_b]: Σ β·(W_t − [I; 0]) at companion ``block`` over the concepts ``steers`` moves by a map, at recipe
+    timestep ``index`` (the images the gate found show one of them: each moves as at the hookpoint, where a map steer
+    moves every patch); None if none does."""
+    total = None
+    for order, steer in steers:
+        if steer.by == "map" and block in steering.companions:
+            fitted = steering.companions[block][order, index].to(device, torch.float32)
+            identity = torch.eye(fitted.shape[0], fitted.shape[1], device=device)
+            total = steer.strength * (fitted - identity) + (0 if total is None else total)
+    return total
 
 
 def steering_shift(table: SteeringTable, fires: Tensor) -> Tensor:

@@ -61,7 +61,7 @@ class UnlearnedPipeline(StableDiffusionPipeline):
         self.register_modules(sae=sae, recipe=recipe)
         self.register_to_config(base_model=base_model or recipe.config.base_model, error_mode=error_mode)
         self.hooked = HookedPipeline(self)
-        self.hooked.validate_hookpoints([recipe.config.hookpoint])
+        self.hooked.validate_hookpoints([recipe.config.hookpoint, *recipe.recipe.steering.companions])
         self._edit_key: tuple[int, int, str, torch.device, torch.dtype] | None = None
         self._edit: UnlearningEdit | None = None
         self._edit_installed = False
@@ -107,12 +107,12 @@ class UnlearnedPipeline(StableDiffusionPipeline):
         """Generate exactly as ``StableDiffusionPipeline.__call__`` would, with the concepts removed."""
         if self._edit_installed:  # called from generate(), which installed it
             return super().__call__(*args, **kwargs)
-        with self.hooked.hooks(edits={self.recipe.config.hookpoint: self._current_edit()}):
+        with self.hooked.hooks(edits=self._current_edit().hooks()):
             return super().__call__(*args, **kwargs)
 
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], **kwargs) -> GenerationOutput:
         """One image per (prompt, seed), each image's noise depending only on its seed (``HookedPipeline.generate``)."""
-        edits: dict[str, EditFn] = {self.recipe.config.hookpoint: self._current_edit()}
+        edits: dict[str, EditFn] = self._current_edit().hooks()
         self._edit_installed = True
         try:
             return self.hooked.generate(prompts, seeds, edits=edits, **kwargs)

@@ -148,8 +148,9 @@ def stage_configs(cfg: StudyConfig, parent_run_id: str) -> dict[str, Any]:
 
 def gather_config(cfg: StudyConfig, tracking: TrackingConfig, kind: str, hookpoint: str, sae: str) -> GatherConfig:
     """The statistics stage of one kind at one block, for the SAE that training produced (known only after it ran).
-    ``gather.map_anchor`` fits maps of the styles' rendering: the object statistics are gathered without."""
-    options = _fields(cfg.gather) if kind == "style" else {**_fields(cfg.gather), "map_anchor": ""}
+    ``gather.map_anchor`` (and its ``map_companions``) fits maps of the styles' rendering: the object statistics are
+    gathered without."""
+    options = _fields(cfg.gather) if kind == "style" else {**_fields(cfg.gather), "map_anchor": "", "map_companions": []}
     return GatherConfig(
         **options,
         sae=sae,
