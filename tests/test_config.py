@@ -84,6 +84,30 @@ def test_the_nearest_preset_is_the_steering_preset_with_the_cell_gate_and_steeri
     )
 
 
+def test_the_maps_preset_is_the_nearest_preset_with_the_map_at_every_block_and_a_gate_a_step_earlier():
+    from saeuron.study.config import gather_config
+    from saeuron.tuning.config import edits_of
+
+    maps = parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study-styles-maps.yaml")])
+    nearest = parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study-styles-nearest.yaml")])
+    assert (maps.collect, maps.train, maps.evaluate) == (nearest.collect, nearest.train, nearest.evaluate)
+    # The gate decides at step 1, the step the maps were fitted from, at every cross-attention block.
+    fitted = {"map_anchor": "none", "map_start": 1, "map_companions": ["all"]}
+    assert {k: getattr(maps.gather, k) for k in fitted} == fitted
+    assert {k: v for k, v in vars(maps.gather).items() if k not in fitted} == {
+        k: v for k, v in vars(nearest.gather).items() if k not in fitted
+    }
+    search = stage_configs(maps, "run")["search"]
+    edits = edits_of(search, "style", (), "none")
+    assert [e.get("strength", e.get("multiplier")) for e in edits] == [-1.0, 0.5, 0.75, 1.0]
+    assert all(e["gate"] == "cell:1" for e in edits) and [e.get("by") for e in edits] == [None, "map", "map", "map"]
+    assert maps.search.concepts == nearest.search.concepts and maps.search.percentiles == [99.0]
+    tracking = search.tracking
+    style = gather_config(maps, tracking, "style", "unet.up_blocks.1.attentions.2", "sae")
+    objects = gather_config(maps, tracking, "object", "unet.mid_block.attentions.0", "sae")
+    assert (style.map_companions, objects.map_companions, objects.map_anchor) == (["all"], [], "")
+
+
 def test_the_objects_nearest_preset_is_the_all_concepts_study_on_the_objects_with_both_gates_and_a_drift_ceiling():
     from saeuron.benchmarks.minicanvas.concepts import OBJECTS
 

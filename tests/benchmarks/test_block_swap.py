@@ -38,6 +38,7 @@ UNEXPLAINED = 0.066
         (["--styles", "Neon_Glow", "--windows", "3:2"], "a window needs 0 <= START < END"),
         (["--styles", "Neon_Glow", "--windows", f"0:{STEPS + 1}"], "a window ends after the last of"),
         (["--styles", "Neon_Glow", "--fit_seeds", "188"], "overlap the evaluation --seeds"),
+        (["--styles", "Neon_Glow", "--companions", "unet.up_blocks.1.attentions.2"], "is also among --companions"),
     ],
 )
 def test_bad_flags_are_refused_before_sampling(flags, message):
