@@ -16,8 +16,11 @@ A recipe under the "nearest" gate (README, "Every concept", item 20) edits only 
 concept, on the CFG halves it names. Its baseline does the same without the SAE: the images are found by the nearest
 concept mean of the *raw* block output (``saeuron.method.baseline.RawGatedEdit``, means over the collection), and on
 them it adds β·(μ_anchor − μ_concept) of the raw means to every patch (``--strengths``; toward the recipe's anchor for
-a steered recipe, the unstyled "none" or the recipe's kept concepts otherwise) or scales the N channels by γ. With
-``--retain_own`` a style's objects on its own images count as retained accuracy too.
+a steered recipe, the unstyled "none" or the recipe's kept concepts otherwise) or scales the N channels by γ. Under
+the "cell" gate the raw means are per (concept, other label) too. A recipe that moves its images by a map (README,
+"Every concept", items 27-28) is compared with its own maps, at every block it holds them for, on the images the raw
+gate finds: what the SAE adds to that edit is the gate. With ``--retain_own`` a style's objects on its own images
+count as retained accuracy too.
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from torch import Tensor
 
 from saeuron.diffusion.hooks import HookedPipeline
 from saeuron.evaluation.in_process import Grid, add_grid_arguments, judge_grid, load_grid, short
 from saeuron.evaluation.metrics import ForgettingScores, forgetting_scores
 from saeuron.method.baseline import ChannelScaleEdit, RawGatedEdit, channel_rankings, raw_means
 from saeuron.method.recipe import Recipe, edit_label, resolve_recipe_folders
+from saeuron.method.selection import NEAREST
 from saeuron.method.steering import Steer
 from saeuron.method.unlearned_pipeline import UnlearnedPipeline
 from saeuron.sae import Sae
@@ -96,8 +101,19 @@ def hookpoint_sae(saes: str, hookpoint: str, device: str, dtype: torch.dtype, in
 
 
 @cache
-def hookpoint_means(activations_dir: str, hookpoint: str, kind: str):
-    return raw_means(activations_dir, hookpoint, kind)
+def hookpoint_means(activations_dir: str, hookpoint: str, kind: str, cells: bool = False):
+    return raw_means(activations_dir, hookpoint, kind, cells)
+
+
+def baked_maps(recipe: Recipe, steer: Steer) -> tuple[Tensor, dict[str, Tensor]]:
+    """A map recipe's (single concept) edit as RawGatedEdit takes it: β·(W_t − [I; 0]) at the hookpoint and at each
+    companion block, [T, d+1, d]."""
+
+    def baked(weights: Tensor) -> Tensor:
+        return steer.strength * (weights.float() - torch.eye(weights.shape[-2], weights.shape[-1]))
+
+    assert recipe.steering.maps is not None, "a recipe steering by a map holds it (Recipe checks)"
+    return baked(recipe.steering.maps[0]), {b: baked(w[0]) for b, w in recipe.steering.companions.items()}
 
 
 @cache
@@ -128,9 +144,10 @@ def compare(recipe_dir: str, args, grid: Grid, original) -> Comparison:
     ranked = rankings[concept]
     points = [Point(0, 1.0, forgetting_scores(original, kind, [concept]))]
     hooked = HookedPipeline(pipe)
-    gated = recipe.gate.kind == "nearest"
+    gated = recipe.gate.kind in NEAREST
     if gated:
-        concepts, timesteps, means = hookpoint_means(args.activations, recipe.hookpoint, kind)
+        cells = recipe.gate.kind == "cell"
+        concepts, timesteps, means = hookpoint_means(args.activations, recipe.hookpoint, kind, cells)
         if concept not in concepts:
             raise ValueError(f"no vectors of {kind} {concept!r} in {args.activations}: take the means on its collection")
         order = [concept] + [c for c in concepts if c != concept]
@@ -138,12 +155,30 @@ def compare(recipe_dir: str, args, grid: Grid, original) -> Comparison:
         own_edit = recipe.edit_of(concept)
         anchor = own_edit.anchor if isinstance(own_edit, Steer) else ("none" if "none" in order else order[1])
         gate = partial(RawGatedEdit, means, timesteps, recipe.gate.wait, recipe.halves)
+        mapped = isinstance(own_edit, Steer) and own_edit.by == "map"
+        if mapped:  # the recipe's own maps, found by the raw gate: what the SAE adds to a map edit is its gate
+            assert isinstance(own_edit, Steer)
+            if list(recipe.timesteps) != list(timesteps):
+                raise ValueError(f"{recipe_dir}: its maps are at {recipe.timesteps}, the collection's steps {timesteps}")
+            maps, companions = baked_maps(recipe, own_edit)
+            raw = gate(maps=maps, companions=companions)
+            scores = score(
+                partial(hooked.generate, edits=raw.hooks(recipe.hookpoint), **sampling),
+                rows,
+                judge,
+                kind,
+                concept,
+                args.batch_size,
+            )
+            label = f"raw {recipe.gate.kind} gate, map β{own_edit.strength:g} at {1 + len(companions)} blocks"
+            points.append(Point(0, 1.0, scores, label))
+            print(f"  {label} ({recipe.halves}): {short(scores)}", flush=True)
         strengths = sorted(set(args.strengths) | ({own_edit.strength} if isinstance(own_edit, Steer) else set()))
-        for beta in strengths:
+        for beta in [] if mapped else strengths:
             edits: dict[str, Callable] = {recipe.hookpoint: gate(anchor=order.index(anchor), strength=beta)}
             scores = score(partial(hooked.generate, edits=edits, **sampling), rows, judge, kind, concept, args.batch_size)
             points.append(Point(0, 1.0, scores, f"raw →{anchor} β{beta:g}"))
-            print(f"  raw →{anchor} β{beta:g} ({recipe.halves}, raw nearest gate): {short(scores)}", flush=True)
+            print(f"  raw →{anchor} β{beta:g} ({recipe.halves}, raw {recipe.gate.kind} gate): {short(scores)}", flush=True)
     for multiplier in args.multipliers:
         for n in sorted(args.channels):
             channel_edit: Callable = (

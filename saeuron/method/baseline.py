@@ -12,6 +12,7 @@ where the SAE's steering moves only the patches its selected latents fire on.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +21,21 @@ import torch
 from torch import Tensor
 
 from saeuron.collection import activations
-from saeuron.diffusion.hooks import BlockCall
+from saeuron.diffusion.hooks import BlockCall, EditFn
+from saeuron.method.block_map import with_bias
 from saeuron.method.detection import NearestDetector
+from saeuron.method.edit import CompanionMapEdit
 from saeuron.method.recipe import nearest_timestep
 
 
-def labelled_vectors(root: str | Path, hookpoint: str, kind: str) -> tuple[pa.Table, np.ndarray]:
-    """A hookpoint's rows (with their ``kind`` label, timestep and patches) and their vectors [patches, d] float32."""
+def labelled_vectors(root: str | Path, hookpoint: str, kind: str, *labels: str) -> tuple[pa.Table, np.ndarray]:
+    """A hookpoint's rows (with their ``kind`` label and further ``labels``, timestep and patches) and their vectors
+    [patches, d] float32."""
     manifest = activations.read_manifest(root)
     if manifest is None:
         raise FileNotFoundError(f"{root} has no {activations.MANIFEST}: not an activation dataset (run jobs/collect.py first)")
     d_in = manifest["d_in"][hookpoint]
-    table = activations.read_hookpoint(root, hookpoint, ["timestep", kind, "activations", "patch_index"])
+    table = activations.read_hookpoint(root, hookpoint, ["timestep", kind, *labels, "activations", "patch_index"])
     return table, activations.binary_to_vectors(table.column("activations"), d_in).astype(np.float32)
 
 
@@ -73,25 +77,34 @@ class ChannelScaleEdit:
         return out
 
 
-def raw_means(root: str | Path, hookpoint: str, kind: str) -> tuple[list[str], list[int], Tensor]:
+def raw_means(root: str | Path, hookpoint: str, kind: str, cells: bool = False) -> tuple[list[str], list[int], Tensor]:
     """Every concept's mean raw block output per denoising step, over the collected vectors: (concepts, the "none"
     of unlabelled prompts last where the collection has them; timesteps [T], noisiest first; means [C, T, d]). The
-    raw counterpart of the statistics' mean SAE codes, which the "nearest" gate and steering read."""
-    table, vectors = labelled_vectors(root, hookpoint, kind)
+    raw counterpart of the statistics' mean SAE codes, which the "nearest" gate and steering read. With ``cells``
+    (the "cell" gate's), [C, K, T, d] per value of the prompts' other label ("none" where unlabelled, last), NaN
+    where the collection has no such prompt."""
+    other = "object" if kind == "style" else "style"
+    table, vectors = labelled_vectors(root, hookpoint, kind, *([other] if cells else []))
     patches = {len(p) for p in table.column("patch_index").to_pylist()}
     if len(patches) != 1:
         raise ValueError(f"{root}/{hookpoint}: rows hold {sorted(patches)} patches; the means need whole images")
     d_in = vectors.shape[-1]
     per_row = torch.from_numpy(vectors).reshape(table.num_rows, patches.pop(), d_in).mean(1)  # [rows, d]
     labels = ["none" if label is None else label for label in table.column(kind).to_pylist()]
+    values = ["none" if v is None else v for v in table.column(other).to_pylist()] if cells else ["none"] * len(labels)
     steps = [int(t) for t in table.column("timestep").to_pylist()]
     timesteps = sorted(set(steps), reverse=True)
     concepts = sorted(set(labels) - {"none"}) + (["none"] if "none" in labels else [])
-    concept_of, step_of = {c: i for i, c in enumerate(concepts)}, {t: i for i, t in enumerate(timesteps)}
-    cell = torch.tensor([concept_of[label] * len(timesteps) + step_of[t] for label, t in zip(labels, steps)])
-    sums = torch.zeros(len(concepts) * len(timesteps), d_in).index_add_(0, cell, per_row)
-    counts = torch.bincount(cell, minlength=len(concepts) * len(timesteps)).clamp_min(1)[:, None]
-    return concepts, timesteps, (sums / counts).reshape(len(concepts), len(timesteps), d_in)
+    kept = sorted(set(values) - {"none"}) + (["none"] if "none" in values else [])
+    concept_of, value_of, step_of = ({x: i for i, x in enumerate(xs)} for xs in (concepts, kept, timesteps))
+    T, K = len(timesteps), len(kept)
+    cell = torch.tensor(
+        [(concept_of[c] * K + value_of[v]) * T + step_of[t] for c, v, t in zip(labels, values, steps)], dtype=torch.long
+    )
+    sums = torch.zeros(len(concepts) * K * T, d_in).index_add_(0, cell, per_row)
+    counts = torch.bincount(cell, minlength=len(concepts) * K * T)[:, None]
+    means = (sums / counts.clamp_min(1)).masked_fill(counts == 0, float("nan")).reshape(len(concepts), K, T, d_in)
+    return concepts, timesteps, means if cells else means[:, 0]
 
 
 _NO_CODE = torch.empty(0, dtype=torch.long)
@@ -110,7 +123,8 @@ class RawNearestDetector(NearestDetector):
 class RawGatedEdit:
     """The baseline of a gated recipe, without the SAE: on the images a :class:`RawNearestDetector` finds (on the
     ``halves`` the recipe edits), either add β·(μ_anchor,t − μ_concept,t) of the raw means to every patch
-    (``anchor``), or multiply ``channels`` by ``multiplier``."""
+    (``anchor``), multiply ``channels`` by ``multiplier``, or move every patch by a map edit's [x, 1]·``maps[t]``
+    (β·(W_t − [I; 0]), the recipe's own maps: only the gate is raw), at its ``companions`` blocks too (:meth:`hooks`)."""
 
     def __init__(
         self,
@@ -122,15 +136,31 @@ class RawGatedEdit:
         strength: float = 0.0,
         channels: list[int] | None = None,
         multiplier: float = 1.0,
+        maps: Tensor | None = None,
+        companions: dict[str, Tensor] | None = None,
     ):
-        """``means`` [C, T, d]: the forgotten concept's row first; ``anchor``: another row of it."""
-        if (anchor is None) == (channels is None):
-            raise ValueError("a raw gated edit either steers toward an anchor or scales channels: give one of them")
+        """``means`` [C, T, d] (or [C, K, T, d] per cell): the forgotten concept's row first; ``anchor``: another
+        row of it; ``maps`` [T, d+1, d] and ``companions`` {block: [T, d_b+1, d_b]} at ``timesteps``."""
+        if sum(x is not None for x in (anchor, channels, maps)) != 1:
+            raise ValueError("a raw gated edit steers toward an anchor, scales channels or moves by a map: give one of them")
+        if companions and maps is None:
+            raise ValueError("companion blocks' maps go with a map edit at the hookpoint: give maps")
         self.detector = RawNearestDetector(means, 1, wait)
         self.means, self.timesteps, self.halves = means, timesteps, halves
         self.anchor, self.strength = anchor, float(strength)
         self.channels = None if channels is None else torch.tensor(channels, dtype=torch.long)
         self.multiplier = float(multiplier)
+        self.maps, self.companions = maps, dict(companions or {})
+
+    def hooks(self, hookpoint: str) -> dict[str, EditFn]:
+        """This edit at ``hookpoint`` and its map's companion blocks, moved on the images its detector finds."""
+        return {
+            hookpoint: self,
+            **{block: CompanionMapEdit(self.detector, partial(self._table, maps)) for block, maps in self.companions.items()},
+        }
+
+    def _table(self, maps: Tensor, timestep: int, device: torch.device) -> Tensor:
+        return maps[nearest_timestep(self.timesteps, timestep)].to(device, torch.float32)
 
     def __call__(self, tokens: Tensor, call: BlockCall) -> Tensor:
         if self.halves == "cond" and call.num_uncond:
@@ -143,8 +173,14 @@ class RawGatedEdit:
         shown = self.detector(flat, _NO_CODE, tokens.shape[0], num_uncond, call.timestep, index)  # [rows]
         out = tokens.clone()
         if self.anchor is not None:
-            step = self.strength * (self.means[self.anchor, index] - self.means[0, index]).to(tokens.device, tokens.dtype)
+            mean = self.means.nanmean(1) if self.means.dim() == 4 else self.means  # per cell: over its cells
+            step = self.strength * (mean[self.anchor, index] - mean[0, index]).to(tokens.device, tokens.dtype)
             out[shown] = out[shown] + step
+        elif self.maps is not None:
+            picked = out[shown]
+            out[shown] = picked + (with_bias(picked.float()) @ self._table(self.maps, call.timestep, tokens.device)).to(
+                tokens.dtype
+            )
         else:
             assert self.channels is not None
             channels = self.channels.to(tokens.device)

@@ -25,7 +25,9 @@ reaches the blocks before it through this path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -48,6 +50,8 @@ from saeuron.sae import Sae
 from saeuron.sae.sparse import decode_fixed_width
 
 ERROR_MODES = ("correct", "reference")
+CompanionTable = Callable[[int, torch.device], Tensor | None]
+"""(timestep, device) → the [d+1, d] matrix a companion block's patches move by (None: not at this step)."""
 GRADIENTS = ("straight_through", "blocked")
 
 
@@ -108,11 +112,22 @@ class UnlearningEdit:
         self.detector = detector_of(recipe, sae.num_latents)
         """With the "image" and "nearest" gates: which images of the current generation show the concept (the others
         are not edited)."""
-        self.companions = {block: CompanionMapEdit(self, block) for block in recipe.steering.companions}
+        self.companions = {
+            block: CompanionMapEdit(self.detector, partial(self._companion_table, block), gradient == "blocked")
+            for block in recipe.steering.companions
+        }
+        self._companion_tables: dict[tuple[str, int, torch.device], Tensor | None] = {}
 
     def hooks(self) -> dict[str, EditFn]:
         """What to install, by block: this edit at the recipe's hookpoint, and its map's companion blocks'."""
         return {self.recipe.hookpoint: self, **self.companions}
+
+    def _companion_table(self, block: str, timestep: int, device: torch.device) -> Tensor | None:
+        index = self.recipe.timestep_index(timestep)
+        key = (block, index, device)
+        if key not in self._companion_tables:
+            self._companion_tables[key] = companion_map(self.recipe.steering, self._steers, block, index, device)
+        return self._companion_tables[key]
 
     def _steering(self, timestep: int) -> SteeringTable | None:
         index = self.recipe.timestep_index(timestep)
@@ -205,29 +220,22 @@ class UnlearningEdit:
 
 class CompanionMapEdit:
     """A map edit at one of the other blocks its map was fitted with: the conditional half of each image the
-    recipe's detector has found so far moves by Σ β·(M_t(x) − x), as at the hookpoint. A block that runs before the
-    hookpoint in a UNet call acts on the previous step's decision, one after it on this step's: the schedule the
-    companions' maps were fitted on (:class:`saeuron.method.block_map.CompanionSchedule`). The recipe refuses
-    companions without a detecting gate."""
+    ``detector`` has found so far moves by [x, 1]·``table(timestep, device)`` (Σ β·(W_t − [I; 0]): β·(M_t(x) − x) per
+    map), as at the hookpoint. A block that runs before the hookpoint in a UNet call acts on the previous step's
+    decision, one after it on this step's: the schedule the companions' maps were fitted on
+    (:class:`saeuron.method.block_map.CompanionSchedule`). Recipes refuse companions without a detecting gate; the
+    raw-activation baseline (:mod:`saeuron.method.baseline`) drives one by its own detector."""
 
-    def __init__(self, edit: UnlearningEdit, block: str):
-        self.edit, self.block = edit, block
-        self._tables: dict[tuple[int, torch.device], Tensor | None] = {}
+    def __init__(self, detector: ImageDetector | NearestDetector | None, table: CompanionTable, blocked: bool = False):
+        self.detector, self.table, self.blocked = detector, table, blocked
 
     def __call__(self, tokens: Tensor, call: BlockCall) -> Tensor:
-        detector = self.edit.detector
-        found = None if detector is None else detector.found(call.timestep, tokens.shape[0] - call.num_uncond)
-        if found is None:
-            return tokens
-        index = self.edit.recipe.timestep_index(call.timestep)
-        key = (index, tokens.device)
-        if key not in self._tables:
-            self._tables[key] = companion_map(self.edit.recipe.steering, self.edit._steers, self.block, index, tokens.device)
-        table = self._tables[key]
-        if table is None:
+        found = None if self.detector is None else self.detector.found(call.timestep, tokens.shape[0] - call.num_uncond)
+        table = None if found is None else self.table(call.timestep, tokens.device)
+        if found is None or table is None:
             return tokens
         cond = tokens[call.num_uncond :]
-        with torch.no_grad() if self.edit.gradient == "blocked" else nullcontext():
+        with torch.no_grad() if self.blocked else nullcontext():
             moved = cond + (with_bias(cond.float()) @ table).to(cond.dtype)
         # Every row moved and the found ones kept: no host sync on which rows were found.
         edited = torch.where(found[:, None, None], moved, cond)

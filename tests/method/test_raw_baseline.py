@@ -84,3 +84,42 @@ def test_raw_means_average_every_patch_of_a_concept_at_a_step(minicanvas_activat
         rows = [i for i, s in enumerate(styles) if s == label and steps[i] == timesteps[3]]
         expected = vectors[rows].astype(np.float64).mean((0, 1))
         np.testing.assert_allclose(means[concepts.index(concept), 3].numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_map_point_moves_the_found_images_at_the_hookpoint_and_its_companions():
+    tokens = batch()
+    g = torch.Generator().manual_seed(0)
+    maps, companion = torch.randn(2, 5, 4, generator=g), torch.randn(2, 5, 4, generator=g)
+    edit = RawGatedEdit(MEANS, [981, 1], wait=0, halves="cond", maps=maps, companions={"other": companion})
+    hooks = edit.hooks(STYLE_HOOK)
+    assert torch.equal(hooks["other"](tokens, call(981, 2)), tokens)  # before the gate has read anything
+    out = hooks[STYLE_HOOK](tokens, call(981, 2))
+    design = torch.cat([tokens[2], torch.ones(3, 1)], -1)
+    assert torch.allclose(out[2], tokens[2] + design @ maps[0], atol=1e-5)  # the found image, by the first step's map
+    assert torch.equal(out[3], tokens[3]) and torch.equal(out[:2], tokens[:2])
+    after = hooks["other"](tokens, call(981, 2))  # a block after the gate's, same step: image 0 found
+    assert torch.allclose(after[2], tokens[2] + design @ companion[0], atol=1e-5)
+    assert torch.equal(after[3], tokens[3]) and torch.equal(after[:2], tokens[:2])
+    with pytest.raises(ValueError, match="companion blocks' maps go with a map edit"):
+        RawGatedEdit(MEANS, [981, 1], wait=0, anchor=1, strength=1.0, companions={"other": companion})
+
+
+def test_raw_cell_means_are_per_concept_and_other_label(minicanvas_activations):
+    root = minicanvas_activations.dataset_dir
+    concepts, timesteps, cells = raw_means(root, STYLE_HOOK, "style", cells=True)
+    _, _, means = raw_means(root, STYLE_HOOK, "style")
+    table = activations.read_hookpoint(root, STYLE_HOOK, ["style", "object", "timestep", "activations"])
+    objects = sorted({o for o in table.column("object").to_pylist() if o is not None})
+    has_unlabelled = None in table.column("object").to_pylist()
+    assert cells.shape == (len(concepts), len(objects) + has_unlabelled, len(timesteps), means.shape[-1])
+    d_in = means.shape[-1]
+    vectors = activations.binary_to_vectors(table.column("activations"), d_in).reshape(table.num_rows, -1, d_in)
+    styles, objs, steps = (table.column(c).to_pylist() for c in ("style", "object", "timestep"))
+    rows = [i for i in range(table.num_rows) if styles[i] == concepts[0] and objs[i] == objects[1] and steps[i] == timesteps[3]]
+    expected = vectors[rows].astype(np.float64).mean((0, 1))
+    np.testing.assert_allclose(cells[0, 1, 3].numpy(), expected, rtol=1e-4, atol=1e-5)
+    # A cell no collected prompt had is NaN, never a zero mean the gate could take for the nearest.
+    present = {(s, o) for s, o in zip(styles, objs)}
+    for c, style in enumerate(concepts):
+        for k, obj in enumerate(objects):
+            assert bool(cells[c, k].isnan().all()) == ((None if style == "none" else style, obj) not in present)
