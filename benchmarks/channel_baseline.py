@@ -187,7 +187,10 @@ def compare(recipe_dir: str, args, grid: Grid, original) -> Comparison:
             edits = {recipe.hookpoint: channel_edit}
             scores = score(partial(hooked.generate, edits=edits, **sampling), rows, judge, kind, concept, args.batch_size)
             points.append(Point(n, multiplier, scores))
-            print(f"  {n:>3} channels × {multiplier:g}{' (raw nearest gate)' if gated else ''}: {short(scores)}", flush=True)
+            print(
+                f"  {n:>3} channels × {multiplier:g}{f' (raw {recipe.gate.kind} gate)' if gated else ''}: {short(scores)}",
+                flush=True,
+            )
             if not retains(scores, sae_scores, args.tolerance, args.retain_own):
                 break
     best = baseline_at_retain(sae_scores, points, args.tolerance, args.retain_own)
