@@ -32,59 +32,29 @@ def tiny_study(study_dir, concepts=("Neon_Glow", "Stars"), multipliers=("-1", "-
     return parse_config(StudyConfig, tiny_study_argv(study_dir, concepts, multipliers, extra))
 
 
-@pytest.mark.slow
-def test_the_study_runs_every_stage_once_and_resumes_by_skipping_them(tmp_path, ray_cluster, capsys):
-    cfg = tiny_study(tmp_path / "study")  # parsing sets up the console: the saeuron logger writes to stdout
-    first = run_study(cfg)
-    printed = capsys.readouterr().out
-    assert "UA" in printed and "report:" in printed and "MLflow UI: mlflow ui --backend-store-uri sqlite:///" in printed
-    scores = first["evaluate"]["scores"]
-    assert scores == TINY_SCORES
-    assert first["search"]["chosen"] == TINY_CHOSEN
-
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'study' / 'mlflow.db'}")
-    client = mlflow.MlflowClient()
-    parent = client.get_run(first["run_id"])
-    assert parent.info.status == "FINISHED" and parent.data.params["name"] == "tiny"
-    assert "config.yaml" in {a.path for a in client.list_artifacts(first["run_id"])}
-    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{first['run_id']}'")
-    stages = {c.data.tags.get("saeuron.stage") for c in children}
-    assert {"collect", "train", "gather", "search", "evaluate"} <= stages
-    assert parent.data.metrics["Neon_Glow.UA"] == scores["Neon_Glow"]["UA"]
-    gaps = objective_gaps(cfg.search.objective, scores, first["search"]["chosen"])
-    assert parent.data.metrics["objective_gap"] == pytest.approx(sum(abs(t - e) for t, e in gaps.values()) / 2)
-    assert "tuning prompts vs evaluation: mean |gap|" in printed
-
-    records = tmp_path / "study" / "stages" / "tiny"
-    before = {p.name: p.read_text() for p in records.glob("*.json")}
-    again = run_study(cfg)
-    skipped = capsys.readouterr().out.count("already done with this config, skipped")
-    assert skipped == 6  # collect, train, 2 × gather, search, evaluate
-    assert again["evaluate"] == first["evaluate"] and again["run_id"] == first["run_id"]
-    assert {p.name: p.read_text() for p in records.glob("*.json")} == before
-
-    # A changed search reruns the search and the evaluation, nothing before them.
-    third = run_study(tiny_study(tmp_path / "study", concepts=("Neon_Glow",), multipliers=("-1",)))
-    assert capsys.readouterr().out.count("already done with this config, skipped") == 4
-    assert set(third["evaluate"]["scores"]) == {"Neon_Glow"}
-    assert json.loads((records / "search.json").read_text())["outputs"]["chosen"].keys() == {"Neon_Glow"}
-    # The study joined the caller's cluster and must leave it running for them.
-    import ray
-
-    assert ray.is_initialized() and ray.get_runtime_context().gcs_address == ray_cluster
+def stage_records(s3, bucket, prefix="study/stages/tiny/"):
+    client = s3.client()
+    return {key: client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in s3.keys(bucket, prefix)}
 
 
 @pytest.mark.slow
-def test_the_study_with_its_storage_root_in_a_bucket_gives_the_same_scores(tmp_path, ray_cluster, s3, monkeypatch):
+def test_the_study_in_a_bucket_runs_every_stage_once_and_resumes_by_skipping_them(tmp_path, ray_cluster, s3, monkeypatch, capsys):
     """Every artefact in the S3 emulator (an emulator: moto's server); on local disk only the MLflow store and
-    the node's cache."""
+    the node's cache. One study serves both checks (a study costs minutes here): in a bucket it scores as the
+    tiny study does anywhere (TINY_SCORES; the loopback cluster test asserts them on three nodes, the
+    UnlearnCanvas layout test runs a study in a local folder), and it resumes from the records it left there."""
     monkeypatch.setenv("SAEURON_CACHE", str(tmp_path / "cache"))  # this driver's; the workers' is the session's
     bucket = s3.bucket("saeuron-quick-study")
+    root = s3.uri(bucket, "study")
     tracking = f"sqlite:///{tmp_path / 'tracking' / 'mlflow.db'}"
     with pytest.raises(StorageError, match="MLflow's SQLite store cannot live; pass --tracking_uri"):
-        run_study(tiny_study(s3.uri(bucket, "study")))
-    result = run_study(tiny_study(s3.uri(bucket, "study"), extra=["--tracking_uri", tracking]))
-    assert result["evaluate"]["scores"] == TINY_SCORES and result["search"]["chosen"] == TINY_CHOSEN
+        run_study(tiny_study(root))
+    cfg = tiny_study(root, extra=["--tracking_uri", tracking])  # parsing sets up the console: stdout
+    first = run_study(cfg)
+    printed = capsys.readouterr().out
+    assert "UA" in printed and "report:" in printed and f"MLflow UI: mlflow ui --backend-store-uri {tracking}" in printed
+    scores = first["evaluate"]["scores"]
+    assert scores == TINY_SCORES and first["search"]["chosen"] == TINY_CHOSEN
     keys = s3.keys(bucket)
     for prefix in (
         "study/activations/manifest.json",
@@ -97,5 +67,36 @@ def test_the_study_with_its_storage_root_in_a_bucket_gives_the_same_scores(tmp_p
         "study/stages/tiny/evaluate.json",
     ):
         assert any(key.startswith(prefix) for key in keys), f"nothing under {prefix} in the bucket"
+    assert first["evaluate"]["report"].startswith("s3://saeuron-quick-study/study/reports/")
+
+    mlflow.set_tracking_uri(tracking)
+    client = mlflow.MlflowClient()
+    parent = client.get_run(first["run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.params["name"] == "tiny"
+    assert "config.yaml" in {a.path for a in client.list_artifacts(first["run_id"])}
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{first['run_id']}'")
+    stages = {c.data.tags.get("saeuron.stage") for c in children}
+    assert {"collect", "train", "gather", "search", "evaluate"} <= stages
+    assert parent.data.metrics["Neon_Glow.UA"] == scores["Neon_Glow"]["UA"]
+    gaps = objective_gaps(cfg.search.objective, scores, first["search"]["chosen"])
+    assert parent.data.metrics["objective_gap"] == pytest.approx(sum(abs(t - e) for t, e in gaps.values()) / 2)
+    assert "tuning prompts vs evaluation: mean |gap|" in printed
+
+    before = stage_records(s3, bucket)
+    again = run_study(cfg)
+    skipped = capsys.readouterr().out.count("already done with this config, skipped")
+    assert skipped == 6  # collect, train, 2 × gather, search, evaluate
+    assert again["evaluate"] == first["evaluate"] and again["run_id"] == first["run_id"]
+    assert stage_records(s3, bucket) == before
+
+    # A changed search reruns the search and the evaluation, nothing before them.
+    third = run_study(tiny_study(root, concepts=("Neon_Glow",), multipliers=("-1",), extra=["--tracking_uri", tracking]))
+    assert capsys.readouterr().out.count("already done with this config, skipped") == 4
+    assert set(third["evaluate"]["scores"]) == {"Neon_Glow"}
+    search_record = json.loads(stage_records(s3, bucket)["study/stages/tiny/search.json"])
+    assert search_record["outputs"]["chosen"].keys() == {"Neon_Glow"}
     assert {p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*") if p.is_file()} == {"tracking", "cache"}
-    assert result["evaluate"]["report"].startswith("s3://saeuron-quick-study/study/reports/")
+    # The study joined the caller's cluster and must leave it running for them.
+    import ray
+
+    assert ray.is_initialized() and ray.get_runtime_context().gcs_address == ray_cluster
