@@ -144,6 +144,9 @@ class S3Emulator:
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
 
+    def read(self, bucket: str, key: str) -> bytes:
+        return self.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
 
 # --------------------------------------------------------------------------------- the tiny study
 def tiny_study_argv(study_dir, concepts=("Neon_Glow", "Stars"), multipliers=("-1", "-5"), extra=()) -> list[str]:

@@ -177,7 +177,7 @@ def test_the_study_on_three_loopback_nodes_survives_lost_nodes_and_scores_as_on_
     assert "succeeded" in printed and "report: s3://saeuron-cluster/study/reports/" in printed
 
     # Every row exactly once, computed on worker nodes only (the manifest counts rows per node).
-    manifest = json.loads(s3.client().get_object(Bucket=bucket, Key="study/activations/manifest.json")["Body"].read())
+    manifest = json.loads(s3.read(bucket, "study/activations/manifest.json"))
     assert manifest["complete"] and manifest["prompts_collected"] == 40
     assert sum(manifest["nodes"].values()) == sum(manifest["rows"].values()) == 2 * 40 * 6
     assert heads_id not in manifest["nodes"]

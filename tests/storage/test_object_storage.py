@@ -101,7 +101,7 @@ def test_collection_and_training_in_a_bucket_equal_a_local_folder_and_a_damaged_
 
     # 4 KB of one shard zeroed in the bucket: the reader names it, the next collection regenerates its prompts.
     shard = next(k for k in s3.keys(bucket, f"study/activations/hookpoint={HOOKS[0]}/") if k.endswith(".parquet"))
-    body = bytearray(s3.client().get_object(Bucket=bucket, Key=shard)["Body"].read())
+    body = bytearray(s3.read(bucket, shard))
     middle = len(body) // 2
     body[middle : middle + 4096] = bytes(4096)
     s3.client().put_object(Bucket=bucket, Key=shard, Body=bytes(body))

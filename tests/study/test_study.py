@@ -33,8 +33,7 @@ def tiny_study(study_dir, concepts=("Neon_Glow", "Stars"), multipliers=("-1", "-
 
 
 def stage_records(s3, bucket, prefix="study/stages/tiny/"):
-    client = s3.client()
-    return {key: client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in s3.keys(bucket, prefix)}
+    return {key: s3.read(bucket, key) for key in s3.keys(bucket, prefix)}
 
 
 @pytest.mark.slow

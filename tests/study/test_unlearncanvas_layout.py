@@ -69,3 +69,6 @@ def test_the_unlearncanvas_study_runs_on_the_checkpoints_real_layout(tmp_path, r
     assert set(scores) == {"Van_Gogh", "Dogs"}
     assert all(0.0 <= v <= 1.0 for s in scores.values() for v in s.values())
     assert "FID" in printed and "report:" in printed
+    # No tracking URI: the MLflow store is the study folder's SQLite file, and the study says how to open it.
+    store = tmp_path / "study" / "mlflow.db"
+    assert store.is_file() and f"MLflow UI: mlflow ui --backend-store-uri sqlite:///{store}" in printed
