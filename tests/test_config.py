@@ -344,3 +344,16 @@ def test_a_study_searching_map_edits_gathers_the_style_maps_and_only_those(capsy
     assert {k: v for k, v in vars(style).items() if k not in ("map_anchor", "kind", "hookpoint")} == {
         k: v for k, v in vars(objects).items() if k not in ("map_anchor", "kind", "hookpoint")
     }
+
+
+def test_a_study_refuses_steer_concepts_it_cannot_steer_before_any_stage(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(StudyConfig, ["--search.concepts", "Rings", "Stars", "--search.steer_concepts", "Rings"])
+    assert "search.steer_concepts ['Rings'] names concepts to steer, and search.anchors is empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_config(StudyConfig, ["--search.concepts", "Stars", "--search.anchors", "all", "--search.steer_concepts", "Rings"])
+    assert "search.steer_concepts names ['Rings'], which search.concepts ['Stars'] does not" in capsys.readouterr().err
+    study = parse_config(
+        StudyConfig, ["--search.concepts", "Rings", "Stars", "--search.anchors", "all", "--search.steer_concepts", "Rings"]
+    )
+    assert stage_configs(study, "")["search"].steer_concepts == ["Rings"]

@@ -30,7 +30,7 @@ from saeuron.sections import (
     WithTracking,
 )
 from saeuron.training.ray_train import TrainConfig, TrainOptions
-from saeuron.tuning.config import SearchConfig, SearchOptions, gates_of
+from saeuron.tuning.config import SearchConfig, SearchOptions, check_anchors, gates_of
 
 
 def _quick_steps() -> SamplingConfig:
@@ -96,6 +96,7 @@ class StudyConfig(WithResources, WithJudge, WithEdit, WithSampling, WithModel, W
 
     def __post_init__(self) -> None:
         get_benchmark(self.model.benchmark)  # an unknown benchmark fails here, before any stage
+        check_anchors(self.search)
         if any(g.kind == "cell" for g in gates_of(self.search)) and not self.gather.cell_means:
             raise ValueError(
                 f"search.gate {self.search.gate} has the 'cell' gate, which detects by a mean per concept and value of "

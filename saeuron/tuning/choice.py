@@ -17,7 +17,7 @@ from saeuron.method.recipe import edit_label
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.method.steering import Steer
 from saeuron.storage import Location
-from saeuron.tuning.config import ALL_ANCHORS, gates_of
+from saeuron.tuning.config import ALL_ANCHORS, check_anchors, gates_of
 
 
 class SearchTarget(NamedTuple):
@@ -85,11 +85,7 @@ def search_targets(cfg: Any, benchmark: Benchmark) -> dict[str, list[SearchTarge
     """{concept: [its kind's block, then each candidate block of its kind]}, every folder checked."""
     if not cfg.concepts:
         raise ValueError("no concepts to tune: pass --concepts NAME [NAME ...]")
-    if ALL_ANCHORS in cfg.anchors and len(cfg.anchors) > 1:
-        raise ValueError(
-            f"search.anchors {cfg.anchors}: {ALL_ANCHORS!r} already steers toward every concept the statistics know; "
-            f"give it alone or name the anchors"
-        )
+    check_anchors(cfg)
     cells = any(g.kind == "cell" for g in gates_of(cfg))
 
     def load(folder: str) -> ConceptStatistics:
@@ -161,6 +157,8 @@ def search_targets(cfg: Any, benchmark: Benchmark) -> dict[str, list[SearchTarge
 
 
 def _anchors(cfg: Any, stats: ConceptStatistics, concept: str) -> tuple[str, ...]:
+    if cfg.steer_concepts and concept not in cfg.steer_concepts:
+        return ()
     wanted = stats.concepts if list(cfg.anchors) == [ALL_ANCHORS] else cfg.anchors
     return tuple(a for a in wanted if a in stats.concepts and a != concept)
 

@@ -56,6 +56,10 @@ class SearchOptions:
     with unstyled_reference). ``[all]``: every other concept the block's statistics know, "none" included — which
     anchor forgets a style cleanly differs from style to style and follows no distance between their statistics
     (README, "Every concept", item 12), so the search measures them all. Empty: the paper's scaling edit only."""
+    steer_concepts: list[str] = field(default_factory=list)
+    """The concepts searched with the steering edits of ``anchors``; the others get the scaling edits alone. Empty:
+    every concept. Steering toward every other object is 376 trials a block where scaling is 40 (MiniCanvas, README
+    "Every concept", item 22), and most objects are forgotten by scaling: this spends the grid where it is needed."""
     strengths: list[float] = field(default_factory=lambda: [3.0, 5.0, 7.0])
     """Steering strengths β of the grid, with anchors."""
     cond_multipliers: list[float] = field(default_factory=list)
@@ -187,6 +191,25 @@ def grid_of(cfg: SearchConfig, kind: str = "object") -> tuple[list[float], list[
     if any(g >= 0 for g in multipliers):
         raise ValueError(f"multipliers must be negative (γ < 0 suppresses a concept), got {multipliers}")
     return [float(p) for p in percentiles], [float(g) for g in multipliers]
+
+
+def check_anchors(cfg: SearchOptions) -> None:
+    """The steering anchors and the concepts they steer, checked where a study or a search starts."""
+    if ALL_ANCHORS in cfg.anchors and len(cfg.anchors) > 1:
+        raise ValueError(
+            f"search.anchors {cfg.anchors}: {ALL_ANCHORS!r} already steers toward every concept the statistics know; "
+            f"give it alone or name the anchors"
+        )
+    if cfg.steer_concepts and not cfg.anchors:
+        raise ValueError(
+            f"search.steer_concepts {cfg.steer_concepts} names concepts to steer, and search.anchors is empty: add anchors"
+        )
+    untuned = sorted(set(cfg.steer_concepts) - set(cfg.concepts))
+    if untuned:
+        raise ValueError(
+            f"search.steer_concepts names {untuned}, which search.concepts {cfg.concepts} does not: steer only concepts "
+            f"the search tunes"
+        )
 
 
 def gates_of(cfg: SearchOptions) -> list[Gate]:

@@ -233,3 +233,26 @@ def test_a_style_searched_with_map_edits_needs_statistics_that_hold_its_maps(tmp
     stats.save(style)
     targets = search_targets(cfg, get_benchmark("minicanvas"))
     assert [t.map_anchor for t in targets["Neon_Glow"]] == ["none"] and [t.map_anchor for t in targets["Rings"]] == [""]
+
+
+def test_steer_concepts_spends_the_steering_grid_on_the_concepts_it_names_and_names_only_tuned_ones(tmp_path):
+    mid, down = statistics(tmp_path / "mid", MID, "object"), statistics(tmp_path / "down", DOWN, "object")
+    cfg = SearchConfig(
+        concepts=["Circles", "Rings"],
+        object_statistics=mid,
+        candidate_statistics=[down],
+        anchors=["all"],
+        steer_concepts=["Rings"],
+    )
+    targets = search_targets(cfg, get_benchmark("minicanvas"))
+    assert [t.anchors for t in targets["Rings"]] == [("Circles", "Stars"), ("Circles", "Stars")]  # at both blocks
+    assert [t.anchors for t in targets["Circles"]] == [(), ()]  # scaling alone
+    with pytest.raises(ValueError, match=r"names \['Stars'\], which search.concepts \['Circles', 'Rings'\] does not"):
+        search_targets(
+            SearchConfig(concepts=["Circles", "Rings"], object_statistics=mid, anchors=["all"], steer_concepts=["Stars"]),
+            get_benchmark("minicanvas"),
+        )
+    with pytest.raises(ValueError, match=r"search.anchors is empty: add anchors"):
+        search_targets(
+            SearchConfig(concepts=["Rings"], object_statistics=mid, steer_concepts=["Rings"]), get_benchmark("minicanvas")
+        )
