@@ -80,15 +80,16 @@ def test_every_study_command_in_the_readme_parses(capsys):
             parse_config(StudyConfig, argv)
 
 
-def objects_header_command(concept: str) -> StudyConfig:
+def objects_header_command(flag: str, first: str) -> StudyConfig:
+    """The header command whose ``flag`` (``--search.concepts``, ``--search.steer_concepts``) starts with ``first``."""
     preset = CONFIGS / "minicanvas" / "study-objects-nearest.yaml"
-    (argv,) = [a for a in pipeline_commands(header(preset)) if concept in a]
+    (argv,) = [a for a in pipeline_commands(header(preset)) if flag in a and a[a.index(flag) + 1] == first]
     return parse_config(StudyConfig, ["--config", str(preset)] + argv[2:])
 
 
 def test_the_objects_presets_header_commands_steer_rings_hearts_and_squares_as_the_readme_says():
     # Rings (README, "Every concept", item 22): steering toward every other object added to the preset's grid.
-    rings = objects_header_command("Rings")
+    rings = objects_header_command("--search.concepts", "Rings")
     assert (rings.search.concepts, rings.search.anchors, rings.search.strengths, rings.search.cond_strengths) == (
         ["Rings"],
         ["all"],
@@ -98,12 +99,20 @@ def test_the_objects_presets_header_commands_steer_rings_hearts_and_squares_as_t
     assert rings.search.forget_prompts_per_cell == 0
     # Hearts and Squares (items 24-25): the same steering and four of their own images a cell, so the tuning sees
     # what their scaling misses.
-    hearts = objects_header_command("Hearts")
+    hearts = objects_header_command("--search.concepts", "Hearts")
     assert (hearts.search.concepts, hearts.search.forget_prompts_per_cell) == (["Hearts", "Squares"], 4)
     assert (hearts.search.anchors, hearts.search.strengths, hearts.search.cond_strengths) == (
         rings.search.anchors,
         rings.search.strengths,
         rings.search.cond_strengths,
+    )
+    # All eight in one search (item 29): Hearts' settings, the steering grid spent on the three that need it.
+    every = objects_header_command("--search.steer_concepts", "Rings")
+    assert len(every.search.concepts) == 8 and every.search.steer_concepts == ["Rings", "Hearts", "Squares"]
+    assert (every.search.anchors, every.search.cond_strengths, every.search.forget_prompts_per_cell) == (
+        hearts.search.anchors,
+        hearts.search.cond_strengths,
+        4,
     )
 
 
