@@ -351,8 +351,8 @@ def test_a_study_refuses_steer_concepts_it_cannot_steer_before_any_stage(capsys)
         parse_config(StudyConfig, ["--search.concepts", "Rings", "Stars", "--search.steer_concepts", "Rings"])
     assert "search.steer_concepts ['Rings'] names concepts to steer, and search.anchors is empty" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        parse_config(StudyConfig, ["--search.concepts", "Stars", "--search.anchors", "all", "--search.steer_concepts", "Rings"])
-    assert "search.steer_concepts names ['Rings'], which search.concepts ['Stars'] does not" in capsys.readouterr().err
+        parse_config(StudyConfig, ["--search.concepts", "Stars", "--search.anchors", "all", "--search.steer_concepts", "Ring"])
+    assert "search.steer_concepts names ['Ring'], which minicanvas has no concept of" in capsys.readouterr().err
     study = parse_config(
         StudyConfig, ["--search.concepts", "Rings", "Stars", "--search.anchors", "all", "--search.steer_concepts", "Rings"]
     )

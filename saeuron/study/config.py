@@ -30,7 +30,7 @@ from saeuron.sections import (
     WithTracking,
 )
 from saeuron.training.ray_train import TrainConfig, TrainOptions
-from saeuron.tuning.config import SearchConfig, SearchOptions, check_anchors, gates_of
+from saeuron.tuning.config import SearchConfig, SearchOptions, check_anchors, for_kind, gates_of
 
 
 def _quick_steps() -> SamplingConfig:
@@ -95,12 +95,13 @@ class StudyConfig(WithResources, WithJudge, WithEdit, WithSampling, WithModel, W
     evaluate: EvaluateOptions = field(default_factory=_quick_evaluate)
 
     def __post_init__(self) -> None:
-        get_benchmark(self.model.benchmark)  # an unknown benchmark fails here, before any stage
-        check_anchors(self.search)
-        if any(g.kind == "cell" for g in gates_of(self.search)) and not self.gather.cell_means:
+        benchmark = get_benchmark(self.model.benchmark)  # an unknown benchmark fails here, before any stage
+        check_anchors(self.search, benchmark)
+        cells = [kind for kind in ("style", "object") if any(g.kind == "cell" for g in gates_of(self.search, kind))]
+        if cells and not self.gather.cell_means:
             raise ValueError(
-                f"search.gate {self.search.gate} has the 'cell' gate, which detects by a mean per concept and value of "
-                f"the other label: set gather.cell_means: true"
+                f"the {cells[0]}s' gates {for_kind(self.search, cells[0]).gate} have the 'cell' gate, which detects by a "
+                f"mean per concept and value of the other label: set gather.cell_means: true"
             )
         if self.search.map_strengths and not self.gather.map_anchor:
             raise ValueError(
@@ -149,9 +150,15 @@ def stage_configs(cfg: StudyConfig, parent_run_id: str) -> dict[str, Any]:
 
 def gather_config(cfg: StudyConfig, tracking: TrackingConfig, kind: str, hookpoint: str, sae: str) -> GatherConfig:
     """The statistics stage of one kind at one block, for the SAE that training produced (known only after it ran).
-    ``gather.map_anchor`` (and its ``map_companions``) fits maps of the styles' rendering: the object statistics are
-    gathered without."""
-    options = _fields(cfg.gather) if kind == "style" else {**_fields(cfg.gather), "map_anchor": "", "map_companions": []}
+    The styles' options (``unstyled_reference``, the maps ``map_*``) change nothing in the object statistics, and their
+    cell means serve only a cell gate: the object statistics are gathered, and recorded, without them, so that a study
+    of styles and objects shares its objects' statistics with a study of objects alone."""
+    options = _fields(cfg.gather)
+    if kind == "object":
+        style_only = ["unstyled_reference", *(name for name in options if name.startswith("map_"))]
+        style_only += ["cell_means"] * (not any(g.kind == "cell" for g in gates_of(cfg.search, "object")))
+        defaults = GatherOptions()
+        options.update({name: getattr(defaults, name) for name in style_only})
     return GatherConfig(
         **options,
         sae=sae,
@@ -164,11 +171,12 @@ def gather_config(cfg: StudyConfig, tracking: TrackingConfig, kind: str, hookpoi
     )
 
 
-def search_folder_key(search: SearchConfig) -> str:
-    """A search resumes its Tune experiments from its folder: another search config gets another folder."""
+def search_folder_key(search: SearchConfig, statistics: list[str]) -> str:
+    """A search resumes its Tune experiments from its folder: another search config, or the same on statistics
+    gathered again (``statistics``: their ``statistics_identity``; the folders keep their names), gets another folder."""
     from saeuron.study.records import _comparable
 
-    return hashlib.sha1(json.dumps(_comparable(search), sort_keys=True).encode()).hexdigest()[:8]
+    return hashlib.sha1(json.dumps([_comparable(search), statistics], sort_keys=True).encode()).hexdigest()[:8]
 
 
 def _fields(options: Any) -> dict[str, Any]:

@@ -85,12 +85,12 @@ def search_targets(cfg: Any, benchmark: Benchmark) -> dict[str, list[SearchTarge
     """{concept: [its kind's block, then each candidate block of its kind]}, every folder checked."""
     if not cfg.concepts:
         raise ValueError("no concepts to tune: pass --concepts NAME [NAME ...]")
-    check_anchors(cfg)
-    cells = any(g.kind == "cell" for g in gates_of(cfg))
+    check_anchors(cfg, benchmark)
+    cells = {kind for kind in ("style", "object") if any(g.kind == "cell" for g in gates_of(cfg, kind))}
 
     def load(folder: str) -> ConceptStatistics:
         stats = ConceptStatistics.load(folder)
-        if cells:
+        if stats.kind in cells:
             stats.cell_means()  # statistics without them are refused with the fix, before Ray starts
         return stats
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from saeuron.benchmarks import Benchmark, get_benchmark
 from saeuron.method.selection import DETECTING, PAPER_GATE, Gate, check_contrast
@@ -50,6 +51,12 @@ class SearchOptions:
     """Percentiles for style concepts; empty: ``percentiles`` (the paper fixes styles at p = 99.999)."""
     style_multipliers: list[float] = field(default_factory=list)
     """Multipliers for style concepts; empty: ``multipliers`` (the paper fixes styles at γ = −1)."""
+    style_gate: list[str] = field(default_factory=list)
+    """The gates searched for style concepts; empty: ``gate``. MiniCanvas's styles are forgotten under the cell gate
+    and its objects under the mean and nearest gates (README, "Every concept", items 21, 28): one study of all 18."""
+    style_objective: str = ""
+    """The objective style concepts are ranked by; empty: ``objective`` (a style's objects on its own images count
+    only for a style: "ua_ira_cra_own")."""
     anchors: list[str] = field(default_factory=list)
     """Steering anchors (``saeuron.method.steering``): a concept whose statistics know an anchor is also searched with
     the steering edit toward it, at every percentile × strength; "none" is the unstyled rendering (statistics gathered
@@ -159,10 +166,29 @@ class SearchConfig(SearchOptions, WithResources, WithJudge, WithEdit, WithSampli
         return Location.parse(self.output_dir) if self.output_dir else self.tracking.storage / "search" / self.name
 
 
+Options = TypeVar("Options", bound=SearchOptions)
+
+
+def for_kind(cfg: Options, kind: str) -> Options:
+    """The search as it runs for concepts of ``kind``: a style's percentiles, multipliers, gates and objective where
+    the ``style_*`` fields give them."""
+    if kind != "style":
+        return cfg
+    return replace(
+        cfg,
+        percentiles=cfg.style_percentiles or cfg.percentiles,
+        multipliers=cfg.style_multipliers or cfg.multipliers,
+        gate=cfg.style_gate or cfg.gate,
+        objective=cfg.style_objective or cfg.objective,
+    )
+
+
 def grid_of(cfg: SearchConfig, kind: str = "object") -> tuple[list[float], list[float]]:
     """The (percentiles, multipliers) searched for concepts of ``kind`` (and the search's contrast, objective, retain
     floor and error mode checked: the reference's error mode runs the paper's edit only)."""
-    check_contrast(cfg.contrast), check_objective(cfg.objective), gates_of(cfg)
+    gates = gates_of(cfg, kind)
+    cfg = for_kind(cfg, kind)
+    check_contrast(cfg.contrast), check_objective(cfg.objective)
     one_half = cfg.cond_multipliers or cfg.cond_strengths or cfg.map_strengths
     if cfg.edit.error_mode == "reference" and (cfg.anchors or one_half):
         raise ValueError(
@@ -172,7 +198,7 @@ def grid_of(cfg: SearchConfig, kind: str = "object") -> tuple[list[float], list[
         )
     if cfg.map_strengths and not all(b > 0 for b in cfg.map_strengths):
         raise ValueError(f"search.map_strengths must be positive (1: the fitted map), got {cfg.map_strengths}")
-    if cfg.map_strengths and not any(g.kind in DETECTING for g in gates_of(cfg)):
+    if cfg.map_strengths and not any(g.kind in DETECTING for g in gates):
         raise ValueError(
             f"search.map_strengths redraws whole images, which only a detecting gate confines to the concept's: add "
             f"one of {DETECTING} to search.gate (now {cfg.gate})"
@@ -183,8 +209,6 @@ def grid_of(cfg: SearchConfig, kind: str = "object") -> tuple[list[float], list[
         raise ValueError(f"search.max_drift is a mean pixel change in [0, 1) (0: no ceiling), got {cfg.max_drift}")
     percentiles = cfg.percentiles or list(cfg.benchmark.search_percentiles)
     multipliers = cfg.multipliers or list(cfg.benchmark.search_multipliers)
-    if kind == "style":
-        percentiles, multipliers = cfg.style_percentiles or percentiles, cfg.style_multipliers or multipliers
     bad = [p for p in percentiles if not 0 < p < 100]
     if bad:
         raise ValueError(f"percentiles must be in (0, 100), got {bad}")
@@ -193,8 +217,10 @@ def grid_of(cfg: SearchConfig, kind: str = "object") -> tuple[list[float], list[
     return [float(p) for p in percentiles], [float(g) for g in multipliers]
 
 
-def check_anchors(cfg: SearchOptions) -> None:
-    """The steering anchors and the concepts they steer, checked where a study or a search starts."""
+def check_anchors(cfg: SearchOptions, benchmark: Benchmark) -> None:
+    """The steering anchors and the concepts they steer, checked where a study or a search starts. A concept of
+    ``steer_concepts`` the search does not tune is left alone (a preset that steers three objects narrowed to one by
+    ``--search.concepts``); one the benchmark does not have is a typo."""
     if ALL_ANCHORS in cfg.anchors and len(cfg.anchors) > 1:
         raise ValueError(
             f"search.anchors {cfg.anchors}: {ALL_ANCHORS!r} already steers toward every concept the statistics know; "
@@ -204,34 +230,38 @@ def check_anchors(cfg: SearchOptions) -> None:
         raise ValueError(
             f"search.steer_concepts {cfg.steer_concepts} names concepts to steer, and search.anchors is empty: add anchors"
         )
-    untuned = sorted(set(cfg.steer_concepts) - set(cfg.concepts))
-    if untuned:
+    unknown = sorted(set(cfg.steer_concepts) - {*benchmark.styles, *benchmark.objects})
+    if unknown:
         raise ValueError(
-            f"search.steer_concepts names {untuned}, which search.concepts {cfg.concepts} does not: steer only concepts "
-            f"the search tunes"
+            f"search.steer_concepts names {unknown}, which {benchmark.name} has no concept of: its styles are "
+            f"{list(benchmark.styles)}, its objects {list(benchmark.objects)}"
         )
 
 
-def gates_of(cfg: SearchOptions) -> list[Gate]:
-    """The gates the search runs every edit under, checked: each named once, and ``gate_sigmas`` / ``gate_share``
-    refused where no gate searched uses them."""
-    if not cfg.gate or len(set(cfg.gate)) < len(cfg.gate):
-        raise ValueError(f"search.gate lists the gates searched, each once (e.g. [mean, image]), got {cfg.gate}")
-    gates = [Gate.parse(g, cfg.gate_sigmas, cfg.gate_share) for g in cfg.gate]
+def gates_of(cfg: SearchOptions, kind: str = "object") -> list[Gate]:
+    """The gates the search runs every edit of a ``kind`` concept under, checked: each named once, and
+    ``gate_sigmas`` / ``gate_share`` refused where no gate searched, of either kind, uses them."""
+    names, field_name = for_kind(cfg, kind).gate, "style_gate" if kind == "style" and cfg.style_gate else "gate"
+    if not names or len(set(names)) < len(names):
+        raise ValueError(f"search.{field_name} lists the gates searched, each once (e.g. [mean, image]), got {names}")
+    gates = [Gate.parse(g, cfg.gate_sigmas, cfg.gate_share) for g in names]
     if len(set(gates)) < len(gates):
         raise ValueError(
-            f"search.gate {cfg.gate} names one gate twice (with gate_sigmas {cfg.gate_sigmas:g}, gate_share {cfg.gate_share:g})"
+            f"search.{field_name} {names} names one gate twice (with gate_sigmas {cfg.gate_sigmas:g}, gate_share "
+            f"{cfg.gate_share:g})"
         )
     # A search-wide z or share that no gate takes (every gate the same without it) would be silently ignored.
-    if gates == [Gate.parse(g, PAPER_GATE.sigmas, cfg.gate_share) for g in cfg.gate] and cfg.gate_sigmas != PAPER_GATE.sigmas:
+    named = list(dict.fromkeys(cfg.gate + cfg.style_gate))
+    every = [Gate.parse(g, cfg.gate_sigmas, cfg.gate_share) for g in named]
+    if every == [Gate.parse(g, PAPER_GATE.sigmas, cfg.gate_share) for g in named] and cfg.gate_sigmas != PAPER_GATE.sigmas:
         raise ValueError(
             f"search.gate_sigmas {cfg.gate_sigmas:g} applies to the 'others' and 'image' gates named without a z, and "
-            f"the search runs {cfg.gate}: add one to search.gate, or drop gate_sigmas"
+            f"the search runs {named}: add one to search.gate, or drop gate_sigmas"
         )
-    if gates == [Gate.parse(g, cfg.gate_sigmas, PAPER_GATE.share) for g in cfg.gate] and cfg.gate_share != PAPER_GATE.share:
+    if every == [Gate.parse(g, cfg.gate_sigmas, PAPER_GATE.share) for g in named] and cfg.gate_share != PAPER_GATE.share:
         raise ValueError(
             f"search.gate_share {cfg.gate_share:g} applies to an 'image' gate named without a share, and the search "
-            f"runs {cfg.gate}: add image to search.gate, or drop gate_share"
+            f"runs {named}: add image to search.gate, or drop gate_share"
         )
     return gates
 
@@ -239,9 +269,10 @@ def gates_of(cfg: SearchOptions) -> list[Gate]:
 def edits_of(cfg: SearchConfig, kind: str, anchors: tuple[str, ...] = (), map_anchor: str = "") -> list[dict]:
     """The edits searched for a concept of ``kind`` whose statistics know ``anchors`` (itself excluded): every
     multiplier, then every (anchor, strength), then the same on the conditional CFG half only, then the map edit
-    toward ``map_anchor`` at every map strength; under each gate of ``search.gate`` in turn (an entry names its gate
+    toward ``map_anchor`` at every map strength; under each gate of the kind (``gates_of``) in turn (an entry names its gate
     when it is not the paper's; map edits only under a detecting gate)."""
     _, multipliers = grid_of(cfg, kind)
+    names, parsed = for_kind(cfg, kind).gate, gates_of(cfg, kind)  # checked by grid_of
     if any(g >= 0 for g in cfg.cond_multipliers):
         raise ValueError(f"cond_multipliers must be negative (γ < 0 suppresses a concept), got {cfg.cond_multipliers}")
     for name in ("strengths", "cond_strengths"):
@@ -255,8 +286,8 @@ def edits_of(cfg: SearchConfig, kind: str, anchors: tuple[str, ...] = (), map_an
         + [{"anchor": a, "strength": float(b), **cond} for a in anchors for b in cfg.cond_strengths]
     )
     maps = [{"anchor": map_anchor, "strength": float(b), "where": "all", "by": "map", **cond} for b in cfg.map_strengths]
-    gates = [{} if name == PAPER_GATE.kind else {"gate": name} for name in cfg.gate]  # checked by grid_of
-    detecting = [g for g, parsed in zip(gates, gates_of(cfg)) if parsed.kind in DETECTING]
+    gates = [{} if name == PAPER_GATE.kind else {"gate": name} for name in names]
+    detecting = [g for g, gate in zip(gates, parsed) if gate.kind in DETECTING]
     return [{**edit, **gate} for gate in gates for edit in edits] + [
         {**edit, **gate} for gate in detecting for edit in (maps if map_anchor else [])
     ]

@@ -19,7 +19,9 @@ concept is the best (hard) objective among the trials that scored every tuning p
 ``search.min_retain`` and the kept images' drift at ``search.max_drift``, when any does); ties go to the graded
 objective, then the higher percentile, then scaling before steering, then both CFG halves before the conditional one,
 then the smaller edit (``saeuron.tuning.choice.choose``). With candidate blocks, the concept keeps the block whose
-choice scores best (a candidate must beat the kind's block).
+choice scores best (a candidate must beat the kind's block). An experiment another search beside this one finished
+with the same settings on the same statistics is copied, not run again (``saeuron.tuning.reuse``); a style's grid,
+gates and objective may differ from an object's (``search.style_*``, ``saeuron.tuning.config.for_kind``).
 """
 
 from __future__ import annotations
@@ -35,13 +37,21 @@ from saeuron.cluster.placement import unit_resources
 from saeuron.console import logger, tune_verbosity
 from saeuron.diffusion.pipeline import check_sampler
 from saeuron.method.recipe import Recipe, entry_label
-from saeuron.method.selection import PAPER_GATE, Gate
+from saeuron.method.selection import Gate
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.storage import check_writable, holding_lease
 from saeuron.storage.mirror import mirror_path, push
 from saeuron.tuning.choice import ConceptResult, SearchTarget, choose, choose_block, retains, search_targets
-from saeuron.tuning.config import SCHEDULERS, SearchConfig, edits_of, grid_of
+from saeuron.tuning.config import SCHEDULERS, SearchConfig, edits_of, for_kind, grid_of
 from saeuron.tuning.prompts import search_prompts
+from saeuron.tuning.reuse import (
+    SUMMARY,
+    experiment_signature,
+    mark_finished,
+    signature_file,
+    statistics_identity,
+    take_over_finished_twin,
+)
 from saeuron.tuning.trial import trial_record, tuning_trial
 
 
@@ -55,6 +65,7 @@ def run_concept_search(
     cfg: SearchConfig, target: SearchTarget, setup: dict[str, Any], parent_run_id: str, tracking_uri: str
 ) -> ConceptResult:
     """One concept at one block: a Tune experiment over the grid, and the (p, edit) chosen there."""
+    import mlflow
     from ray import tune
     from ray.air.integrations.mlflow import MLflowLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
@@ -87,35 +98,25 @@ def run_concept_search(
     storage = cfg.search_dir / "tune"
     path = storage / target.experiment
     filesystem = None if storage.is_local else storage.fs
-    signature = json.dumps(
-        {
-            "space": dict(space),
-            "scheduler": cfg.scheduler,
-            "prompts": setup["prompts"][concept],
-            "chunk": cfg.chunk,
-            "grace": cfg.grace_prompts,
-            "reduction_factor": cfg.reduction_factor,
-            "sampling": [cfg.sampling.num_inference_steps, cfg.sampling.guidance_scale, cfg.edit.error_mode],
-            **{k: v for k, v in (("contrast", cfg.contrast), ("objective", cfg.objective)) if v not in ("mean", "ua_ira")},
-            **{k: v for k, v in (("min_retain", cfg.min_retain), ("max_drift", cfg.max_drift)) if v},
-            **({"gate": [cfg.gate_sigmas, cfg.gate_share]} if cfg.gate != [PAPER_GATE.kind] else {}),
-        },
-        sort_keys=True,
-        default=str,
-    )
-    marker = storage / f"{target.experiment}.search.json"
+    signature = experiment_signature(for_kind(cfg, kind), space, setup["prompts"][concept])
+    marker = signature_file(storage, target.experiment)
     if marker.is_file() and marker.read_text() != signature:
         raise ValueError(
             f"{path.uri} holds a search of {target.experiment} with other settings; resume it with the same config, "
             f"or pick another --name (or delete that folder) to start a new one"
         )
+    restorable = tune.Tuner.can_restore(path.path, storage_filesystem=filesystem)
+    scored_on = statistics_identity(statistics)
+    twin = None if restorable else take_over_finished_twin(storage, target.experiment, signature, scored_on)
+    if twin is not None:
+        mlflow.set_tag(f"saeuron.taken_over.{target.experiment.replace('@', ' at ')}", twin.parent.uri)
     marker.write_text(signature)
     logger.info(
         f"search: {target.experiment} ({kind}): {len(percentiles) * len(edits)} (p, edit) trials, {cfg.scheduler}, "
         f"up to {budget} tuning prompts each"
     )
     verbosity = tune_verbosity()
-    if tune.Tuner.can_restore(path.path, storage_filesystem=filesystem):
+    if restorable or twin is not None:
         logger.info(f"search: resuming {target.experiment} from {path.uri}")
         tuner = tune.Tuner.restore(
             path.path, trainable=trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem
@@ -165,6 +166,7 @@ def run_concept_search(
         raise RuntimeError(
             f"{len(percentiles) * len(edits) - len(trials)} trials of {target.experiment} reported nothing; errors: {errors[:2]}"
         )
+    mark_finished(storage, target.experiment, signature, scored_on)
     best = choose(trials, budget, cfg.min_retain, cfg.max_drift)
     full = sum(t["prompts"] >= budget for t in trials)
     ceiling = " and ".join(
@@ -234,7 +236,7 @@ def search(cfg: SearchConfig) -> SearchResult:
         contrast=cfg.contrast,
         gate_sigmas=cfg.gate_sigmas,
         gate_share=cfg.gate_share,
-        objective=cfg.objective,
+        objectives={kind: for_kind(cfg, kind).objective for kind in ("style", "object")},
         min_retain=cfg.min_retain,
         max_drift=cfg.max_drift,
         error_mode=cfg.edit.error_mode,
@@ -277,7 +279,7 @@ def search(cfg: SearchConfig) -> SearchResult:
             )
         mlflow.set_tracking_uri(tracking_uri)
         summary = {r.concept: r._asdict() for r in results}
-        write_text_atomic(out / "search.json", json.dumps(summary, indent=2))
+        write_text_atomic(out / SUMMARY, json.dumps(summary, indent=2))
         for r in results:
             chosen = ("percentile", "multiplier", "hookpoint", "halves", "gate") + (
                 ("anchor", "strength", "by") if r.anchor else ()
@@ -288,7 +290,7 @@ def search(cfg: SearchConfig) -> SearchResult:
         for heatmap in heatmaps:
             mlflow.log_artifact(str(heatmap), "heatmaps")
         mlflow.log_metric("generations", sum(r.generations for r in results))
-        mlflow.log_artifact(str(out / "search.json"))
+        mlflow.log_artifact(str(out / SUMMARY))
         mlflow.log_artifacts(str(out / "recipes"), "recipes")
         mlflow.set_tag("saeuron.recipes", f"runs:/{run.info.run_id}/recipes")
         push(out, cfg.search_dir)  # Tune keeps its own state in the store

@@ -94,9 +94,9 @@ def tuning_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         judged += new
         scores = forgetting_scores(judged, kind, [concept])
         graded = forgetting_scores(judged, kind, [concept], soft=True)
-        soft = objective_of(setup["objective"], graded.ua, graded.ira, graded.cra, graded.cra_forgotten)
+        soft = objective_of(setup["objectives"][kind], graded.ua, graded.ira, graded.cra, graded.cra_forgotten)
         metrics = {
-            "objective": objective_of(setup["objective"], scores.ua, scores.ira, scores.cra, scores.cra_forgotten),
+            "objective": objective_of(setup["objectives"][kind], scores.ua, scores.ira, scores.cra, scores.cra_forgotten),
             "objective_soft": soft,
             # What ASHA ranks at its rungs: the graded objective, a trial under the retain floor below every other
             # (before the last prompt: only when it is under the floor beyond the noise of the images so far).

@@ -247,9 +247,12 @@ def test_steer_concepts_spends_the_steering_grid_on_the_concepts_it_names_and_na
     targets = search_targets(cfg, get_benchmark("minicanvas"))
     assert [t.anchors for t in targets["Rings"]] == [("Circles", "Stars"), ("Circles", "Stars")]  # at both blocks
     assert [t.anchors for t in targets["Circles"]] == [(), ()]  # scaling alone
-    with pytest.raises(ValueError, match=r"names \['Stars'\], which search.concepts \['Circles', 'Rings'\] does not"):
+    # A steered concept the search does not tune is left alone; a name the benchmark lacks is refused.
+    narrowed = SearchConfig(concepts=["Circles"], object_statistics=mid, anchors=["all"], steer_concepts=["Rings", "Stars"])
+    assert [t.anchors for t in search_targets(narrowed, get_benchmark("minicanvas"))["Circles"]] == [()]
+    with pytest.raises(ValueError, match=r"names \['Ring'\], which minicanvas has no concept of: its styles are \["):
         search_targets(
-            SearchConfig(concepts=["Circles", "Rings"], object_statistics=mid, anchors=["all"], steer_concepts=["Stars"]),
+            SearchConfig(concepts=["Circles", "Rings"], object_statistics=mid, anchors=["all"], steer_concepts=["Ring"]),
             get_benchmark("minicanvas"),
         )
     with pytest.raises(ValueError, match=r"search.anchors is empty: add anchors"):

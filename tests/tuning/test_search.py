@@ -122,6 +122,15 @@ def test_search_picks_a_recipe_logs_trials_in_mlflow_and_evaluate_takes_it_by_ru
     assert artifacts == {"heatmaps/heatmap_Neon_Glow.png"}
     assert client.get_model_version_by_alias("test-recipes", "current").run_id == result.run_id
 
+    # A search in another folder with the same experiment (a setting that does not touch Neon_Glow's trials changed,
+    # as a study's new search field does) takes the finished trials over: no trial runs, the same choice.
+    again = search(replace(cfg, name="again", register_as=""))
+    assert again.concepts[0]._replace(trials=[]) == neon._replace(trials=[])
+    assert sorted(t["objective"] for t in again.concepts[0].trials) == sorted(t["objective"] for t in neon.trials)
+    assert not client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{again.run_id}'")
+    taken_over = client.get_run(again.run_id).data.tags["saeuron.taken_over.Neon_Glow"]
+    assert taken_over == str(cfg.search_dir.local_path)
+
     def evaluate_recipes(reference: str):
         cfg = build_config(
             EvaluateConfig,
