@@ -28,14 +28,37 @@ def test_the_full_preset_composes_with_flags():
     assert cfg.sampling.num_inference_steps == cfg.collect.sampling.num_inference_steps == 20
 
 
-def test_the_all_concepts_preset_is_the_full_study_on_every_concept():
+def test_the_all_concepts_preset_is_the_full_study_on_every_concept_each_kind_searched_as_its_own_preset():
     from saeuron.benchmarks.minicanvas.concepts import OBJECTS, STYLES
+    from saeuron.study.config import gather_config
+    from saeuron.tuning.config import for_kind
 
     every = parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study-all.yaml")])
     full = parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study-full.yaml")])
+    maps = parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study-styles-maps.yaml")])
+    objects = parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study-objects-nearest.yaml")])
     assert every.search.concepts == [*STYLES, *OBJECTS] and every.search.contrast == "max"
-    assert (every.collect, every.train, every.gather, every.evaluate) == (full.collect, full.train, full.gather, full.evaluate)
-    assert every.candidate_hookpoints == [("object", "unet.down_blocks.1.attentions.1")] and not full.candidate_hookpoints
+    assert (every.collect, every.train, every.evaluate) == (full.collect, full.train, full.evaluate)
+    assert every.candidate_hookpoints == objects.candidate_hookpoints == [("object", "unet.down_blocks.1.attentions.1")]
+    assert not full.candidate_hookpoints
+    # The styles: gathered and searched as the maps preset does them (but for the objects' drift ceiling: no style
+    # trial of that preset moved its kept images by more than 0.004).
+    assert every.gather == maps.gather
+    style, maps_style = for_kind(every.search, "style"), for_kind(maps.search, "style")
+    for name in ("percentiles", "multipliers", "gate", "objective", "map_strengths", "min_retain", "contrast"):
+        assert getattr(style, name) == getattr(maps_style, name), name
+    for name in ("forget_prompts_per_cell", "other_axis_prompts_per_cell", "chunk", "grace_prompts", "reduction_factor"):
+        assert getattr(style, name) == getattr(maps_style, name), name
+    assert not set(STYLES) & set(every.search.steer_concepts) and (style.max_drift, maps_style.max_drift) == (0.025, 0.0)
+    # The objects: gathered and searched as the objects preset does them.
+    tracking = stage_configs(every, "run")["search"].tracking
+    for block in ("unet.mid_block.attentions.0", "unet.down_blocks.1.attentions.1"):
+        assert gather_config(every, tracking, "object", block, "sae") == gather_config(objects, tracking, "object", block, "sae")
+    styles_only = {"concepts", "register_as", "style_gate", "style_objective", "style_percentiles", "style_multipliers"}
+    styles_only |= {"map_strengths", "other_axis_prompts_per_cell"}
+    assert {k: v for k, v in vars(every.search).items() if k not in styles_only} == {
+        k: v for k, v in vars(objects.search).items() if k not in styles_only
+    }
 
 
 def test_the_steering_preset_is_the_all_concepts_study_on_the_styles_with_steering_and_one_half_edits_in_the_search():
@@ -108,11 +131,10 @@ def test_the_maps_preset_is_the_nearest_preset_with_the_map_at_every_block_and_a
     assert (style.map_companions, objects.map_companions, objects.map_anchor) == (["all"], [], "")
 
 
-def test_the_objects_nearest_preset_is_the_all_concepts_study_on_the_objects_with_both_gates_and_a_drift_ceiling():
+def test_the_objects_nearest_preset_searches_the_objects_with_both_gates_a_drift_ceiling_and_steers_three():
     from saeuron.benchmarks.minicanvas.concepts import OBJECTS
 
     objects = parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study-objects-nearest.yaml")])
-    every = parse_config(StudyConfig, ["--config", str(CONFIGS / "minicanvas" / "study-all.yaml")])
     assert sorted(objects.search.concepts) == sorted(OBJECTS)
     assert (objects.search.gate, objects.search.objective, objects.search.min_retain, objects.search.max_drift) == (
         ["mean", "nearest"],
@@ -120,17 +142,12 @@ def test_the_objects_nearest_preset_is_the_all_concepts_study_on_the_objects_wit
         0.9,
         0.025,
     )
-    assert objects.object_candidate_hookpoints == every.object_candidate_hookpoints
-    assert (objects.collect, objects.train, objects.gather, objects.evaluate) == (
-        every.collect,
-        every.train,
-        every.gather,
-        every.evaluate,
+    assert (objects.search.anchors, objects.search.steer_concepts, objects.search.cond_strengths) == (
+        ["all"],
+        ["Rings", "Hearts", "Squares"],
+        [4.0, 6.0, 8.0],
     )
-    same = {"concepts", "gate", "objective", "min_retain", "max_drift", "register_as"}
-    assert {k: v for k, v in vars(objects.search).items() if k not in same} == {
-        k: v for k, v in vars(every.search).items() if k not in same
-    }
+    assert objects.search.forget_prompts_per_cell == 4 and objects.search.strengths == [3.0, 5.0, 7.0]
 
 
 def test_the_quick_preset_is_the_default():

@@ -87,33 +87,23 @@ def objects_header_command(flag: str, first: str) -> StudyConfig:
     return parse_config(StudyConfig, ["--config", str(preset)] + argv[2:])
 
 
-def test_the_objects_presets_header_commands_steer_rings_hearts_and_squares_as_the_readme_says():
-    # Rings (README, "Every concept", item 22): steering toward every other object added to the preset's grid.
+def test_the_objects_presets_header_commands_are_its_one_search_and_the_steps_that_led_there_as_the_readme_says():
+    from dataclasses import replace
+
+    preset = CONFIGS / "minicanvas" / "study-objects-nearest.yaml"
+    every = parse_config(StudyConfig, ["--config", str(preset)])
+    assert [a for a in pipeline_commands(header(preset)) if len(a) == 2] == [["--config", str(preset.relative_to(REPO))]]
+    # Item 21: the paper's scaling alone, one of each object's own images a cell.
+    scaling = objects_header_command("--search.anchors", "--search.steer_concepts")
+    assert (scaling.search.anchors, scaling.search.steer_concepts, scaling.search.cond_strengths) == ([], [], [])
+    assert scaling.search.forget_prompts_per_cell == 0
+    assert scaling.search == replace(every.search, anchors=[], steer_concepts=[], cond_strengths=[], forget_prompts_per_cell=0)
+    # Item 22: Rings with steering toward every other object, one of its own images a cell.
     rings = objects_header_command("--search.concepts", "Rings")
-    assert (rings.search.concepts, rings.search.anchors, rings.search.strengths, rings.search.cond_strengths) == (
-        ["Rings"],
-        ["all"],
-        [3.0, 5.0, 7.0],
-        [4.0, 6.0, 8.0],
-    )
-    assert rings.search.forget_prompts_per_cell == 0
-    # Hearts and Squares (items 24-25): the same steering and four of their own images a cell, so the tuning sees
-    # what their scaling misses.
+    assert rings.search == replace(every.search, concepts=["Rings"], forget_prompts_per_cell=0)
+    # Items 24-25: Hearts and Squares with the preset's settings (item 30 searched all eight with them).
     hearts = objects_header_command("--search.concepts", "Hearts")
-    assert (hearts.search.concepts, hearts.search.forget_prompts_per_cell) == (["Hearts", "Squares"], 4)
-    assert (hearts.search.anchors, hearts.search.strengths, hearts.search.cond_strengths) == (
-        rings.search.anchors,
-        rings.search.strengths,
-        rings.search.cond_strengths,
-    )
-    # All eight in one search (item 29): Hearts' settings, the steering grid spent on the three that need it.
-    every = objects_header_command("--search.steer_concepts", "Rings")
-    assert len(every.search.concepts) == 8 and every.search.steer_concepts == ["Rings", "Hearts", "Squares"]
-    assert (every.search.anchors, every.search.cond_strengths, every.search.forget_prompts_per_cell) == (
-        hearts.search.anchors,
-        hearts.search.cond_strengths,
-        4,
-    )
+    assert hearts.search == replace(every.search, concepts=["Hearts", "Squares"])
 
 
 def test_the_readme_lists_every_command_the_presets_headers_give():
