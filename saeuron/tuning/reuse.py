@@ -128,6 +128,8 @@ def take_over_finished_twin(storage: Location, experiment: str, signature: str, 
         staging = Path(storage.path) / f".{experiment}.{uuid.uuid4().hex[:8]}.copying"
         try:
             shutil.copytree(source.path, staging)
+            # A folder here without Tune's state (a start cut short before Tune saved any) holds nothing to resume.
+            shutil.rmtree(target.path, ignore_errors=True)
             staging.rename(target.path)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -54,9 +54,12 @@ def test_only_a_finished_experiment_with_the_same_signature_and_statistics_is_ta
 
     twin = searched(searches, "search-d", signature, finished_on=now)
     assert finished_twin(here, EXPERIMENT, signature, now) == twin
+    cut_short = searches / "search-new" / "tune" / EXPERIMENT / "trial_7"  # a start cut short before Tune saved state
+    cut_short.mkdir(parents=True)
+    (cut_short / "params.json").write_text("{}")
     assert take_over_finished_twin(here, EXPERIMENT, signature, now) == twin
     copied = searches / "search-new" / "tune" / EXPERIMENT / "trial_0" / "result.json"
-    assert copied.read_text() == '{"objective": 0.996}\n'
+    assert copied.read_text() == '{"objective": 0.996}\n' and not cut_short.exists()
     assert [p.name for p in (searches / "search-new" / "tune").iterdir()] == [EXPERIMENT]  # no staging copy left
     # A search never takes over from itself (its own experiment is resumed by Tune instead).
     assert finished_twin(twin, EXPERIMENT, signature, now) is None
