@@ -30,7 +30,7 @@ from saeuron.sections import (
     WithTracking,
 )
 from saeuron.training.ray_train import TrainConfig, TrainOptions
-from saeuron.tuning.config import SearchConfig, SearchOptions, check_anchors, for_kind, gates_of
+from saeuron.tuning.config import SearchConfig, SearchOptions, cell_kinds, check_anchors, for_kind
 
 
 def _quick_steps() -> SamplingConfig:
@@ -97,7 +97,7 @@ class StudyConfig(WithResources, WithJudge, WithEdit, WithSampling, WithModel, W
     def __post_init__(self) -> None:
         benchmark = get_benchmark(self.model.benchmark)  # an unknown benchmark fails here, before any stage
         check_anchors(self.search, benchmark)
-        cells = [kind for kind in ("style", "object") if any(g.kind == "cell" for g in gates_of(self.search, kind))]
+        cells = cell_kinds(self.search)
         if cells and not self.gather.cell_means:
             raise ValueError(
                 f"the {cells[0]}s' gates {for_kind(self.search, cells[0]).gate} have the 'cell' gate, which detects by a "
@@ -156,7 +156,7 @@ def gather_config(cfg: StudyConfig, tracking: TrackingConfig, kind: str, hookpoi
     options = _fields(cfg.gather)
     if kind == "object":
         style_only = ["unstyled_reference", *(name for name in options if name.startswith("map_"))]
-        style_only += ["cell_means"] * (not any(g.kind == "cell" for g in gates_of(cfg.search, "object")))
+        style_only += ["cell_means"] * ("object" not in cell_kinds(cfg.search))
         defaults = GatherOptions()
         options.update({name: getattr(defaults, name) for name in style_only})
     return GatherConfig(

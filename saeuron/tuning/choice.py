@@ -17,7 +17,7 @@ from saeuron.method.recipe import edit_label
 from saeuron.method.statistics import ConceptStatistics
 from saeuron.method.steering import Steer
 from saeuron.storage import Location
-from saeuron.tuning.config import ALL_ANCHORS, check_anchors, gates_of
+from saeuron.tuning.config import ALL_ANCHORS, cell_kinds, check_anchors
 
 
 class SearchTarget(NamedTuple):
@@ -86,7 +86,7 @@ def search_targets(cfg: Any, benchmark: Benchmark) -> dict[str, list[SearchTarge
     if not cfg.concepts:
         raise ValueError("no concepts to tune: pass --concepts NAME [NAME ...]")
     check_anchors(cfg, benchmark)
-    cells = {kind for kind in ("style", "object") if any(g.kind == "cell" for g in gates_of(cfg, kind))}
+    cells = cell_kinds(cfg)
 
     def load(folder: str) -> ConceptStatistics:
         stats = ConceptStatistics.load(folder)

@@ -266,6 +266,11 @@ def gates_of(cfg: SearchOptions, kind: str = "object") -> list[Gate]:
     return gates
 
 
+def cell_kinds(cfg: SearchOptions) -> list[str]:
+    """The kinds whose gates include the "cell" gate: their statistics must be gathered with ``cell_means``."""
+    return [kind for kind in ("style", "object") if any(g.kind == "cell" for g in gates_of(cfg, kind))]
+
+
 def edits_of(cfg: SearchConfig, kind: str, anchors: tuple[str, ...] = (), map_anchor: str = "") -> list[dict]:
     """The edits searched for a concept of ``kind`` whose statistics know ``anchors`` (itself excluded): every
     multiplier, then every (anchor, strength), then the same on the conditional CFG half only, then the map edit

@@ -76,17 +76,18 @@ def statistics_identity(folder: str | Location) -> str:
     return digest.hexdigest()[:16]
 
 
-def mark_finished(storage: Location, experiment: str, signature: str, statistics: str) -> None:
+def mark_finished(storage: Location, experiment: str, signature: str, identity: str) -> None:
     """Written once every trial of the experiment reported: the sign another search may take it over, with what it
-    was scored on (``statistics_identity`` of its statistics)."""
-    finished_file(storage, experiment).write_text(json.dumps({"signature": signature, "statistics": statistics}))
+    was scored on (``identity``: the ``statistics_identity`` of its statistics)."""
+    finished_file(storage, experiment).write_text(json.dumps({"signature": signature, "statistics": identity}))
 
 
-def finished_twin(storage: Location, experiment: str, signature: str, statistics: str) -> Location | None:
+def finished_twin(storage: Location, experiment: str, signature: str, statistics: str, identity: str) -> Location | None:
     """The Tune storage (``<search folder>/tune``) of another search beside this one that finished ``experiment``
-    with ``signature`` on the same statistics (``statistics_identity``); None when none did. A search from before
-    finished files counts when its summary exists (written only after every experiment in it) and its statistics
-    folder has not been written since it started the experiment."""
+    with ``signature`` on the statistics in folder ``statistics`` as they are now (``identity``: their
+    ``statistics_identity``); None when none did. A search from before finished files counts when its summary exists
+    (written only after every experiment in it) and the statistics folder has not been written since it started the
+    experiment."""
     searches = storage.parent.parent
     selector = pafs.FileSelector(searches.path, recursive=False, allow_not_found=True)
     others = sorted(
@@ -103,9 +104,9 @@ def finished_twin(storage: Location, experiment: str, signature: str, statistics
             continue
         done = finished_file(other, experiment)
         if done.is_file():
-            if json.loads(done.read_text()) == {"signature": signature, "statistics": statistics}:
+            if json.loads(done.read_text()) == {"signature": signature, "statistics": identity}:
                 return other
-        elif (other.parent / SUMMARY).is_file() and _written_before(json.loads(signature)["space"]["statistics"], marker):
+        elif (other.parent / SUMMARY).is_file() and _written_before(statistics, marker):
             return other
     return None
 
@@ -115,12 +116,14 @@ def _written_before(statistics: str, marker: Location) -> bool:
     return all(file.info().mtime <= started for file in Location.parse(statistics).files())
 
 
-def take_over_finished_twin(storage: Location, experiment: str, signature: str, statistics: str) -> Location | None:
+def take_over_finished_twin(
+    storage: Location, experiment: str, signature: str, statistics: str, identity: str
+) -> Location | None:
     """Copies the finished ``experiment`` another search holds with the same signature into ``storage`` (where this
     search has none yet); returns where it came from, or None when there is no such experiment. A local copy lands
     whole or not at all (copied beside it, then renamed); on an object store a copy cut short is an unfinished
     experiment, which Tune resumes."""
-    twin = finished_twin(storage, experiment, signature, statistics)
+    twin = finished_twin(storage, experiment, signature, statistics, identity)
     if twin is None:
         return None
     source, target = twin / experiment, storage / experiment

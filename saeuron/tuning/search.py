@@ -62,9 +62,10 @@ class SearchResult(NamedTuple):
 
 
 def run_concept_search(
-    cfg: SearchConfig, target: SearchTarget, setup: dict[str, Any], parent_run_id: str, tracking_uri: str
+    cfg: SearchConfig, target: SearchTarget, scored_on: str, setup: dict[str, Any], parent_run_id: str, tracking_uri: str
 ) -> ConceptResult:
-    """One concept at one block: a Tune experiment over the grid, and the (p, edit) chosen there."""
+    """One concept at one block: a Tune experiment over the grid, and the (p, edit) chosen there. ``scored_on``: the
+    ``statistics_identity`` of the block's statistics."""
     import mlflow
     from ray import tune
     from ray.air.integrations.mlflow import MLflowLoggerCallback
@@ -106,8 +107,7 @@ def run_concept_search(
             f"or pick another --name (or delete that folder) to start a new one"
         )
     restorable = tune.Tuner.can_restore(path.path, storage_filesystem=filesystem)
-    scored_on = statistics_identity(statistics)
-    twin = None if restorable else take_over_finished_twin(storage, target.experiment, signature, scored_on)
+    twin = None if restorable else take_over_finished_twin(storage, target.experiment, signature, statistics, scored_on)
     if twin is not None:
         mlflow.set_tag(f"saeuron.taken_over.{target.experiment.replace('@', ' at ')}", twin.parent.uri)
     marker.write_text(signature)
@@ -219,6 +219,8 @@ def search(cfg: SearchConfig) -> SearchResult:
         for target in blocks:
             edits_of(cfg, target.kind, target.anchors, target.map_anchor)
     kinds = {c: blocks[0].kind for c, blocks in targets.items()}
+    # Once per statistics folder, not per experiment: on an object store hashing reads the whole folder.
+    identities = {folder: statistics_identity(folder) for folder in {t.statistics for b in targets.values() for t in b}}
     model_path = cfg.benchmark.resolve_model_path(cfg.model.model_path)
     check_sampler(model_path, cfg.model.sampler)
     check_judge(cfg.benchmark, cfg.benchmark.load_judge(cfg.judge))
@@ -257,7 +259,10 @@ def search(cfg: SearchConfig) -> SearchResult:
     ):
         results, heatmaps = [], []
         for concept, blocks in targets.items():
-            per_block = [run_concept_search(cfg, target, setup, run.info.run_id, tracking_uri) for target in blocks]
+            per_block = [
+                run_concept_search(cfg, target, identities[target.statistics], setup, run.info.run_id, tracking_uri)
+                for target in blocks
+            ]
             for target, at_block in zip(blocks, per_block):
                 heatmaps.append(out / f"heatmap_{target.experiment}.png")
                 edits = [entry_label(e) for e in edits_of(cfg, target.kind, target.anchors, target.map_anchor)]

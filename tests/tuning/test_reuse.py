@@ -48,21 +48,21 @@ def test_only_a_finished_experiment_with_the_same_signature_and_statistics_is_ta
     searched(searches, "search-b", signature, finished_on=None)  # the same, but cut short
     searched(searches, "search-c", signature, finished_on="0123456789abcdef")  # scored on statistics since replaced
     here = Location.parse(searches / "search-new" / "tune")
-    assert finished_twin(here, EXPERIMENT, signature, now) is None
-    assert take_over_finished_twin(here, EXPERIMENT, signature, now) is None
+    assert finished_twin(here, EXPERIMENT, signature, statistics, now) is None
+    assert take_over_finished_twin(here, EXPERIMENT, signature, statistics, now) is None
     assert not (searches / "search-new").exists()
 
     twin = searched(searches, "search-d", signature, finished_on=now)
-    assert finished_twin(here, EXPERIMENT, signature, now) == twin
+    assert finished_twin(here, EXPERIMENT, signature, statistics, now) == twin
     cut_short = searches / "search-new" / "tune" / EXPERIMENT / "trial_7"  # a start cut short before Tune saved state
     cut_short.mkdir(parents=True)
     (cut_short / "params.json").write_text("{}")
-    assert take_over_finished_twin(here, EXPERIMENT, signature, now) == twin
+    assert take_over_finished_twin(here, EXPERIMENT, signature, statistics, now) == twin
     copied = searches / "search-new" / "tune" / EXPERIMENT / "trial_0" / "result.json"
     assert copied.read_text() == '{"objective": 0.996}\n' and not cut_short.exists()
     assert [p.name for p in (searches / "search-new" / "tune").iterdir()] == [EXPERIMENT]  # no staging copy left
     # A search never takes over from itself (its own experiment is resumed by Tune instead).
-    assert finished_twin(twin, EXPERIMENT, signature, now) is None
+    assert finished_twin(twin, EXPERIMENT, signature, statistics, now) is None
 
 
 def test_a_search_from_before_finished_files_counts_once_it_wrote_its_summary_on_statistics_not_gathered_since(tmp_path):
@@ -70,9 +70,9 @@ def test_a_search_from_before_finished_files_counts_once_it_wrote_its_summary_on
     searches, signature = tmp_path / "search", signed(statistics, 8)
     old = searched(searches, "search-old", signature, finished_on=None)
     here, now = Location.parse(searches / "search-new" / "tune"), statistics_identity(statistics)
-    assert finished_twin(here, EXPERIMENT, signature, now) is None
+    assert finished_twin(here, EXPERIMENT, signature, statistics, now) is None
     (old.parent / SUMMARY).write_text("{}")
-    assert finished_twin(here, EXPERIMENT, signature, now) == old
+    assert finished_twin(here, EXPERIMENT, signature, statistics, now) == old
     started = (old / f"{EXPERIMENT}.search.json").info().mtime.timestamp()
     os.utime(Path(statistics) / "statistics.safetensors", (started + 60, started + 60))  # gathered again since
-    assert finished_twin(here, EXPERIMENT, signature, statistics_identity(statistics)) is None
+    assert finished_twin(here, EXPERIMENT, signature, statistics, statistics_identity(statistics)) is None
