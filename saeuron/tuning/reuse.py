@@ -120,9 +120,9 @@ def take_over_finished_twin(
     storage: Location, experiment: str, signature: str, statistics: str, identity: str
 ) -> Location | None:
     """Copies the finished ``experiment`` another search holds with the same signature into ``storage`` (where this
-    search has none yet); returns where it came from, or None when there is no such experiment. A local copy lands
-    whole or not at all (copied beside it, then renamed); on an object store a copy cut short is an unfinished
-    experiment, which Tune resumes."""
+    search has nothing Tune can restore); returns where it came from, or None when there is no such experiment. A
+    local copy lands whole or not at all (copied beside it, then renamed); on an object store a copy cut short is an
+    unfinished experiment, which Tune resumes."""
     twin = finished_twin(storage, experiment, signature, statistics, identity)
     if twin is None:
         return None

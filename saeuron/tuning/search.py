@@ -219,14 +219,15 @@ def search(cfg: SearchConfig) -> SearchResult:
         for target in blocks:
             edits_of(cfg, target.kind, target.anchors, target.map_anchor)
     kinds = {c: blocks[0].kind for c, blocks in targets.items()}
-    # Once per statistics folder, not per experiment: on an object store hashing reads the whole folder.
-    identities = {folder: statistics_identity(folder) for folder in {t.statistics for b in targets.values() for t in b}}
     model_path = cfg.benchmark.resolve_model_path(cfg.model.model_path)
     check_sampler(model_path, cfg.model.sampler)
     check_judge(cfg.benchmark, cfg.benchmark.load_judge(cfg.judge))
     tracking_uri = tracking_uri_of(cfg.tracking)
     prompts = search_prompts(cfg, kinds)
     base_model = cfg.benchmark.model_identity(cfg.model.model_path)
+    # Once per statistics folder, not per experiment: on an object store hashing reads the whole folder, so after
+    # every check above.
+    identities = {folder: statistics_identity(folder) for folder in {t.statistics for b in targets.values() for t in b}}
     setup: dict[str, Any] = dict(  # what every trial needs (saeuron.tuning.trial.tuning_trial reads it)
         model_path=str(model_path),
         dtype=cfg.model.dtype,
